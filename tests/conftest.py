@@ -1,0 +1,43 @@
+"""Shared fixtures: the tiny synthetic dataset and small models."""
+
+import os
+import pathlib
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import utils  # noqa: E402
+
+REAL_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "aerial-dubai"
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory):
+    return utils.make_tiny_dataset(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_root):
+    return utils.load_dataset(tiny_root, patch_size=32)
+
+
+@pytest.fixture(scope="session")
+def real_root():
+    if not REAL_DATA.exists():
+        pytest.skip(f"real dataset not found at {REAL_DATA}")
+    return REAL_DATA
+
+
+@pytest.fixture
+def small_unet():
+    keras.utils.set_random_seed(0)
+    return utils.build_unet(2, name="small")
+
+
+def random_logits(shape, seed=0, scale=3.0):
+    return np.random.default_rng(seed).normal(0, scale, shape).astype("float32")

@@ -1,0 +1,90 @@
+"""Tests of section 5 of utils.py: evaluation and whole-image prediction."""
+
+import keras
+import numpy as np
+import pytest
+from sklearn import metrics
+
+import utils
+
+
+def _logits_for(labels, confidence=5.0):
+    return np.eye(6)[labels] * confidence
+
+
+def test_metrics_on_known_arrays():
+    y_true = np.array([[0, 0, 1, 1], [2, 2, 5, utils.IGNORE_INDEX]])
+    y_pred = np.array([[0, 1, 1, 1], [2, 0, 5, 3]])
+    res = utils.segmentation_metrics(y_true, _logits_for(y_pred))
+    # Building: TP 1, FP 1 (a Road pixel), FN 1 -> 1/3. Land: TP 2, FP 1 -> 2/3.
+    # Road: TP 1, FN 1 -> 1/2. Vegetation and Water: absent -> NaN. Unlabeled: 1.
+    iou = res["per_class_iou"]
+    assert iou[:3] == pytest.approx([1 / 3, 2 / 3, 1 / 2])
+    assert np.isnan(iou[3]) and np.isnan(iou[4]) and iou[5] == 1.0
+    assert res["miou5"] == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)
+    assert res["miou6"] == pytest.approx((1 / 3 + 2 / 3 + 1 / 2 + 1) / 4)
+    assert res["pixel_acc"] == pytest.approx(5 / 7)  # the ignored pixel is out
+    assert res["confusion_matrix"].sum() == 7
+
+
+def test_precision_recall_agree_with_scikit_learn():
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 6, (3, 10, 10))
+    logits = rng.normal(size=(3, 10, 10, 6)) + 2 * np.eye(6)[y_true]
+    res = utils.segmentation_metrics(y_true, logits)
+    y_pred = logits.argmax(-1).ravel()
+    p, r, f, _ = metrics.precision_recall_fscore_support(
+        y_true.ravel(), y_pred, labels=range(6), zero_division=0)
+    assert res["precision"] == pytest.approx(p.tolist())
+    assert res["recall"] == pytest.approx(r.tolist())
+    assert res["f1"] == pytest.approx(f.tolist())
+
+
+def test_pr_curves_come_from_probabilities_not_hard_labels():
+    rng = np.random.default_rng(1)
+    y_true = rng.integers(0, 6, (2, 16, 16))
+    logits = rng.normal(size=(2, 16, 16, 6)) + 1.5 * np.eye(6)[y_true]
+    res = utils.segmentation_metrics(y_true, logits)
+    probs = utils.softmax(logits.reshape(-1, 6))
+    expected = metrics.average_precision_score(y_true.ravel() == 2, probs[:, 2])
+    assert res["average_precision"][2] == pytest.approx(expected)
+    precision, recall = res["pr_curves"]["Road"]
+    assert len(precision) > 3  # a curve, not the 3 points of hard labels
+
+
+def test_pr_curve_pixel_sample_is_bounded():
+    rng = np.random.default_rng(2)
+    y_true = rng.integers(0, 6, (1, 40, 40))
+    res = utils.segmentation_metrics(y_true, rng.normal(size=(1, 40, 40, 6)),
+                                     max_pr_pixels=500)
+    assert all(len(p) <= 501 for p, _ in res["pr_curves"].values())
+
+
+def _pixelwise_model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    return keras.Model(inputs, keras.layers.Conv2D(6, 1)(x))
+
+
+@pytest.mark.parametrize("size", [(325, 410), (40, 50), (64, 64)])
+def test_predict_image_covers_any_size_in_place(size):
+    model = _pixelwise_model()
+    image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+    labels, logits = utils.predict_image(model, image, tile_size=64, overlap=16,
+                                         return_logits=True)
+    direct = keras.ops.convert_to_numpy(model(image[None].astype("float32")))[0]
+    assert labels.shape == size
+    np.testing.assert_allclose(logits, direct, atol=1e-4)  # tiles line up
+
+
+def test_predict_image_rejects_bad_overlap():
+    with pytest.raises(ValueError, match="overlap"):
+        utils.predict_image(_pixelwise_model(), np.zeros((8, 8, 3)), tile_size=32,
+                            overlap=32)
+
+
+def test_evaluate_segmentation_runs_a_model(tiny_data, small_unet):
+    res = utils.evaluate_segmentation(small_unet, tiny_data.x_test[:4], tiny_data.y_test[:4])
+    assert 0 <= res["miou5"] <= 1 and res["confusion_matrix"].shape == (6, 6)
+    assert "Vegetation" in res["report"]

@@ -1,0 +1,155 @@
+"""Tests of section 3 of utils.py: losses and distillation."""
+
+import keras
+import numpy as np
+import pytest
+
+import utils
+from conftest import random_logits
+
+
+def _softmax(z, axis):
+    e = np.exp(z - z.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _kl(p, q, axis):
+    return (p * (np.log(p) - np.log(q))).sum(axis)
+
+
+SHAPE = (2, 3, 5, 4)  # N, H, W, C all differ
+
+
+def test_pixel_kd_matches_a_hand_computation():
+    t, s, T = random_logits(SHAPE, 1), random_logits(SHAPE, 2), 3.0
+    expected = _kl(_softmax(t / T, -1), _softmax(s / T, -1), -1).mean() * T**2
+    got = float(utils.distillation_loss(t, s, temperature=T))
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_channel_kd_matches_a_hand_computation():
+    t, s, T = random_logits(SHAPE, 1), random_logits(SHAPE, 2), 2.0
+    n, h, w, c = SHAPE
+    expected = 0.0
+    for i in range(n):
+        for k in range(c):
+            p = _softmax(t[i, :, :, k].ravel() / T, 0)
+            q = _softmax(s[i, :, :, k].ravel() / T, 0)
+            expected += _kl(p, q, 0)
+    expected = expected / (n * c) * T**2
+    got = float(utils.distillation_loss(t, s, temperature=T, kind="channel"))
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_kd_is_zero_for_identical_logits_and_positive_otherwise():
+    t = random_logits(SHAPE)
+    assert float(utils.distillation_loss(t, t)) == pytest.approx(0.0, abs=1e-6)
+    assert float(utils.distillation_loss(t, t[..., ::-1])) > 0.1
+
+
+def test_keras_logits_distillation_agrees_only_with_a_kl_instance():
+    t, s, T = random_logits(SHAPE, 1), random_logits(SHAPE, 2), 4.0
+    ours = float(utils.distillation_loss(t, s, T))
+    right = keras.distillation.LogitsDistillation(T, loss=keras.losses.KLDivergence())
+    trap = keras.distillation.LogitsDistillation(T)  # loss="kl_divergence"
+    assert float(right.compute_loss(t, s)) == pytest.approx(ours, rel=1e-4)
+    assert float(trap.compute_loss(t, s)) != pytest.approx(ours, rel=0.1)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0])
+def test_kd_rejects_non_positive_temperature(bad):
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        utils.distillation_loss(random_logits(SHAPE), random_logits(SHAPE), bad)
+
+
+def test_segmentation_loss_matches_a_hand_computation():
+    logits = random_logits((2, 3, 4, 6), 3)
+    labels = np.random.default_rng(4).integers(0, 6, (2, 3, 4))
+    labels[0, 0, :2] = utils.IGNORE_INDEX
+    weights = np.array([1.0, 0.5, 2.0, 1.0, 1.0, 3.0])
+    valid = labels != utils.IGNORE_INDEX
+    onehot = np.eye(6)[np.where(valid, labels, 0)] * valid[..., None]
+    probs = _softmax(logits, -1)
+    ce = -(onehot * np.log(probs)).sum(-1)
+    ce = (ce * (onehot * weights).sum(-1)).sum() / valid.sum()
+    p = (probs * valid[..., None]).reshape(-1, 6)
+    o = onehot.reshape(-1, 6)
+    dice = 1 - 2 * (o * p).sum(0) / (o.sum(0) + p.sum(0))
+    expected = ce + (dice * weights).sum() / weights.sum()
+    loss = utils.SegmentationLoss(class_weights=weights)
+    assert float(loss(labels, logits)) == pytest.approx(expected, rel=1e-4)
+
+
+def test_keras_dice_default_is_one_global_score_not_a_class_mean():
+    # The trap our loss avoids by passing axis=0 on (pixels, classes).
+    y = np.eye(3)[[0, 0, 0, 1]]
+    p = np.array([[1, 0, 0]] * 4, dtype="float32")
+    global_dice = float(keras.losses.dice(y, p))
+    per_class = keras.ops.convert_to_numpy(keras.losses.dice(y, p, axis=0))
+    assert global_dice == pytest.approx(1 - 6 / 8)
+    assert per_class[0] == pytest.approx(1 - 6 / 7) and per_class[1] == pytest.approx(1.0)
+
+
+def test_focal_loss_is_below_cross_entropy():
+    logits = random_logits((2, 8, 8, 6), 5)
+    labels = np.random.default_rng(6).integers(0, 6, (2, 8, 8))
+    ce = utils.SegmentationLoss(dice_weight=0)(labels, logits)
+    focal = utils.SegmentationLoss("focal", dice_weight=0)(labels, logits)
+    assert 0 < float(focal) < float(ce)
+
+
+def _teacher_student():
+    keras.utils.set_random_seed(0)
+    return utils.build_unet(2, name="t"), utils.build_unet(2, name="s")
+
+
+def test_alpha_one_gives_the_plain_student_loss():
+    teacher, student = _teacher_student()
+    x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    y = np.random.default_rng(1).integers(0, 6, (2, 16, 16))
+    distiller = utils.Distiller(teacher=teacher, student=student, alpha=1.0)
+    distiller.compile(optimizer="adam", loss=utils.SegmentationLoss())
+    y_pred = student(x)
+    total = distiller.compute_loss(x, y, y_pred)
+    assert float(total) == pytest.approx(float(utils.SegmentationLoss()(y, y_pred)), rel=1e-6)
+
+
+def test_distiller_lowers_the_kd_term_and_freezes_the_teacher(tiny_data):
+    teacher, student = _teacher_student()
+    kernel, bias = teacher.get_layer("logits").get_weights()
+    confident = np.array([3.0, 1.0, 0.0, -1.0, -2.0, -3.0])  # something to learn
+    teacher.get_layer("logits").set_weights([kernel * 5, bias + confident])
+    before = [w.copy() for w in teacher.get_weights()]
+    distiller = utils.Distiller(teacher=teacher, student=student, alpha=0.0,
+                                temperature=2.0)
+    distiller.compile(optimizer=keras.optimizers.Adam(1e-2), loss=utils.SegmentationLoss())
+    x, y = tiny_data.x_train[:16], tiny_data.y_train[:16]
+    history = distiller.fit(x, y, batch_size=16, epochs=20, verbose=0).history
+    kd = history["distillation_loss"]
+    assert kd[-1] < 0.5 * kd[0]
+    assert all(np.array_equal(a, b) for a, b in zip(before, teacher.get_weights()))
+    assert {"student_loss", "distillation_loss"} <= set(history)
+
+
+def test_distiller_rejects_bad_arguments():
+    teacher, student = _teacher_student()
+    for alpha in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=r"alpha .* must be in \[0, 1\]"):
+            utils.Distiller(teacher=teacher, student=student, alpha=alpha)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        utils.Distiller(teacher=teacher, student=student, temperature=0)
+    with pytest.raises(ValueError, match="kind must be"):
+        utils.Distiller(teacher=teacher, student=student, kind="feature")
+
+
+def test_distiller_rejects_a_class_count_mismatch():
+    teacher, _ = _teacher_student()
+    with pytest.raises(ValueError, match="Teacher predicts 6 classes but student predicts 5"):
+        utils.Distiller(teacher=teacher, student=utils.build_unet(2, n_classes=5))
+
+
+def test_distiller_refuses_a_teacher_that_outputs_probabilities():
+    teacher, student = _teacher_student()
+    with_softmax = keras.Model(teacher.input, keras.layers.Softmax()(teacher.output))
+    with pytest.raises(ValueError, match="probabilities.*needs logits"):
+        utils.Distiller(teacher=with_softmax, student=student)

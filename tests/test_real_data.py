@@ -1,0 +1,32 @@
+"""Tests on the real Dubai dataset; skipped when ../shared/data is absent."""
+
+import numpy as np
+import pytest
+
+import utils
+
+
+@pytest.fixture(scope="module")
+def real_data(real_root):
+    return utils.load_dataset(real_root, patch_size=256)
+
+
+def test_real_data_gives_1305_patches_at_256(real_data):
+    n = len(real_data.x_train) + len(real_data.x_val) + len(real_data.x_test)
+    assert n == 1305
+    assert len(real_data.x_test) == 290  # image_part_008 and _009 of every tile
+
+
+def test_real_data_reports_the_colours_it_met(real_data):
+    palette = {utils.rgb_to_hex(c) for c in utils.PALETTE}
+    assert set(real_data.color_counts) == palette | {"#000000"}
+    black = real_data.extra_color_sources["#000000"]
+    assert black["Tile 8/image_part_003"] > 500_000
+    assert sum(black.values()) == real_data.color_counts["#000000"]
+
+
+def test_real_split_keeps_every_tile_in_every_split(real_data):
+    for split in ("train", "val", "test"):
+        tiles = {name.split("/")[0] for name in real_data.sources[split]}
+        assert len(tiles) == 8, split
+    assert np.isin(np.unique(real_data.y_test), [0, 1, 2, 3, 4, 5, 255]).all()

@@ -1,0 +1,1565 @@
+"""Shared logic for the aerial-segmentation distillation notebooks.
+
+Every notebook of the series imports this one module: it loads the Dubai
+aerial dataset (or writes a tiny synthetic one in the same layout), builds the
+U-Net teacher and its half-width student, trains them, distils the teacher
+into the student with `Distiller`, evaluates segmentations and draws the
+figures. It is written against `keras.ops`, so it runs on the TensorFlow and
+the JAX backends alike.
+
+Sections:
+
+1. Data: palette, loading, splitting, augmentation, the tiny dataset.
+2. Models: the U-Net, its size and FLOPs.
+3. Losses and distillation: segmentation loss, KD losses, `Distiller`.
+4. Training: `fit_segmentation` with checkpoints and resumption.
+5. Evaluation: metrics, PR curves, whole-image prediction.
+6. Plotting.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import shutil
+import zipfile
+
+import keras
+import numpy as np
+from keras import layers
+from keras import ops
+from PIL import Image
+
+# =============================================================================
+# 1. Data
+# =============================================================================
+
+CLASSES = ("Building", "Land", "Road", "Vegetation", "Water", "Unlabeled")
+"""Class names, in the order of the label indices."""
+
+PALETTE = np.array(
+    [
+        [0x3C, 0x10, 0x98],  # Building   #3C1098
+        [0x84, 0x29, 0xF6],  # Land       #8429F6
+        [0x6E, 0xC1, 0xE4],  # Road       #6EC1E4
+        [0xFE, 0xDD, 0x3A],  # Vegetation #FEDD3A
+        [0xE2, 0xA9, 0x29],  # Water      #E2A929
+        [0x9B, 0x9B, 0x9B],  # Unlabeled  #9B9B9B
+    ],
+    dtype=np.uint8,
+)
+"""The mask colours really used by the dataset's masks, one row per class.
+
+The dataset's own `classes.json` lists other colours, which no mask uses.
+"""
+
+IGNORE_INDEX = 255
+"""Label of pixels that carry no class: excluded from losses and metrics."""
+
+EXTRA_COLORS = {"#000000": IGNORE_INDEX}
+"""Default policy for mask colours outside `PALETTE`.
+
+The real masks hold one such colour, black (#000000): 552,156 pixels (0.56 %)
+in 10 of the 72 masks, 545,723 of them in `Tile 8/image_part_003` and the
+rest in thin strips along image borders. The image under them shows ordinary
+ground: they are regions the annotators never painted. They are therefore not
+"Unlabeled" (#9B9B9B, a class the annotators did paint) but *unannotated*,
+and map to `IGNORE_INDEX`. Any other colour raises an error naming the file.
+Pass `extra_colors={}` to the loader to make black an error too, or
+`{"#000000": 5}` to count it as Unlabeled.
+"""
+
+DATASET_DIRNAME = "Semantic segmentation dataset"
+KAGGLE_HANDLE = "humansintheloop/semantic-segmentation-of-aerial-imagery"
+TEST_PARTS = ("image_part_008", "image_part_009")
+"""Images held out for testing in every tile (the project's fixed test set)."""
+
+
+def hex_to_rgb(color):
+    """Converts "#RRGGBB" to a tuple of three ints."""
+    text = str(color).lstrip("#")
+    if len(text) != 6:
+        raise ValueError(f"Expected a colour like '#3C1098', got {color!r}.")
+    return tuple(int(text[i : i + 2], 16) for i in (0, 2, 4))
+
+
+def rgb_to_hex(rgb):
+    """Converts three ints to "#RRGGBB"."""
+    return "#{:02X}{:02X}{:02X}".format(*(int(c) for c in rgb))
+
+
+def mask_to_labels(mask, extra_colors=EXTRA_COLORS, source="mask"):
+    """Maps an RGB mask to integer labels through the true palette.
+
+    Every pixel must carry a colour of `PALETTE` or a key of `extra_colors`;
+    anything else raises, so no colour is ever silently relabelled.
+
+    Args:
+        mask: uint8 array of shape `(H, W, 3)`.
+        extra_colors: dict mapping "#RRGGBB" to a label for colours outside
+            the palette (see `EXTRA_COLORS`).
+        source: name of the mask, used in error messages.
+
+    Returns:
+        uint8 array of shape `(H, W)`: class indices, or `IGNORE_INDEX`.
+
+    Example:
+
+    >>> labels = mask_to_labels(np.array([[[0x3C, 0x10, 0x98]]], np.uint8))
+    >>> int(labels[0, 0])  # Building
+    0
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 3 or mask.shape[-1] != 3:
+        raise ValueError(
+            f"{source}: expected an RGB mask of shape (H, W, 3), "
+            f"got shape {mask.shape}."
+        )
+    code = _rgb_code(mask)
+    lookup = {_rgb_code(np.array(rgb)): i for i, rgb in enumerate(PALETTE)}
+    for color, label in extra_colors.items():
+        if label != IGNORE_INDEX and not 0 <= label < len(CLASSES):
+            raise ValueError(
+                f"extra_colors maps {color} to {label}; labels must be class "
+                f"indices 0..{len(CLASSES) - 1} or IGNORE_INDEX "
+                f"({IGNORE_INDEX})."
+            )
+        lookup[_rgb_code(np.array(hex_to_rgb(color)))] = label
+    values, inverse = np.unique(code, return_inverse=True)
+    unknown = [v for v in values if int(v) not in lookup]
+    if unknown:
+        counts = {
+            _code_to_hex(v): int((code == v).sum()) for v in unknown[:5]
+        }
+        raise ValueError(
+            f"{source}: colours outside the palette: {counts} (colour: "
+            f"pixel count). Known colours are the class colours "
+            f"{[rgb_to_hex(c) for c in PALETTE]} and extra_colors "
+            f"{dict(extra_colors)}. Map the colour through the "
+            f"`extra_colors` argument (a class index or IGNORE_INDEX) if "
+            f"it means something, or fix the mask."
+        )
+    table = np.array([lookup[int(v)] for v in values], dtype=np.uint8)
+    return table[inverse.reshape(code.shape)]
+
+
+def _rgb_code(rgb):
+    rgb = np.asarray(rgb, dtype=np.int64)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def _code_to_hex(code):
+    code = int(code)
+    return rgb_to_hex(((code >> 16) & 255, (code >> 8) & 255, code & 255))
+
+
+def labels_to_rgb(labels):
+    """Colours a label map with the true palette (ignored pixels black).
+
+    Args:
+        labels: integer array of shape `(..., H, W)`.
+
+    Returns:
+        uint8 array of shape `(..., H, W, 3)`.
+
+    Example:
+
+    >>> labels_to_rgb(np.array([[1]]))[0, 0].tolist()
+    [132, 41, 246]
+    """
+    labels = np.asarray(labels)
+    table = np.zeros((256, 3), dtype=np.uint8)
+    table[: len(PALETTE)] = PALETTE
+    return table[labels.astype(np.uint8)]
+
+
+def find_dataset_root(path):
+    """Finds the `Semantic segmentation dataset` folder at or below `path`.
+
+    Args:
+        path: the dataset folder itself, or any folder above it (as
+            `kagglehub` or an unpacked zip leave it).
+
+    Returns:
+        `pathlib.Path` of the folder that holds the `Tile N` folders.
+    """
+    path = pathlib.Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"Dataset folder {str(path)!r} does not exist. Download the "
+            f"dataset with `utils.download_dataset()` or pass the folder "
+            f"that holds '{DATASET_DIRNAME}/Tile 1/images'."
+        )
+    if not path.is_dir():
+        raise NotADirectoryError(
+            f"{str(path)!r} is a file, not a folder. For a zip archive use "
+            f"`utils.download_dataset(source=...)`, which unpacks it."
+        )
+    if any(path.glob("Tile */images")):
+        return path
+    candidates = sorted(
+        p.parent.parent for p in path.glob(f"**/Tile */images") if p.is_dir()
+    )
+    if candidates:
+        return candidates[0]
+    found = sorted(p.name for p in path.iterdir())[:10]
+    raise FileNotFoundError(
+        f"No dataset found in {str(path)!r}: expected the Kaggle layout "
+        f"'{DATASET_DIRNAME}/Tile N/images/*.jpg' and "
+        f"'{DATASET_DIRNAME}/Tile N/masks/*.png', found "
+        f"{found if found else 'an empty folder'}."
+    )
+
+
+def find_pairs(root):
+    """Lists the (image, mask) file pairs of a dataset in the Kaggle layout.
+
+    Args:
+        root: dataset folder (see `find_dataset_root`).
+
+    Returns:
+        List of `(name, image_path, mask_path)`, name like
+        "Tile 1/image_part_001", sorted by tile number and name.
+    """
+    root = find_dataset_root(root)
+    pairs = []
+    tiles = sorted(
+        (p for p in root.glob("Tile *") if p.is_dir()), key=_tile_number
+    )
+    for tile in tiles:
+        images = {p.stem: p for p in (tile / "images").glob("*.jpg")}
+        masks = {p.stem: p for p in (tile / "masks").glob("*.png")}
+        if not images and not masks:
+            continue
+        missing_masks = sorted(set(images) - set(masks))
+        missing_images = sorted(set(masks) - set(images))
+        if missing_masks:
+            raise FileNotFoundError(
+                f"{tile / 'images' / (missing_masks[0] + '.jpg')} has no "
+                f"mask: expected {tile / 'masks' / (missing_masks[0] + '.png')}"
+                f" ({len(missing_masks)} image(s) without a mask in "
+                f"{tile.name}). Add the mask or remove the image."
+            )
+        if missing_images:
+            raise FileNotFoundError(
+                f"{tile / 'masks' / (missing_images[0] + '.png')} has no "
+                f"image: expected "
+                f"{tile / 'images' / (missing_images[0] + '.jpg')} "
+                f"({len(missing_images)} mask(s) without an image in "
+                f"{tile.name}). Add the image or remove the mask."
+            )
+        for stem in sorted(images):
+            pairs.append((f"{tile.name}/{stem}", images[stem], masks[stem]))
+    if not pairs:
+        raise FileNotFoundError(
+            f"{root} holds 'Tile N' folders but no image/mask pairs: expected "
+            f"'Tile N/images/*.jpg' with matching 'Tile N/masks/*.png'."
+        )
+    return pairs
+
+
+def _tile_number(path):
+    digits = "".join(c for c in path.name if c.isdigit())
+    return (int(digits) if digits else 0, path.name)
+
+
+def read_pair(image_path, mask_path, extra_colors=EXTRA_COLORS):
+    """Reads one image and its mask as arrays, checking that they agree.
+
+    Palette ("P") and opaque RGBA masks are converted to RGB; greyscale and
+    semi-transparent masks are refused, since their colours can't be trusted
+    to be the palette's.
+
+    Args:
+        image_path: path of the `.jpg` image.
+        mask_path: path of the `.png` mask.
+        extra_colors: see `mask_to_labels`.
+
+    Returns:
+        `(image, labels)`: uint8 `(H, W, 3)` and uint8 `(H, W)`.
+    """
+    image = _read_image(image_path).convert("RGB")
+    mask = _read_image(mask_path)
+    if mask.mode in ("L", "LA", "I", "I;16", "F", "1"):
+        raise ValueError(
+            f"{mask_path}: mask is greyscale (mode {mask.mode}); masks must be "
+            f"RGB images in the dataset palette. Re-export it in colour."
+        )
+    if mask.mode in ("RGBA", "PA") or "transparency" in mask.info:
+        rgba = np.asarray(mask.convert("RGBA"))
+        if (rgba[..., 3] != 255).any():
+            raise ValueError(
+                f"{mask_path}: mask has transparent pixels "
+                f"({int((rgba[..., 3] != 255).sum())} of them); masks must be "
+                f"opaque. Flatten it onto the right class colours."
+            )
+    mask = np.asarray(mask.convert("RGB"))
+    image = np.asarray(image)
+    if image.shape[:2] != mask.shape[:2]:
+        raise ValueError(
+            f"Image {image_path} is {image.shape[1]}x{image.shape[0]} but its "
+            f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} (width x "
+            f"height). They must match pixel for pixel."
+        )
+    return image, mask_to_labels(mask, extra_colors, source=str(mask_path))
+
+
+def _read_image(path):
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValueError(
+            f"Cannot read {path}: {error}. The file is truncated or not an "
+            f"image; download the dataset again or remove this pair."
+        ) from error
+    return image
+
+
+def cut_patches(array, patch_size):
+    """Crops to multiples of `patch_size` and cuts non-overlapping patches.
+
+    The crop keeps the top-left corner.
+
+    Args:
+        array: array of shape `(H, W, ...)`.
+        patch_size: side of the square patches.
+
+    Returns:
+        Array of shape `(N, patch_size, patch_size, ...)`, rows first.
+    """
+    rows, cols = array.shape[0] // patch_size, array.shape[1] // patch_size
+    cropped = array[: rows * patch_size, : cols * patch_size]
+    patches = cropped.reshape(
+        rows, patch_size, cols, patch_size, *array.shape[2:]
+    ).swapaxes(1, 2)
+    return patches.reshape(rows * cols, patch_size, patch_size, *array.shape[2:])
+
+
+@dataclasses.dataclass
+class AerialDataset:
+    """Patches of the aerial dataset, split by source image.
+
+    Attributes:
+        x_train, x_val, x_test: uint8 images, `(N, P, P, 3)`.
+        y_train, y_val, y_test: uint8 labels, `(N, P, P)`, with
+            `IGNORE_INDEX` for unannotated pixels.
+        sources: dict mapping "train", "val", "test" to the source images
+            (names like "Tile 1/image_part_001") of that split.
+        files: dict mapping the same keys to `(image_path, mask_path)`
+            pairs, to read whole images (e.g. for `predict_image`).
+        patch_size: side of the patches.
+        color_counts: dict "#RRGGBB" -> pixel count over all loaded masks.
+        extra_color_sources: dict "#RRGGBB" -> {source: pixel count} for
+            colours mapped through `extra_colors`.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    sources: dict
+    files: dict
+    patch_size: int
+    color_counts: dict
+    extra_color_sources: dict
+
+    def summary(self):
+        """Returns a short text: patches and source images per split."""
+        lines = [f"Patches of {self.patch_size}x{self.patch_size}:"]
+        for split in ("train", "val", "test"):
+            n = len(getattr(self, f"x_{split}"))
+            lines.append(
+                f"  {split:5s} {n:5d} patches from "
+                f"{len(self.sources[split])} source images"
+            )
+        return "\n".join(lines)
+
+
+def load_dataset(
+    root,
+    patch_size=256,
+    *,
+    test_parts=TEST_PARTS,
+    val_per_tile=1,
+    seed=0,
+    extra_colors=EXTRA_COLORS,
+):
+    """Loads the dataset as patches, split by source image.
+
+    Each image is cropped to multiples of `patch_size` (top-left corner
+    kept) and cut into non-overlapping patches. The split is by *source
+    image*, never by patch, so no test patch shares an image with a training
+    patch: in every tile, the images named in `test_parts` go to test, then
+    `val_per_tile` of the remaining images, drawn with `seed`, go to
+    validation, the rest to training. On the real data at 256 this gives
+    1305 patches, 290 of them in the default test set.
+
+    Args:
+        root: dataset folder (see `find_dataset_root`).
+        patch_size: side of the square patches.
+        test_parts: image names (without extension) held out for testing in
+            every tile.
+        val_per_tile: number of validation images drawn in every tile.
+        seed: seed of the validation draw.
+        extra_colors: policy for colours outside the palette, see
+            `EXTRA_COLORS`.
+
+    Returns:
+        An `AerialDataset`.
+
+    Example:
+
+    >>> data = load_dataset(make_tiny_dataset("/tmp/tiny"), patch_size=64)
+    >>> data.x_train.dtype, data.y_train.shape[1:]
+    (dtype('uint8'), (64, 64))
+    """
+    if not isinstance(patch_size, int) or patch_size < 16 or patch_size % 16:
+        raise ValueError(
+            f"patch_size must be a multiple of 16 (the U-Net halves it four "
+            f"times), at least 16; got {patch_size!r}."
+        )
+    if val_per_tile < 0:
+        raise ValueError(f"val_per_tile must be >= 0, got {val_per_tile}.")
+    pairs = find_pairs(root)
+    split_of = _split_by_source([name for name, _, _ in pairs], test_parts,
+                                val_per_tile, seed)
+    arrays = {s: ([], []) for s in ("train", "val", "test")}
+    sources = {s: [] for s in arrays}
+    files = {s: [] for s in arrays}
+    color_counts, extra_sources = {}, {}
+    extra_codes = {_rgb_code(np.array(hex_to_rgb(c))): c.upper()
+                   for c in extra_colors}
+    for name, image_path, mask_path in pairs:
+        image, labels = read_pair(image_path, mask_path, extra_colors)
+        if min(image.shape[:2]) < patch_size:
+            raise ValueError(
+                f"{image_path} is {image.shape[1]}x{image.shape[0]}, smaller "
+                f"than one {patch_size}x{patch_size} patch. Use a smaller "
+                f"patch_size or remove this image."
+            )
+        _count_colors(mask_path, name, extra_codes, color_counts,
+                      extra_sources)
+        split = split_of[name]
+        arrays[split][0].append(cut_patches(image, patch_size))
+        arrays[split][1].append(cut_patches(labels, patch_size))
+        sources[split].append(name)
+        files[split].append((image_path, mask_path))
+    stacked = {}
+    for split, (xs, ys) in arrays.items():
+        empty_x = np.zeros((0, patch_size, patch_size, 3), np.uint8)
+        empty_y = np.zeros((0, patch_size, patch_size), np.uint8)
+        stacked[f"x_{split}"] = np.concatenate(xs) if xs else empty_x
+        stacked[f"y_{split}"] = np.concatenate(ys) if ys else empty_y
+    return AerialDataset(
+        **stacked,
+        sources=sources,
+        files=files,
+        patch_size=patch_size,
+        color_counts=dict(sorted(color_counts.items())),
+        extra_color_sources=extra_sources,
+    )
+
+
+def _split_by_source(names, test_parts, val_per_tile, seed):
+    rng = np.random.default_rng(seed)
+    split_of = {}
+    by_tile = {}
+    for name in names:
+        by_tile.setdefault(name.split("/")[0], []).append(name)
+    for tile, members in by_tile.items():
+        rest = [n for n in members if n.split("/")[1] not in test_parts]
+        for n in members:
+            if n not in rest:
+                split_of[n] = "test"
+        chosen = set(rng.choice(rest, size=min(val_per_tile, len(rest)),
+                                replace=False)) if rest else set()
+        for n in rest:
+            split_of[n] = "val" if n in chosen else "train"
+    return split_of
+
+
+def _count_colors(mask_path, name, extra_codes, color_counts, extra_sources):
+    mask = np.asarray(Image.open(mask_path).convert("RGB"))
+    codes, counts = np.unique(_rgb_code(mask), return_counts=True)
+    for code, count in zip(codes, counts):
+        color = _code_to_hex(code)
+        color_counts[color] = color_counts.get(color, 0) + int(count)
+        if int(code) in extra_codes:
+            extra_sources.setdefault(color, {})[name] = int(count)
+
+
+def download_dataset(destination="data", source=None):
+    """Gets the dataset and returns its root folder.
+
+    With no `source`, downloads it from Kaggle through `kagglehub` (the
+    dataset is public; kagglehub reads credentials, where needed, from
+    Colab secrets or the `KAGGLE_USERNAME` / `KAGGLE_KEY` environment
+    variables, never from this repository). With `source`, uses a folder or
+    unpacks a zip archive into `destination`. Nothing touches the network
+    before this function is called.
+
+    Args:
+        destination: folder that a zip `source` is unpacked into.
+        source: optional path of a folder or zip holding the dataset.
+
+    Returns:
+        `pathlib.Path` of the dataset root, ready for `load_dataset`.
+
+    Example:
+
+    >>> root = download_dataset(source="/content/drive/MyDrive/aerial.zip")
+    """
+    if source is None:
+        import kagglehub  # Imported here: only this path needs the network.
+
+        return find_dataset_root(kagglehub.dataset_download(KAGGLE_HANDLE))
+    source = pathlib.Path(source).expanduser()
+    if source.is_file() and zipfile.is_zipfile(source):
+        destination = pathlib.Path(destination)
+        destination.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(source) as archive:
+            archive.extractall(destination)
+        return find_dataset_root(destination)
+    if source.is_file():
+        raise ValueError(
+            f"{source} is neither a folder nor a zip archive. Pass the "
+            f"dataset folder or the zip downloaded from Kaggle."
+        )
+    return find_dataset_root(source)
+
+
+def augment(images, labels, rng):
+    """Applies one random flip/rotation to each image and its labels.
+
+    Draws one of the 8 symmetries of the square (4 rotations by 90 degrees,
+    each with or without a flip) per sample, so labels stay aligned pixel
+    for pixel.
+
+    Args:
+        images: array `(N, P, P, C)`.
+        labels: array `(N, P, P)`.
+        rng: a `numpy.random.Generator`.
+
+    Returns:
+        `(images, labels)`, new arrays of the same shapes.
+
+    Example:
+
+    >>> x, y = augment(x_batch, y_batch, np.random.default_rng(0))
+    """
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.shape[:3] != labels.shape[:3]:
+        raise ValueError(
+            f"images {images.shape} and labels {labels.shape} must share "
+            f"(N, H, W)."
+        )
+    if images.shape[1] != images.shape[2]:
+        raise ValueError(f"augment needs square patches, got {images.shape}.")
+    out_x, out_y = np.empty_like(images), np.empty_like(labels)
+    for i, (k, flip) in enumerate(
+        zip(rng.integers(0, 4, len(images)), rng.integers(0, 2, len(images)))
+    ):
+        x, y = np.rot90(images[i], k), np.rot90(labels[i], k)
+        if flip:
+            x, y = x[:, ::-1], y[:, ::-1]
+        out_x[i], out_y[i] = x, y
+    return out_x, out_y
+
+
+class PatchSequence(keras.utils.PyDataset):
+    """Batches of patches, shuffled and augmented anew every epoch.
+
+    Args:
+        x: uint8 images `(N, P, P, 3)`.
+        y: labels `(N, P, P)`.
+        batch_size: patches per batch.
+        augment: whether to apply `augment`.
+        seed: seed of the shuffling and augmentation.
+    """
+
+    def __init__(self, x, y, batch_size=16, augment=True, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        if len(x) != len(y) or len(x) == 0:
+            raise ValueError(
+                f"x and y must hold the same, non-zero number of patches; "
+                f"got {len(x)} and {len(y)}."
+            )
+        self.x, self.y = x, y
+        self.batch_size = batch_size
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self._order = np.arange(len(x))
+        self.on_epoch_end()
+
+    def __len__(self):
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def __getitem__(self, index):
+        rows = np.sort(
+            self._order[index * self.batch_size : (index + 1) * self.batch_size]
+        )
+        x, y = self.x[rows], self.y[rows]
+        if self.augment:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            x, y = augment(x, y, rng)
+        return x, y
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self._order = np.random.default_rng([self.seed, self.epoch]).permutation(
+            len(self.x)
+        )
+
+
+def make_tiny_dataset(
+    path,
+    tile_sizes=((150, 136), (200, 170), (136, 200)),
+    images_per_tile=9,
+    seed=0,
+):
+    """Writes a small synthetic dataset in the Kaggle layout and palette.
+
+    Each scene is land with roads (strips), buildings (blocks), water and
+    vegetation (blobs), a little Unlabeled ground, and in the first tile a
+    thin black unannotated strip, as in the real masks. Image colours depend
+    on the class plus noise, so a model can learn the task in a few epochs.
+    The output is deterministic for a seed.
+
+    Args:
+        path: folder to write; `Semantic segmentation dataset` is created
+            inside it.
+        tile_sizes: `(width, height)` of the images of each tile.
+        images_per_tile: images per tile, named `image_part_001.jpg`, ...
+        seed: random seed.
+
+    Returns:
+        `pathlib.Path` of the dataset root.
+
+    Example:
+
+    >>> root = make_tiny_dataset("/tmp/tiny")
+    >>> len(find_pairs(root))
+    27
+    """
+    if images_per_tile < 1 or not tile_sizes:
+        raise ValueError("Need at least one tile and one image per tile.")
+    root = pathlib.Path(path) / DATASET_DIRNAME
+    rng = np.random.default_rng(seed)
+    shades = np.array(
+        [[90, 80, 85], [200, 170, 120], [60, 60, 65], [40, 110, 45],
+         [30, 80, 150], [150, 150, 150]], dtype=np.float64
+    )
+    for t, (width, height) in enumerate(tile_sizes, start=1):
+        for folder in ("images", "masks"):
+            (root / f"Tile {t}" / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(1, images_per_tile + 1):
+            labels = _tiny_scene(height, width, rng)
+            image = shades[labels] + rng.normal(0, 12, (height, width, 3))
+            image = np.clip(image, 0, 255).astype(np.uint8)
+            mask = labels_to_rgb(labels)
+            if t == 1 and i == 1:
+                mask[0, : width // 3] = 0  # an unannotated strip, as in real
+            stem = f"image_part_{i:03d}"
+            Image.fromarray(image).save(
+                root / f"Tile {t}" / "images" / f"{stem}.jpg", quality=92
+            )
+            Image.fromarray(mask).save(root / f"Tile {t}" / "masks" / f"{stem}.png")
+    return root
+
+
+def _tiny_scene(height, width, rng):
+    labels = np.full((height, width), 1, dtype=np.uint8)  # Land
+    yy, xx = np.mgrid[:height, :width]
+    for label, count, scale in ((4, 1, 0.22), (3, 3, 0.12)):  # Water, Veg.
+        for _ in range(count):
+            cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+            ry, rx = rng.uniform(0.5, 1.0, 2) * scale * min(height, width)
+            labels[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1] = label
+    for _ in range(int(rng.integers(4, 8))):  # Buildings
+        h, w = rng.integers(8, 24, 2)
+        y, x = rng.integers(0, height - h), rng.integers(0, width - w)
+        labels[y : y + h, x : x + w] = 0
+    for axis in (0, 1):  # Roads
+        for _ in range(int(rng.integers(1, 3))):
+            size = (height, width)[axis]
+            start, thick = int(rng.integers(0, size - 8)), int(rng.integers(5, 9))
+            if axis == 0:
+                labels[start : start + thick, :] = 2
+            else:
+                labels[:, start : start + thick] = 2
+    y, x = rng.integers(0, height - 6), rng.integers(0, width - 6)
+    labels[y : y + 6, x : x + 6] = 5  # Unlabeled
+    return labels
+
+
+# =============================================================================
+# 2. Models
+# =============================================================================
+
+TEACHER_FILTERS = 16
+STUDENT_FILTERS = 8
+
+
+def build_unet(
+    base_filters=16,
+    n_classes=len(CLASSES),
+    input_shape=(None, None, 3),
+    dropout=(0.1, 0.1, 0.2, 0.2, 0.3),
+    name=None,
+):
+    """Builds the classic 4-level U-Net that outputs logits.
+
+    Four levels down and four up, two 3x3 ReLU convolutions per level with
+    dropout between them, max pooling down, 2x2 transposed convolutions up,
+    skip connections by concatenation, filters doubling from `base_filters`
+    to `16 * base_filters` at the bottleneck. Inputs are uint8-range RGB
+    images, rescaled inside the model; the last layer is a 1x1 convolution
+    with no activation, so the model returns **logits** (distillation needs
+    them; apply softmax for probabilities).
+
+    Args:
+        base_filters: filters of the first level (16 for the teacher, 8 for
+            the student).
+        n_classes: number of output classes.
+        input_shape: `(H, W, 3)`; H and W may be `None` (any size divisible
+            by 16).
+        dropout: dropout rates of the five depths, top to bottleneck.
+        name: model name.
+
+    Returns:
+        A functional `keras.Model` mapping `(N, H, W, 3)` to logits
+        `(N, H, W, n_classes)`.
+
+    Example:
+
+    >>> model = build_unet(8)
+    >>> model(np.zeros((1, 64, 64, 3))).shape
+    (1, 64, 64, 6)
+    """
+    if not isinstance(base_filters, int) or base_filters < 1:
+        raise ValueError(f"base_filters must be a positive int, got {base_filters!r}.")
+    if not isinstance(n_classes, int) or n_classes < 2:
+        raise ValueError(f"n_classes must be an int >= 2, got {n_classes!r}.")
+    if len(dropout) != 5:
+        raise ValueError(f"dropout needs 5 rates, one per depth; got {dropout!r}.")
+    for size in input_shape[:2]:
+        if size is not None and size % 16:
+            raise ValueError(
+                f"Input height and width must be divisible by 16, got "
+                f"input_shape={input_shape}."
+            )
+    inputs = keras.Input(input_shape, name="image")
+    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    skips = []
+    for depth in range(4):
+        x = _conv_block(x, base_filters * 2**depth, dropout[depth], f"down{depth}")
+        skips.append(x)
+        x = layers.MaxPooling2D(name=f"down{depth}_pool")(x)
+    x = _conv_block(x, base_filters * 16, dropout[4], "bottleneck")
+    for depth in reversed(range(4)):
+        filters = base_filters * 2**depth
+        x = layers.Conv2DTranspose(
+            filters, 2, strides=2, padding="same", name=f"up{depth}_upsample"
+        )(x)
+        x = layers.Concatenate(name=f"up{depth}_skip")([x, skips[depth]])
+        x = _conv_block(x, filters, dropout[depth], f"up{depth}")
+    logits = layers.Conv2D(n_classes, 1, dtype="float32", name="logits")(x)
+    return keras.Model(inputs, logits, name=name or f"unet{base_filters}")
+
+
+def _conv_block(x, filters, rate, name):
+    x = layers.Conv2D(filters, 3, padding="same", activation="relu",
+                      kernel_initializer="he_normal", name=f"{name}_conv1")(x)
+    x = layers.Dropout(rate, name=f"{name}_dropout")(x)
+    return layers.Conv2D(filters, 3, padding="same", activation="relu",
+                         kernel_initializer="he_normal", name=f"{name}_conv2")(x)
+
+
+def build_teacher(**kwargs):
+    """The teacher: `build_unet(16)`, about 1.94 M parameters."""
+    kwargs.setdefault("name", "teacher")
+    return build_unet(TEACHER_FILTERS, **kwargs)
+
+
+def build_student(**kwargs):
+    """The student: half width, `build_unet(8)`, about 0.49 M parameters."""
+    kwargs.setdefault("name", "student")
+    return build_unet(STUDENT_FILTERS, **kwargs)
+
+
+def count_flops(model, input_size=256):
+    """Counts the floating-point operations of one forward pass.
+
+    Counts multiply-adds of convolutions and transposed convolutions as two
+    operations each (the convention behind "GFLOPs" in papers); pooling,
+    activations and dropout are negligible and left out.
+
+    Args:
+        model: a model from `build_unet` (or any stack of 2D convolutions).
+        input_size: side of the square input.
+
+    Returns:
+        FLOPs as an int.
+
+    Example:
+
+    >>> count_flops(build_teacher()) / 1e9  # about 6.1
+    """
+    shapes = _layer_output_shapes(model, input_size)
+    flops = 0
+    for layer in model.layers:
+        if isinstance(layer, layers.Conv2DTranspose):
+            h, w = shapes[layer.name][1:3]
+            c_in = layer.input.shape[-1]
+            k = np.prod(layer.kernel_size)
+            flops += 2 * k * c_in * layer.filters * (h // layer.strides[0]) * (
+                w // layer.strides[1])
+        elif isinstance(layer, layers.Conv2D):
+            h, w = shapes[layer.name][1:3]
+            k = np.prod(layer.kernel_size)
+            flops += 2 * k * layer.input.shape[-1] * layer.filters * h * w
+    return int(flops)
+
+
+def _layer_output_shapes(model, input_size):
+    shapes, size = {}, input_size
+    for layer in model.layers:
+        if isinstance(layer, layers.MaxPooling2D):
+            size //= 2
+        elif isinstance(layer, layers.Conv2DTranspose):
+            size *= layer.strides[0]
+        shapes[layer.name] = (None, size, size)
+    return shapes
+
+
+def model_summary(model, path=None, input_size=256):
+    """Returns parameters, FLOPs and (if `path` is given) file size in MB."""
+    info = {
+        "parameters": int(model.count_params()),
+        "gflops": count_flops(model, input_size) / 1e9,
+    }
+    if path is not None:
+        info["size_mb"] = os.path.getsize(path) / 1e6
+    return info
+
+
+# =============================================================================
+# 3. Losses and distillation
+# =============================================================================
+
+
+@keras.saving.register_keras_serializable(package="sssi")
+class SegmentationLoss(keras.losses.Loss):
+    """Dice plus (focal) cross-entropy on logits, ignoring unannotated pixels.
+
+    The sum of a cross-entropy term, computed with Keras'
+    `categorical_crossentropy` or `categorical_focal_crossentropy` from
+    logits, and a soft multi-class Dice term, computed with Keras' `dice`
+    per class over the whole batch and averaged over classes. Pixels
+    labelled `IGNORE_INDEX` count in neither.
+
+    Args:
+        kind: "cross_entropy" or "focal".
+        dice_weight: weight of the Dice term (0 disables it).
+        class_weights: optional sequence of one weight per class, applied to
+            the cross-entropy per pixel and to the Dice average per class.
+        gamma: focusing parameter of the focal loss.
+        n_classes: number of classes.
+
+    Example:
+
+    >>> loss = SegmentationLoss()
+    >>> loss(np.zeros((1, 4, 4)), np.zeros((1, 4, 4, 6)))
+    """
+
+    def __init__(self, kind="cross_entropy", dice_weight=1.0,
+                 class_weights=None, gamma=2.0, n_classes=len(CLASSES),
+                 name="segmentation_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if kind not in ("cross_entropy", "focal"):
+            raise ValueError(
+                f"kind must be 'cross_entropy' or 'focal', got {kind!r}."
+            )
+        if class_weights is not None and len(class_weights) != n_classes:
+            raise ValueError(
+                f"class_weights needs {n_classes} weights, one per class; "
+                f"got {len(class_weights)}."
+            )
+        self.kind = kind
+        self.dice_weight = float(dice_weight)
+        self.class_weights = (None if class_weights is None
+                              else [float(w) for w in class_weights])
+        self.gamma = float(gamma)
+        self.n_classes = n_classes
+
+    def call(self, y_true, y_pred):
+        logits = ops.cast(y_pred, "float32")
+        labels = ops.cast(y_true, "int32")
+        valid = ops.cast(ops.not_equal(labels, IGNORE_INDEX), "float32")
+        onehot = ops.one_hot(ops.where(labels == IGNORE_INDEX, 0, labels),
+                             self.n_classes) * valid[..., None]
+        weights = (ops.ones((self.n_classes,)) if self.class_weights is None
+                   else ops.convert_to_tensor(self.class_weights, "float32"))
+        if self.kind == "focal":
+            ce = keras.losses.categorical_focal_crossentropy(
+                onehot, logits, alpha=1.0, gamma=self.gamma, from_logits=True)
+        else:
+            ce = keras.losses.categorical_crossentropy(
+                onehot, logits, from_logits=True)
+        pixel_weight = ops.sum(onehot * weights, axis=-1)
+        loss = ops.sum(ce * pixel_weight) / ops.maximum(ops.sum(valid), 1.0)
+        if self.dice_weight:
+            probs = ops.softmax(logits, axis=-1) * valid[..., None]
+            per_class = keras.losses.dice(
+                ops.reshape(onehot, (-1, self.n_classes)),
+                ops.reshape(probs, (-1, self.n_classes)), axis=0)
+            loss += self.dice_weight * ops.sum(per_class * weights) / ops.sum(weights)
+        # Keras reduces per-sample losses; a batch-wide scalar is broadcast.
+        return ops.ones_like(logits[:, 0, 0, 0]) * loss
+
+    def get_config(self):
+        return {**super().get_config(), "kind": self.kind,
+                "dice_weight": self.dice_weight,
+                "class_weights": self.class_weights, "gamma": self.gamma,
+                "n_classes": self.n_classes}
+
+
+def distillation_loss(teacher_logits, student_logits, temperature=4.0,
+                      kind="pixel"):
+    """Knowledge-distillation loss for dense prediction, from logits.
+
+    - `kind="pixel"` (Hinton et al., 2015, at every pixel): softmax of
+      `logits / T` over the **class axis (last)**, KL(teacher || student)
+      per pixel, averaged over pixels, times T^2.
+    - `kind="channel"` (Shu et al., ICCV 2021, channel-wise distillation):
+      for each class channel, softmax of `logits / T` over the **spatial
+      positions**, KL(teacher || student) per channel summed over
+      positions, averaged over channels and images, times T^2.
+
+    The T^2 factor keeps the gradients' scale independent of T. Both take
+    logits: applying them to probabilities (as the seed project did) gives a
+    near-zero loss that teaches nothing.
+
+    Args:
+        teacher_logits: `(N, H, W, C)` teacher logits.
+        student_logits: `(N, H, W, C)` student logits.
+        temperature: softening temperature T > 0.
+        kind: "pixel" or "channel".
+
+    Returns:
+        Scalar loss.
+
+    Example:
+
+    >>> t = np.random.randn(2, 8, 8, 6)
+    >>> float(distillation_loss(t, t))  # identical logits
+    0.0
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}.")
+    if kind not in ("pixel", "channel"):
+        raise ValueError(f"kind must be 'pixel' or 'channel', got {kind!r}.")
+    t = ops.cast(teacher_logits, "float32") / temperature
+    s = ops.cast(student_logits, "float32") / temperature
+    if len(t.shape) != 4 or tuple(t.shape) != tuple(s.shape):
+        raise ValueError(
+            f"teacher and student logits must have the same (N, H, W, C) "
+            f"shape, got {tuple(t.shape)} and {tuple(s.shape)}."
+        )
+    if kind == "channel":  # softmax over positions: put them on the last axis
+        t = ops.transpose(ops.reshape(t, (t.shape[0], -1, t.shape[-1])), (0, 2, 1))
+        s = ops.transpose(ops.reshape(s, (s.shape[0], -1, s.shape[-1])), (0, 2, 1))
+    log_p_t = ops.log_softmax(t, axis=-1)
+    log_p_s = ops.log_softmax(s, axis=-1)
+    kl = ops.sum(ops.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
+    return ops.mean(kl) * temperature**2
+
+
+class SegmentationKD(keras.distillation.DistillationLoss):
+    """`keras.distillation` loss wrapping `distillation_loss`.
+
+    Keras' own `LogitsDistillation` is unfit here: with its default
+    `loss="kl_divergence"` it applies neither the softmax nor T^2.
+
+    Args:
+        temperature: softening temperature.
+        kind: "pixel" or "channel".
+    """
+
+    def __init__(self, temperature=4.0, kind="pixel"):
+        distillation_loss(np.zeros((1, 1, 1, 2)), np.zeros((1, 1, 1, 2)),
+                          temperature, kind)  # validates the arguments
+        self.temperature = float(temperature)
+        self.kind = kind
+
+    def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
+        return distillation_loss(teacher_outputs, student_outputs,
+                                 self.temperature, self.kind)
+
+    def get_config(self):
+        return {"temperature": self.temperature, "kind": self.kind}
+
+
+class Distiller(keras.distillation.Distiller):
+    """Trains a student on labels and on a frozen teacher's soft predictions.
+
+    A `keras.distillation.Distiller` whose distillation term is
+    `distillation_loss` (pixel-wise or channel-wise KD). The student is
+    trained on `alpha * student_loss + (1 - alpha) * distillation_loss`,
+    where `student_loss` is the loss given to `compile` (e.g.
+    `SegmentationLoss()`). The teacher is frozen and runs in inference
+    mode. The history records `student_loss`, `distillation_loss` and
+    `total_loss` (and their `val_` twins) next to the compiled metrics.
+    After training, use and save `distiller.student` on its own.
+
+    Args:
+        teacher: trained model returning logits `(N, H, W, C)`.
+        student: model with the same input and output shapes.
+        alpha: weight in [0, 1] of the student's own loss.
+        temperature: KD temperature, > 0.
+        kind: "pixel" (Hinton) or "channel" (Shu et al.).
+
+    Example:
+
+    >>> distiller = Distiller(teacher=teacher, student=build_student())
+    >>> distiller.compile(optimizer="adam", loss=SegmentationLoss())
+    >>> distiller.fit(x, y, epochs=1)
+    >>> distiller.student.save("student.keras")
+    """
+
+    def __init__(self, teacher, student, alpha=0.5, temperature=4.0,
+                 kind="pixel", name="distiller", **kwargs):
+        if not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+            raise ValueError(
+                f"alpha is the weight of the student's own loss and must be "
+                f"in [0, 1], got {alpha!r}."
+            )
+        _check_teacher_and_student(teacher, student)
+        super().__init__(
+            teacher=teacher,
+            student=student,
+            distillation_losses=SegmentationKD(temperature, kind),
+            student_loss_weight=float(alpha),
+            name=name,
+            **kwargs,
+        )
+        self.alpha = float(alpha)
+        self.temperature = float(temperature)
+        self.kind = kind
+
+
+def _check_teacher_and_student(teacher, student):
+    for role, model in (("teacher", teacher), ("student", student)):
+        if not isinstance(model, keras.Model):
+            raise TypeError(f"{role} must be a keras.Model, got {type(model)}.")
+    t_shape, s_shape = tuple(teacher.output.shape), tuple(student.output.shape)
+    if t_shape[-1] != s_shape[-1]:
+        raise ValueError(
+            f"Teacher predicts {t_shape[-1]} classes but student predicts "
+            f"{s_shape[-1]}: build both with the same n_classes."
+        )
+    if len(t_shape) != len(s_shape) or any(
+        a is not None and b is not None and a != b for a, b in zip(t_shape, s_shape)
+    ):
+        raise ValueError(
+            f"Teacher output shape {t_shape} differs from student output "
+            f"shape {s_shape}: both must map the same image to logits of the "
+            f"same shape."
+        )
+    last = teacher.layers[-1]
+    activation = getattr(getattr(last, "activation", None), "__name__", "")
+    probe = ops.convert_to_numpy(teacher(np.random.default_rng(0).uniform(
+        0, 255, (1, 32, 32, 3)).astype("float32") if t_shape[1] is None
+        else np.random.default_rng(0).uniform(0, 255, (1, *teacher.input.shape[1:])
+                                              ).astype("float32"),
+        training=False))
+    sums_to_one = np.allclose(probe.sum(-1), 1.0, atol=1e-3) and probe.min() >= 0
+    if isinstance(last, layers.Softmax) or activation == "softmax" or sums_to_one:
+        raise ValueError(
+            f"The teacher's outputs are probabilities (its last layer "
+            f"'{last.name}' applies softmax), but distillation needs logits. "
+            f"Rebuild it without the softmax (build_unet returns logits), or "
+            f"pass `keras.Model(teacher.input, teacher.layers[-1].input)` if "
+            f"the softmax is a separate last layer."
+        )
+
+
+# =============================================================================
+# 4. Training
+# =============================================================================
+
+
+def compile_segmentation(model, learning_rate=1e-3, loss=None):
+    """Compiles a model (or `Distiller`) with Adam, the loss and mIoU metrics.
+
+    Metrics: `miou5`, the mean IoU over the 5 labelled classes (what model
+    selection monitors), and `pixel_acc`, both ignoring unannotated pixels.
+
+    Args:
+        model: a model from `build_unet`, or a `Distiller`.
+        learning_rate: Adam's learning rate.
+        loss: student loss; `SegmentationLoss()` if `None`.
+
+    Returns:
+        The model, compiled.
+    """
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=loss or SegmentationLoss(),
+        metrics=[
+            keras.metrics.IoU(len(CLASSES), target_class_ids=list(range(5)),
+                              sparse_y_pred=False, ignore_class=IGNORE_INDEX,
+                              name="miou5"),
+            keras.metrics.SparseCategoricalAccuracy(name="pixel_acc"),
+        ],
+    )
+    return model
+
+
+def fit_segmentation(
+    model,
+    data,
+    *,
+    epochs,
+    output_dir,
+    name,
+    batch_size=16,
+    seed=0,
+    augment=True,
+    verbose="auto",
+):
+    """Trains a compiled model or `Distiller`, checkpointing every epoch.
+
+    - `BackupAndRestore` under `output_dir/backup_<name>`: rerun after an
+      interruption (a Colab disconnect), training resumes from the last
+      finished epoch;
+    - the best model by validation `miou5` is saved to
+      `output_dir/<name>.keras` (for a `Distiller`, the student alone);
+    - the history is appended to `output_dir/<name>_history.csv` and written
+      to `output_dir/<name>_history.json`;
+    - a NaN loss stops training; the best checkpoint so far is kept.
+
+    Args:
+        model: compiled model (see `compile_segmentation`) or `Distiller`.
+        data: an `AerialDataset` (train and val splits are used).
+        epochs: total number of epochs.
+        output_dir: folder for checkpoints and histories.
+        name: file stem of the saved model and history.
+        batch_size: patches per batch.
+        seed: seed of shuffling and augmentation.
+        augment: whether to augment training patches.
+        verbose: passed to `fit`.
+
+    Returns:
+        The history as a dict of lists, over all epochs including resumed
+        ones.
+    """
+    if not model.compiled:
+        raise ValueError(
+            f"Compile the model before training it, e.g. "
+            f"`compile_segmentation(model)`."
+        )
+    if len(data.x_val) == 0:
+        raise ValueError("The dataset has no validation patches: set "
+                         "val_per_tile >= 1 in load_dataset.")
+    output_dir = pathlib.Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    train = PatchSequence(data.x_train, data.y_train, batch_size, augment, seed)
+    csv_path = output_dir / f"{name}_history.csv"
+    backup_dir = output_dir / f"backup_{name}"
+    if not backup_dir.exists() and csv_path.exists():
+        csv_path.unlink()  # a fresh run, not a resumed one
+    if not model.built:  # BackupAndRestore needs the variables to exist
+        model(data.x_train[:1])
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(backup_dir)),
+        keras.callbacks.TerminateOnNaN(),
+        _BestModelCheckpoint(output_dir / f"{name}.keras", monitor="val_miou5"),
+        keras.callbacks.CSVLogger(str(csv_path), append=True),
+    ]
+    model.fit(
+        train,
+        validation_data=(data.x_val, data.y_val),
+        validation_batch_size=batch_size,
+        epochs=epochs,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    history = read_history(csv_path)
+    with open(output_dir / f"{name}_history.json", "w") as f:
+        json.dump(history, f, indent=1)
+    return history
+
+
+class _BestModelCheckpoint(keras.callbacks.Callback):
+    """Saves the best model (a Distiller's student) by a monitored metric."""
+
+    def __init__(self, path, monitor):
+        super().__init__()
+        self.path, self.monitor = pathlib.Path(path), monitor
+        self.best = -np.inf
+
+    def on_train_begin(self, logs=None):
+        state = self.path.with_suffix(".best.json")
+        if state.exists() and self.path.exists():  # resuming
+            self.best = json.loads(state.read_text())["best"]
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not np.isfinite(value) or value <= self.best:
+            return
+        self.best = float(value)
+        model = getattr(self.model, "student", self.model)
+        model.save(self.path)
+        self.path.with_suffix(".best.json").write_text(
+            json.dumps({"best": self.best, "epoch": epoch + 1,
+                        "monitor": self.monitor}))
+
+
+def read_history(path):
+    """Reads a history CSV (from `fit_segmentation`) into a dict of lists."""
+    import csv
+
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return {}
+    return {key: [float(r[key]) for r in rows] for key in rows[0]}
+
+
+# =============================================================================
+# 5. Evaluation
+# =============================================================================
+
+
+def predict_logits(model, images, batch_size=16):
+    """Runs `model` on uint8 images in batches; returns float32 logits."""
+    images = np.asarray(images)
+    outputs = [
+        ops.convert_to_numpy(model.predict_on_batch(images[i : i + batch_size]))
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(outputs).astype(np.float32)
+
+
+def softmax(logits, axis=-1):
+    """Numerically stable softmax in numpy."""
+    z = logits - logits.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def evaluate_segmentation(model, x, y, *, batch_size=16, max_pr_pixels=2_000_000,
+                          seed=0):
+    """Evaluates a segmentation model on patches.
+
+    Unannotated pixels (`IGNORE_INDEX`) are left out. IoU of a class is
+    TP / (TP + FP + FN) from the confusion matrix; a class absent from both
+    truth and prediction has IoU NaN and is left out of the means.
+    Precision, recall and F1 come from scikit-learn (`zero_division=0`).
+    Precision-recall curves and average precision are one-vs-rest, from the
+    softmax **probabilities** (not hard labels), on a uniform random sample
+    of at most `max_pr_pixels` annotated pixels (drawn with `seed`) to keep
+    scikit-learn's sort affordable.
+
+    Args:
+        model: model returning logits, or a callable mapping a batch of
+            images to logits.
+        x: uint8 images `(N, H, W, 3)`.
+        y: labels `(N, H, W)`.
+        batch_size: prediction batch size.
+        max_pr_pixels: pixel sample size for PR curves and AP.
+        seed: seed of the pixel sample.
+
+    Returns:
+        A dict with `confusion_matrix` (rows: truth, columns: prediction),
+        `per_class_iou`, `miou6`, `miou5` (without Unlabeled), `pixel_acc`,
+        `precision`, `recall`, `f1`, `support`, `average_precision` (lists
+        in `CLASSES` order), `pr_curves` ({class: (precision, recall)}) and
+        `report` (scikit-learn's classification report as text).
+
+    Example:
+
+    >>> results = evaluate_segmentation(student, data.x_test, data.y_test)
+    >>> results["miou5"]
+    """
+    logits = predict_logits(model, x, batch_size)
+    return segmentation_metrics(y, logits, max_pr_pixels=max_pr_pixels,
+                                seed=seed)
+
+
+def segmentation_metrics(y_true, logits, *, max_pr_pixels=2_000_000, seed=0):
+    """Computes `evaluate_segmentation`'s metrics from labels and logits."""
+    from sklearn import metrics
+
+    y_true = np.asarray(y_true).reshape(-1)
+    logits = np.asarray(logits)
+    n_classes = len(CLASSES)
+    if logits.shape[-1] != n_classes or logits.size // n_classes != y_true.size:
+        raise ValueError(
+            f"logits of shape {logits.shape} don't match {y_true.size} labels "
+            f"and {n_classes} classes."
+        )
+    logits = logits.reshape(-1, n_classes)
+    valid = y_true != IGNORE_INDEX
+    y_true, logits = y_true[valid], logits[valid]
+    y_pred = logits.argmax(-1)
+    labels = list(range(n_classes))
+    cm = metrics.confusion_matrix(y_true, y_pred, labels=labels)
+    tp = np.diag(cm).astype(np.float64)
+    union = cm.sum(0) + cm.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, tp / union, np.nan)
+    precision, recall, f1, support = metrics.precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0)
+    rng = np.random.default_rng(seed)
+    sample = (rng.choice(len(y_true), max_pr_pixels, replace=False)
+              if len(y_true) > max_pr_pixels else np.arange(len(y_true)))
+    probs = softmax(logits[sample])
+    curves, ap = {}, []
+    for c, name in enumerate(CLASSES):
+        positive = y_true[sample] == c
+        if positive.any():
+            p, r, _ = metrics.precision_recall_curve(positive, probs[:, c])
+            curves[name] = (p, r)
+            ap.append(float(metrics.average_precision_score(positive, probs[:, c])))
+        else:
+            ap.append(float("nan"))
+    return {
+        "confusion_matrix": cm,
+        "per_class_iou": iou.tolist(),
+        "miou6": float(np.nanmean(iou)),
+        "miou5": float(np.nanmean(iou[:5])),
+        "pixel_acc": float(tp.sum() / max(cm.sum(), 1)),
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "f1": f1.tolist(),
+        "support": support.tolist(),
+        "average_precision": ap,
+        "pr_curves": curves,
+        "report": metrics.classification_report(
+            y_true, y_pred, labels=labels, target_names=CLASSES,
+            zero_division=0, digits=3),
+    }
+
+
+def predict_image(model, image, *, tile_size=256, overlap=64, batch_size=8,
+                  return_logits=False):
+    """Segments a whole image of any size with overlapping tiles.
+
+    The image is padded by reflection to cover a grid of `tile_size` tiles
+    with stride `tile_size - overlap`; the logits of overlapping tiles are
+    blended with weights that fall off towards tile borders (where a U-Net
+    sees the least context), and the padding is cropped away.
+
+    Args:
+        model: model returning logits; must accept `tile_size` inputs.
+        image: uint8 array `(H, W, 3)`, any H and W.
+        tile_size: tile side, a multiple of 16.
+        overlap: pixels shared by neighbouring tiles, `0 <= overlap <
+            tile_size`.
+        batch_size: tiles per forward pass.
+        return_logits: also return the blended logits `(H, W, C)`.
+
+    Returns:
+        Labels `(H, W)`, or `(labels, logits)` with `return_logits=True`.
+
+    Example:
+
+    >>> labels = predict_image(student, np.zeros((325, 410, 3), np.uint8))
+    >>> labels.shape
+    (325, 410)
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image must be (H, W, 3), got shape {image.shape}.")
+    if tile_size % 16 or tile_size < 16:
+        raise ValueError(f"tile_size must be a multiple of 16, got {tile_size}.")
+    if not 0 <= overlap < tile_size:
+        raise ValueError(
+            f"overlap must be in [0, tile_size={tile_size}), got {overlap}."
+        )
+    height, width = image.shape[:2]
+    stride = tile_size - overlap
+    padded_h = tile_size + max(0, math.ceil((height - tile_size) / stride)) * stride
+    padded_w = tile_size + max(0, math.ceil((width - tile_size) / stride)) * stride
+    padded = np.pad(image, ((0, padded_h - height), (0, padded_w - width), (0, 0)),
+                    mode="symmetric")
+    corners = [(y, x) for y in range(0, padded_h - tile_size + 1, stride)
+               for x in range(0, padded_w - tile_size + 1, stride)]
+    ramp = np.minimum(np.arange(tile_size) + 1, np.arange(tile_size)[::-1] + 1)
+    window = np.minimum(ramp, max(overlap, 1)).astype(np.float32)
+    weight = np.outer(window, window)[..., None]
+    total = None
+    norm = np.zeros((padded_h, padded_w, 1), np.float32)
+    for start in range(0, len(corners), batch_size):
+        batch = corners[start : start + batch_size]
+        tiles = np.stack([padded[y : y + tile_size, x : x + tile_size]
+                          for y, x in batch])
+        logits = predict_logits(model, tiles, batch_size)
+        if total is None:
+            total = np.zeros((padded_h, padded_w, logits.shape[-1]), np.float32)
+        for (y, x), tile_logits in zip(batch, logits):
+            total[y : y + tile_size, x : x + tile_size] += tile_logits * weight
+            norm[y : y + tile_size, x : x + tile_size] += weight
+    logits = (total / norm)[:height, :width]
+    labels = logits.argmax(-1).astype(np.uint8)
+    return (labels, logits) if return_logits else labels
+
+
+# =============================================================================
+# 6. Plotting
+# =============================================================================
+
+
+def save_figure(fig, path):
+    """Saves `fig` to `path` (creating folders) at 120 dpi; returns `fig`."""
+    if path is not None:
+        path = pathlib.Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def _legend_handles():
+    from matplotlib.patches import Patch
+
+    return [Patch(color=PALETTE[i] / 255, label=name)
+            for i, name in enumerate(CLASSES)]
+
+
+def plot_segmentations(images, truths, predictions, path=None):
+    """Draws rows of image / ground truth / one column per model.
+
+    Args:
+        images: uint8 images `(N, H, W, 3)`.
+        truths: labels `(N, H, W)`.
+        predictions: dict mapping a column title (e.g. "Teacher") to labels
+            `(N, H, W)`.
+        path: optional file to save the figure to.
+
+    Returns:
+        The matplotlib `Figure`.
+
+    Example:
+
+    >>> fig = plot_segmentations(x[:3], y[:3], {"Teacher": teacher_labels})
+    """
+    import matplotlib.pyplot as plt
+
+    columns = {"Image": None, "Ground truth": truths, **predictions}
+    n = len(images)
+    fig, axes = plt.subplots(n, len(columns), squeeze=False,
+                             figsize=(2.6 * len(columns), 2.6 * n))
+    for row in range(n):
+        for col, (title, labels) in enumerate(columns.items()):
+            ax = axes[row, col]
+            ax.imshow(images[row] if labels is None else labels_to_rgb(labels[row]))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title)
+    fig.legend(handles=_legend_handles(), loc="lower center",
+               ncol=len(CLASSES), frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return save_figure(fig, path)
+
+
+def plot_history(histories, keys=("loss",), path=None):
+    """Draws training and validation curves of one or more runs.
+
+    Args:
+        histories: dict mapping a run name to a history dict (as returned by
+            `fit_segmentation`).
+        keys: metrics to draw, one panel each; `val_<key>` is drawn dashed
+            where present.
+        path: optional file to save the figure to.
+
+    Returns:
+        The matplotlib `Figure`.
+
+    Example:
+
+    >>> plot_history({"teacher": history}, keys=("loss", "miou5"))
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), squeeze=False,
+                             figsize=(4.5 * len(keys), 3.4))
+    for ax, key in zip(axes[0], keys):
+        for i, (run, history) in enumerate(histories.items()):
+            color = f"C{i}"
+            epochs = np.arange(1, len(history.get(key, [])) + 1)
+            if key in history:
+                ax.plot(epochs, history[key], color=color, label=f"{run} train")
+            if f"val_{key}" in history:
+                ax.plot(epochs, history[f"val_{key}"], "--", color=color,
+                        label=f"{run} val")
+        ax.set_title(key)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_pr_curves(results, path=None):
+    """Draws per-class precision-recall curves, one panel per class.
+
+    Args:
+        results: dict mapping a model name to the output of
+            `evaluate_segmentation`.
+        path: optional file to save the figure to.
+
+    Returns:
+        The matplotlib `Figure`.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(13, 8))
+    for c, (ax, name) in enumerate(zip(axes.flat, CLASSES)):
+        for model_name, res in results.items():
+            if name in res["pr_curves"]:
+                precision, recall = res["pr_curves"][name]
+                ax.plot(recall, precision,
+                        label=f"{model_name} (AP {res['average_precision'][c]:.3f})")
+        ax.set_title(name)
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_confusion_matrix(confusion_matrix, title="", path=None):
+    """Draws a confusion matrix normalised by row (recall per true class).
+
+    Args:
+        confusion_matrix: counts, rows = truth, columns = prediction.
+        title: figure title.
+        path: optional file to save the figure to.
+
+    Returns:
+        The matplotlib `Figure`.
+    """
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    cm = np.asarray(confusion_matrix, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        normalized = np.nan_to_num(cm / cm.sum(1, keepdims=True))
+    fig, ax = plt.subplots(figsize=(6, 5.2))
+    ConfusionMatrixDisplay(normalized, display_labels=CLASSES).plot(
+        ax=ax, values_format=".2f", cmap="Blues", colorbar=False,
+        xticks_rotation=45)
+    ax.set_title(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
