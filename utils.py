@@ -15,6 +15,7 @@ Sections:
 4. Training: `fit_segmentation` with checkpoints and resumption.
 5. Evaluation: metrics, PR curves, whole-image prediction.
 6. Plotting.
+7. Notebook runs: profiles, artifacts, the Colab setup.
 """
 
 import dataclasses
@@ -22,14 +23,18 @@ import json
 import math
 import os
 import pathlib
-import shutil
+import platform
+import sys
+import time
 import zipfile
 
-import keras
-import numpy as np
-from keras import layers
-from keras import ops
-from PIL import Image
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quiet TensorFlow's C++ logs
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import layers  # noqa: E402
+from keras import ops  # noqa: E402
+from PIL import Image  # noqa: E402
 
 # =============================================================================
 # 1. Data
@@ -379,6 +384,35 @@ class AerialDataset:
         return "\n".join(lines)
 
 
+def dataset_overview(data):
+    """Rows describing each tile: images per split, image sizes, patches.
+
+    Args:
+        data: an `AerialDataset`.
+
+    Returns:
+        List of dicts, one per tile, for `markdown_table`.
+    """
+    rows = {}
+    for split in ("train", "val", "test"):
+        for name, (image_path, _) in zip(data.sources[split], data.files[split]):
+            tile = name.split("/")[0]
+            with Image.open(image_path) as image:
+                width, height = image.size
+            row = rows.setdefault(tile, {"tile": tile, "train": 0, "val": 0, "test": 0,
+                                         "sizes": set(), "patches": 0})
+            row[split] += 1
+            row["sizes"].add(f"{width}x{height}")
+            row["patches"] += (width // data.patch_size) * (height // data.patch_size)
+    return [{**r, "sizes": ", ".join(sorted(r["sizes"]))} for r in rows.values()]
+
+
+def class_shares(labels):
+    """Share of each class among the annotated pixels of `labels`."""
+    counts = np.bincount(np.asarray(labels).ravel(), minlength=256)[: len(CLASSES)]
+    return counts / max(counts.sum(), 1)
+
+
 def load_dataset(
     root,
     patch_size=256,
@@ -651,7 +685,7 @@ def make_tiny_dataset(
     root = pathlib.Path(path) / DATASET_DIRNAME
     rng = np.random.default_rng(seed)
     shades = np.array(
-        [[90, 80, 85], [200, 170, 120], [60, 60, 65], [40, 110, 45],
+        [[170, 90, 80], [200, 170, 120], [60, 60, 65], [40, 110, 45],
          [30, 80, 150], [150, 150, 150]], dtype=np.float64
     )
     for t, (width, height) in enumerate(tile_sizes, start=1):
@@ -971,12 +1005,10 @@ def distillation_loss(teacher_logits, student_logits, temperature=4.0,
             f"teacher and student logits must have the same (N, H, W, C) "
             f"shape, got {tuple(t.shape)} and {tuple(s.shape)}."
         )
-    if kind == "channel":  # softmax over positions: put them on the last axis
-        t = ops.transpose(ops.reshape(t, (t.shape[0], -1, t.shape[-1])), (0, 2, 1))
-        s = ops.transpose(ops.reshape(s, (s.shape[0], -1, s.shape[-1])), (0, 2, 1))
-    log_p_t = ops.log_softmax(t, axis=-1)
-    log_p_s = ops.log_softmax(s, axis=-1)
-    kl = ops.sum(ops.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
+    axis = (1, 2) if kind == "channel" else -1  # positions, or classes
+    log_p_t = t - ops.logsumexp(t, axis=axis, keepdims=True)
+    log_p_s = s - ops.logsumexp(s, axis=axis, keepdims=True)
+    kl = ops.sum(ops.exp(log_p_t) * (log_p_t - log_p_s), axis=axis)
     return ops.mean(kl) * temperature**2
 
 
@@ -1348,7 +1380,7 @@ def segmentation_metrics(y_true, logits, *, max_pr_pixels=2_000_000, seed=0):
     }
 
 
-def predict_image(model, image, *, tile_size=256, overlap=64, batch_size=8,
+def predict_image(model, image, *, tile_size=256, overlap=None, batch_size=8,
                   return_logits=False):
     """Segments a whole image of any size with overlapping tiles.
 
@@ -1362,7 +1394,7 @@ def predict_image(model, image, *, tile_size=256, overlap=64, batch_size=8,
         image: uint8 array `(H, W, 3)`, any H and W.
         tile_size: tile side, a multiple of 16.
         overlap: pixels shared by neighbouring tiles, `0 <= overlap <
-            tile_size`.
+            tile_size`; `tile_size // 4` if `None`.
         batch_size: tiles per forward pass.
         return_logits: also return the blended logits `(H, W, C)`.
 
@@ -1380,6 +1412,7 @@ def predict_image(model, image, *, tile_size=256, overlap=64, batch_size=8,
         raise ValueError(f"image must be (H, W, 3), got shape {image.shape}.")
     if tile_size % 16 or tile_size < 16:
         raise ValueError(f"tile_size must be a multiple of 16, got {tile_size}.")
+    overlap = tile_size // 4 if overlap is None else overlap
     if not 0 <= overlap < tile_size:
         raise ValueError(
             f"overlap must be in [0, tile_size={tile_size}), got {overlap}."
@@ -1410,6 +1443,40 @@ def predict_image(model, image, *, tile_size=256, overlap=64, batch_size=8,
     logits = (total / norm)[:height, :width]
     labels = logits.argmax(-1).astype(np.uint8)
     return (labels, logits) if return_logits else labels
+
+
+def measure_latency(models, input_size=256, batch_size=1, repeats=20, warmup=3):
+    """Median wall-clock seconds of one forward pass, models interleaved.
+
+    Each repeat runs every model once in turn, so background load on a noisy
+    machine hits all of them alike; compare the results as ratios.
+
+    Args:
+        models: dict mapping a name to a model.
+        input_size: side of the square random input.
+        batch_size: images per forward pass.
+        repeats: timed passes per model.
+        warmup: untimed passes per model first (compilation, caches).
+
+    Returns:
+        dict mapping each name to the median seconds per pass.
+
+    Example:
+
+    >>> measure_latency({"teacher": teacher, "student": student})
+    """
+    x = np.random.default_rng(0).integers(
+        0, 256, (batch_size, input_size, input_size, 3)).astype("float32")
+    for model in models.values():
+        for _ in range(warmup):
+            ops.convert_to_numpy(model.predict_on_batch(x))
+    times = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, model in models.items():
+            start = time.perf_counter()
+            ops.convert_to_numpy(model.predict_on_batch(x))
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 # =============================================================================
@@ -1563,3 +1630,388 @@ def plot_confusion_matrix(confusion_matrix, title="", path=None):
     ax.set_title(title)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def plot_class_shares(data, path=None):
+    """Bar chart of class shares of annotated pixels in each split.
+
+    Args:
+        data: an `AerialDataset`.
+        path: optional file to save the figure to.
+
+    Returns:
+        The matplotlib `Figure`.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    width = 0.27
+    for i, split in enumerate(("train", "val", "test")):
+        shares = class_shares(getattr(data, f"y_{split}"))
+        ax.bar(np.arange(len(CLASSES)) + (i - 1) * width, shares, width,
+               label=split, color=PALETTE / 255, edgecolor="black",
+               hatch=("", "//", "..")[i])
+    ax.set_xticks(range(len(CLASSES)), CLASSES)
+    ax.set_ylabel("share of annotated pixels")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_sweep(rows, metric="val_miou5", path=None):
+    """Draws a heatmap of `metric` over alpha x temperature, one per KD kind.
+
+    Args:
+        rows: list of dicts with `kind`, `alpha`, `temperature` and `metric`
+            (as returned by `sweep_distillation`).
+        metric: the value to colour by.
+        path: optional file to save the figure to.
+
+    Returns:
+        The matplotlib `Figure`.
+    """
+    import matplotlib.pyplot as plt
+
+    kinds = sorted({r["kind"] for r in rows})
+    alphas = sorted({r["alpha"] for r in rows})
+    temps = sorted({r["temperature"] for r in rows})
+    values = np.array([r[metric] for r in rows])
+    fig, axes = plt.subplots(1, len(kinds), squeeze=False, layout="constrained",
+                             figsize=(1.1 * len(temps) * len(kinds) + 3.5,
+                                      0.6 * len(alphas) + 1.8))
+    for ax, kind in zip(axes[0], kinds):
+        grid = np.full((len(alphas), len(temps)), np.nan)
+        for r in rows:
+            if r["kind"] == kind:
+                grid[alphas.index(r["alpha"]), temps.index(r["temperature"])] = r[metric]
+        image = ax.imshow(grid, cmap="viridis", vmin=values.min(),
+                          vmax=values.max(), aspect="auto")
+        for (i, j), v in np.ndenumerate(grid):
+            ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="w")
+        ax.set_xticks(range(len(temps)), [f"T={t:g}" for t in temps])
+        ax.set_yticks(range(len(alphas)),
+                      [f"alpha={a:g}" for a in alphas] if ax is axes[0, 0] else [])
+        ax.set_title(f"{kind} KD")
+    fig.suptitle(f"{metric} over alpha x temperature")
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
+    return save_figure(fig, path)
+
+
+# =============================================================================
+# 7. Notebook runs: profiles, artifacts, the Colab setup
+# =============================================================================
+
+GITHUB_REPOSITORY = "sssi-project/aerial-distillation"
+"""`owner/name` of the repository on GitHub (Colab badges and clone)."""
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent
+DRIVE_ROOT = pathlib.Path("/content/drive")
+
+PROFILES = {
+    "tiny": dict(patch_size=64, epochs=3, batch_size=8, learning_rate=2e-3,
+                 sweep_alphas=(0.25, 0.75), sweep_temperatures=(2.0,),
+                 sweep_kinds=("pixel", "channel"), sweep_epochs=1),
+    "full": dict(patch_size=256, epochs=100, batch_size=16, learning_rate=1e-3,
+                 sweep_alphas=(0.1, 0.3, 0.5, 0.7), sweep_temperatures=(1.0, 2.0, 4.0, 8.0),
+                 sweep_kinds=("pixel", "channel"), sweep_epochs=30),
+}
+"""Budgets of the notebook series: `tiny` (synthetic data, seconds, for CI)
+and `full` (the real data, for a GPU)."""
+
+DEFAULT_DISTILLATION = {"alpha": 0.5, "temperature": 4.0, "kind": "pixel"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """The budgets and folders of one run of the notebook series.
+
+    Attributes:
+        name: "tiny" or "full".
+        patch_size, epochs, batch_size, learning_rate: training budget, the
+            same for the teacher, the scratch student and the distilled one.
+        seed: seed of weights, shuffling and augmentation.
+        sweep_alphas, sweep_temperatures, sweep_kinds, sweep_epochs: the
+            grid of `06_sweep`.
+        output_dir: where models, histories and results go.
+        pictures_dir: where figures go (`pictures/` for the full profile).
+    """
+
+    name: str
+    patch_size: int
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    sweep_alphas: tuple
+    sweep_temperatures: tuple
+    sweep_kinds: tuple
+    sweep_epochs: int
+    output_dir: pathlib.Path
+    pictures_dir: pathlib.Path
+    seed: int = 0
+
+    @property
+    def models_dir(self):
+        return self.output_dir / "models"
+
+
+def in_colab():
+    """Whether this runs in Google Colab."""
+    return "google.colab" in sys.modules
+
+
+def load_profile(name=None, output_dir=None):
+    """Returns the `Profile` chosen by `name` or the environment.
+
+    The profile is `name`, else `$SSSI_PROFILE`, else "full" in Colab and
+    "tiny" elsewhere. The output folder is `output_dir`, else
+    `$SSSI_OUTPUT`, else `outputs/<profile>` in the repository.
+
+    Example:
+
+    >>> load_profile("tiny").epochs
+    3
+    """
+    name = name or os.environ.get("SSSI_PROFILE") or ("full" if in_colab() else "tiny")
+    if name not in PROFILES:
+        raise ValueError(
+            f"Unknown profile {name!r} (from SSSI_PROFILE?): choose one of "
+            f"{sorted(PROFILES)}."
+        )
+    output_dir = pathlib.Path(
+        output_dir or os.environ.get("SSSI_OUTPUT") or REPO_ROOT / "outputs" / name
+    )
+    pictures_dir = REPO_ROOT / "pictures" if name == "full" else output_dir / "pictures"
+    return Profile(name=name, output_dir=output_dir, pictures_dir=pictures_dir,
+                   **PROFILES[name])
+
+
+def setup_notebook(profile=None, mount_drive=False):
+    """Prepares a notebook: profile, optional Google Drive, device report.
+
+    In Colab with `mount_drive=True`, outputs go to Google Drive
+    (`MyDrive/sssi/<profile>`), so models and checkpoints survive a
+    disconnect. Prints the profile, backend, devices and output folder.
+
+    Args:
+        profile: profile name, or `None` for `load_profile`'s choice.
+        mount_drive: in Colab, keep outputs on Google Drive.
+
+    Returns:
+        The `Profile`.
+    """
+    output_dir = None
+    if mount_drive and in_colab():
+        from google.colab import drive
+
+        drive.mount(str(DRIVE_ROOT))
+        output_dir = DRIVE_ROOT / "MyDrive" / "sssi" / (
+            profile or load_profile().name)
+    profile = load_profile(profile, output_dir)
+    profile.models_dir.mkdir(parents=True, exist_ok=True)
+    info = run_info(profile)
+    print(f"Profile {profile.name!r}: {profile.epochs} epochs, batch "
+          f"{profile.batch_size}, patches {profile.patch_size}px, seed {profile.seed}")
+    print(f"Keras {info['keras']} on {info['backend']}; device: {info['device']}")
+    print(f"Outputs: {profile.output_dir}")
+    return profile
+
+
+def run_info(profile=None):
+    """Where a number comes from: backend, versions, device, date, budget."""
+    devices = []
+    try:
+        devices = [d for d in keras.distribution.list_devices() if "cpu" not in d.lower()]
+    except Exception:  # some backends can't list devices; report the CPU
+        pass
+    info = {
+        "backend": keras.backend.backend(),
+        "keras": keras.__version__,
+        "device": ", ".join(devices) if devices else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    if profile is not None:
+        info.update(profile=profile.name, epochs=profile.epochs,
+                    batch_size=profile.batch_size, patch_size=profile.patch_size,
+                    seed=profile.seed, precision=keras.config.dtype_policy().name)
+    return info
+
+
+def profile_dataset(profile):
+    """Loads the dataset of a profile.
+
+    `tiny` writes the synthetic dataset into the output folder (once).
+    `full` reads `$SSSI_DATA` if set, else `../shared/data/aerial-dubai`
+    next to the repository, else `data/` in it, else downloads from Kaggle.
+    """
+    if profile.name == "tiny":
+        root = profile.output_dir / "data" / DATASET_DIRNAME
+        if not root.exists():
+            make_tiny_dataset(profile.output_dir / "data")
+    else:
+        candidates = [os.environ.get("SSSI_DATA"),
+                      REPO_ROOT.parent / "shared" / "data" / "aerial-dubai",
+                      REPO_ROOT / "data"]
+        root = next((c for c in candidates if c and pathlib.Path(c).exists()), None)
+        root = download_dataset(REPO_ROOT / "data") if root is None else root
+    return load_dataset(root, patch_size=profile.patch_size)
+
+
+def artifact(profile, filename, made_by):
+    """Path of an artifact an earlier notebook saved; a clear error if missing.
+
+    Args:
+        profile: the `Profile`.
+        filename: file name under `profile.models_dir` (or `output_dir` for
+            files without a model suffix).
+        made_by: the notebook that makes it, e.g. "02_teacher.ipynb".
+    """
+    folder = profile.models_dir if filename.endswith((".keras", ".json")) else profile.output_dir
+    path = folder / filename
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found: run notebooks/{made_by} first, with the same "
+            f"profile ({profile.name!r}) and output folder."
+        )
+    return path
+
+
+def train(name, profile, data, *, teacher=None, alpha=None, temperature=None,
+          kind=None, seed=None, epochs=None):
+    """Builds, compiles and trains one model of the series; returns the best.
+
+    `name` "teacher" trains the teacher; any other name trains a student,
+    distilled from `teacher` when one is given. Checkpoints, resumption and
+    the history come from `fit_segmentation`, under `profile.models_dir`;
+    the run's provenance (`run_info`) is written to `<name>_run.json`.
+
+    Args:
+        name: "teacher", "student_scratch", "student_distilled", ...
+        profile: the `Profile` (budget and folders).
+        data: the `AerialDataset`.
+        teacher: trained teacher, to distil a student.
+        alpha, temperature, kind: `Distiller` settings (defaults:
+            `DEFAULT_DISTILLATION`).
+        seed: overrides `profile.seed`.
+        epochs: overrides `profile.epochs`.
+
+    Returns:
+        `(model, history)`: the best model by validation mIoU5, reloaded
+        from its checkpoint, and the history dict.
+    """
+    seed = profile.seed if seed is None else seed
+    epochs = profile.epochs if epochs is None else epochs
+    keras.utils.set_random_seed(seed)
+    model = build_teacher() if name == "teacher" else build_student()
+    config = {"kind": "none"}
+    if teacher is not None:
+        config = {**DEFAULT_DISTILLATION}
+        config.update({k: v for k, v in (("alpha", alpha), ("temperature", temperature),
+                                         ("kind", kind)) if v is not None})
+        model = Distiller(teacher=teacher, student=model, **config)
+    compile_segmentation(model, profile.learning_rate)
+    history = fit_segmentation(model, data, epochs=epochs, output_dir=profile.models_dir,
+                               name=name, batch_size=profile.batch_size, seed=seed)
+    info = {**run_info(profile), "seed": seed, "epochs": epochs, "distillation": config}
+    (profile.models_dir / f"{name}_run.json").write_text(json.dumps(info, indent=1))
+    return keras.models.load_model(profile.models_dir / f"{name}.keras"), history
+
+
+def load_history(profile, name, made_by):
+    """Reads the history a notebook saved with `train`."""
+    return json.loads(artifact(profile, f"{name}_history.json", made_by).read_text())
+
+
+def sweep_distillation(profile, data, teacher):
+    """Distils a fresh student for every alpha x temperature x kind of the grid.
+
+    Each setting trains `profile.sweep_epochs` epochs and is scored by its
+    best validation mIoU5 (never the test split). Finished settings are
+    read back, not retrained, so an interrupted sweep resumes. The best
+    setting is written to `distillation.json` in the models folder, where
+    `load_distillation_config` (and so `04_distill`) picks it up.
+
+    Returns:
+        List of dicts: `kind`, `alpha`, `temperature`, `val_miou5`.
+    """
+    rows = []
+    for kind in profile.sweep_kinds:
+        for alpha in profile.sweep_alphas:
+            for temperature in profile.sweep_temperatures:
+                name = f"sweep_{kind}_a{alpha:g}_t{temperature:g}"
+                done = profile.models_dir / f"{name}_run.json"
+                if done.exists():
+                    history = json.loads(
+                        (profile.models_dir / f"{name}_history.json").read_text())
+                else:
+                    _, history = train(name, profile, data, teacher=teacher, alpha=alpha,
+                                       temperature=temperature, kind=kind,
+                                       epochs=profile.sweep_epochs)
+                rows.append({"kind": kind, "alpha": alpha, "temperature": temperature,
+                             "val_miou5": max(history["val_miou5"])})
+    best = max(rows, key=lambda r: r["val_miou5"])
+    (profile.models_dir / "distillation.json").write_text(json.dumps(
+        {"alpha": best["alpha"], "temperature": best["temperature"], "kind": best["kind"],
+         "val_miou5": best["val_miou5"], "sweep_epochs": profile.sweep_epochs}, indent=1))
+    return rows
+
+
+def load_distillation_config(profile):
+    """The sweep's best `alpha`, `temperature`, `kind`, else the defaults."""
+    path = profile.models_dir / "distillation.json"
+    if not path.exists():
+        return dict(DEFAULT_DISTILLATION)
+    best = json.loads(path.read_text())
+    return {k: best[k] for k in DEFAULT_DISTILLATION}
+
+
+def compare_models(models, profile, results=None):
+    """Rows of the results table: size, FLOPs, accuracy and latency.
+
+    Latency is the median of batch-1 forward passes at 256x256 on this
+    machine's default device, models interleaved (`measure_latency`).
+
+    Args:
+        models: dict name -> model (saved under `profile.models_dir` as
+            `<name>.keras`, whose size is reported when present).
+        profile: the `Profile`.
+        results: optional dict name -> `evaluate_segmentation` output, to
+            add mIoU5, mIoU6 and pixel accuracy.
+
+    Returns:
+        List of dicts, one per model.
+    """
+    latency = measure_latency(models, input_size=256)
+    rows = []
+    for name, model in models.items():
+        path = profile.models_dir / f"{name}.keras"
+        rows.append({
+            "model": name,
+            **model_summary(model, path if path.exists() else None),
+            **({k: results[name][k] for k in ("miou5", "miou6", "pixel_acc")}
+               if results else {}),
+            "latency_ms": 1000 * latency[name],
+        })
+    return rows
+
+
+def markdown_table(rows, digits=3):
+    """Formats a list of dicts as a Markdown table."""
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [f"{v:,.{digits}f}" if isinstance(v, float) else
+                 f"{v:,}" if isinstance(v, int) else str(v) for v in row.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def save_results(profile, rows, results):
+    """Writes the table and per-class metrics to `results.json`; returns path."""
+    path = profile.output_dir / "results.json"
+    slim = {name: {k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                   for k, v in res.items() if k != "pr_curves"}
+            for name, res in results.items()}
+    path.write_text(json.dumps({"run": run_info(profile), "table": rows,
+                                "metrics": slim}, indent=1))
+    return path
