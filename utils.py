@@ -626,9 +626,7 @@ class PatchSequence(keras.utils.PyDataset):
         self.batch_size = batch_size
         self.augment = augment
         self.seed = seed
-        self.epoch = 0
-        self._order = np.arange(len(x))
-        self.on_epoch_end()
+        self.set_epoch(0)
 
     def __len__(self):
         return math.ceil(len(self.x) / self.batch_size)
@@ -643,11 +641,13 @@ class PatchSequence(keras.utils.PyDataset):
             x, y = augment(x, y, rng)
         return x, y
 
+    def set_epoch(self, epoch):
+        """Draws the order of `epoch`: the same for a seed, whatever came before."""
+        self.epoch = epoch
+        self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.x))
+
     def on_epoch_end(self):
-        self.epoch += 1
-        self._order = np.random.default_rng([self.seed, self.epoch]).permutation(
-            len(self.x)
-        )
+        self.set_epoch(self.epoch + 1)
 
 
 def make_tiny_dataset(
@@ -1164,6 +1164,7 @@ def fit_segmentation(
     seed=0,
     augment=True,
     verbose="auto",
+    callbacks=(),
 ):
     """Trains a compiled model or `Distiller`, checkpointing every epoch.
 
@@ -1174,7 +1175,12 @@ def fit_segmentation(
       `output_dir/<name>.keras` (for a `Distiller`, the student alone);
     - the history is appended to `output_dir/<name>_history.csv` and written
       to `output_dir/<name>_history.json`;
-    - a NaN loss stops training; the best checkpoint so far is kept.
+    - a NaN or infinite loss stops training with a warning; the best
+      checkpoint so far is kept.
+
+    A run resumed after an interruption sees the same batches, augmentation
+    and dropout draws as an uninterrupted one, so it ends with the same
+    weights (on a deterministic backend and device).
 
     Args:
         model: compiled model (see `compile_segmentation`) or `Distiller`.
@@ -1186,6 +1192,7 @@ def fit_segmentation(
         seed: seed of shuffling and augmentation.
         augment: whether to augment training patches.
         verbose: passed to `fit`.
+        callbacks: extra Keras callbacks.
 
     Returns:
         The history as a dict of lists, over all epochs including resumed
@@ -1208,24 +1215,83 @@ def fit_segmentation(
         csv_path.unlink()  # a fresh run, not a resumed one
     if not model.built:  # BackupAndRestore needs the variables to exist
         model(data.x_train[:1])
-    callbacks = [
-        keras.callbacks.BackupAndRestore(str(backup_dir)),
-        keras.callbacks.TerminateOnNaN(),
-        _BestModelCheckpoint(output_dir / f"{name}.keras", monitor="val_miou5"),
-        keras.callbacks.CSVLogger(str(csv_path), append=True),
-    ]
+    best = _BestModelCheckpoint(output_dir / f"{name}.keras", monitor="val_miou5")
     model.fit(
         train,
         validation_data=(data.x_val, data.y_val),
         validation_batch_size=batch_size,
         epochs=epochs,
-        callbacks=callbacks,
+        callbacks=[
+            _SyncEpoch(train),
+            keras.callbacks.BackupAndRestore(str(backup_dir)),
+            _StopOnNaN(best),
+            best,
+            keras.callbacks.CSVLogger(str(csv_path), append=True),
+            *callbacks,
+        ],
         verbose=verbose,
     )
     history = read_history(csv_path)
     with open(output_dir / f"{name}_history.json", "w") as f:
         json.dump(history, f, indent=1)
     return history
+
+
+class _SyncEpoch(keras.callbacks.Callback):
+    """Makes each epoch's randomness a function of the epoch number alone.
+
+    Sets the `PatchSequence`'s epoch (order and augmentation) and moves every
+    dropout seed generator to its initial state plus `[epoch, 0]`, so a run
+    resumed by `BackupAndRestore` (which restores weights and optimizer, not
+    seed states) draws exactly what an uninterrupted run draws. Must come
+    before `BackupAndRestore` to record the states before any restore.
+    """
+
+    def __init__(self, sequence):
+        super().__init__()
+        self.sequence = sequence
+        self._initial = {}
+
+    def _seed_states(self):
+        return [v for v in self.model.non_trainable_variables
+                if v.path.endswith("seed_generator_state")]
+
+    def on_train_begin(self, logs=None):
+        self._initial = {v.path: ops.convert_to_numpy(v) for v in self._seed_states()}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.sequence.set_epoch(epoch)
+        for v in self._seed_states():
+            start = self._initial[v.path]
+            v.assign(start + np.array([epoch, 0], dtype=start.dtype))
+
+
+class _StopOnNaN(keras.callbacks.Callback):
+    """Stops training on a non-finite loss and says what was kept."""
+
+    def __init__(self, checkpoint):
+        super().__init__()
+        self.checkpoint = checkpoint
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(loss):
+            self.model.stop_training = True
+            kept = (f"the best checkpoint so far ({self.checkpoint.monitor} "
+                    f"{self.checkpoint.best:.4f}) is kept at {self.checkpoint.path}"
+                    if self.checkpoint.path.exists() else
+                    "no checkpoint had been saved yet")
+            import warnings
+
+            warnings.warn(
+                f"Training stopped: the loss became {loss} at epoch "
+                f"{self.epoch + 1}, batch {batch + 1}; {kept}. Lower the "
+                f"learning rate or check the data for bad values.",
+                RuntimeWarning, stacklevel=2)
 
 
 class _BestModelCheckpoint(keras.callbacks.Callback):

@@ -55,3 +55,54 @@ def test_fit_requires_a_compiled_model(tiny_data, small_unet, tmp_path):
     with pytest.raises(ValueError, match="Compile the model"):
         utils.fit_segmentation(small_unet, tiny_data, epochs=1, output_dir=tmp_path,
                                name="m")
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Simulates a disconnect at the end of an epoch."""
+
+    def __init__(self, at_epoch):
+        super().__init__()
+        self.at_epoch = at_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.at_epoch:
+            raise KeyboardInterrupt("runtime disconnected")
+
+
+def _fresh(seed=0):
+    keras.utils.set_random_seed(seed)
+    return utils.compile_segmentation(utils.build_unet(2, name="m"))
+
+
+def test_interrupted_training_resumes_and_ends_with_the_same_weights(tiny_data, tmp_path):
+    data = _small_data(tiny_data)
+    kwargs = dict(epochs=3, name="m", batch_size=8, verbose=0)
+    utils.fit_segmentation(_fresh(), data, output_dir=tmp_path / "straight", **kwargs)
+    straight = keras.models.load_model(tmp_path / "straight" / "m.keras")
+    with pytest.raises(KeyboardInterrupt):
+        utils.fit_segmentation(_fresh(), data, output_dir=tmp_path / "resumed",
+                               callbacks=[_Interrupt(at_epoch=1)], **kwargs)
+    assert (tmp_path / "resumed" / "backup_m").exists()
+    model = _fresh()
+    history = utils.fit_segmentation(model, data, output_dir=tmp_path / "resumed", **kwargs)
+    assert history["epoch"] == [0, 1, 2]  # epochs 1-2 kept, epoch 3 run after resuming
+    resumed = keras.models.load_model(tmp_path / "resumed" / "m.keras")
+    for a, b in zip(straight.get_weights(), resumed.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+class _Poison(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 1:
+            self.model.set_weights([np.full_like(w, np.nan) for w in self.model.get_weights()])
+
+
+def test_nan_loss_stops_training_and_keeps_the_best_checkpoint(tiny_data, tmp_path):
+    model = _fresh()
+    with pytest.warns(RuntimeWarning, match=r"loss became nan at epoch 2.*best checkpoint so far .* is kept at"):
+        history = utils.fit_segmentation(model, _small_data(tiny_data), epochs=4,
+                                         output_dir=tmp_path, name="m", batch_size=8,
+                                         verbose=0, callbacks=[_Poison()])
+    assert len(history["loss"]) == 2
+    kept = keras.models.load_model(tmp_path / "m.keras")
+    assert all(np.isfinite(w).all() for w in kept.get_weights())

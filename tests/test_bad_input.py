@@ -1,0 +1,128 @@
+"""Bad input gets a clear, early error that names the file or argument."""
+
+import shutil
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+import utils
+
+
+@pytest.fixture
+def root(tmp_path):
+    """A one-tile dataset of two 64x64 images to break in each test."""
+    return utils.make_tiny_dataset(tmp_path / "d", tile_sizes=((64, 64),), images_per_tile=2)
+
+
+def _load(root, **kwargs):
+    return utils.load_dataset(root, patch_size=32, test_parts=(), val_per_tile=0, **kwargs)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist.*download_dataset"):
+        _load(tmp_path / "nowhere")
+
+
+def test_empty_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="expected the Kaggle layout.*empty folder"):
+        _load(tmp_path)
+
+
+def test_folder_in_another_layout(tmp_path):
+    (tmp_path / "pictures").mkdir()
+    (tmp_path / "pictures" / "a.jpg").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"Tile N/images/\*\.jpg.*found \['pictures'\]"):
+        _load(tmp_path)
+
+
+def test_dataset_found_below_the_given_folder(root):
+    assert len(_load(root.parent.parent).x_train) == 2 * 4
+
+
+def test_image_without_its_mask(root):
+    (root / "Tile 1" / "masks" / "image_part_002.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"image_part_002\.jpg has no mask"):
+        _load(root)
+
+
+def test_mask_without_its_image(root):
+    (root / "Tile 1" / "images" / "image_part_002.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match=r"image_part_002\.png has no image"):
+        _load(root)
+
+
+def test_image_and_mask_of_different_sizes(root):
+    mask = root / "Tile 1" / "masks" / "image_part_001.png"
+    Image.open(mask).crop((0, 0, 60, 64)).save(mask)
+    with pytest.raises(ValueError, match=r"image_part_001\.jpg is 64x64 but its mask .* is 60x64"):
+        _load(root)
+
+
+def test_truncated_image(root):
+    image = root / "Tile 1" / "images" / "image_part_001.jpg"
+    image.write_bytes(image.read_bytes()[:300])
+    with pytest.raises(ValueError, match=r"Cannot read .*image_part_001\.jpg.*truncated"):
+        _load(root)
+
+
+def test_greyscale_mask_is_refused(root):
+    mask = root / "Tile 1" / "masks" / "image_part_001.png"
+    Image.open(mask).convert("L").save(mask)
+    with pytest.raises(ValueError, match=r"image_part_001\.png: mask is greyscale"):
+        _load(root)
+
+
+def test_opaque_rgba_and_palette_masks_are_converted(root):
+    before = _load(root).y_train
+    masks = root / "Tile 1" / "masks"
+    Image.open(masks / "image_part_001.png").convert("RGBA").save(masks / "image_part_001.png")
+    Image.open(masks / "image_part_002.png").convert("P", palette=Image.Palette.ADAPTIVE, colors=8).save(masks / "image_part_002.png")
+    assert np.array_equal(_load(root).y_train, before)
+
+
+def test_transparent_mask_is_refused(root):
+    mask = root / "Tile 1" / "masks" / "image_part_001.png"
+    rgba = np.asarray(Image.open(mask).convert("RGBA")).copy()
+    rgba[0, 0, 3] = 0
+    Image.fromarray(rgba).save(mask)
+    with pytest.raises(ValueError, match=r"image_part_001\.png: mask has transparent pixels \(1"):
+        _load(root)
+
+
+def test_colour_outside_the_palette(root):
+    mask = root / "Tile 1" / "masks" / "image_part_002.png"
+    rgb = np.asarray(Image.open(mask).convert("RGB")).copy()
+    rgb[:2, :2] = (1, 2, 3)
+    Image.fromarray(rgb).save(mask)
+    with pytest.raises(ValueError, match=r"image_part_002\.png: colours outside the palette: \{'#010203': 4\}"):
+        _load(root)
+
+
+def test_image_smaller_than_one_patch(root):
+    with pytest.raises(ValueError, match=r"image_part_001\.jpg is 64x64, smaller than one 128x128 patch"):
+        utils.load_dataset(root, patch_size=128)
+
+
+def test_distiller_output_shape_mismatch():
+    teacher = utils.build_unet(2, input_shape=(64, 64, 3))
+    student = utils.build_unet(2, input_shape=(32, 32, 3))
+    with pytest.raises(ValueError, match="output shape .* differs from student output shape"):
+        utils.Distiller(teacher=teacher, student=student)
+
+
+def test_zip_that_is_not_a_zip(tmp_path):
+    bogus = tmp_path / "data.zip"
+    bogus.write_text("not a zip")
+    with pytest.raises(ValueError, match="neither a folder nor a zip"):
+        utils.download_dataset(tmp_path / "out", source=bogus)
+
+
+def test_no_credentials_in_the_repository():
+    patterns = ("KAGGLE_KEY=", "KAGGLE_KEY\"] =", "kaggle.json", "auth_token", "hf_")
+    for path in utils.REPO_ROOT.rglob("*"):
+        if path.suffix in (".py", ".ipynb", ".md", ".txt") and ".venv" not in path.parts \
+                and "outputs" not in path.parts and path.name != "test_bad_input.py":
+            text = path.read_text(errors="ignore")
+            assert not any(p in text for p in patterns), path
