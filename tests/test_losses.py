@@ -114,20 +114,26 @@ def test_alpha_one_gives_the_plain_student_loss():
     assert float(total) == pytest.approx(float(utils.SegmentationLoss()(y, y_pred)), rel=1e-6)
 
 
+def _pixelwise(name, stddev):
+    """A per-pixel linear model: no ReLU to die, so learning is reliable."""
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    init = keras.initializers.RandomNormal(stddev=stddev, seed=len(name))
+    return keras.Model(inputs, keras.layers.Conv2D(6, 1, kernel_initializer=init,
+                                                   bias_initializer=init)(x), name=name)
+
+
 @pytest.mark.parametrize("kind", ["pixel", "channel"])
 def test_distiller_lowers_the_kd_term_and_freezes_the_teacher(tiny_data, kind):
-    teacher, student = _teacher_student()
-    kernel, bias = teacher.get_layer("logits").get_weights()
-    confident = np.array([1.5, 0.5, 0.0, -0.5, -1.0, -1.5])  # something to learn
-    teacher.get_layer("logits").set_weights([kernel * 5, bias + confident])
+    teacher, student = _pixelwise("teacher", 4.0), _pixelwise("student", 0.1)
     before = [w.copy() for w in teacher.get_weights()]
     distiller = utils.Distiller(teacher=teacher, student=student, alpha=0.0,
                                 temperature=2.0, kind=kind)
-    distiller.compile(optimizer=keras.optimizers.Adam(3e-2), loss=utils.SegmentationLoss())
+    distiller.compile(optimizer=keras.optimizers.Adam(0.2), loss=utils.SegmentationLoss())
     x, y = tiny_data.x_train[:16], tiny_data.y_train[:16]
-    history = distiller.fit(x, y, batch_size=8, epochs=15, verbose=0).history
+    history = distiller.fit(x, y, batch_size=8, epochs=10, verbose=0).history
     kd = history["distillation_loss"]
-    assert kd[-1] < 0.75 * kd[0]
+    assert kd[-1] < 0.5 * kd[0]
     assert all(np.array_equal(a, b) for a, b in zip(before, teacher.get_weights()))
     assert {"student_loss", "distillation_loss"} <= set(history)
 
