@@ -18,6 +18,7 @@ Sections:
 7. Notebook runs: profiles, artifacts, the Colab setup.
 """
 
+import csv
 import dataclasses
 import json
 import math
@@ -1103,14 +1104,13 @@ def _check_teacher_and_student(teacher, student):
             f"shape {s_shape}: both must map the same image to logits of the "
             f"same shape."
         )
+    # Structural check, then a numeric one for softmax hidden in a custom layer.
     last = teacher.layers[-1]
     activation = getattr(getattr(last, "activation", None), "__name__", "")
-    probe = ops.convert_to_numpy(teacher(np.random.default_rng(0).uniform(
-        0, 255, (1, 32, 32, 3)).astype("float32") if t_shape[1] is None
-        else np.random.default_rng(0).uniform(0, 255, (1, *teacher.input.shape[1:])
-                                              ).astype("float32"),
-        training=False))
-    sums_to_one = np.allclose(probe.sum(-1), 1.0, atol=1e-3) and probe.min() >= 0
+    side = [d if d is not None else 32 for d in teacher.input.shape[1:3]]
+    probe = np.random.default_rng(0).uniform(0, 255, (1, *side, 3)).astype("float32")
+    outputs = ops.convert_to_numpy(teacher(probe, training=False))
+    sums_to_one = outputs.min() >= 0 and np.allclose(outputs.sum(-1), 1.0, atol=1e-3)
     if isinstance(last, layers.Softmax) or activation == "softmax" or sums_to_one:
         raise ValueError(
             f"The teacher's outputs are probabilities (its last layer "
@@ -1321,8 +1321,6 @@ class _BestModelCheckpoint(keras.callbacks.Callback):
 
 def read_history(path):
     """Reads a history CSV (from `fit_segmentation`) into a dict of lists."""
-    import csv
-
     with open(path) as f:
         rows = list(csv.DictReader(f))
     if not rows:

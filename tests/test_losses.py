@@ -160,3 +160,14 @@ def test_distiller_refuses_a_teacher_that_outputs_probabilities():
     with_softmax = keras.Model(teacher.input, keras.layers.Softmax()(teacher.output))
     with pytest.raises(ValueError, match="probabilities.*needs logits"):
         utils.Distiller(teacher=with_softmax, student=student)
+
+
+def test_distiller_detects_softmax_hidden_in_a_custom_layer():
+    class Probabilities(keras.layers.Layer):
+        def call(self, x):
+            return keras.ops.softmax(x, axis=-1)
+
+    teacher, student = _teacher_student()
+    hidden = keras.Model(teacher.input, Probabilities()(teacher.output))
+    with pytest.raises(ValueError, match="probabilities"):
+        utils.Distiller(teacher=hidden, student=student)
