@@ -45,6 +45,35 @@ def inference_images_per_second(model, batch, repeats):
     return repeats * len(batch) / (time.perf_counter() - start)
 
 
+def litert_figures(teacher, student, size, repeats):
+    """File sizes and batch-1 latency of the LiteRT exports next to Keras."""
+    import tempfile
+
+    figures, predictors = {}, {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name, model in (("teacher", teacher), ("student", student)):
+            keras_path = pathlib.Path(folder) / f"{name}.keras"
+            utils.save_model(model, keras_path)
+            litert_path = utils.export_litert(model, pathlib.Path(folder) / f"{name}.tflite", size)
+            figures[f"size_{name}_keras_mb"] = keras_path.stat().st_size / 1e6
+            figures[f"size_{name}_litert_mb"] = litert_path.stat().st_size / 1e6
+            predictors[name] = utils.load_litert(litert_path)
+    x = np.random.default_rng(1).integers(0, 256, (1, size, size, 3)).astype("float32")
+    times = {name: [] for name in predictors}
+    for name, predict in predictors.items():
+        predict(x)
+    for _ in range(repeats):
+        for name, predict in predictors.items():
+            start = time.perf_counter()
+            predict(x)
+            times[name].append(time.perf_counter() - start)
+    for name in predictors:
+        figures[f"latency_{name}_litert_batch1_ms"] = 1000 * float(np.median(times[name]))
+    figures["litert_latency_ratio_student_to_teacher"] = (
+        figures["latency_student_litert_batch1_ms"] / figures["latency_teacher_litert_batch1_ms"])
+    return figures
+
+
 def peak_memory():
     """Peak accelerator memory (JAX) or host resident memory, in MB."""
     if keras.backend.backend() == "jax":
@@ -96,6 +125,8 @@ def main(argv=None):
             inference_images_per_second(model, batch, args.repeats))
     figures["latency_ratio_student_to_teacher"] = (
         latency["student"] / latency["teacher"])
+    if keras.backend.backend() == "tensorflow":
+        figures.update(litert_figures(teacher, student, args.size, args.repeats))
     figures["distiller_epoch_over_student_epoch"] = (
         figures["train_student_images_per_s"] / figures["train_distiller_images_per_s"])
 

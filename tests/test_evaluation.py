@@ -88,3 +88,23 @@ def test_evaluate_segmentation_runs_a_model(tiny_data, small_unet):
     res = utils.evaluate_segmentation(small_unet, tiny_data.x_test[:4], tiny_data.y_test[:4])
     assert 0 <= res["miou5"] <= 1 and res["confusion_matrix"].shape == (6, 6)
     assert "Vegetation" in res["report"]
+
+
+def test_fast_predict_matches_the_model_and_sees_new_weights():
+    model = _pixelwise_model()
+    x = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    direct = keras.ops.convert_to_numpy(model(x.astype("float32")))
+    np.testing.assert_allclose(utils.fast_predict(model, x), direct, atol=1e-5)
+    model.set_weights([w * 2 for w in model.get_weights()])
+    np.testing.assert_allclose(utils.fast_predict(model, x), 2 * direct, atol=1e-4)
+    assert utils.fast_predict(model, x[:1]).shape == (1, 16, 16, 6)  # another batch size
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="LiteRT export needs TF")
+def test_litert_export_runs_without_keras_and_agrees(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = utils.build_unet(2)
+    path = utils.export_litert(model, tmp_path / "m.tflite", input_size=32)
+    predict = utils.load_litert(path)
+    x = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_allclose(predict(x), utils.predict_logits(model, x), atol=1e-4)
