@@ -1212,8 +1212,10 @@ def fit_segmentation(
     train = PatchSequence(data.x_train, data.y_train, batch_size, augment, seed)
     csv_path = output_dir / f"{name}_history.csv"
     backup_dir = output_dir / f"backup_{name}"
-    if not backup_dir.exists() and csv_path.exists():
-        csv_path.unlink()  # a fresh run, not a resumed one
+    resuming = backup_dir.exists()
+    if not resuming:  # a fresh run: forget what an older run of this name left
+        for stale in (csv_path, output_dir / f"{name}.best.json"):
+            stale.unlink(missing_ok=True)
     if not model.built:  # BackupAndRestore needs the variables to exist
         model(data.x_train[:1])
     best = _BestModelCheckpoint(output_dir / f"{name}.keras", monitor="val_miou5")
@@ -1305,7 +1307,7 @@ class _BestModelCheckpoint(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         state = self.path.with_suffix(".best.json")
-        if state.exists() and self.path.exists():  # resuming
+        if state.exists() and self.path.exists():  # resuming this run
             self.best = json.loads(state.read_text())["best"]
 
     def on_epoch_end(self, epoch, logs=None):
@@ -1330,7 +1332,7 @@ def save_model(model, path):
         model: a functional Keras model.
         path: the `.keras` file to write.
     """
-    inference = keras.Model(model.inputs, model.outputs, name=model.name)
+    inference = keras.Model(model.input, model.output, name=model.name)
     inference.save(path)
 
 
@@ -2068,13 +2070,16 @@ def artifact(profile, filename, made_by):
 
 
 def train(name, profile, data, *, teacher=None, alpha=None, temperature=None,
-          kind=None, seed=None, epochs=None):
+          kind=None, seed=None, epochs=None, retrain=False):
     """Builds, compiles and trains one model of the series; returns the best.
 
     `name` "teacher" trains the teacher; any other name trains a student,
     distilled from `teacher` when one is given. Checkpoints, resumption and
     the history come from `fit_segmentation`, under `profile.models_dir`;
-    the run's provenance (`run_info`) is written to `<name>_run.json`.
+    the run's provenance (`run_info`) is written to `<name>_run.json`. A
+    finished run (its `_run.json` exists) is loaded, not retrained, unless
+    `retrain=True`: rerunning a notebook, or rendering the artifacts of a run
+    made elsewhere (e.g. `scripts/experiment.py` on a GPU), costs nothing.
 
     Args:
         name: "teacher", "student_scratch", "student_distilled", ...
@@ -2085,6 +2090,7 @@ def train(name, profile, data, *, teacher=None, alpha=None, temperature=None,
             `DEFAULT_DISTILLATION`).
         seed: overrides `profile.seed`.
         epochs: overrides `profile.epochs`.
+        retrain: train again even if a finished run exists.
 
     Returns:
         `(model, history)`: the best model by validation mIoU5, reloaded
@@ -2092,20 +2098,40 @@ def train(name, profile, data, *, teacher=None, alpha=None, temperature=None,
     """
     seed = profile.seed if seed is None else seed
     epochs = profile.epochs if epochs is None else epochs
-    keras.utils.set_random_seed(seed)
-    model = build_teacher() if name == "teacher" else build_student()
     config = {"kind": "none"}
     if teacher is not None:
         config = {**DEFAULT_DISTILLATION}
         config.update({k: v for k, v in (("alpha", alpha), ("temperature", temperature),
                                          ("kind", kind)) if v is not None})
+    wanted = {"seed": seed, "epochs": epochs, "distillation": config,
+              "batch_size": profile.batch_size, "patch_size": profile.patch_size}
+    finished = profile.models_dir / f"{name}_run.json"
+    if finished.exists() and not retrain:
+        info = json.loads(finished.read_text())
+        if any(info.get(k) != v for k, v in wanted.items()):
+            raise ValueError(
+                f"{finished} records a finished run {name!r} with other settings "
+                f"({ {k: info.get(k) for k in wanted} }) than asked ({wanted}). Pass "
+                f"retrain=True to replace it, or use another output folder."
+            )
+        print(f"Loading the finished run {name!r} ({epochs} epochs, seed {seed}, trained "
+              f"on {info['backend']}, {info['device']}, {info['date']}) from "
+              f"{profile.models_dir}; pass retrain=True to train again.")
+        history = json.loads((profile.models_dir / f"{name}_history.json").read_text())
+        return keras.models.load_model(profile.models_dir / f"{name}.keras"), history
+    finished.unlink(missing_ok=True)
+    keras.utils.set_random_seed(seed)
+    model = build_teacher() if name == "teacher" else build_student()
+    if teacher is not None:
         model = Distiller(teacher=teacher, student=model, **config)
     compile_segmentation(model, profile.learning_rate)
+    start = time.perf_counter()
     history = fit_segmentation(model, data, epochs=epochs, output_dir=profile.models_dir,
                                name=name, batch_size=profile.batch_size, seed=seed,
                                verbose=2)
-    info = {**run_info(profile), "seed": seed, "epochs": epochs, "distillation": config}
-    (profile.models_dir / f"{name}_run.json").write_text(json.dumps(info, indent=1))
+    info = {**run_info(profile), **wanted, "learning_rate": profile.learning_rate,
+            "train_seconds": time.perf_counter() - start}
+    finished.write_text(json.dumps(info, indent=1))
     return keras.models.load_model(profile.models_dir / f"{name}.keras"), history
 
 
@@ -2131,14 +2157,9 @@ def sweep_distillation(profile, data, teacher):
         for alpha in profile.sweep_alphas:
             for temperature in profile.sweep_temperatures:
                 name = f"sweep_{kind}_a{alpha:g}_t{temperature:g}"
-                done = profile.models_dir / f"{name}_run.json"
-                if done.exists():
-                    history = json.loads(
-                        (profile.models_dir / f"{name}_history.json").read_text())
-                else:
-                    _, history = train(name, profile, data, teacher=teacher, alpha=alpha,
-                                       temperature=temperature, kind=kind,
-                                       epochs=profile.sweep_epochs)
+                _, history = train(name, profile, data, teacher=teacher, alpha=alpha,
+                                   temperature=temperature, kind=kind,
+                                   epochs=profile.sweep_epochs)
                 rows.append({"kind": kind, "alpha": alpha, "temperature": temperature,
                              "val_miou5": max(history["val_miou5"])})
     best = max(rows, key=lambda r: r["val_miou5"])

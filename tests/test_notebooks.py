@@ -117,3 +117,19 @@ def test_missing_artifact_names_the_notebook_to_run(tmp_path):
 def test_markdown_table_formats_numbers():
     table = utils.markdown_table([{"model": "teacher", "parameters": 1941190, "miou5": 0.71234}])
     assert table.splitlines()[2] == "| teacher | 1,941,190 | 0.712 |"
+
+
+def test_train_reuses_a_finished_run_and_refuses_other_settings(tiny_data, tmp_path, capsys):
+    import dataclasses
+
+    data = dataclasses.replace(tiny_data, x_train=tiny_data.x_train[:16],
+                               y_train=tiny_data.y_train[:16])
+    profile = utils.load_profile("tiny", output_dir=tmp_path)
+    first, history = utils.train("student_scratch", profile, data, epochs=1)
+    again, history_again = utils.train("student_scratch", profile, data, epochs=1)
+    assert "Loading the finished run 'student_scratch'" in capsys.readouterr().out
+    assert history_again == history
+    for a, b in zip(first.get_weights(), again.get_weights()):
+        assert (a == b).all()
+    with pytest.raises(ValueError, match="with other settings"):
+        utils.train("student_scratch", profile, data, epochs=2)

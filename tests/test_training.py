@@ -49,6 +49,8 @@ def test_distiller_checkpoint_holds_the_student_alone(tiny_data, tmp_path):
     assert {"student_loss", "distillation_loss", "val_distillation_loss"} <= set(history)
     saved = keras.models.load_model(tmp_path / "d.keras")
     assert saved.name == "s" and saved.count_params() == student.count_params()
+    assert not saved.compiled  # inference checkpoint: no optimizer state
+    utils.Distiller(teacher=saved, student=utils.build_unet(2))  # usable as a teacher
 
 
 def test_fit_requires_a_compiled_model(tiny_data, small_unet, tmp_path):
