@@ -1748,6 +1748,7 @@ def plot_history(histories, keys=("loss",), path=None):
     >>> plot_history({"teacher": history}, keys=("loss", "miou5"))
     """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, len(keys), squeeze=False,
                              figsize=(4.5 * len(keys), 3.4))
@@ -1762,6 +1763,7 @@ def plot_history(histories, keys=("loss",), path=None):
                         label=f"{run} val")
         ax.set_title(key)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
