@@ -2079,9 +2079,13 @@ def train(name, profile, data, *, teacher=None, alpha=None, temperature=None,
     distilled from `teacher` when one is given. Checkpoints, resumption and
     the history come from `fit_segmentation`, under `profile.models_dir`;
     the run's provenance (`run_info`) is written to `<name>_run.json`. A
-    finished run (its `_run.json` exists) is loaded, not retrained, unless
-    `retrain=True`: rerunning a notebook, or rendering the artifacts of a run
-    made elsewhere (e.g. `scripts/experiment.py` on a GPU), costs nothing.
+    finished run with the same settings (its `_run.json`) is loaded, not
+    retrained, unless `retrain=True`: rerunning a notebook, or rendering the
+    artifacts of a run made elsewhere (e.g. `scripts/experiment.py` on a
+    GPU), costs nothing. Before a run is trained anew with other settings,
+    the files of the earlier one are moved to `models/previous/`, never
+    overwritten; an interrupted run resumes only with the settings it
+    started with.
 
     Args:
         name: "teacher", "student_scratch", "student_distilled", ...
@@ -2108,20 +2112,20 @@ def train(name, profile, data, *, teacher=None, alpha=None, temperature=None,
     wanted = {"seed": seed, "epochs": epochs, "distillation": config,
               "batch_size": profile.batch_size, "patch_size": profile.patch_size}
     finished = profile.models_dir / f"{name}_run.json"
+    started = profile.models_dir / f"{name}_started.json"
     if finished.exists() and not retrain:
         info = json.loads(finished.read_text())
-        if any(info.get(k) != v for k, v in wanted.items()):
-            raise ValueError(
-                f"{finished} records a finished run {name!r} with other settings "
-                f"({ {k: info.get(k) for k in wanted} }) than asked ({wanted}). Pass "
-                f"retrain=True to replace it, or use another output folder."
-            )
-        print(f"Loading the finished run {name!r} ({epochs} epochs, seed {seed}, trained "
-              f"on {info['backend']}, {info['device']}, {info['date']}) from "
-              f"{profile.models_dir}; pass retrain=True to train again.")
-        history = json.loads((profile.models_dir / f"{name}_history.json").read_text())
-        return keras.models.load_model(profile.models_dir / f"{name}.keras"), history
-    finished.unlink(missing_ok=True)
+        if all(info.get(k) == v for k, v in wanted.items()):
+            print(f"Loading the finished run {name!r} ({epochs} epochs, seed {seed}, "
+                  f"trained on {info['backend']}, {info['device']}, {info['date']}) from "
+                  f"{profile.models_dir}; pass retrain=True to train again.")
+            history = json.loads((profile.models_dir / f"{name}_history.json").read_text())
+            return keras.models.load_model(profile.models_dir / f"{name}.keras"), history
+    stale = finished.exists() or (started.exists() and json.loads(started.read_text()) != wanted)
+    if stale or retrain:
+        _archive_run(profile.models_dir, name)
+    profile.models_dir.mkdir(parents=True, exist_ok=True)
+    started.write_text(json.dumps(wanted))
     keras.utils.set_random_seed(seed)
     model = build_teacher() if name == "teacher" else build_student()
     if teacher is not None:
@@ -2134,7 +2138,26 @@ def train(name, profile, data, *, teacher=None, alpha=None, temperature=None,
     info = {**run_info(profile), **wanted, "learning_rate": profile.learning_rate,
             "train_seconds": time.perf_counter() - start}
     finished.write_text(json.dumps(info, indent=1))
+    started.unlink()
     return keras.models.load_model(profile.models_dir / f"{name}.keras"), history
+
+
+_RUN_FILES = (".keras", ".best.json", "_history.csv", "_history.json", "_run.json",
+              "_started.json")
+
+
+def _archive_run(folder, name):
+    """Moves a run's files to `previous/<name>-<time>/` instead of overwriting them."""
+    paths = [folder / f"{name}{suffix}" for suffix in _RUN_FILES] + [folder / f"backup_{name}"]
+    paths = [p for p in paths if p.exists()]
+    if not paths:
+        return
+    archive = folder / "previous" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    archive.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        path.rename(archive / path.name)
+    print(f"Run {name!r} is trained anew (other settings, or retrain=True); the files "
+          f"of the earlier run were moved to {archive}.")
 
 
 def load_history(profile, name, made_by):

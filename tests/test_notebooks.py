@@ -119,7 +119,7 @@ def test_markdown_table_formats_numbers():
     assert table.splitlines()[2] == "| teacher | 1,941,190 | 0.712 |"
 
 
-def test_train_reuses_a_finished_run_and_refuses_other_settings(tiny_data, tmp_path, capsys):
+def test_train_reuses_a_finished_run_and_archives_one_with_other_settings(tiny_data, tmp_path, capsys):
     import dataclasses
 
     data = dataclasses.replace(tiny_data, x_train=tiny_data.x_train[:16],
@@ -131,5 +131,8 @@ def test_train_reuses_a_finished_run_and_refuses_other_settings(tiny_data, tmp_p
     assert history_again == history
     for a, b in zip(first.get_weights(), again.get_weights()):
         assert (a == b).all()
-    with pytest.raises(ValueError, match="with other settings"):
-        utils.train("student_scratch", profile, data, epochs=2)
+    utils.train("student_scratch", profile, data, epochs=2)
+    assert "files of the earlier run were moved to" in capsys.readouterr().out
+    (archived,) = (profile.models_dir / "previous").iterdir()
+    assert json.loads((archived / "student_scratch_run.json").read_text())["epochs"] == 1
+    assert json.loads((profile.models_dir / "student_scratch_run.json").read_text())["epochs"] == 2
