@@ -1441,10 +1441,15 @@ def export_litert(model, path, input_size=256):
     return path
 
 
-def load_litert(path):
+def load_litert(path, num_threads=None):
     """Loads a `.tflite` model; returns a function from images to logits.
 
     Uses the `ai_edge_litert` interpreter when installed, else TensorFlow's.
+
+    Args:
+        path: the `.tflite` file.
+        num_threads: CPU threads for the interpreter; all cores if `None`
+            (the interpreter's own default is one).
     """
     import warnings
 
@@ -1456,7 +1461,8 @@ def load_litert(path):
         Interpreter = tf.lite.Interpreter
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        interpreter = Interpreter(model_path=str(path))
+        interpreter = Interpreter(model_path=str(path),
+                                  num_threads=num_threads or os.cpu_count())
     interpreter.allocate_tensors()
     source = interpreter.get_input_details()[0]
     target = interpreter.get_output_details()[0]
