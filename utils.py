@@ -1720,8 +1720,9 @@ def plot_segmentations(images, truths, predictions, path=None):
 
     columns = {"Image": None, "Ground truth": truths, **predictions}
     n = len(images)
+    legend_inches = 0.45
     fig, axes = plt.subplots(n, len(columns), squeeze=False,
-                             figsize=(2.6 * len(columns), 2.6 * n))
+                             figsize=(2.6 * len(columns), 2.6 * n + legend_inches))
     for row in range(n):
         for col, (title, labels) in enumerate(columns.items()):
             ax = axes[row, col]
@@ -1732,7 +1733,7 @@ def plot_segmentations(images, truths, predictions, path=None):
                 ax.set_title(title)
     fig.legend(handles=_legend_handles(), loc="lower center",
                ncol=len(CLASSES), frameon=False)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.tight_layout(rect=(0, legend_inches / fig.get_figheight(), 1, 1))
     return save_figure(fig, path)
 
 
@@ -1910,7 +1911,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent
 DRIVE_ROOT = pathlib.Path("/content/drive")
 
 PROFILES = {
-    "tiny": dict(patch_size=64, epochs=3, batch_size=8, learning_rate=2e-3,
+    "tiny": dict(patch_size=64, epochs=3, batch_size=4, learning_rate=5e-3,
                  sweep_alphas=(0.25, 0.75), sweep_temperatures=(2.0,),
                  sweep_kinds=("pixel", "channel"), sweep_epochs=1),
     "full": dict(patch_size=256, epochs=100, batch_size=16, learning_rate=1e-3,
