@@ -1127,6 +1127,20 @@ def _check_teacher_and_student(teacher, student):
 # =============================================================================
 
 
+@keras.saving.register_keras_serializable(package="sssi")
+class AnnotatedPixelAccuracy(keras.metrics.SparseCategoricalAccuracy):
+    """Pixel accuracy over annotated pixels only (labels != `IGNORE_INDEX`)."""
+
+    def __init__(self, name="pixel_acc", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        valid = ops.cast(ops.not_equal(ops.cast(y_true, "int32"), IGNORE_INDEX), "float32")
+        if sample_weight is not None:
+            valid = valid * ops.cast(sample_weight, "float32")
+        return super().update_state(y_true, y_pred, sample_weight=valid)
+
+
 def compile_segmentation(model, learning_rate=1e-3, loss=None):
     """Compiles a model (or `Distiller`) with Adam, the loss and mIoU metrics.
 
@@ -1148,7 +1162,7 @@ def compile_segmentation(model, learning_rate=1e-3, loss=None):
             keras.metrics.IoU(len(CLASSES), target_class_ids=list(range(5)),
                               sparse_y_pred=False, ignore_class=IGNORE_INDEX,
                               name="miou5"),
-            keras.metrics.SparseCategoricalAccuracy(name="pixel_acc"),
+            AnnotatedPixelAccuracy(),
         ],
     )
     return model
@@ -1176,8 +1190,8 @@ def fit_segmentation(
       `output_dir/<name>.keras` (for a `Distiller`, the student alone);
     - the history is appended to `output_dir/<name>_history.csv` and written
       to `output_dir/<name>_history.json`;
-    - a NaN or infinite loss stops training with a warning; the best
-      checkpoint so far is kept.
+    - a NaN or infinite loss stops training and raises `FloatingPointError`
+      saying which checkpoint was kept (the broken weights never replace it).
 
     A run resumed after an interruption sees the same batches, augmentation
     and dropout draws as an uninterrupted one, so it ends with the same
@@ -1216,9 +1230,15 @@ def fit_segmentation(
     if not resuming:  # a fresh run: forget what an older run of this name left
         for stale in (csv_path, output_dir / f"{name}.best.json"):
             stale.unlink(missing_ok=True)
-    if not model.built:  # BackupAndRestore needs the variables to exist
-        model(data.x_train[:1])
+    # Build model, metrics and optimizer on one validation patch now: fit would
+    # otherwise pull a training batch to do it, which shifts the batch order of
+    # the first epoch of a resumed run. BackupAndRestore needs them built too.
+    model.test_on_batch(data.x_val[:1], data.y_val[:1])
+    metadata = backup_dir / "training_metadata.json"
+    if metadata.exists():  # Keras prefetches batches before on_epoch_begin
+        train.set_epoch(json.loads(metadata.read_text())["epoch"])
     best = _BestModelCheckpoint(output_dir / f"{name}.keras", monitor="val_miou5")
+    stop_on_nan = _StopOnNaN(best)
     model.fit(
         train,
         validation_data=(data.x_val, data.y_val),
@@ -1227,7 +1247,7 @@ def fit_segmentation(
         callbacks=[
             _SyncEpoch(train),
             keras.callbacks.BackupAndRestore(str(backup_dir)),
-            _StopOnNaN(best),
+            stop_on_nan,
             best,
             keras.callbacks.CSVLogger(str(csv_path), append=True),
             *callbacks,
@@ -1237,6 +1257,8 @@ def fit_segmentation(
     history = read_history(csv_path)
     with open(output_dir / f"{name}_history.json", "w") as f:
         json.dump(history, f, indent=1)
+    if stop_on_nan.message:
+        raise FloatingPointError(stop_on_nan.message)
     return history
 
 
@@ -1270,31 +1292,30 @@ class _SyncEpoch(keras.callbacks.Callback):
 
 
 class _StopOnNaN(keras.callbacks.Callback):
-    """Stops training on a non-finite loss and says what was kept."""
+    """Stops training on a non-finite loss and freezes the best checkpoint."""
 
     def __init__(self, checkpoint):
         super().__init__()
         self.checkpoint = checkpoint
         self.epoch = 0
+        self.message = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not np.isfinite(loss):
+        if self.message is None and loss is not None and not np.isfinite(loss):
             self.model.stop_training = True
+            self.checkpoint.frozen = True  # the broken model must not become "best"
             kept = (f"the best checkpoint so far ({self.checkpoint.monitor} "
                     f"{self.checkpoint.best:.4f}) is kept at {self.checkpoint.path}"
                     if self.checkpoint.path.exists() else
                     "no checkpoint had been saved yet")
-            import warnings
-
-            warnings.warn(
+            self.message = (
                 f"Training stopped: the loss became {loss} at epoch "
                 f"{self.epoch + 1}, batch {batch + 1}; {kept}. Lower the "
-                f"learning rate or check the data for bad values.",
-                RuntimeWarning, stacklevel=2)
+                f"learning rate or check the data for bad values.")
 
 
 class _BestModelCheckpoint(keras.callbacks.Callback):
@@ -1304,6 +1325,7 @@ class _BestModelCheckpoint(keras.callbacks.Callback):
         super().__init__()
         self.path, self.monitor = pathlib.Path(path), monitor
         self.best = -np.inf
+        self.frozen = False
 
     def on_train_begin(self, logs=None):
         state = self.path.with_suffix(".best.json")
@@ -1312,7 +1334,7 @@ class _BestModelCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
-        if value is None or not np.isfinite(value) or value <= self.best:
+        if self.frozen or value is None or not np.isfinite(value) or value <= self.best:
             return
         self.best = float(value)
         save_model(getattr(self.model, "student", self.model), self.path)
@@ -1392,21 +1414,23 @@ def fast_predict(model, batch):
 
 
 def _compile_inference(model):
+    # The function holds a weak reference, so the cache never keeps a model alive.
+    ref = weakref.ref(model)
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        return tf.function(lambda x: ref()(x, training=False), reduce_retracing=True)
     if backend == "jax":
         import jax
 
         @jax.jit
         def forward(trainable, non_trainable, x):
-            return model.stateless_call(trainable, non_trainable, x, training=False)[0]
+            return ref().stateless_call(trainable, non_trainable, x, training=False)[0]
 
-        return lambda x: forward([v.value for v in model.trainable_variables],
-                                 [v.value for v in model.non_trainable_variables], x)
-    return model.predict_on_batch
+        return lambda x: forward([v.value for v in ref().trainable_variables],
+                                 [v.value for v in ref().non_trainable_variables], x)
+    return lambda x: ref().predict_on_batch(x)
 
 
 def export_litert(model, path, input_size=256):
@@ -2117,7 +2141,9 @@ def train(name, profile, data, *, teacher=None, alpha=None, temperature=None,
         config.update({k: v for k, v in (("alpha", alpha), ("temperature", temperature),
                                          ("kind", kind)) if v is not None})
     wanted = {"seed": seed, "epochs": epochs, "distillation": config,
-              "batch_size": profile.batch_size, "patch_size": profile.patch_size}
+              "batch_size": profile.batch_size, "patch_size": profile.patch_size,
+              "learning_rate": profile.learning_rate,
+              "teacher_sha1": None if teacher is None else weights_fingerprint(teacher)}
     finished = profile.models_dir / f"{name}_run.json"
     started = profile.models_dir / f"{name}_started.json"
     if finished.exists() and not retrain:
@@ -2142,11 +2168,20 @@ def train(name, profile, data, *, teacher=None, alpha=None, temperature=None,
     history = fit_segmentation(model, data, epochs=epochs, output_dir=profile.models_dir,
                                name=name, batch_size=profile.batch_size, seed=seed,
                                verbose=2)
-    info = {**run_info(profile), **wanted, "learning_rate": profile.learning_rate,
-            "train_seconds": time.perf_counter() - start}
+    info = {**run_info(profile), **wanted, "train_seconds": time.perf_counter() - start}
     finished.write_text(json.dumps(info, indent=1))
     started.unlink()
     return keras.models.load_model(profile.models_dir / f"{name}.keras"), history
+
+
+def weights_fingerprint(model):
+    """A short SHA-1 of a model's weights: which teacher a student learned from."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()[:16]
 
 
 _RUN_FILES = (".keras", ".best.json", "_history.csv", "_history.json", "_run.json",
@@ -2241,12 +2276,13 @@ def compare_models(models, profile, results=None):
 
 
 def markdown_table(rows, digits=3):
-    """Formats a list of dicts as a Markdown table."""
-    columns = list(rows[0])
+    """Formats a list of dicts as a Markdown table ("—" where a row lacks a key)."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
+        values = [row.get(column, "—") for column in columns]
         cells = [f"{v:,.{digits}f}" if isinstance(v, float) else
-                 f"{v:,}" if isinstance(v, int) else str(v) for v in row.values()]
+                 f"{v:,}" if isinstance(v, int) else str(v) for v in values]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

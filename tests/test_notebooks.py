@@ -136,3 +136,22 @@ def test_train_reuses_a_finished_run_and_archives_one_with_other_settings(tiny_d
     (archived,) = (profile.models_dir / "previous").iterdir()
     assert json.loads((archived / "student_scratch_run.json").read_text())["epochs"] == 1
     assert json.loads((profile.models_dir / "student_scratch_run.json").read_text())["epochs"] == 2
+
+
+def test_a_distilled_run_is_tied_to_its_teacher(tiny_data, tmp_path, capsys):
+    import dataclasses
+
+    import keras
+
+    data = dataclasses.replace(tiny_data, x_train=tiny_data.x_train[:8],
+                               y_train=tiny_data.y_train[:8])
+    profile = utils.load_profile("tiny", output_dir=tmp_path)
+    keras.utils.set_random_seed(0)
+    first, second = utils.build_unet(2, name="t1"), utils.build_unet(2, name="t2")
+    utils.train("student_distilled", profile, data, teacher=first, epochs=1)
+    utils.train("student_distilled", profile, data, teacher=first, epochs=1)
+    assert "Loading the finished run" in capsys.readouterr().out
+    utils.train("student_distilled", profile, data, teacher=second, epochs=1)
+    assert "files of the earlier run were moved to" in capsys.readouterr().out
+    run = json.loads((profile.models_dir / "student_distilled_run.json").read_text())
+    assert run["teacher_sha1"] == utils.weights_fingerprint(second)

