@@ -60,16 +60,24 @@ def test_fit_requires_a_compiled_model(tiny_data, small_unet, tmp_path):
                                name="m")
 
 
-class _Interrupt(keras.callbacks.Callback):
-    """Simulates a disconnect at the end of an epoch."""
+class _AtEpochBegin(keras.callbacks.Callback):
+    """Runs `action(model)` when the epoch with 0-based index `epoch` begins."""
 
-    def __init__(self, at_epoch):
+    def __init__(self, epoch, action):
         super().__init__()
-        self.at_epoch = at_epoch
+        self.epoch, self.action = epoch, action
 
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.at_epoch:
-            raise KeyboardInterrupt("runtime disconnected")
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            self.action(self.model)
+
+
+def _disconnect(model):
+    raise KeyboardInterrupt("runtime disconnected")
+
+
+def _poison(model):
+    model.set_weights([np.full_like(w, np.nan) for w in model.get_weights()])
 
 
 def _fresh(distil=False):
@@ -89,7 +97,7 @@ def test_interrupted_training_resumes_and_ends_with_the_same_weights(tiny_data, 
     straight = keras.models.load_model(tmp_path / "straight" / "m.keras")
     with pytest.raises(KeyboardInterrupt):
         utils.fit_segmentation(_fresh(distil), data, output_dir=tmp_path / "resumed",
-                               callbacks=[_Interrupt(at_epoch=1)], **kwargs)
+                               callbacks=[_AtEpochBegin(2, _disconnect)], **kwargs)
     assert (tmp_path / "resumed" / "backup_m").exists()
     history = utils.fit_segmentation(_fresh(distil), data, output_dir=tmp_path / "resumed",
                                      **kwargs)
@@ -103,21 +111,11 @@ def test_interrupted_training_resumes_and_ends_with_the_same_weights(tiny_data, 
         np.testing.assert_array_equal(a, b)
 
 
-class _Poison(keras.callbacks.Callback):
-    def __init__(self, at_epoch):
-        super().__init__()
-        self.at_epoch = at_epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.at_epoch:
-            self.model.set_weights([np.full_like(w, np.nan) for w in self.model.get_weights()])
-
-
 def test_nan_loss_stops_training_and_keeps_the_best_checkpoint(tiny_data, tmp_path):
     with pytest.raises(FloatingPointError,
                        match=r"loss became nan at epoch 2.*best checkpoint so far .* is kept at"):
         utils.fit_segmentation(_fresh(), _small_data(tiny_data), epochs=4, output_dir=tmp_path,
-                               name="m", batch_size=8, verbose=0, callbacks=[_Poison(1)])
+                               name="m", batch_size=8, verbose=0, callbacks=[_AtEpochBegin(1, _poison)])
     assert len(utils.read_history(tmp_path / "m_history.csv")["loss"]) == 2
     kept = keras.models.load_model(tmp_path / "m.keras")
     assert all(np.isfinite(w).all() for w in kept.get_weights())
@@ -127,7 +125,7 @@ def test_nan_loss_stops_training_and_keeps_the_best_checkpoint(tiny_data, tmp_pa
 def test_nan_in_the_first_epoch_saves_no_model(tiny_data, tmp_path):
     with pytest.raises(FloatingPointError, match="no checkpoint had been saved yet"):
         utils.fit_segmentation(_fresh(), _small_data(tiny_data), epochs=2, output_dir=tmp_path,
-                               name="m", batch_size=8, verbose=0, callbacks=[_Poison(0)])
+                               name="m", batch_size=8, verbose=0, callbacks=[_AtEpochBegin(0, _poison)])
     assert not (tmp_path / "m.keras").exists()
 
 
