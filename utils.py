@@ -206,7 +206,7 @@ def find_dataset_root(path):
     if any(path.glob("Tile */images")):
         return path
     candidates = sorted(
-        p.parent.parent for p in path.glob(f"**/Tile */images") if p.is_dir()
+        p.parent.parent for p in path.glob("**/Tile */images") if p.is_dir()
     )
     if candidates:
         return candidates[0]
@@ -1215,8 +1215,8 @@ def fit_segmentation(
     """
     if not model.compiled:
         raise ValueError(
-            f"Compile the model before training it, e.g. "
-            f"`compile_segmentation(model)`."
+            "Compile the model before training it, e.g. "
+            "`compile_segmentation(model)`."
         )
     if len(data.x_val) == 0:
         raise ValueError("The dataset has no validation patches: set "

@@ -22,7 +22,6 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import keras  # noqa: E402
 
 import utils  # noqa: E402
 

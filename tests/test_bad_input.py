@@ -1,8 +1,6 @@
 """Bad input gets a clear, early error that names the file or argument."""
 
-import shutil
 
-import keras
 import numpy as np
 import pytest
 from PIL import Image

@@ -4,7 +4,6 @@ The notebooks themselves run under `pytest --nbmake notebooks` (see .ci/run).
 """
 
 import json
-import pathlib
 import subprocess
 import sys
 import types
