@@ -1241,6 +1241,10 @@ def fit_segmentation(
     stop_on_nan = _StopOnNaN(best)
     model.fit(
         train,
+        # The sequence shuffles itself, seeded per epoch. Keras' own shuffle
+        # would reorder its batches again from Python's global `random`, which
+        # a resumed run cannot replay.
+        shuffle=False,
         validation_data=(data.x_val, data.y_val),
         validation_batch_size=batch_size,
         epochs=epochs,
