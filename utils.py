@@ -9,8 +9,8 @@ the JAX backends alike.
 
 Sections:
 
-1. Data: palette, loading, splitting, augmentation, the tiny dataset.
-2. Models: the U-Net, its size and FLOPs.
+1. Data: palette, loading, splitting, batches, the tiny dataset.
+2. Models: the U-Net with on-device augmentation, its size and FLOPs.
 3. Losses and distillation: segmentation loss, KD losses, `Distiller`.
 4. Training: `fit_segmentation` with checkpoints and resumption.
 5. Evaluation: metrics, PR curves, whole-image prediction.
@@ -568,56 +568,21 @@ def download_dataset(destination="data", source=None):
     return find_dataset_root(source)
 
 
-def augment(images, labels, rng):
-    """Applies one random flip/rotation to each image and its labels.
-
-    Draws one of the 8 symmetries of the square (4 rotations by 90 degrees,
-    each with or without a flip) per sample, so labels stay aligned pixel
-    for pixel.
-
-    Args:
-        images: array `(N, P, P, C)`.
-        labels: array `(N, P, P)`.
-        rng: a `numpy.random.Generator`.
-
-    Returns:
-        `(images, labels)`, new arrays of the same shapes.
-
-    Example:
-
-    >>> x, y = augment(x_batch, y_batch, np.random.default_rng(0))
-    """
-    images, labels = np.asarray(images), np.asarray(labels)
-    if images.shape[:3] != labels.shape[:3]:
-        raise ValueError(
-            f"images {images.shape} and labels {labels.shape} must share "
-            f"(N, H, W)."
-        )
-    if images.shape[1] != images.shape[2]:
-        raise ValueError(f"augment needs square patches, got {images.shape}.")
-    out_x, out_y = np.empty_like(images), np.empty_like(labels)
-    for i, (k, flip) in enumerate(
-        zip(rng.integers(0, 4, len(images)), rng.integers(0, 2, len(images)))
-    ):
-        x, y = np.rot90(images[i], k), np.rot90(labels[i], k)
-        if flip:
-            x, y = x[:, ::-1], y[:, ::-1]
-        out_x[i], out_y[i] = x, y
-    return out_x, out_y
-
-
 class PatchSequence(keras.utils.PyDataset):
-    """Batches of patches, shuffled and augmented anew every epoch.
+    """Batches of patches in a new order every epoch, drawn from the seed.
+
+    The order of epoch `e` depends on `(seed, e)` alone, so a resumed run
+    replays it. Augmentation happens in the model (`RandomSymmetry`), on the
+    device, so a batch is a plain slice of the arrays.
 
     Args:
         x: uint8 images `(N, P, P, 3)`.
         y: labels `(N, P, P)`.
         batch_size: patches per batch.
-        augment: whether to apply `augment`.
-        seed: seed of the shuffling and augmentation.
+        seed: seed of the order.
     """
 
-    def __init__(self, x, y, batch_size=16, augment=True, seed=0, **kwargs):
+    def __init__(self, x, y, batch_size=16, seed=0, **kwargs):
         super().__init__(**kwargs)
         if len(x) != len(y) or len(x) == 0:
             raise ValueError(
@@ -626,7 +591,6 @@ class PatchSequence(keras.utils.PyDataset):
             )
         self.x, self.y = x, y
         self.batch_size = batch_size
-        self.augment = augment
         self.seed = seed
         self.set_epoch(0)
 
@@ -637,11 +601,7 @@ class PatchSequence(keras.utils.PyDataset):
         rows = np.sort(
             self._order[index * self.batch_size : (index + 1) * self.batch_size]
         )
-        x, y = self.x[rows], self.y[rows]
-        if self.augment:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
-            x, y = augment(x, y, rng)
-        return x, y
+        return self.x[rows], self.y[rows]
 
     def set_epoch(self, epoch):
         """Draws the order of `epoch`: the same for a seed, whatever came before."""
@@ -746,6 +706,8 @@ def build_unet(
     n_classes=len(CLASSES),
     input_shape=(None, None, 3),
     dropout=(0.1, 0.1, 0.2, 0.2, 0.3),
+    augment=True,
+    seed=None,
     name=None,
 ):
     """Builds the classic 4-level U-Net that outputs logits.
@@ -758,6 +720,12 @@ def build_unet(
     with no activation, so the model returns **logits** (distillation needs
     them; apply softmax for probabilities).
 
+    With `augment=True`, training draws one of the 8 symmetries of the square
+    per image (`RandomSymmetry`) and maps the logits back (`UndoSymmetry`),
+    on the device and inside the compiled step: the labels are untouched,
+    and since the losses sum over pixels, this is training on transformed
+    images and labels. At inference both layers pass their input through.
+
     Args:
         base_filters: filters of the first level (16 for the teacher, 8 for
             the student).
@@ -765,6 +733,8 @@ def build_unet(
         input_shape: `(H, W, 3)`; H and W may be `None` (any size divisible
             by 16).
         dropout: dropout rates of the five depths, top to bottleneck.
+        augment: whether training applies random flips and rotations.
+        seed: seed of the augmentation draws.
         name: model name.
 
     Returns:
@@ -790,7 +760,10 @@ def build_unet(
                 f"input_shape={input_shape}."
             )
     inputs = keras.Input(input_shape, name="image")
-    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    x = inputs
+    if augment:
+        x, symmetry = RandomSymmetry(seed=seed, name="augment")(x)
+    x = layers.Rescaling(1.0 / 255, name="rescale")(x)
     skips = []
     for depth in range(4):
         x = _conv_block(x, base_filters * 2**depth, dropout[depth], f"down{depth}")
@@ -805,6 +778,8 @@ def build_unet(
         x = layers.Concatenate(name=f"up{depth}_skip")([x, skips[depth]])
         x = _conv_block(x, filters, dropout[depth], f"up{depth}")
     logits = layers.Conv2D(n_classes, 1, dtype="float32", name="logits")(x)
+    if augment:
+        logits = UndoSymmetry(name="augment_undo")([logits, symmetry])
     return keras.Model(inputs, logits, name=name or f"unet{base_filters}")
 
 
@@ -814,6 +789,93 @@ def _conv_block(x, filters, rate, name):
     x = layers.Dropout(rate, name=f"{name}_dropout")(x)
     return layers.Conv2D(filters, 3, padding="same", activation="relu",
                          kernel_initializer="he_normal", name=f"{name}_conv2")(x)
+
+
+@keras.saving.register_keras_serializable(package="utils")
+class RandomSymmetry(layers.Layer):
+    """Applies one random symmetry of the square to each image, in training.
+
+    Draws, per image, whether to transpose, flip vertically and flip
+    horizontally (the 8 symmetries of the square: 4 rotations by 90 degrees,
+    each with or without a mirror). Returns the images and the `(N, 3)`
+    draws, which `UndoSymmetry` uses to map the predictions back. Outside
+    training it returns the images unchanged and zero draws. Runs in the
+    compiled step, on the device; the draws come from a Keras `SeedGenerator`.
+
+    Args:
+        seed: seed of the draws.
+
+    Example:
+
+    >>> images, symmetry = RandomSymmetry(seed=0)(x, training=True)
+    >>> logits = UndoSymmetry()([model(images), symmetry])
+    """
+
+    def __init__(self, seed=None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=None):
+        batch = ops.shape(images)[0]
+        if not training:
+            return images, ops.zeros((batch, 3), "int32")
+        height, width = images.shape[1:3]
+        if height is not None and width is not None and height != width:
+            raise ValueError(
+                f"Random flips and rotations need square training patches, "
+                f"got {height}x{width}."
+            )
+        symmetry = keras.random.randint((batch, 3), 0, 2, seed=self.seed_generator)
+        return apply_symmetry(images, symmetry), symmetry
+
+    def compute_output_spec(self, images, training=None):
+        return (keras.KerasTensor(images.shape, self.compute_dtype),
+                keras.KerasTensor((images.shape[0], 3), "int32"))
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="utils")
+class UndoSymmetry(layers.Layer):
+    """Maps predictions of symmetry-transformed images back; see `RandomSymmetry`."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+    def call(self, inputs, training=None):
+        outputs, symmetry = inputs
+        if not training:
+            return outputs
+        return apply_symmetry(outputs, symmetry, inverse=True)
+
+    def compute_output_spec(self, inputs, training=None):
+        return keras.KerasTensor(inputs[0].shape, self.compute_dtype)
+
+
+def apply_symmetry(images, symmetry, inverse=False):
+    """Transposes and flips each image as its row of `symmetry` says.
+
+    Args:
+        images: `(N, S, S, C)` tensor (square).
+        symmetry: `(N, 3)` 0/1 tensor: transpose, flip rows, flip columns.
+        inverse: undo the transform instead (the steps in reverse order).
+
+    Returns:
+        The transformed images, same shape.
+    """
+    steps = [
+        (0, lambda x: ops.transpose(x, (0, 2, 1, 3))),
+        (1, lambda x: ops.flip(x, axis=1)),
+        (2, lambda x: ops.flip(x, axis=2)),
+    ]
+    for column, transform in reversed(steps) if inverse else steps:
+        chosen = ops.reshape(ops.cast(symmetry[:, column], "bool"), (-1, 1, 1, 1))
+        images = ops.where(chosen, transform(images), images)
+    return images
 
 
 def build_teacher(**kwargs):
@@ -1141,7 +1203,7 @@ class AnnotatedPixelAccuracy(keras.metrics.SparseCategoricalAccuracy):
         return super().update_state(y_true, y_pred, sample_weight=valid)
 
 
-def compile_segmentation(model, learning_rate=1e-3, loss=None):
+def compile_segmentation(model, learning_rate=1e-3, loss=None, steps_per_execution=1):
     """Compiles a model (or `Distiller`) with Adam, the loss and mIoU metrics.
 
     Metrics: `miou5`, the mean IoU over the 5 labelled classes (what model
@@ -1149,8 +1211,10 @@ def compile_segmentation(model, learning_rate=1e-3, loss=None):
 
     Args:
         model: a model from `build_unet`, or a `Distiller`.
-        learning_rate: Adam's learning rate.
+        learning_rate: Adam's learning rate, a float or a
+            `keras.optimizers.schedules.LearningRateSchedule`.
         loss: student loss; `SegmentationLoss()` if `None`.
+        steps_per_execution: training steps per call from Python.
 
     Returns:
         The model, compiled.
@@ -1164,6 +1228,7 @@ def compile_segmentation(model, learning_rate=1e-3, loss=None):
                               name="miou5"),
             AnnotatedPixelAccuracy(),
         ],
+        steps_per_execution=steps_per_execution,
     )
     return model
 
@@ -1177,7 +1242,6 @@ def fit_segmentation(
     name,
     batch_size=16,
     seed=0,
-    augment=True,
     verbose="auto",
     callbacks=(),
 ):
@@ -1195,7 +1259,8 @@ def fit_segmentation(
 
     A run resumed after an interruption sees the same batches, augmentation
     and dropout draws as an uninterrupted one, so it ends with the same
-    weights (on a deterministic backend and device).
+    weights (on a deterministic backend and device). Augmentation is part of
+    the model (`build_unet(augment=True)`).
 
     Args:
         model: compiled model (see `compile_segmentation`) or `Distiller`.
@@ -1204,8 +1269,7 @@ def fit_segmentation(
         output_dir: folder for checkpoints and histories.
         name: file stem of the saved model and history.
         batch_size: patches per batch.
-        seed: seed of shuffling and augmentation.
-        augment: whether to augment training patches.
+        seed: seed of the batch order.
         verbose: passed to `fit`.
         callbacks: extra Keras callbacks.
 
@@ -1223,7 +1287,7 @@ def fit_segmentation(
                          "val_per_tile >= 1 in load_dataset.")
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    train = PatchSequence(data.x_train, data.y_train, batch_size, augment, seed)
+    train = PatchSequence(data.x_train, data.y_train, batch_size, seed)
     csv_path = output_dir / f"{name}_history.csv"
     backup_dir = output_dir / f"backup_{name}"
     resuming = backup_dir.exists()
@@ -1269,8 +1333,8 @@ def fit_segmentation(
 class _SyncEpoch(keras.callbacks.Callback):
     """Makes each epoch's randomness a function of the epoch number alone.
 
-    Sets the `PatchSequence`'s epoch (order and augmentation) and moves every
-    dropout seed generator to its initial state plus `[epoch, 0]`, so a run
+    Sets the `PatchSequence`'s epoch (batch order) and moves every seed
+    generator (augmentation, dropout) to its initial state plus `[epoch, 0]`, so a run
     resumed by `BackupAndRestore` (which restores weights and optimizer, not
     seed states) draws exactly what an uninterrupted run draws. Must come
     before `BackupAndRestore` to record the states before any restore.
@@ -1296,18 +1360,19 @@ class _SyncEpoch(keras.callbacks.Callback):
 
 
 class _StopOnNaN(keras.callbacks.Callback):
-    """Stops training on a non-finite loss and freezes the best checkpoint."""
+    """Stops training on a non-finite epoch loss and freezes the best checkpoint.
+
+    Checks once per epoch, not per batch: reading a batch's loss would make the
+    host wait for the device at every step. One NaN batch makes the epoch's
+    mean loss NaN, and this callback runs before `_BestModelCheckpoint`.
+    """
 
     def __init__(self, checkpoint):
         super().__init__()
         self.checkpoint = checkpoint
-        self.epoch = 0
         self.message = None
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
+    def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("loss")
         if self.message is None and loss is not None and not np.isfinite(loss):
             self.model.stop_training = True
@@ -1317,9 +1382,8 @@ class _StopOnNaN(keras.callbacks.Callback):
                     if self.checkpoint.path.exists() else
                     "no checkpoint had been saved yet")
             self.message = (
-                f"Training stopped: the loss became {loss} at epoch "
-                f"{self.epoch + 1}, batch {batch + 1}; {kept}. Lower the "
-                f"learning rate or check the data for bad values.")
+                f"Training stopped: the loss became {loss} in epoch {epoch + 1}; "
+                f"{kept}. Lower the learning rate or check the data for bad values.")
 
 
 class _BestModelCheckpoint(keras.callbacks.Callback):
@@ -1348,18 +1412,42 @@ class _BestModelCheckpoint(keras.callbacks.Callback):
 
 
 def save_model(model, path):
-    """Saves a model for inference: architecture and weights, no optimizer.
+    """Saves a model for inference: float32, architecture and weights, no optimizer.
 
     A `.keras` file of a compiled model also holds the optimizer's state
     (Adam: two more copies of the weights); this one does not, so it is about
-    3x smaller, and `keras.models.load_model` reads it without `utils`.
+    3x smaller. A model trained in mixed precision is saved with float32
+    layers, to run anywhere (bfloat16 is slow on most CPUs). It loads with
+    `keras.models.load_model` once `utils` is imported (which registers the
+    augmentation layers, identities at inference).
 
     Args:
         model: a functional Keras model.
         path: the `.keras` file to write.
     """
-    inference = keras.Model(model.input, model.output, name=model.name)
-    inference.save(path)
+    with_dtype_policy(model, "float32").save(path)
+
+
+def with_dtype_policy(model, policy):
+    """A copy of a functional model whose layers all use dtype `policy`.
+
+    Args:
+        model: a functional Keras model.
+        policy: a Keras dtype policy name, e.g. "float32" or "mixed_bfloat16".
+
+    Returns:
+        A new model with the same architecture and (float32) weights, not
+        compiled.
+    """
+    config = model.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"] != "InputLayer":
+            # the logits and the symmetry layers stay float32 in mixed precision
+            keep = layer["config"]["name"] in ("logits", "augment", "augment_undo")
+            layer["config"]["dtype"] = "float32" if keep else policy
+    copy = keras.Model.from_config(config)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def read_history(path):
@@ -1961,6 +2049,12 @@ class Profile:
         patch_size, epochs, batch_size, learning_rate: training budget, the
             same for the teacher, the scratch student and the distilled one.
         seed: seed of weights, shuffling and augmentation.
+        precision: Keras dtype policy of training ("float32", or
+            "mixed_bfloat16" on recent GPUs); models are saved in float32.
+        schedule: learning rate over training, "constant" or "cosine"
+            (cosine decay to 0 over all epochs).
+        steps_per_execution: training steps per call from Python (fewer
+            host round trips on a GPU; results do not change).
         sweep_alphas, sweep_temperatures, sweep_kinds, sweep_epochs: the
             grid of `06_sweep`.
         output_dir: where models, histories and results go.
@@ -1979,6 +2073,9 @@ class Profile:
     output_dir: pathlib.Path
     pictures_dir: pathlib.Path
     seed: int = 0
+    precision: str = "float32"
+    schedule: str = "constant"
+    steps_per_execution: int = 1
 
     @property
     def models_dir(self):
@@ -2063,7 +2160,8 @@ def run_info(profile=None):
     if profile is not None:
         info.update(profile=profile.name, epochs=profile.epochs,
                     batch_size=profile.batch_size, patch_size=profile.patch_size,
-                    seed=profile.seed, precision=keras.config.dtype_policy().name)
+                    seed=profile.seed, precision=profile.precision,
+                    schedule=profile.schedule)
     return info
 
 
@@ -2146,7 +2244,8 @@ def train(name, profile, data, *, teacher=None, alpha=None, temperature=None,
                                          ("kind", kind)) if v is not None})
     wanted = {"seed": seed, "epochs": epochs, "distillation": config,
               "batch_size": profile.batch_size, "patch_size": profile.patch_size,
-              "learning_rate": profile.learning_rate,
+              "learning_rate": profile.learning_rate, "schedule": profile.schedule,
+              "precision": profile.precision,
               "teacher_sha1": None if teacher is None else weights_fingerprint(teacher)}
     finished = profile.models_dir / f"{name}_run.json"
     started = profile.models_dir / f"{name}_started.json"
@@ -2164,10 +2263,18 @@ def train(name, profile, data, *, teacher=None, alpha=None, temperature=None,
     profile.models_dir.mkdir(parents=True, exist_ok=True)
     started.write_text(json.dumps(wanted))
     keras.utils.set_random_seed(seed)
-    model = build_teacher() if name == "teacher" else build_student()
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(profile.precision)
+    try:
+        model = build_teacher() if name == "teacher" else build_student()
+    finally:
+        keras.config.set_dtype_policy(policy)
     if teacher is not None:
+        if profile.precision != "float32":
+            teacher = with_dtype_policy(teacher, profile.precision)
         model = Distiller(teacher=teacher, student=model, **config)
-    compile_segmentation(model, profile.learning_rate)
+    compile_segmentation(model, _learning_rate(profile, epochs, len(data.x_train)),
+                         steps_per_execution=profile.steps_per_execution)
     start = time.perf_counter()
     history = fit_segmentation(model, data, epochs=epochs, output_dir=profile.models_dir,
                                name=name, batch_size=profile.batch_size, seed=seed,
@@ -2176,6 +2283,15 @@ def train(name, profile, data, *, teacher=None, alpha=None, temperature=None,
     finished.write_text(json.dumps(info, indent=1))
     started.unlink()
     return keras.models.load_model(profile.models_dir / f"{name}.keras"), history
+
+
+def _learning_rate(profile, epochs, n_train):
+    if profile.schedule == "constant":
+        return profile.learning_rate
+    if profile.schedule == "cosine":
+        steps = epochs * math.ceil(n_train / profile.batch_size)
+        return keras.optimizers.schedules.CosineDecay(profile.learning_rate, steps)
+    raise ValueError(f"Unknown schedule {profile.schedule!r}: use 'constant' or 'cosine'.")
 
 
 def weights_fingerprint(model):

@@ -1,14 +1,20 @@
 """Speed benchmark: training and inference throughput of teacher, student, distiller.
 
-Prints a table and writes JSON (machine, backend, versions, batch, precision, figures).
+Prints a table and writes JSON (machine, backend, versions, settings, figures).
 Runs on any Keras backend; on the GPU machine use `KERAS_BACKEND=jax`.
 
     python scripts/benchmark.py --output benchmarks/cpu.json
-    KERAS_BACKEND=jax python scripts/benchmark.py --batch 16 --output $OUT/h200.json
+    KERAS_BACKEND=jax python scripts/benchmark.py --train-images 1024 \
+        --variants reference,device_aug,bf16,bf16_b64,bf16_b64_spe8 --output $OUT/h200.json
 
-Timings are wall-clock after warm-up (compilation excluded); each training figure
-times one whole `fit` epoch, which ends with a device synchronisation. Compare
-figures as ratios within one run: machines are noisy.
+Training variants change one thing at a time, from the `reference` (the
+pipeline before issue #5: float32, batch 16, per-sample numpy flips and
+rotations on the host, the loss read back after every step) to the settings
+`utils` uses now; the teacher is timed under each, the student and the
+distiller under the last. Timings are wall-clock after a warm-up epoch
+(compilation excluded); each times whole `fit` epochs, which end with a
+device synchronisation. Compare figures as ratios within one run: machines
+are noisy.
 """
 
 import argparse
@@ -23,25 +29,72 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from keras import ops  # noqa: E402
 
 import utils  # noqa: E402
 
+VARIANTS = {
+    "reference": dict(precision="float32", batch=16, host_augment=True, sync=True),
+    "device_aug": dict(precision="float32", batch=16),
+    "bf16": dict(precision="mixed_bfloat16", batch=16),
+    "bf16_b64": dict(precision="mixed_bfloat16", batch=64),
+    "bf16_b64_spe8": dict(precision="mixed_bfloat16", batch=64, steps_per_execution=8),
+}
 
-def training_images_per_second(model, x, y, batch_size):
-    """Images/s of one timed epoch of `fit`, after one warm-up epoch."""
-    sequence = utils.PatchSequence(x, y, batch_size, augment=True)
-    model.fit(sequence, epochs=1, verbose=0)  # compiles
+
+class HostAugmentedSequence(utils.PatchSequence):
+    """The reference pipeline: one numpy flip/rotation per sample, on the host."""
+
+    def __getitem__(self, index):
+        x, y = super().__getitem__(index)
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        x, y = x.copy(), y.copy()
+        for i, (k, flip) in enumerate(zip(rng.integers(0, 4, len(x)), rng.integers(0, 2, len(x)))):
+            xi, yi = np.rot90(x[i], k), np.rot90(y[i], k)
+            x[i], y[i] = (xi[:, ::-1], yi[:, ::-1]) if flip else (xi, yi)
+        return x, y
+
+
+class ReadLossEveryStep(keras.callbacks.Callback):
+    """The reference's per-batch NaN check: the host waits for every step."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        float(logs["loss"])
+
+
+def build(role, variant, teacher=None):
+    """A compiled teacher, student or distiller under a variant's settings."""
+    keras.utils.set_random_seed(0)
+    keras.config.set_dtype_policy(variant["precision"])
+    augment = not variant.get("host_augment", False)
+    try:
+        builder = utils.build_teacher if role == "teacher" else utils.build_student
+        model = builder(augment=augment)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    if role == "distiller":
+        model = utils.Distiller(
+            teacher=utils.with_dtype_policy(teacher, variant["precision"]), student=model)
+    return utils.compile_segmentation(
+        model, steps_per_execution=variant.get("steps_per_execution", 1))
+
+
+def training_images_per_second(model, x, y, variant, epochs):
+    """Images/s over `epochs` timed epochs of `fit`, after one warm-up epoch."""
+    kind = HostAugmentedSequence if variant.get("host_augment") else utils.PatchSequence
+    sequence = kind(x, y, variant["batch"])
+    callbacks = [ReadLossEveryStep()] if variant.get("sync") else []
+    model.fit(sequence, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
     start = time.perf_counter()
-    model.fit(sequence, epochs=1, verbose=0)
-    return len(x) / (time.perf_counter() - start)
+    model.fit(sequence, epochs=epochs, verbose=0, shuffle=False, callbacks=callbacks)
+    return epochs * len(x) / (time.perf_counter() - start)
 
 
 def inference_images_per_second(model, batch, repeats):
-    ops.convert_to_numpy(model.predict_on_batch(batch))
+    """Images/s of `utils.fast_predict` on one batch (the result is fetched each time)."""
+    utils.fast_predict(model, batch)
     start = time.perf_counter()
     for _ in range(repeats):
-        ops.convert_to_numpy(model.predict_on_batch(batch))
+        utils.fast_predict(model, batch)
     return repeats * len(batch) / (time.perf_counter() - start)
 
 
@@ -88,54 +141,62 @@ def peak_memory():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256, help="patch side")
-    parser.add_argument("--batch", type=int, default=16, help="training batch size")
     parser.add_argument("--train-images", type=int, default=64,
-                        help="images in the timed training epoch")
+                        help="random patches in a training epoch")
+    parser.add_argument("--epochs", type=int, default=2, help="timed training epochs")
+    parser.add_argument("--variants", default="reference,device_aug",
+                        help=f"comma-separated training variants of {sorted(VARIANTS)}; "
+                             f"student and distiller are timed under the last")
     parser.add_argument("--inference-batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--precision", default="float32",
-                        help="Keras dtype policy, e.g. mixed_bfloat16")
+    parser.add_argument("--no-litert", action="store_true", help="skip the LiteRT export")
     parser.add_argument("--output", help="JSON file to write")
     args = parser.parse_args(argv)
+    names = args.variants.split(",")
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")
 
-    keras.config.set_dtype_policy(args.precision)
-    keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (args.train_images, args.size, args.size, 3), dtype=np.uint8)
     y = rng.integers(0, 6, (args.train_images, args.size, args.size), dtype=np.uint8)
 
-    teacher, student = utils.build_teacher(), utils.build_student()
     figures = {}
-    for name, model in (("teacher", teacher), ("student", student)):
-        utils.compile_segmentation(model)
-        figures[f"train_{name}_images_per_s"] = training_images_per_second(
-            model, x, y, args.batch)
-    distiller = utils.compile_segmentation(
-        utils.Distiller(teacher=teacher, student=utils.build_student()))
+    for name in names:
+        teacher = build("teacher", VARIANTS[name])
+        figures[f"train_teacher_{name}_images_per_s"] = training_images_per_second(
+            teacher, x, y, VARIANTS[name], args.epochs)
+        print(f"  teacher, {name}: {figures[f'train_teacher_{name}_images_per_s']:.1f} images/s",
+              flush=True)
+    final = VARIANTS[names[-1]]
+    student = build("student", final)
+    figures["train_student_images_per_s"] = training_images_per_second(
+        student, x, y, final, args.epochs)
+    distiller = build("distiller", final, teacher=teacher)
     figures["train_distiller_images_per_s"] = training_images_per_second(
-        distiller, x, y, args.batch)
-    latency = utils.measure_latency({"teacher": teacher, "student": student},
-                                    input_size=args.size, repeats=args.repeats)
-    batch = x[: args.inference_batch]
-    if len(batch) < args.inference_batch:
-        batch = np.resize(x, (args.inference_batch, *x.shape[1:]))
-    for name, model in (("teacher", teacher), ("student", student)):
+        distiller, x, y, final, args.epochs)
+    figures["distiller_epoch_over_student_epoch"] = (
+        figures["train_student_images_per_s"] / figures["train_distiller_images_per_s"])
+
+    keras.utils.set_random_seed(0)
+    models = {"teacher": utils.build_teacher(), "student": utils.build_student()}
+    latency = utils.measure_latency(models, input_size=args.size, repeats=args.repeats)
+    batch = np.resize(x, (args.inference_batch, *x.shape[1:]))
+    for name, model in models.items():
         figures[f"latency_{name}_batch1_ms"] = 1000 * latency[name]
         figures[f"infer_{name}_batch{args.inference_batch}_images_per_s"] = (
             inference_images_per_second(model, batch, args.repeats))
-    figures["latency_ratio_student_to_teacher"] = (
-        latency["student"] / latency["teacher"])
-    if keras.backend.backend() == "tensorflow":
-        figures.update(litert_figures(teacher, student, args.size, args.repeats))
-    figures["distiller_epoch_over_student_epoch"] = (
-        figures["train_student_images_per_s"] / figures["train_distiller_images_per_s"])
+    figures["latency_ratio_student_to_teacher"] = latency["student"] / latency["teacher"]
+    if keras.backend.backend() == "tensorflow" and not args.no_litert:
+        figures.update(litert_figures(models["teacher"], models["student"], args.size,
+                                      args.repeats))
 
     report = {
         **utils.run_info(),
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
         "numpy": np.__version__,
-        "settings": vars(args),
+        "settings": {**vars(args), "variants": {n: VARIANTS[n] for n in names}},
         "figures": figures,
         **peak_memory(),
     }
@@ -148,7 +209,7 @@ def main(argv=None):
 
         report["tensorflow"] = tf.__version__
     width = max(map(len, figures))
-    print(f"{report['backend']} on {report['device']}, {args.precision}, batch {args.batch}")
+    print(f"{report['backend']} on {report['device']}; training under {names[-1]}: {final}")
     for key, value in figures.items():
         print(f"  {key:{width}s} {value:10.3f}")
     if args.output:

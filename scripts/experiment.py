@@ -15,6 +15,7 @@ are evaluated again, not retrained.
 """
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import shutil
@@ -35,9 +36,20 @@ def main(argv=None):
     parser.add_argument("--kind", choices=("pixel", "channel"))
     parser.add_argument("--alpha", type=float)
     parser.add_argument("--temperature", type=float)
+    parser.add_argument("--batch-size", type=int, help="overrides the profile's batch size")
+    parser.add_argument("--learning-rate", type=float,
+                        help="overrides the profile's learning rate")
+    parser.add_argument("--precision", help="Keras dtype policy, e.g. mixed_bfloat16")
+    parser.add_argument("--schedule", choices=("constant", "cosine"))
+    parser.add_argument("--steps-per-execution", type=int)
     args = parser.parse_args(argv)
 
     profile = utils.load_profile(args.profile, output_dir=args.output)
+    profile = dataclasses.replace(profile, **{
+        field: value for field, value in (
+            ("batch_size", args.batch_size), ("learning_rate", args.learning_rate),
+            ("precision", args.precision), ("schedule", args.schedule),
+            ("steps_per_execution", args.steps_per_execution)) if value is not None})
     profile.models_dir.mkdir(parents=True, exist_ok=True)
     epochs = args.epochs or profile.epochs
     config = utils.load_distillation_config(profile)
@@ -59,7 +71,7 @@ def main(argv=None):
             "per_class_iou": dict(zip(utils.CLASSES, result["per_class_iou"])),
             "epochs": run["epochs"], "train_seconds": run["train_seconds"],
             "config": {**run["distillation"], "batch_size": run["batch_size"],
-                       "learning_rate": run["learning_rate"],
+                       "learning_rate": run["learning_rate"], "schedule": run["schedule"],
                        "patch_size": run["patch_size"], "precision": run["precision"]},
             **{k: run[k] for k in ("backend", "keras", "device", "date", "profile")},
             "split": {"test": data.sources["test"], "val": data.sources["val"]},

@@ -101,25 +101,8 @@ def test_patch_size_must_be_a_multiple_of_16(tiny_root):
         utils.load_dataset(tiny_root, patch_size=50)
 
 
-def test_augment_keeps_images_and_labels_aligned():
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 6, (64, 8, 8)).astype(np.uint8)
-    images = np.stack([labels * 10, labels, 255 - labels], -1).astype(np.uint8)
-    x, y = utils.augment(images, labels, np.random.default_rng(1))
-    assert np.array_equal(x[..., 1], y)
-    transforms = set()
-    for i in range(len(labels)):
-        for k in range(4):
-            for flip in (False, True):
-                t = np.rot90(labels[i], k)
-                t = t[:, ::-1] if flip else t
-                if np.array_equal(t, y[i]):
-                    transforms.add((k, flip))
-    assert len(transforms) == 8  # all symmetries of the square occur
-
-
 def test_patch_sequence_reshuffles_every_epoch(tiny_data):
-    seq = utils.PatchSequence(tiny_data.x_train, tiny_data.y_train, 8, augment=False)
+    seq = utils.PatchSequence(tiny_data.x_train, tiny_data.y_train, 8)
     first = seq[0][1].copy()
     seq.on_epoch_end()
     assert len(seq) == -(-len(tiny_data.x_train) // 8)

@@ -30,10 +30,71 @@ def test_unet_returns_logits_not_probabilities(small_unet):
     out = keras.ops.convert_to_numpy(small_unet(np.random.default_rng(0).uniform(
         0, 255, (2, 48, 80, 3)).astype("float32")))
     assert out.shape == (2, 48, 80, 6)  # any size divisible by 16
-    assert small_unet.layers[-1].activation.__name__ == "linear"
+    assert small_unet.get_layer("logits").activation.__name__ == "linear"
     assert not np.allclose(out.sum(-1), 1.0)
 
 
 def test_unet_rejects_sizes_not_divisible_by_16():
     with pytest.raises(ValueError, match="divisible by 16"):
         utils.build_unet(4, input_shape=(100, 96, 3))
+
+
+def _codes():
+    return np.array([[t, r, c] for t in (0, 1) for r in (0, 1) for c in (0, 1)], "int32")
+
+
+def test_the_eight_symmetries_are_distinct_and_undone_exactly():
+    image = np.arange(4 * 4 * 2, dtype="float32").reshape(1, 4, 4, 2)
+    images = np.repeat(image, 8, axis=0)
+    moved = keras.ops.convert_to_numpy(utils.apply_symmetry(images, _codes()))
+    assert len({m.tobytes() for m in moved}) == 8
+    expected = {np.rot90(image[0], k)[:, ::f].tobytes() for k in range(4) for f in (1, -1)}
+    assert {m.tobytes() for m in moved} == expected  # rotations and mirrors
+    back = keras.ops.convert_to_numpy(utils.apply_symmetry(moved, _codes(), inverse=True))
+    np.testing.assert_array_equal(back, images)
+
+
+def test_training_draws_every_symmetry_and_inference_draws_none():
+    layer = utils.RandomSymmetry(seed=1)
+    x = np.zeros((64, 8, 8, 3), "float32")
+    _, drawn = layer(x, training=True)
+    assert len({tuple(c) for c in keras.ops.convert_to_numpy(drawn)}) == 8
+    same, none = layer(x, training=False)
+    assert not keras.ops.convert_to_numpy(none).any()
+
+
+def test_loss_on_mapped_back_logits_equals_loss_on_transformed_labels():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, (8, 8, 8, 6)).astype("float32")  # the model's output on g(x)
+    labels = rng.integers(0, 6, (8, 8, 8)).astype("uint8")
+    labels[:, :2, :3] = utils.IGNORE_INDEX
+    loss = utils.SegmentationLoss(class_weights=[1, 2, 1, 1, 3, 0.5])
+    back = utils.apply_symmetry(logits, _codes(), inverse=True)
+    moved = keras.ops.convert_to_numpy(utils.apply_symmetry(labels[..., None], _codes()))[..., 0]
+    assert float(loss(labels, back)) == pytest.approx(float(loss(moved, logits)), rel=1e-6)
+
+
+def _net(core):
+    inputs = keras.Input((16, 16, 3))
+    x, symmetry = utils.RandomSymmetry(seed=0)(inputs)
+    return keras.Model(inputs, utils.UndoSymmetry()([core(x), symmetry]))
+
+
+def test_augmentation_leaves_a_pixelwise_network_unchanged_but_not_a_spatial_one():
+    x = np.random.default_rng(0).uniform(0, 255, (16, 16, 16, 3)).astype("float32")
+    keras.utils.set_random_seed(0)
+    pointwise, spatial = _net(keras.layers.Conv2D(6, 1)), _net(keras.layers.Conv2D(6, 3, padding="same"))
+    np.testing.assert_allclose(pointwise(x, training=True), pointwise(x), atol=1e-4)
+    assert not np.allclose(spatial(x, training=True), spatial(x), atol=1e-2)
+
+
+def test_unet_augmentation_is_identity_at_inference_and_holds_no_weights():
+    keras.utils.set_random_seed(0)
+    augmented = utils.build_unet(2)
+    plain = utils.build_unet(2, augment=False)
+    plain.set_weights(augmented.get_weights())
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_array_equal(augmented.predict_on_batch(x), plain.predict_on_batch(x))
+    assert augmented.count_params() == plain.count_params()
+    with pytest.raises(ValueError, match="square training patches"):
+        augmented(np.zeros((1, 32, 48, 3), "float32"), training=True)

@@ -109,7 +109,7 @@ def test_interrupted_training_resumes_and_ends_with_the_same_weights(tiny_data, 
 
 def test_nan_loss_stops_training_and_keeps_the_best_checkpoint(tiny_data, tmp_path):
     with pytest.raises(FloatingPointError,
-                       match=r"loss became nan at epoch 2.*best checkpoint so far .* is kept at"):
+                       match=r"loss became nan in epoch 2.*best checkpoint so far .* is kept at"):
         utils.fit_segmentation(_fresh(), _small_data(tiny_data), epochs=4, output_dir=tmp_path,
                                name="m", batch_size=8, verbose=0, callbacks=[_AtEpochBegin(1, _poison)])
     assert len(utils.read_history(tmp_path / "m_history.csv")["loss"]) == 2
