@@ -2028,7 +2028,7 @@ DRIVE_ROOT = pathlib.Path("/content/drive")
 
 PROFILES = {
     "tiny": dict(patch_size=64, epochs=3, batch_size=4, learning_rate=5e-3,
-                 sweep_alphas=(0.25, 0.75), sweep_temperatures=(2.0,),
+                 sweep_alphas=(0.5,), sweep_temperatures=(2.0,),
                  sweep_kinds=("pixel", "channel"), sweep_epochs=1),
     "full": dict(patch_size=256, epochs=100, batch_size=16, learning_rate=1e-3,
                  sweep_alphas=(0.1, 0.3, 0.5, 0.7), sweep_temperatures=(1.0, 2.0, 4.0, 8.0),
@@ -2416,3 +2416,64 @@ def save_results(profile, rows, results):
     path.write_text(json.dumps({"run": run_info(profile), "table": rows,
                                 "metrics": slim}, indent=1))
     return path
+
+
+def seed_summary(entries, keys=("miou5", "miou6", "pixel_acc")):
+    """Mean and standard deviation over seeds of each model's test scores.
+
+    Args:
+        entries: the list in `metrics.json` (from `scripts/experiment.py`):
+            dicts with `model`, `seed` and the `keys`.
+        keys: scores to summarise.
+
+    Returns:
+        List of dicts, one per model in order of first appearance: `model`,
+        `seeds` (how many), and `<key>_mean`, `<key>_std` (sample standard
+        deviation, ddof=1; 0 for a single seed).
+
+    Example:
+
+    >>> seed_summary([{"model": "teacher", "seed": 0, "miou5": 0.7}], ("miou5",))
+    [{'model': 'teacher', 'seeds': 1, 'miou5_mean': 0.7, 'miou5_std': 0.0}]
+    """
+    rows = []
+    for model in dict.fromkeys(e["model"] for e in entries):
+        runs = [e for e in entries if e["model"] == model]
+        seeds = [e["seed"] for e in runs]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"{model!r} has two entries for one seed in {seeds}; "
+                             f"metrics.json should hold one run per model and seed.")
+        row = {"model": model, "seeds": len(runs)}
+        for key in keys:
+            values = np.array([e[key] for e in runs], dtype=float)
+            row[f"{key}_mean"] = float(values.mean())
+            row[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+def seed_table(rows, keys=("miou5", "miou6", "pixel_acc"), digits=3):
+    """Markdown table of `seed_summary` rows: "mean ± std" per score."""
+    lines = ["| model | seeds | " + " | ".join(keys) + " |",
+             "|---|---|" + "---|" * len(keys)]
+    for row in rows:
+        cells = [f"{row[f'{k}_mean']:.{digits}f} ± {row[f'{k}_std']:.{digits}f}" for k in keys]
+        lines.append(f"| {row['model']} | {row['seeds']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def seed_report(profile):
+    """Markdown: the `seed_table` of `<output>/metrics.json`, or how to make it.
+
+    `scripts/experiment.py` writes `metrics.json` with one entry per model and
+    seed; this reads it back for the report notebook.
+    """
+    path = profile.output_dir / "metrics.json"
+    if not path.exists():
+        return (f"No multi-seed results in `{path}`: `scripts/experiment.py --profile "
+                f"{profile.name} --output {profile.output_dir}` writes them.")
+    entries = json.loads(path.read_text())
+    first = entries[0]
+    return (seed_table(seed_summary(entries)) + f"\n\nTest split, {first['epochs']} epochs, "
+            f"{first['backend']} on {first['device']}, {first['date']}; "
+            f"the settings of each run are in `{path}`.")

@@ -95,7 +95,8 @@ def main(argv=None):
                 for suffix in (".keras", "_history.json", "_run.json"):
                     shutil.copy(profile.models_dir / f"{run_name}{suffix}",
                                 profile.models_dir / f"{model_name}{suffix}")
-    print(f"Wrote {metrics_path}")
+    print(f"Wrote {metrics_path}\n")
+    print(utils.seed_table(utils.seed_summary(entries)))
 
 
 if __name__ == "__main__":

@@ -108,3 +108,17 @@ def test_litert_export_runs_without_keras_and_agrees(tmp_path):
     predict = utils.load_litert(path)
     x = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     np.testing.assert_allclose(predict(x), utils.predict_logits(model, x), atol=1e-4)
+
+
+def test_seed_summary_gives_mean_and_sample_std_per_model():
+    entries = [{"model": "teacher", "seed": 0, "miou5": 0.7},
+               {"model": "student", "seed": 0, "miou5": 0.5},
+               {"model": "student", "seed": 1, "miou5": 0.6},
+               {"model": "student", "seed": 2, "miou5": 0.7}]
+    teacher, student = utils.seed_summary(entries, keys=("miou5",))
+    assert teacher == {"model": "teacher", "seeds": 1, "miou5_mean": 0.7, "miou5_std": 0.0}
+    assert student["seeds"] == 3 and student["miou5_mean"] == pytest.approx(0.6)
+    assert student["miou5_std"] == pytest.approx(0.1)  # sqrt((0.01 + 0 + 0.01) / 2)
+    assert "| student | 3 | 0.600 ± 0.100 |" in utils.seed_table([student], keys=("miou5",))
+    with pytest.raises(ValueError, match="two entries for one seed"):
+        utils.seed_summary(entries + [entries[1]], keys=("miou5",))

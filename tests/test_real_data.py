@@ -30,3 +30,20 @@ def test_real_split_keeps_every_tile_in_every_split(real_data):
         tiles = {name.split("/")[0] for name in real_data.sources[split]}
         assert len(tiles) == 8, split
     assert np.isin(np.unique(real_data.y_test), [0, 1, 2, 3, 4, 5, 255]).all()
+
+
+def test_committed_models_reproduce_their_recorded_test_scores(real_data):
+    import json
+
+    import keras
+
+    results = utils.REPO_ROOT / "results"
+    if not (results / "metrics.json").exists():
+        pytest.skip("no committed results yet: scripts/experiment.py writes results/")
+    entries = json.loads((results / "metrics.json").read_text())
+    for name in ("teacher", "student_scratch", "student_distilled"):
+        run = json.loads((results / "models" / f"{name}_run.json").read_text())
+        entry = next(e for e in entries if e["model"] == name and e["seed"] == run["seed"])
+        model = keras.models.load_model(results / "models" / f"{name}.keras")
+        scores = utils.evaluate_segmentation(model, real_data.x_test, real_data.y_test)
+        assert scores["miou5"] == pytest.approx(entry["miou5"], abs=0.01), name

@@ -135,3 +135,32 @@ def test_training_metrics_ignore_unannotated_pixels():
     scores = model.evaluate(np.zeros((2, 16, 16, 3)), y, verbose=0, return_dict=True)
     assert scores["pixel_acc"] == pytest.approx(1.0)  # not 0.75
     assert scores["miou5"] == pytest.approx(1.0)
+
+
+def test_mixed_precision_run_saves_a_float32_student(tiny_data, tmp_path):
+    import dataclasses
+
+    profile = dataclasses.replace(utils.load_profile("tiny", output_dir=tmp_path),
+                                  precision="mixed_bfloat16", epochs=1)
+    keras.utils.set_random_seed(0)
+    teacher = utils.build_unet(2, name="t")
+    student, history = utils.train("student_distilled", profile, _small_data(tiny_data),
+                                   teacher=teacher)
+    assert {layer.dtype_policy.name for layer in student.layers} == {"float32"}
+    assert np.isfinite(history["loss"]).all()
+    run = json.loads((profile.models_dir / "student_distilled_run.json").read_text())
+    assert run["precision"] == "mixed_bfloat16"
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+
+
+def test_cosine_schedule_decays_to_zero_over_all_epochs(tmp_path):
+    import dataclasses
+
+    profile = dataclasses.replace(utils.load_profile("tiny", output_dir=tmp_path),
+                                  schedule="cosine", batch_size=4, learning_rate=0.01)
+    schedule = utils._learning_rate(profile, epochs=3, n_train=10)  # 3 steps an epoch
+    assert float(schedule(0)) == pytest.approx(0.01)
+    assert float(schedule(9)) == pytest.approx(0.0, abs=1e-9)
+    assert utils._learning_rate(dataclasses.replace(profile, schedule="constant"), 3, 10) == 0.01
+    with pytest.raises(ValueError, match="Unknown schedule 'step'"):
+        utils._learning_rate(dataclasses.replace(profile, schedule="step"), 3, 10)

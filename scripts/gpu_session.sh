@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# One call on the GPU machine (JAX backend, no TensorFlow there): the speed
+# benchmark, the real-data experiment, or both, with what they produced packed
+# under $OUT (that machine returns at most 8 files of 16 MiB from $OUT).
+#
+#   bash scripts/gpu_session.sh bench                     # scripts/benchmark.py variants
+#   bash scripts/gpu_session.sh experiment [flags...]     # scripts/experiment.py --profile full
+#   bash scripts/gpu_session.sh all [flags...]            # both, benchmark first
+#
+# Flags after the stage go to scripts/experiment.py (e.g. --precision
+# mixed_bfloat16 --batch-size 32 --schedule cosine --seeds 0 1 2).
+#
+# Carried into the working tree (ignored by git through .git/info/exclude):
+#   .whl/   keras, namex and optree wheels for Python 3.12 (the image lacks them):
+#           python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#             --implementation cp --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#             -d .whl keras==3.15.1 namex optree
+#   .data/  the dataset: cp -r ../shared/data/aerial-dubai .data/
+#   .results/  optional: the results folder of an earlier call, unpacked, so
+#           finished runs (the teacher first) are reused, not retrained.
+#
+# Dry run on a CPU: PROFILE=tiny BENCH_ARGS="--size 64 --train-images 32 --epochs 1
+# --variants reference,bf16_b64_spe8 --repeats 3" OUT=/tmp/out bash scripts/gpu_session.sh all --epochs 2
+#
+# The experiment stops itself $EXPERIMENT_SECONDS after it starts (default 420),
+# so that whatever finished is packed before the call's own limit.
+set -uo pipefail
+stage=${1:-all}
+shift || true
+out=${OUT:?"OUT must name the folder whose files come back"}
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+        --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export KERAS_BACKEND=jax PYTHONUNBUFFERED=1
+export JAX_COMPILATION_CACHE_DIR=/tmp/jax-cache  # students of every seed share compilations
+export SSSI_DATA=${SSSI_DATA:-.data/aerial-dubai}
+results=/tmp/results
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+
+if [ "$stage" = bench ] || [ "$stage" = all ]; then
+    python3 scripts/benchmark.py ${BENCH_ARGS:---train-images 1024 --epochs 2 --repeats 20 \
+        --variants reference,device_aug,bf16,bf16_b64,bf16_b64_spe8} \
+        --output "$out/benchmark_gpu.json" 2>&1 | tee "$out/benchmark.log"
+fi
+
+if [ "$stage" = experiment ] || [ "$stage" = all ]; then
+    mkdir -p "$results"
+    [ -d .results ] && cp -r .results/. "$results/"
+    start=$(date +%s)
+    timeout "${EXPERIMENT_SECONDS:-420}" python3 scripts/experiment.py --profile "${PROFILE:-full}" \
+        --output "$results" "$@" 2>&1 | tee "$out/experiment.log"
+    echo "experiment: exit ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s" | tee -a "$out/experiment.log"
+    # Metrics, histories and run records; the seed-0 models the report shows;
+    # the other seeds' models; checkpoints of an unfinished run, to resume it.
+    cd "$results" || exit 1
+    pack() { name=$1; shift; [ $# -gt 0 ] && tar -cf "$out/$name" "$@"; }
+    pack results_records.tar metrics.json $(ls models/*.json models/*.csv 2>/dev/null)
+    pack results_models.tar $(ls models/teacher.keras models/student_scratch.keras \
+        models/student_distilled.keras 2>/dev/null)
+    pack results_seed_models.tar $(ls models/student_*_s*.keras 2>/dev/null)
+    pack results_backups.tar $(ls -d models/backup_* 2>/dev/null)
+    cd - > /dev/null
+    ls -la "$out"
+fi
