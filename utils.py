@@ -1111,7 +1111,10 @@ class Distiller(keras.distillation.Distiller):
     `SegmentationLoss()`). The teacher is frozen and runs in inference
     mode. The history records `student_loss`, `distillation_loss` and
     `total_loss` (and their `val_` twins) next to the compiled metrics.
-    After training, use and save `distiller.student` on its own.
+    After training, use and save `distiller.student` on its own. A student
+    built with `augment=True` trains on flipped and rotated images but maps
+    its logits back, so they are compared with the teacher's logits of the
+    image as it is.
 
     Args:
         teacher: trained model returning logits `(N, H, W, C)`.
