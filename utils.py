@@ -20,6 +20,7 @@ Sections:
 
 import csv
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -867,15 +868,65 @@ def apply_symmetry(images, symmetry, inverse=False):
     Returns:
         The transformed images, same shape.
     """
-    steps = [
-        (0, lambda x: ops.transpose(x, (0, 2, 1, 3))),
-        (1, lambda x: ops.flip(x, axis=1)),
-        (2, lambda x: ops.flip(x, axis=2)),
-    ]
-    for column, transform in reversed(steps) if inverse else steps:
+    for column, transform in reversed(_SYMMETRY_STEPS) if inverse else _SYMMETRY_STEPS:
         chosen = ops.reshape(ops.cast(symmetry[:, column], "bool"), (-1, 1, 1, 1))
         images = ops.where(chosen, transform(images), images)
     return images
+
+
+_SYMMETRY_STEPS = (  # (column of the draws, transform); all 8 symmetries compose from them
+    (0, lambda x: ops.transpose(x, (0, 2, 1, 3))),
+    (1, lambda x: ops.flip(x, axis=1)),
+    (2, lambda x: ops.flip(x, axis=2)),
+)
+
+
+def symmetry_ensemble(model):
+    """Wraps a model to average its logits over the 8 symmetries of the square.
+
+    Each image is transposed and flipped in all 8 ways, the model predicts
+    each, the predictions are mapped back and their logits averaged: test-time
+    augmentation, and a stronger, smoother teacher for distillation (8x the
+    forward passes). The wrapper shares the model's weights.
+
+    Args:
+        model: a model mapping square images `(N, S, S, 3)` to logits.
+
+    Returns:
+        A functional model with the same input and output shapes.
+
+    Example:
+
+    >>> teacher8 = symmetry_ensemble(teacher)
+    >>> Distiller(teacher=teacher8, student=build_student())
+    """
+    inputs = keras.Input(model.input.shape[1:], name="image")
+    logits = _SymmetryAverage(model, name="symmetry_average")(inputs)
+    return keras.Model(inputs, logits, name=f"{model.name}_x8")
+
+
+class _SymmetryAverage(layers.Layer):
+    def __init__(self, model, **kwargs):
+        super().__init__(dtype="float32", **kwargs)
+        self.model = model
+
+    def call(self, images):
+        height, width = images.shape[1:3]
+        if height is not None and width is not None and height != width:
+            raise ValueError(f"symmetry_ensemble needs square images, got {height}x{width}.")
+        total = 0.0
+        for code in itertools.product((0, 1), repeat=3):
+            x = images
+            for column, transform in _SYMMETRY_STEPS:
+                x = transform(x) if code[column] else x
+            y = self.model(x, training=False)
+            for column, transform in reversed(_SYMMETRY_STEPS):
+                y = transform(y) if code[column] else y
+            total = total + ops.cast(y, "float32")
+        return total / 8.0
+
+    def compute_output_spec(self, images):
+        return keras.KerasTensor((*images.shape[:3], self.model.output.shape[-1]), "float32")
 
 
 def build_teacher(**kwargs):
@@ -2040,7 +2091,8 @@ PROFILES = {
 """Budgets of the notebook series: `tiny` (synthetic data, seconds, for CI)
 and `full` (the real data, for a GPU)."""
 
-DEFAULT_DISTILLATION = {"alpha": 0.5, "temperature": 4.0, "kind": "pixel"}
+DEFAULT_DISTILLATION = {"alpha": 0.5, "temperature": 4.0, "kind": "pixel",
+                        "teacher_ensemble": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -2208,7 +2260,7 @@ def artifact(profile, filename, made_by):
 
 
 def train(name, profile, data, *, teacher=None, alpha=None, temperature=None,
-          kind=None, seed=None, epochs=None, retrain=False):
+          kind=None, teacher_ensemble=None, seed=None, epochs=None, retrain=False):
     """Builds, compiles and trains one model of the series; returns the best.
 
     `name` "teacher" trains the teacher; any other name trains a student,
@@ -2230,6 +2282,8 @@ def train(name, profile, data, *, teacher=None, alpha=None, temperature=None,
         teacher: trained teacher, to distil a student.
         alpha, temperature, kind: `Distiller` settings (defaults:
             `DEFAULT_DISTILLATION`).
+        teacher_ensemble: distil from `symmetry_ensemble(teacher)`, the
+            teacher's logits averaged over the 8 flips and rotations.
         seed: overrides `profile.seed`.
         epochs: overrides `profile.epochs`.
         retrain: train again even if a finished run exists.
@@ -2244,7 +2298,8 @@ def train(name, profile, data, *, teacher=None, alpha=None, temperature=None,
     if teacher is not None:
         config = {**DEFAULT_DISTILLATION}
         config.update({k: v for k, v in (("alpha", alpha), ("temperature", temperature),
-                                         ("kind", kind)) if v is not None})
+                                         ("kind", kind), ("teacher_ensemble", teacher_ensemble))
+                       if v is not None})
     wanted = {"seed": seed, "epochs": epochs, "distillation": config,
               "batch_size": profile.batch_size, "patch_size": profile.patch_size,
               "learning_rate": profile.learning_rate, "schedule": profile.schedule,
@@ -2275,7 +2330,10 @@ def train(name, profile, data, *, teacher=None, alpha=None, temperature=None,
     if teacher is not None:
         if profile.precision != "float32":
             teacher = with_dtype_policy(teacher, profile.precision)
-        model = Distiller(teacher=teacher, student=model, **config)
+        if config["teacher_ensemble"]:
+            teacher = symmetry_ensemble(teacher)
+        model = Distiller(teacher=teacher, student=model,
+                          **{k: v for k, v in config.items() if k != "teacher_ensemble"})
     compile_segmentation(model, _learning_rate(profile, epochs, len(data.x_train)),
                          steps_per_execution=profile.steps_per_execution)
     start = time.perf_counter()
@@ -2365,7 +2423,7 @@ def load_distillation_config(profile):
     if not path.exists():
         return dict(DEFAULT_DISTILLATION)
     best = json.loads(path.read_text())
-    return {k: best[k] for k in DEFAULT_DISTILLATION}
+    return {**DEFAULT_DISTILLATION, **{k: best[k] for k in ("alpha", "temperature", "kind")}}
 
 
 def compare_models(models, profile, results=None):

@@ -36,6 +36,8 @@ def main(argv=None):
     parser.add_argument("--kind", choices=("pixel", "channel"))
     parser.add_argument("--alpha", type=float)
     parser.add_argument("--temperature", type=float)
+    parser.add_argument("--teacher-ensemble", action="store_true",
+                        help="distil from the teacher's logits averaged over 8 flips/rotations")
     parser.add_argument("--batch-size", type=int, help="overrides the profile's batch size")
     parser.add_argument("--learning-rate", type=float,
                         help="overrides the profile's learning rate")
@@ -55,14 +57,15 @@ def main(argv=None):
     config = utils.load_distillation_config(profile)
     config.update({k: v for k, v in (("kind", args.kind), ("alpha", args.alpha),
                                      ("temperature", args.temperature)) if v is not None})
+    config["teacher_ensemble"] = config["teacher_ensemble"] or args.teacher_ensemble
     data = utils.profile_dataset(profile)
     print(data.summary(), flush=True)
 
     metrics_path = profile.output_dir / "metrics.json"
     entries = json.loads(metrics_path.read_text()) if metrics_path.exists() else []
 
-    def record(model_name, run_name, model, seed):
-        run = json.loads((profile.models_dir / f"{run_name}_run.json").read_text())
+    def record(model_name, run_name, model, seed, run_file=None):
+        run = json.loads((profile.models_dir / f"{run_file or run_name}_run.json").read_text())
         result = utils.evaluate_segmentation(model, data.x_test, data.y_test)
         entry = {
             "model": model_name, "run": run_name, "seed": seed,
@@ -84,6 +87,9 @@ def main(argv=None):
 
     teacher, _ = utils.train("teacher", profile, data, seed=profile.seed, epochs=epochs)
     record("teacher", "teacher", teacher, profile.seed)
+    if config["teacher_ensemble"]:  # what the students learn from
+        record("teacher_x8", "teacher_x8", utils.symmetry_ensemble(teacher), profile.seed,
+               run_file="teacher")
     for seed in args.seeds:
         for model_name, kwargs in (("student_scratch", {}),
                                    ("student_distilled", {"teacher": teacher, **config})):

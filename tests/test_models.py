@@ -98,3 +98,17 @@ def test_unet_augmentation_is_identity_at_inference_and_holds_no_weights():
     assert augmented.count_params() == plain.count_params()
     with pytest.raises(ValueError, match="square training patches"):
         augmented(np.zeros((1, 32, 48, 3), "float32"), training=True)
+
+
+def test_symmetry_ensemble_is_equivariant_and_exact_for_a_pixelwise_model():
+    x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, None, 3))
+    pointwise = keras.Model(inputs, keras.layers.Conv2D(6, 1)(inputs))
+    np.testing.assert_allclose(utils.symmetry_ensemble(pointwise).predict_on_batch(x),
+                               pointwise.predict_on_batch(x), atol=1e-4)
+    ensemble = utils.symmetry_ensemble(utils.build_unet(2, augment=False))
+    turned = np.rot90(x, 1, axes=(1, 2)).copy()
+    np.testing.assert_allclose(ensemble.predict_on_batch(turned),
+                               np.rot90(ensemble.predict_on_batch(x), 1, axes=(1, 2)), atol=1e-4)
+    utils.Distiller(teacher=ensemble, student=utils.build_unet(2))  # a valid teacher
