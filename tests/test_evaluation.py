@@ -110,6 +110,26 @@ def test_litert_export_runs_without_keras_and_agrees(tmp_path):
     np.testing.assert_allclose(predict(x), utils.predict_logits(model, x), atol=1e-4)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="LiteRT export needs TF")
+def test_quantized_litert_exports_are_smaller_and_close(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = utils.build_unet(4)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    logits = utils.predict_logits(model, x)
+    sizes, outputs = {}, {}
+    for quantize in (None, "float16", "int8"):
+        path = utils.export_litert(model, tmp_path / f"{quantize}.tflite", input_size=32,
+                                   quantize=quantize, calibration_images=x)
+        sizes[quantize] = path.stat().st_size
+        outputs[quantize] = utils.load_litert(path)(x)
+    assert sizes["float16"] < 0.7 * sizes[None] and sizes["int8"] < 0.5 * sizes[None]
+    np.testing.assert_allclose(outputs["float16"], logits, atol=1e-2)
+    assert np.corrcoef(outputs["int8"].ravel(), logits.ravel())[0, 1] > 0.98
+    with pytest.raises(ValueError, match="needs calibration_images"):
+        utils.export_litert(model, tmp_path / "x.tflite", quantize="int8")
+
+
 def test_seed_summary_gives_mean_and_sample_std_per_model():
     entries = [{"model": "teacher", "seed": 0, "miou5": 0.7},
                {"model": "student", "seed": 0, "miou5": 0.5},
