@@ -2171,7 +2171,10 @@ def load_profile(name=None, output_dir=None):
 
     The profile is `name`, else `$SSSI_PROFILE`, else "full" in Colab and
     "tiny" elsewhere. The output folder is `output_dir`, else
-    `$SSSI_OUTPUT`, else `outputs/<profile>` in the repository.
+    `$SSSI_OUTPUT`, else `outputs/<profile>` in the repository. Budget
+    overrides saved in the output folder by `save_profile_overrides` (e.g.
+    by `scripts/experiment.py`) apply, so notebooks rendering a run made
+    elsewhere ask for the same settings and load it instead of training.
 
     Example:
 
@@ -2188,8 +2191,39 @@ def load_profile(name=None, output_dir=None):
         output_dir or os.environ.get("SSSI_OUTPUT") or REPO_ROOT / "outputs" / name
     )
     pictures_dir = REPO_ROOT / "pictures" if name == "full" else output_dir / "pictures"
-    return Profile(name=name, output_dir=output_dir, pictures_dir=pictures_dir,
-                   **PROFILES[name])
+    profile = Profile(name=name, output_dir=output_dir, pictures_dir=pictures_dir,
+                      **PROFILES[name])
+    overrides_path = output_dir / "profile.json"
+    if overrides_path.exists():
+        overrides = json.loads(overrides_path.read_text())
+        if overrides.pop("name") != name:
+            raise ValueError(
+                f"{overrides_path} belongs to another profile than {name!r}: use another "
+                f"output folder (SSSI_OUTPUT) for this profile.")
+        profile = dataclasses.replace(profile, **overrides)
+    return profile
+
+
+_OVERRIDABLE = ("epochs", "batch_size", "learning_rate", "precision", "schedule",
+                "steps_per_execution")
+
+
+def save_profile_overrides(profile):
+    """Writes the profile's budget where it differs from `PROFILES` to `profile.json`.
+
+    Returns:
+        The `Profile`, unchanged.
+    """
+    base = PROFILES[profile.name]
+    overrides = {k: getattr(profile, k) for k in _OVERRIDABLE
+                 if getattr(profile, k) != base.get(k, Profile.__dataclass_fields__[k].default)}
+    path = profile.output_dir / "profile.json"
+    profile.output_dir.mkdir(parents=True, exist_ok=True)
+    if overrides:
+        path.write_text(json.dumps({"name": profile.name, **overrides}, indent=1))
+    else:
+        path.unlink(missing_ok=True)
+    return profile
 
 
 def setup_notebook(profile=None, mount_drive=False):
@@ -2284,7 +2318,8 @@ def artifact(profile, filename, made_by):
 
 
 def train(name, profile, data, *, teacher=None, alpha=None, temperature=None,
-          kind=None, teacher_ensemble=None, seed=None, epochs=None, retrain=False):
+          kind=None, teacher_ensemble=None, seed=None, epochs=None, retrain=False,
+          load_model=True):
     """Builds, compiles and trains one model of the series; returns the best.
 
     `name` "teacher" trains the teacher; any other name trains a student,
@@ -2311,6 +2346,9 @@ def train(name, profile, data, *, teacher=None, alpha=None, temperature=None,
         seed: overrides `profile.seed`.
         epochs: overrides `profile.epochs`.
         retrain: train again even if a finished run exists.
+        load_model: with `False`, a finished run returns `(None, history)`
+            without reading its model (e.g. for a sweep, where only the
+            history matters).
 
     Returns:
         `(model, history)`: the best model by validation mIoU5, reloaded
@@ -2338,6 +2376,8 @@ def train(name, profile, data, *, teacher=None, alpha=None, temperature=None,
                   f"trained on {info['backend']}, {info['device']}, {info['date']}) from "
                   f"{profile.models_dir}; pass retrain=True to train again.")
             history = json.loads((profile.models_dir / f"{name}_history.json").read_text())
+            if not load_model:
+                return None, history
             return keras.models.load_model(profile.models_dir / f"{name}.keras"), history
     stale = finished.exists() or (started.exists() and json.loads(started.read_text()) != wanted)
     if stale or retrain:
@@ -2431,7 +2471,7 @@ def sweep_distillation(profile, data, teacher):
                 name = f"sweep_{kind}_a{alpha:g}_t{temperature:g}"
                 _, history = train(name, profile, data, teacher=teacher, alpha=alpha,
                                    temperature=temperature, kind=kind,
-                                   epochs=profile.sweep_epochs)
+                                   epochs=profile.sweep_epochs, load_model=False)
                 rows.append({"kind": kind, "alpha": alpha, "temperature": temperature,
                              "val_miou5": max(history["val_miou5"])})
     best = max(rows, key=lambda r: r["val_miou5"])
@@ -2442,12 +2482,16 @@ def sweep_distillation(profile, data, teacher):
 
 
 def load_distillation_config(profile):
-    """The sweep's best `alpha`, `temperature`, `kind`, else the defaults."""
+    """The distillation settings in `distillation.json`, else the defaults.
+
+    `sweep_distillation` writes the grid's best there; `scripts/experiment.py`
+    writes the settings it distilled with.
+    """
     path = profile.models_dir / "distillation.json"
     if not path.exists():
         return dict(DEFAULT_DISTILLATION)
     best = json.loads(path.read_text())
-    return {**DEFAULT_DISTILLATION, **{k: best[k] for k in ("alpha", "temperature", "kind")}}
+    return {**DEFAULT_DISTILLATION, **{k: best[k] for k in DEFAULT_DISTILLATION if k in best}}
 
 
 def compare_models(models, profile, results=None):

@@ -2,7 +2,10 @@
 
 Trains the teacher once (or reuses a saved one), then for every seed a student from
 scratch and a student distilled from the teacher, with the same budget, evaluates each
-on the test split, and appends one entry per run to `<output>/metrics.json`. The runs
+on the test split, and appends one entry per run to `<output>/metrics.json`. The budget
+(flags that override the profile) goes to `<output>/profile.json` and the
+distillation settings to `<output>/models/distillation.json`, so the notebooks
+run with `SSSI_OUTPUT=<output>` ask for the same runs. The runs
 of the profile's seed (0) are copied to `<output>/models/{student_scratch,
 student_distilled}.*`, where the notebooks of the same profile and output folder
 load them instead of training (`utils.train` reuses finished runs).
@@ -36,7 +39,10 @@ def main(argv=None):
     parser.add_argument("--kind", choices=("pixel", "channel"))
     parser.add_argument("--alpha", type=float)
     parser.add_argument("--temperature", type=float)
-    parser.add_argument("--teacher-ensemble", action="store_true",
+    parser.add_argument("--sweep", action="store_true",
+                        help="first run the profile's alpha x T x kind grid on the validation "
+                             "split (as 06_sweep does) and distil with its best setting")
+    parser.add_argument("--teacher-ensemble", action=argparse.BooleanOptionalAction,
                         help="distil from the teacher's logits averaged over 8 flips/rotations")
     parser.add_argument("--batch-size", type=int, help="overrides the profile's batch size")
     parser.add_argument("--learning-rate", type=float,
@@ -45,19 +51,23 @@ def main(argv=None):
     parser.add_argument("--schedule", choices=("constant", "cosine"))
     parser.add_argument("--steps-per-execution", type=int)
     args = parser.parse_args(argv)
+    if args.sweep and any(v is not None for v in (args.kind, args.alpha, args.temperature)):
+        parser.error("--sweep chooses kind, alpha and temperature; don't pass them too")
 
     profile = utils.load_profile(args.profile, output_dir=args.output)
-    profile = dataclasses.replace(profile, **{
+    profile = utils.save_profile_overrides(dataclasses.replace(profile, **{
         field: value for field, value in (
-            ("batch_size", args.batch_size), ("learning_rate", args.learning_rate),
-            ("precision", args.precision), ("schedule", args.schedule),
-            ("steps_per_execution", args.steps_per_execution)) if value is not None})
+            ("epochs", args.epochs), ("batch_size", args.batch_size),
+            ("learning_rate", args.learning_rate), ("precision", args.precision),
+            ("schedule", args.schedule), ("steps_per_execution", args.steps_per_execution))
+        if value is not None}))
     profile.models_dir.mkdir(parents=True, exist_ok=True)
-    epochs = args.epochs or profile.epochs
+    epochs = profile.epochs
     config = utils.load_distillation_config(profile)
     config.update({k: v for k, v in (("kind", args.kind), ("alpha", args.alpha),
                                      ("temperature", args.temperature)) if v is not None})
-    config["teacher_ensemble"] = config["teacher_ensemble"] or args.teacher_ensemble
+    if args.teacher_ensemble is not None:
+        config["teacher_ensemble"] = args.teacher_ensemble
     data = utils.profile_dataset(profile)
     print(data.summary(), flush=True)
 
@@ -86,6 +96,18 @@ def main(argv=None):
               flush=True)
 
     teacher, _ = utils.train("teacher", profile, data, seed=profile.seed, epochs=epochs)
+    if args.sweep:
+        for row in utils.sweep_distillation(profile, data, teacher):
+            print(f"sweep: {row}", flush=True)
+        best = utils.load_distillation_config(profile)  # the best on validation
+        config.update({k: best[k] for k in ("alpha", "temperature", "kind")})
+    # 04_distill (and so the report) distils with the same settings
+    chosen = profile.models_dir / "distillation.json"
+    saved = json.loads(chosen.read_text()) if chosen.exists() else {}
+    if any(saved.get(k) != v for k, v in config.items()):
+        saved["chosen_by"] = "scripts/experiment.py flags"
+    chosen.write_text(json.dumps({**saved, **config}, indent=1))
+    print(f"Distilling with {config}", flush=True)
     record("teacher", "teacher", teacher, profile.seed)
     if config["teacher_ensemble"]:  # what the students learn from
         record("teacher_x8", "teacher_x8", utils.symmetry_ensemble(teacher), profile.seed,

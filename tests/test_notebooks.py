@@ -154,3 +154,47 @@ def test_a_distilled_run_is_tied_to_its_teacher(tiny_data, tmp_path, capsys):
     assert "files of the earlier run were moved to" in capsys.readouterr().out
     run = json.loads((profile.models_dir / "student_distilled_run.json").read_text())
     assert run["teacher_sha1"] == utils.weights_fingerprint(second)
+
+
+def test_profile_overrides_saved_in_the_output_folder_apply_to_it_alone(tmp_path):
+    import dataclasses
+
+    profile = utils.load_profile("tiny", output_dir=tmp_path)
+    utils.save_profile_overrides(dataclasses.replace(profile, epochs=7, precision="mixed_bfloat16"))
+    assert json.loads((tmp_path / "profile.json").read_text()) == {
+        "name": "tiny", "epochs": 7, "precision": "mixed_bfloat16"}
+    again = utils.load_profile("tiny", output_dir=tmp_path)
+    assert (again.epochs, again.precision, again.batch_size) == (7, "mixed_bfloat16",
+                                                                  profile.batch_size)
+    assert utils.load_profile("tiny", output_dir=tmp_path / "other").epochs == profile.epochs
+    with pytest.raises(ValueError, match="belongs to another profile than 'full'"):
+        utils.load_profile("full", output_dir=tmp_path)
+    utils.save_profile_overrides(profile)  # back to the defaults: no file
+    assert not (tmp_path / "profile.json").exists()
+
+
+def test_notebooks_load_the_runs_of_an_experiment_instead_of_training(tmp_path, capsys,
+                                                                     monkeypatch):
+    import keras
+
+    monkeypatch.syspath_prepend(str(utils.REPO_ROOT / "scripts"))
+    import experiment
+
+    experiment.main(["--profile", "tiny", "--output", str(tmp_path), "--seeds", "0",
+                     "--epochs", "1", "--batch-size", "8", "--alpha", "0.3",
+                     "--teacher-ensemble"])
+    entries = json.loads((tmp_path / "metrics.json").read_text())
+    assert [e["model"] for e in entries] == ["teacher", "teacher_x8", "student_scratch",
+                                             "student_distilled"]
+    assert entries[-1]["config"]["teacher_ensemble"] and entries[-1]["config"]["alpha"] == 0.3
+    capsys.readouterr()
+    # what 02_teacher, 03_student and 04_distill do, with SSSI_OUTPUT=<the experiment's output>
+    profile = utils.load_profile("tiny", output_dir=tmp_path)
+    data = utils.profile_dataset(profile)
+    teacher, _ = utils.train("teacher", profile, data)
+    utils.train("student_scratch", profile, data)
+    utils.train("student_distilled", profile, data, teacher=teacher,
+                **utils.load_distillation_config(profile))
+    out = capsys.readouterr().out
+    assert out.count("Loading the finished run") == 3 and "moved to" not in out
+    assert isinstance(teacher, keras.Model)
