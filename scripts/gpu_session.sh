@@ -56,7 +56,7 @@ if [ "$stage" = experiment ] || [ "$stage" = all ]; then
     # the other seeds' models; checkpoints of an unfinished run, to resume it.
     cd "$results" || exit 1
     pack() { name=$1; shift; [ $# -gt 0 ] && tar -cf "$out/$name" "$@"; }
-    pack results_records.tar $(ls metrics.json models/*.json models/*.csv 2>/dev/null)
+    pack results_records.tar $(ls metrics.json profile.json models/*.json models/*.csv 2>/dev/null)
     pack results_models.tar $(ls models/teacher.keras models/student_scratch.keras \
         models/student_distilled.keras 2>/dev/null)
     pack results_seed_models.tar $(ls models/student_*_s*.keras 2>/dev/null)
