@@ -118,42 +118,15 @@ def test_markdown_table_formats_numbers():
     assert table.splitlines()[2] == "| teacher | 1,941,190 | 0.712 |"
 
 
-def test_train_reuses_a_finished_run_and_archives_one_with_other_settings(tiny_data, tmp_path, capsys):
-    import dataclasses
-
-    data = dataclasses.replace(tiny_data, x_train=tiny_data.x_train[:16],
-                               y_train=tiny_data.y_train[:16])
+def test_distillation_settings_come_from_distillation_json(tmp_path):
     profile = utils.load_profile("tiny", output_dir=tmp_path)
-    first, history = utils.train("student_scratch", profile, data, epochs=1)
-    again, history_again = utils.train("student_scratch", profile, data, epochs=1)
-    assert "Loading the finished run 'student_scratch'" in capsys.readouterr().out
-    assert history_again == history
-    for a, b in zip(first.get_weights(), again.get_weights()):
-        assert (a == b).all()
-    utils.train("student_scratch", profile, data, epochs=2)
-    assert "files of the earlier run were moved to" in capsys.readouterr().out
-    (archived,) = (profile.models_dir / "previous").iterdir()
-    assert json.loads((archived / "student_scratch_run.json").read_text())["epochs"] == 1
-    assert json.loads((profile.models_dir / "student_scratch_run.json").read_text())["epochs"] == 2
-
-
-def test_a_distilled_run_is_tied_to_its_teacher(tiny_data, tmp_path, capsys):
-    import dataclasses
-
-    import keras
-
-    data = dataclasses.replace(tiny_data, x_train=tiny_data.x_train[:8],
-                               y_train=tiny_data.y_train[:8])
-    profile = utils.load_profile("tiny", output_dir=tmp_path)
-    keras.utils.set_random_seed(0)
-    first, second = utils.build_unet(2, name="t1"), utils.build_unet(2, name="t2")
-    utils.train("student_distilled", profile, data, teacher=first, epochs=1)
-    utils.train("student_distilled", profile, data, teacher=first, epochs=1)
-    assert "Loading the finished run" in capsys.readouterr().out
-    utils.train("student_distilled", profile, data, teacher=second, epochs=1)
-    assert "files of the earlier run were moved to" in capsys.readouterr().out
-    run = json.loads((profile.models_dir / "student_distilled_run.json").read_text())
-    assert run["teacher_sha1"] == utils.weights_fingerprint(second)
+    assert utils.load_distillation_config(profile) == utils.DEFAULT_DISTILLATION
+    profile.models_dir.mkdir(parents=True)
+    (profile.models_dir / "distillation.json").write_text(json.dumps(
+        {"alpha": 0.3, "temperature": 2.0, "kind": "channel", "teacher_ensemble": True,
+         "val_miou5": 0.5}))
+    assert utils.load_distillation_config(profile) == {
+        "alpha": 0.3, "temperature": 2.0, "kind": "channel", "teacher_ensemble": True}
 
 
 def test_profile_overrides_saved_in_the_output_folder_apply_to_it_alone(tmp_path):
@@ -173,28 +146,38 @@ def test_profile_overrides_saved_in_the_output_folder_apply_to_it_alone(tmp_path
     assert not (tmp_path / "profile.json").exists()
 
 
-def test_notebooks_load_the_runs_of_an_experiment_instead_of_training(tmp_path, capsys,
-                                                                     monkeypatch):
+def test_notebooks_load_an_experiments_runs_and_retrain_only_what_changed(tmp_path, capsys,
+                                                                          monkeypatch):
     import keras
 
     monkeypatch.syspath_prepend(str(utils.REPO_ROOT / "scripts"))
     import experiment
 
     experiment.main(["--profile", "tiny", "--output", str(tmp_path), "--seeds", "0",
-                     "--epochs", "1", "--batch-size", "8", "--alpha", "0.3",
-                     "--teacher-ensemble"])
+                     "--epochs", "1", "--batch-size", "8", "--alpha", "0.3"])
     entries = json.loads((tmp_path / "metrics.json").read_text())
-    assert [e["model"] for e in entries] == ["teacher", "teacher_x8", "student_scratch",
-                                             "student_distilled"]
-    assert entries[-1]["config"]["teacher_ensemble"] and entries[-1]["config"]["alpha"] == 0.3
+    assert [e["model"] for e in entries] == ["teacher", "student_scratch", "student_distilled"]
+    assert entries[-1]["config"]["alpha"] == 0.3 and entries[-1]["config"]["batch_size"] == 8
     capsys.readouterr()
     # what 02_teacher, 03_student and 04_distill do, with SSSI_OUTPUT=<the experiment's output>
     profile = utils.load_profile("tiny", output_dir=tmp_path)
     data = utils.profile_dataset(profile)
+    config = utils.load_distillation_config(profile)
     teacher, _ = utils.train("teacher", profile, data)
     utils.train("student_scratch", profile, data)
-    utils.train("student_distilled", profile, data, teacher=teacher,
-                **utils.load_distillation_config(profile))
+    student, history = utils.train("student_distilled", profile, data, teacher=teacher, **config)
     out = capsys.readouterr().out
     assert out.count("Loading the finished run") == 3 and "moved to" not in out
-    assert isinstance(teacher, keras.Model)
+    assert history == json.loads((profile.models_dir / "student_distilled_history.json").read_text())
+    scores = utils.evaluate_segmentation(student, data.x_test, data.y_test)
+    assert scores["miou5"] == pytest.approx(entries[-1]["miou5"], abs=1e-6)  # the same weights
+    # a student distilled from another teacher is another run: the first one is archived
+    keras.utils.set_random_seed(1)
+    other = utils.build_unet(2, name="other_teacher")
+    utils.train("student_distilled", profile, data, teacher=other, **config)
+    assert "files of the earlier run were moved to" in capsys.readouterr().out
+    (archived,) = (profile.models_dir / "previous").iterdir()
+    assert json.loads((archived / "student_distilled_run.json").read_text())["teacher_sha1"] == (
+        utils.weights_fingerprint(teacher))
+    run = json.loads((profile.models_dir / "student_distilled_run.json").read_text())
+    assert run["teacher_sha1"] == utils.weights_fingerprint(other)
