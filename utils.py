@@ -1479,7 +1479,9 @@ def save_model(model, path):
         model: a functional Keras model.
         path: the `.keras` file to write.
     """
-    with_dtype_policy(model, "float32").save(path)
+    if any(layer.dtype_policy.name != "float32" for layer in model.layers):
+        model = with_dtype_policy(model, "float32")
+    keras.Model(model.input, model.output, name=model.name).save(path)
 
 
 def with_dtype_policy(model, policy):

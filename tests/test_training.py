@@ -80,11 +80,24 @@ def _poison(model):
     model.set_weights([np.full_like(w, np.nan) for w in model.get_weights()])
 
 
+def _segmenter(name, augment=True):
+    """A small model with all the state a U-Net has: augmentation and dropout draws."""
+    inputs = keras.Input((None, None, 3))
+    x, symmetry = utils.RandomSymmetry(name=f"{name}_augment")(inputs)
+    x = keras.layers.Rescaling(1 / 255)(x)
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(x)
+    x = keras.layers.Dropout(0.3)(x)
+    logits = keras.layers.Conv2D(6, 1, name="logits")(x)
+    if augment:
+        logits = utils.UndoSymmetry()([logits, symmetry])
+    return keras.Model(inputs, logits, name=name)
+
+
 def _fresh(distil=False):
     keras.utils.set_random_seed(0)
-    model = utils.build_unet(2, name="m")
+    model = _segmenter("m")
     if distil:
-        model = utils.Distiller(teacher=utils.build_unet(2, name="t"), student=model)
+        model = utils.Distiller(teacher=_segmenter("t", augment=False), student=model)
     return utils.compile_segmentation(model)
 
 
