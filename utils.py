@@ -1847,7 +1847,9 @@ def measure_latency(models, input_size=256, batch_size=1, repeats=20, warmup=3):
     machine hits all of them alike; compare the results as ratios.
 
     Args:
-        models: dict mapping a name to a model.
+        models: dict mapping a name to a Keras model (run through
+            `fast_predict`) or to any function from images to logits (e.g.
+            `load_litert`'s).
         input_size: side of the square random input.
         batch_size: images per forward pass.
         repeats: timed passes per model.
@@ -1859,17 +1861,21 @@ def measure_latency(models, input_size=256, batch_size=1, repeats=20, warmup=3):
     Example:
 
     >>> measure_latency({"teacher": teacher, "student": student})
+    >>> measure_latency({"keras": student, "litert": load_litert("student.tflite")})
     """
     x = np.random.default_rng(0).integers(
         0, 256, (batch_size, input_size, input_size, 3)).astype("float32")
-    for model in models.values():
+    predictors = {name: (lambda batch, m=model: fast_predict(m, batch))
+                  if isinstance(model, keras.Model) else model
+                  for name, model in models.items()}
+    for predict in predictors.values():
         for _ in range(warmup):
-            fast_predict(model, x)
-    times = {name: [] for name in models}
+            predict(x)
+    times = {name: [] for name in predictors}
     for _ in range(repeats):
-        for name, model in models.items():
+        for name, predict in predictors.items():
             start = time.perf_counter()
-            fast_predict(model, x)
+            predict(x)
             times[name].append(time.perf_counter() - start)
     return {name: float(np.median(t)) for name, t in times.items()}
 
@@ -2387,12 +2393,9 @@ def train(name, profile, data, *, teacher=None, alpha=None, temperature=None,
     profile.models_dir.mkdir(parents=True, exist_ok=True)
     started.write_text(json.dumps(wanted))
     keras.utils.set_random_seed(seed)
-    policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(profile.precision)
-    try:
-        model = build_teacher() if name == "teacher" else build_student()
-    finally:
-        keras.config.set_dtype_policy(policy)
+    model = build_teacher() if name == "teacher" else build_student()
+    if profile.precision != "float32":
+        model = with_dtype_policy(model, profile.precision)
     if teacher is not None:
         if profile.precision != "float32":
             teacher = with_dtype_policy(teacher, profile.precision)

@@ -64,13 +64,9 @@ class ReadLossEveryStep(keras.callbacks.Callback):
 def build(role, variant, teacher=None):
     """A compiled teacher, student or distiller under a variant's settings."""
     keras.utils.set_random_seed(0)
-    keras.config.set_dtype_policy(variant["precision"])
-    augment = not variant.get("host_augment", False)
-    try:
-        builder = utils.build_teacher if role == "teacher" else utils.build_student
-        model = builder(augment=augment)
-    finally:
-        keras.config.set_dtype_policy("float32")
+    builder = utils.build_teacher if role == "teacher" else utils.build_student
+    model = utils.with_dtype_policy(builder(augment=not variant.get("host_augment")),
+                                    variant["precision"])
     if role == "distiller":
         model = utils.Distiller(
             teacher=utils.with_dtype_policy(teacher, variant["precision"]), student=model)
@@ -111,17 +107,9 @@ def litert_figures(teacher, student, size, repeats):
             figures[f"size_{name}_keras_mb"] = keras_path.stat().st_size / 1e6
             figures[f"size_{name}_litert_mb"] = litert_path.stat().st_size / 1e6
             predictors[name] = utils.load_litert(litert_path)
-    x = np.random.default_rng(1).integers(0, 256, (1, size, size, 3)).astype("float32")
-    times = {name: [] for name in predictors}
-    for name, predict in predictors.items():
-        predict(x)
-    for _ in range(repeats):
-        for name, predict in predictors.items():
-            start = time.perf_counter()
-            predict(x)
-            times[name].append(time.perf_counter() - start)
+    latency = utils.measure_latency(predictors, size, repeats=repeats)
     for name in predictors:
-        figures[f"latency_{name}_litert_batch1_ms"] = 1000 * float(np.median(times[name]))
+        figures[f"latency_{name}_litert_batch1_ms"] = 1000 * latency[name]
     figures["litert_latency_ratio_student_to_teacher"] = (
         figures["latency_student_litert_batch1_ms"] / figures["latency_teacher_litert_batch1_ms"])
     return figures

@@ -16,7 +16,6 @@ import json
 import pathlib
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -41,7 +40,6 @@ def main(argv=None):
     data = utils.profile_dataset(profile)
     size = profile.patch_size
     calibration = data.x_train[np.random.default_rng(0).permutation(len(data.x_train))[:64]]
-    probe = np.random.default_rng(1).integers(0, 256, (1, size, size, 3)).astype("float32")
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models:
@@ -56,7 +54,7 @@ def main(argv=None):
                                                calibration_images=calibration)
                 sizes[key] = exported.stat().st_size
                 predictors[key] = utils.load_litert(exported)
-            latency = _interleaved_latency(predictors, probe, args.repeats)
+            latency = utils.measure_latency(predictors, size, repeats=args.repeats)
             for key, predict in predictors.items():
                 logits = np.concatenate([predict(data.x_test[i:i + 8])
                                          for i in range(0, len(data.x_test), 8)])
@@ -71,18 +69,6 @@ def main(argv=None):
     out.write_text(json.dumps(report, indent=1))
     print(utils.markdown_table(rows))
     print(f"Wrote {out}")
-
-
-def _interleaved_latency(predictors, x, repeats):
-    for predict in predictors.values():
-        predict(x)
-    times = {key: [] for key in predictors}
-    for _ in range(repeats):
-        for key, predict in predictors.items():
-            start = time.perf_counter()
-            predict(x)
-            times[key].append(time.perf_counter() - start)
-    return {key: float(np.median(t)) for key, t in times.items()}
 
 
 if __name__ == "__main__":
