@@ -2265,13 +2265,27 @@ def setup_notebook(profile=None, mount_drive=False):
     return profile
 
 
+def _accelerator_names():
+    """Names of the accelerators Keras trains on, e.g. ["NVIDIA H200"]; [] on a CPU."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            return [d.device_kind for d in jax.devices() if d.platform != "cpu"]
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return [tf.config.experimental.get_device_details(d).get("device_name", d.name)
+                    for d in tf.config.list_physical_devices("GPU")]
+        return [d for d in keras.distribution.list_devices() if "cpu" not in d.lower()]
+    except Exception:  # a backend that can't list its devices: report the CPU
+        return []
+
+
 def run_info(profile=None):
     """Where a number comes from: backend, versions, device, date, budget."""
-    devices = []
-    try:
-        devices = [d for d in keras.distribution.list_devices() if "cpu" not in d.lower()]
-    except Exception:  # some backends can't list devices; report the CPU
-        pass
+    devices = _accelerator_names()
     info = {
         "backend": keras.backend.backend(),
         "keras": keras.__version__,

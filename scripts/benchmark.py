@@ -150,19 +150,29 @@ def main(argv=None):
     y = rng.integers(0, 6, (args.train_images, args.size, args.size), dtype=np.uint8)
 
     figures = {}
+
+    def save():
+        """Writes what is measured so far: a run stopped early keeps its figures."""
+        if args.output:
+            path = pathlib.Path(args.output)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(report(args, names, figures), indent=1))
+
     for name in names:
         teacher = build("teacher", VARIANTS[name])
         figures[f"train_teacher_{name}_images_per_s"] = training_images_per_second(
             teacher, x, y, VARIANTS[name], args.epochs)
         print(f"  teacher, {name}: {figures[f'train_teacher_{name}_images_per_s']:.1f} images/s",
               flush=True)
+        save()
     final = VARIANTS[names[-1]]
-    student = build("student", final)
-    figures["train_student_images_per_s"] = training_images_per_second(
-        student, x, y, final, args.epochs)
-    distiller = build("distiller", final, teacher=teacher)
-    figures["train_distiller_images_per_s"] = training_images_per_second(
-        distiller, x, y, final, args.epochs)
+    for role in ("student", "distiller"):
+        model = build(role, final, teacher=teacher)
+        figures[f"train_{role}_images_per_s"] = training_images_per_second(
+            model, x, y, final, args.epochs)
+        print(f"  {role}, {names[-1]}: {figures[f'train_{role}_images_per_s']:.1f} images/s",
+              flush=True)
+        save()
     figures["distiller_epoch_over_student_epoch"] = (
         figures["train_student_images_per_s"] / figures["train_distiller_images_per_s"])
 
@@ -175,11 +185,24 @@ def main(argv=None):
         figures[f"infer_{name}_batch{args.inference_batch}_images_per_s"] = (
             inference_images_per_second(model, batch, args.repeats))
     figures["latency_ratio_student_to_teacher"] = latency["student"] / latency["teacher"]
+    save()
     if keras.backend.backend() == "tensorflow" and not args.no_litert:
         figures.update(litert_figures(models["teacher"], models["student"], args.size,
                                       args.repeats))
+        save()
 
-    report = {
+    width = max(map(len, figures))
+    print(f"{keras.backend.backend()} on {utils.run_info()['device']}; training under "
+          f"{names[-1]}: {final}")
+    for key, value in figures.items():
+        print(f"  {key:{width}s} {value:10.3f}")
+    if args.output:
+        print(f"Wrote {args.output}")
+
+
+def report(args, names, figures):
+    """The JSON report: machine, versions, settings and the figures so far."""
+    result = {
         **utils.run_info(),
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
@@ -191,20 +214,12 @@ def main(argv=None):
     if keras.backend.backend() == "jax":
         import jax
 
-        report["jax"] = jax.__version__
+        result["jax"] = jax.__version__
     elif keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        report["tensorflow"] = tf.__version__
-    width = max(map(len, figures))
-    print(f"{report['backend']} on {report['device']}; training under {names[-1]}: {final}")
-    for key, value in figures.items():
-        print(f"  {key:{width}s} {value:10.3f}")
-    if args.output:
-        path = pathlib.Path(args.output)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=1))
-        print(f"Wrote {path}")
+        result["tensorflow"] = tf.__version__
+    return result
 
 
 if __name__ == "__main__":

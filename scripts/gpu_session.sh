@@ -5,10 +5,10 @@
 #
 #   bash scripts/gpu_session.sh bench                     # scripts/benchmark.py variants
 #   bash scripts/gpu_session.sh experiment [flags...]     # scripts/experiment.py --profile full
-#   bash scripts/gpu_session.sh all [flags...]            # both, benchmark first
+#   bash scripts/gpu_session.sh all [flags...]            # both, experiment first
 #
 # Flags after the stage go to scripts/experiment.py (e.g. --precision
-# mixed_bfloat16 --batch-size 32 --schedule cosine --seeds 0 1 2).
+# mixed_bfloat16 --schedule cosine --seeds 0 1 2).
 #
 # Carried into the working tree (ignored by git through .git/info/exclude):
 #   .whl/   keras, namex and optree wheels for Python 3.12 (the image lacks them):
@@ -22,12 +22,15 @@
 # Dry run on a CPU: PROFILE=tiny BENCH_ARGS="--size 64 --train-images 32 --epochs 1
 # --variants reference,bf16_b64_spe8 --repeats 3" OUT=/tmp/out bash scripts/gpu_session.sh all --epochs 2
 #
-# The experiment stops itself $EXPERIMENT_SECONDS after it starts (default 420),
-# so that whatever finished is packed before the call's own limit.
+# The call's parts stop themselves so that what they finished is packed before
+# the call's own limit: the experiment (first) after $EXPERIMENT_SECONDS
+# (default 360), the benchmark at $CALL_SECONDS (default 560) after the start.
+# The benchmark writes its JSON after every figure, so a stopped one keeps them.
 set -uo pipefail
 stage=${1:-all}
 shift || true
 out=${OUT:?"OUT must name the folder whose files come back"}
+begin=$(date +%s)
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
         --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -39,28 +42,34 @@ export SSSI_DATA=${SSSI_DATA:-.data/aerial-dubai}
 results=/tmp/results
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
-if [ "$stage" = bench ] || [ "$stage" = all ]; then
-    python3 scripts/benchmark.py ${BENCH_ARGS:---train-images 1024 --epochs 2 --repeats 20 \
-        --variants reference,device_aug,bf16,bf16_b64,bf16_b64_spe8} \
-        --output "$out/benchmark_gpu.json" 2>&1 | tee "$out/benchmark.log"
-fi
-
 if [ "$stage" = experiment ] || [ "$stage" = all ]; then
     mkdir -p "$results"
     [ -d .results ] && cp -r .results/. "$results/"
     start=$(date +%s)
-    timeout "${EXPERIMENT_SECONDS:-420}" python3 scripts/experiment.py --profile "${PROFILE:-full}" \
+    timeout "${EXPERIMENT_SECONDS:-360}" python3 scripts/experiment.py --profile "${PROFILE:-full}" \
         --output "$results" "$@" 2>&1 | tee "$out/experiment.log"
     echo "experiment: exit ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s" | tee -a "$out/experiment.log"
     # Metrics, histories and run records; the seed-0 models the report shows;
-    # the other seeds' models; checkpoints of an unfinished run, to resume it.
+    # the other seeds' models; checkpoints of unfinished runs, to resume them.
+    # A file over 16 MiB does not come back, and three distillers' checkpoints
+    # (each holds the teacher) made 41.5 MB: they travel in 15 MB parts,
+    # joined again by `cat results_backups.tar.* | tar -x`.
     cd "$results" || exit 1
     pack() { name=$1; shift; [ $# -gt 0 ] && tar -cf "$out/$name" "$@"; }
     pack results_records.tar $(ls metrics.json profile.json models/*.json models/*.csv 2>/dev/null)
     pack results_models.tar $(ls models/teacher.keras models/student_scratch.keras \
         models/student_distilled.keras 2>/dev/null)
     pack results_seed_models.tar $(ls models/student_*_s*.keras 2>/dev/null)
-    pack results_backups.tar $(ls -d models/backup_* 2>/dev/null)
+    backups=$(ls -d models/backup_* 2>/dev/null)
+    [ -n "$backups" ] && tar -cf - $backups | split -b 15M -d - "$out/results_backups.tar."
     cd - > /dev/null
     ls -la "$out"
+fi
+
+if [ "$stage" = bench ] || [ "$stage" = all ]; then
+    left=$(( ${CALL_SECONDS:-560} - ($(date +%s) - begin) ))
+    echo "benchmark: $left s left"
+    [ "$left" -gt 30 ] && timeout "$left" python3 scripts/benchmark.py ${BENCH_ARGS:---train-images 1024 \
+        --epochs 4 --repeats 20 --variants reference,device_aug,bf16,bf16_b64,bf16_b64_spe8} \
+        --output "$out/benchmark_gpu.json" 2>&1 | tee "$out/benchmark.log"
 fi
