@@ -27,6 +27,23 @@ def test_metrics_on_known_arrays():
     assert res["confusion_matrix"].sum() == 7
 
 
+def test_iou_scores_match_scikit_learn_and_the_full_metrics():
+    rng = np.random.default_rng(1)
+    y_true = rng.integers(0, 6, (2, 16, 16))
+    y_true[0, :4] = utils.IGNORE_INDEX
+    logits = rng.normal(size=(2, 16, 16, 6)) + np.eye(6)[np.minimum(y_true, 5)]
+    y_pred = logits.argmax(-1)
+    scores = utils.iou_scores(y_true, y_pred)
+    valid = y_true != utils.IGNORE_INDEX
+    np.testing.assert_array_equal(scores["confusion_matrix"], metrics.confusion_matrix(
+        y_true[valid], y_pred[valid], labels=list(range(6))))
+    full = utils.segmentation_metrics(y_true, logits)
+    assert {k: full[k] for k in ("miou5", "miou6", "pixel_acc", "per_class_iou")} == {
+        k: scores[k] for k in ("miou5", "miou6", "pixel_acc", "per_class_iou")}
+    with pytest.raises(ValueError, match="labels must lie in"):
+        utils.iou_scores(np.array([0, 7]), np.array([0, 1]))
+
+
 def test_precision_recall_agree_with_scikit_learn():
     rng = np.random.default_rng(0)
     y_true = rng.integers(0, 6, (3, 10, 10))
