@@ -581,16 +581,25 @@ class PatchSequence(keras.utils.PyDataset):
         y: labels `(N, P, P)`.
         batch_size: patches per batch.
         seed: seed of the order.
+        teacher_logits: optional `(N, P, P, C)` logits of a frozen teacher
+            for the same patches; batches are then `((x, logits), y)`, which
+            `Distiller` uses instead of running the teacher.
     """
 
-    def __init__(self, x, y, batch_size=16, seed=0, **kwargs):
+    def __init__(self, x, y, batch_size=16, seed=0, teacher_logits=None, **kwargs):
         super().__init__(**kwargs)
         if len(x) != len(y) or len(x) == 0:
             raise ValueError(
                 f"x and y must hold the same, non-zero number of patches; "
                 f"got {len(x)} and {len(y)}."
             )
+        if teacher_logits is not None and tuple(teacher_logits.shape[:3]) != tuple(x.shape[:3]):
+            raise ValueError(
+                f"teacher_logits must be (N, P, P, C) logits of the patches x "
+                f"{tuple(x.shape)}, got shape {tuple(teacher_logits.shape)}."
+            )
         self.x, self.y = x, y
+        self.teacher_logits = teacher_logits
         self.batch_size = batch_size
         self.seed = seed
         self.set_epoch(0)
@@ -602,7 +611,9 @@ class PatchSequence(keras.utils.PyDataset):
         rows = np.sort(
             self._order[index * self.batch_size : (index + 1) * self.batch_size]
         )
-        return self.x[rows], self.y[rows]
+        if self.teacher_logits is None:
+            return self.x[rows], self.y[rows]
+        return (self.x[rows], self.teacher_logits[rows]), self.y[rows]
 
     def set_epoch(self, epoch):
         """Draws the order of `epoch`: the same for a seed, whatever came before."""
@@ -1165,7 +1176,9 @@ class Distiller(keras.distillation.Distiller):
     After training, use and save `distiller.student` on its own. A student
     built with `augment=True` trains on flipped and rotated images but maps
     its logits back, so they are compared with the teacher's logits of the
-    image as it is.
+    image as it is. So the teacher's logits of a patch never change:
+    inputs `(images, teacher_logits)` (see `PatchSequence`) are used instead
+    of running the teacher, which `fit_segmentation` does.
 
     Args:
         teacher: trained model returning logits `(N, H, W, C)`.
@@ -1201,6 +1214,18 @@ class Distiller(keras.distillation.Distiller):
         self.alpha = float(alpha)
         self.temperature = float(temperature)
         self.kind = kind
+
+    def call(self, inputs, training=None, **kwargs):
+        if isinstance(inputs, (tuple, list)):  # (images, the teacher's logits)
+            inputs = inputs[0]
+        return self.student(inputs, training=training, **kwargs)
+
+    def _extract_all_teacher_features(self, x):
+        # Inputs `(images, logits)` carry the teacher's logits, computed once
+        # before training (`fit_segmentation`): the teacher is not run again.
+        if isinstance(x, (tuple, list)):
+            return {"final_output": x[1]}
+        return super()._extract_all_teacher_features(x)
 
 
 def _check_teacher_and_student(teacher, student):
@@ -1298,6 +1323,7 @@ def fit_segmentation(
     seed=0,
     verbose="auto",
     callbacks=(),
+    cache_teacher=True,
 ):
     """Trains a compiled model or `Distiller`, checkpointing every epoch.
 
@@ -1326,6 +1352,11 @@ def fit_segmentation(
         seed: seed of the batch order.
         verbose: passed to `fit`.
         callbacks: extra Keras callbacks.
+        cache_teacher: for a `Distiller`, run its teacher once over the
+            training and validation patches before training and feed those
+            logits with the images, instead of running the teacher at every
+            step. The targets are the same (the teacher is frozen and sees the
+            images unaugmented); the host holds them (`N * P * P * C` float32).
 
     Returns:
         The history as a dict of lists, over all epochs including resumed
@@ -1341,7 +1372,12 @@ def fit_segmentation(
                          "val_per_tile >= 1 in load_dataset.")
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    train = PatchSequence(data.x_train, data.y_train, batch_size, seed)
+    train_logits, val_x = None, data.x_val
+    if cache_teacher and isinstance(model, Distiller):
+        train_logits = predict_logits(model.teacher, data.x_train, batch_size)
+        val_x = (data.x_val, predict_logits(model.teacher, data.x_val, batch_size))
+    train = PatchSequence(data.x_train, data.y_train, batch_size, seed,
+                          teacher_logits=train_logits)
     csv_path = output_dir / f"{name}_history.csv"
     backup_dir = output_dir / f"backup_{name}"
     resuming = backup_dir.exists()
@@ -1363,7 +1399,7 @@ def fit_segmentation(
         # would reorder its batches again from Python's global `random`, which
         # a resumed run cannot replay.
         shuffle=False,
-        validation_data=(data.x_val, data.y_val),
+        validation_data=(val_x, data.y_val),
         validation_batch_size=batch_size,
         epochs=epochs,
         callbacks=[

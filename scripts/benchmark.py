@@ -11,7 +11,9 @@ Training variants change one thing at a time, from the `reference` (the
 pipeline before issue #5: float32, batch 16, per-sample numpy flips and
 rotations on the host, the loss read back after every step) to the settings
 `utils` uses now; the teacher is timed under each, the student and the
-distiller under the last. Timings are wall-clock after a warm-up epoch
+distiller under the last, the distiller twice: running its teacher at every
+step, and on the teacher's logits computed once (`distiller_cached`, what
+`fit_segmentation` does; the time of that one pass is reported too). Timings are wall-clock after a warm-up epoch
 (compilation excluded); each times whole `fit` epochs, which end with a
 device synchronisation. Compare figures as ratios within one run: machines
 are noisy.
@@ -74,10 +76,10 @@ def build(role, variant, teacher=None):
         model, steps_per_execution=variant.get("steps_per_execution", 1))
 
 
-def training_images_per_second(model, x, y, variant, epochs):
+def training_images_per_second(model, x, y, variant, epochs, teacher_logits=None):
     """Images/s over `epochs` timed epochs of `fit`, after one warm-up epoch."""
     kind = HostAugmentedSequence if variant.get("host_augment") else utils.PatchSequence
-    sequence = kind(x, y, variant["batch"])
+    sequence = kind(x, y, variant["batch"], teacher_logits=teacher_logits)
     callbacks = [ReadLossEveryStep()] if variant.get("sync") else []
     model.fit(sequence, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
     start = time.perf_counter()
@@ -166,15 +168,22 @@ def main(argv=None):
               flush=True)
         save()
     final = VARIANTS[names[-1]]
-    for role in ("student", "distiller"):
-        model = build(role, final, teacher=teacher)
+    for role in ("student", "distiller", "distiller_cached"):
+        model = build(role.split("_")[0], final, teacher=teacher)
+        logits = None
+        if role == "distiller_cached":  # what fit_segmentation does: the teacher runs once
+            utils.predict_logits(model.teacher, x[:1])  # compile
+            start = time.perf_counter()
+            logits = utils.predict_logits(model.teacher, x, final["batch"])
+            figures["teacher_logits_seconds"] = time.perf_counter() - start
         figures[f"train_{role}_images_per_s"] = training_images_per_second(
-            model, x, y, final, args.epochs)
+            model, x, y, final, args.epochs, teacher_logits=logits)
         print(f"  {role}, {names[-1]}: {figures[f'train_{role}_images_per_s']:.1f} images/s",
               flush=True)
         save()
-    figures["distiller_epoch_over_student_epoch"] = (
-        figures["train_student_images_per_s"] / figures["train_distiller_images_per_s"])
+    for role in ("distiller", "distiller_cached"):
+        figures[f"{role}_epoch_over_student_epoch"] = (
+            figures["train_student_images_per_s"] / figures[f"train_{role}_images_per_s"])
 
     keras.utils.set_random_seed(0)
     models = {"teacher": utils.build_teacher(), "student": utils.build_student()}

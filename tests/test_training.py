@@ -120,6 +120,36 @@ def test_interrupted_training_resumes_and_ends_with_the_same_weights(tiny_data, 
         np.testing.assert_array_equal(a, b)
 
 
+def test_distiller_trains_the_same_on_cached_teacher_logits(tiny_data, tmp_path):
+    data = _small_data(tiny_data)
+    kwargs = dict(epochs=2, name="m", batch_size=4, verbose=0)
+    histories, weights = [], []
+    for cache in (True, False):
+        folder = tmp_path / str(cache)
+        histories.append(utils.fit_segmentation(_fresh(distil=True), data, output_dir=folder,
+                                                cache_teacher=cache, **kwargs))
+        weights.append(keras.models.load_model(folder / "m.keras").get_weights())
+    assert histories[0].keys() == histories[1].keys()
+    for key in ("distillation_loss", "student_loss", "val_distillation_loss", "val_miou5"):
+        np.testing.assert_allclose(histories[0][key], histories[1][key], rtol=1e-4, err_msg=key)
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_distiller_uses_given_teacher_logits_instead_of_the_teacher(tiny_data):
+    x, y = tiny_data.x_val[:2], tiny_data.y_val[:2]
+    distiller = _fresh(distil=True)
+    logits = utils.predict_logits(distiller.teacher, x)
+    own = distiller.test_on_batch(x, y, return_dict=True)
+    given = distiller.test_on_batch((x, logits), y, return_dict=True)
+    assert given["distillation_loss"] == pytest.approx(own["distillation_loss"], rel=1e-5)
+    other = distiller.test_on_batch((x, np.zeros_like(logits)), y, return_dict=True)
+    assert other["distillation_loss"] != pytest.approx(own["distillation_loss"], rel=1e-2)
+    assert other["student_loss"] == pytest.approx(own["student_loss"], rel=1e-6)
+    with pytest.raises(ValueError, match="teacher_logits must be"):
+        utils.PatchSequence(x, y, teacher_logits=logits[:1])
+
+
 def test_nan_loss_stops_training_and_keeps_the_best_checkpoint(tiny_data, tmp_path):
     with pytest.raises(FloatingPointError,
                        match=r"loss became nan in epoch 2.*best checkpoint so far .* is kept at"):
