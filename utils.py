@@ -2281,12 +2281,16 @@ def load_profile(name=None, output_dir=None):
             raise ValueError(
                 f"{overrides_path} belongs to another profile than {name!r}: use another "
                 f"output folder (SSSI_OUTPUT) for this profile.")
-        profile = dataclasses.replace(profile, **overrides)
+        profile = dataclasses.replace(profile, **{  # JSON gives lists for the grid's tuples
+            k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
     return profile
 
 
-_OVERRIDABLE = ("epochs", "batch_size", "learning_rate", "precision", "schedule",
-                "steps_per_execution")
+OVERRIDABLE = ("epochs", "batch_size", "learning_rate", "precision", "schedule",
+               "steps_per_execution", "sweep_alphas", "sweep_temperatures", "sweep_kinds",
+               "sweep_epochs")
+"""`Profile` fields an output folder's `profile.json` may override (the flags of
+`scripts/experiment.py` carry the same names)."""
 
 
 def save_profile_overrides(profile):
@@ -2296,7 +2300,7 @@ def save_profile_overrides(profile):
         The `Profile`, unchanged.
     """
     base = PROFILES[profile.name]
-    overrides = {k: getattr(profile, k) for k in _OVERRIDABLE
+    overrides = {k: getattr(profile, k) for k in OVERRIDABLE
                  if getattr(profile, k) != base.get(k, Profile.__dataclass_fields__[k].default)}
     path = profile.output_dir / "profile.json"
     profile.output_dir.mkdir(parents=True, exist_ok=True)

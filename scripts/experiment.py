@@ -42,6 +42,11 @@ def main(argv=None):
     parser.add_argument("--sweep", action="store_true",
                         help="first run the profile's alpha x T x kind grid on the validation "
                              "split (as 06_sweep does) and distil with its best setting")
+    parser.add_argument("--sweep-kinds", nargs="+", choices=("pixel", "channel"),
+                        help="overrides the profile's sweep grid (also what 06_sweep shows)")
+    parser.add_argument("--sweep-alphas", type=float, nargs="+")
+    parser.add_argument("--sweep-temperatures", type=float, nargs="+")
+    parser.add_argument("--sweep-epochs", type=int)
     parser.add_argument("--teacher-ensemble", action=argparse.BooleanOptionalAction,
                         help="distil from the teacher's logits averaged over 8 flips/rotations")
     parser.add_argument("--batch-size", type=int, help="overrides the profile's batch size")
@@ -55,12 +60,10 @@ def main(argv=None):
         parser.error("--sweep chooses kind, alpha and temperature; don't pass them too")
 
     profile = utils.load_profile(args.profile, output_dir=args.output)
+    overrides = {field: getattr(args, field) for field in utils.OVERRIDABLE
+                 if getattr(args, field) is not None}  # flags are named as the fields
     profile = utils.save_profile_overrides(dataclasses.replace(profile, **{
-        field: value for field, value in (
-            ("epochs", args.epochs), ("batch_size", args.batch_size),
-            ("learning_rate", args.learning_rate), ("precision", args.precision),
-            ("schedule", args.schedule), ("steps_per_execution", args.steps_per_execution))
-        if value is not None}))
+        k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}))
     profile.models_dir.mkdir(parents=True, exist_ok=True)
     epochs = profile.epochs
     config = utils.load_distillation_config(profile)
@@ -101,10 +104,11 @@ def main(argv=None):
             print(f"sweep: {row}", flush=True)
         best = utils.load_distillation_config(profile)  # the best on validation
         config.update({k: best[k] for k in ("alpha", "temperature", "kind")})
-    # 04_distill (and so the report) distils with the same settings
+    # 04_distill (and so the report) distils with the same settings; a sweep
+    # already wrote its choice there, with its validation score
     chosen = profile.models_dir / "distillation.json"
     saved = json.loads(chosen.read_text()) if chosen.exists() else {}
-    if any(saved.get(k) != v for k, v in config.items()):
+    if not args.sweep and any(saved.get(k) != v for k, v in config.items()):
         saved["chosen_by"] = "scripts/experiment.py flags"
     chosen.write_text(json.dumps({**saved, **config}, indent=1))
     print(f"Distilling with {config}", flush=True)

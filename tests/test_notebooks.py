@@ -133,12 +133,16 @@ def test_profile_overrides_saved_in_the_output_folder_apply_to_it_alone(tmp_path
     import dataclasses
 
     profile = utils.load_profile("tiny", output_dir=tmp_path)
-    utils.save_profile_overrides(dataclasses.replace(profile, epochs=7, precision="mixed_bfloat16"))
+    utils.save_profile_overrides(dataclasses.replace(profile, epochs=7, precision="mixed_bfloat16",
+                                                     sweep_temperatures=(1.0, 4.0)))
     assert json.loads((tmp_path / "profile.json").read_text()) == {
-        "name": "tiny", "epochs": 7, "precision": "mixed_bfloat16"}
+        "name": "tiny", "epochs": 7, "precision": "mixed_bfloat16", "sweep_temperatures": [1.0, 4.0]}
     again = utils.load_profile("tiny", output_dir=tmp_path)
     assert (again.epochs, again.precision, again.batch_size) == (7, "mixed_bfloat16",
                                                                   profile.batch_size)
+    assert again.sweep_temperatures == (1.0, 4.0) and again.sweep_kinds == profile.sweep_kinds
+    assert utils.save_profile_overrides(again) == again  # the same file again
+    assert json.loads((tmp_path / "profile.json").read_text())["sweep_temperatures"] == [1.0, 4.0]
     assert utils.load_profile("tiny", output_dir=tmp_path / "other").epochs == profile.epochs
     with pytest.raises(ValueError, match="belongs to another profile than 'full'"):
         utils.load_profile("full", output_dir=tmp_path)
