@@ -58,6 +58,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.sweep and any(v is not None for v in (args.kind, args.alpha, args.temperature)):
         parser.error("--sweep chooses kind, alpha and temperature; don't pass them too")
+    if args.sweep and args.teacher_ensemble:
+        parser.error("--sweep distils from the single teacher, so it can't choose settings "
+                     "for --teacher-ensemble; pass --kind/--alpha/--temperature with it instead")
 
     profile = utils.load_profile(args.profile, output_dir=args.output)
     overrides = {field: getattr(args, field) for field in utils.OVERRIDABLE
