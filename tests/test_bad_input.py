@@ -124,3 +124,17 @@ def test_no_credentials_in_the_repository():
                 and "outputs" not in path.parts and path.name != "test_bad_input.py":
             text = path.read_text(errors="ignore")
             assert not any(p in text for p in patterns), path
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--sweep", "--kind", "pixel"], "--sweep chooses kind, alpha and temperature"),
+    (["--sweep", "--teacher-ensemble"], "--sweep distils from the single teacher"),
+    (["--sweep-kinds", "logits"], "invalid choice: 'logits'"),
+])
+def test_experiment_refuses_contradictory_flags(flags, message, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(utils.REPO_ROOT / "scripts"))
+    import experiment
+
+    with pytest.raises(SystemExit):
+        experiment.main(["--profile", "tiny", "--output", "/nonexistent", *flags])
+    assert message in capsys.readouterr().err
