@@ -1176,9 +1176,9 @@ class Distiller(keras.distillation.Distiller):
     After training, use and save `distiller.student` on its own. A student
     built with `augment=True` trains on flipped and rotated images but maps
     its logits back, so they are compared with the teacher's logits of the
-    image as it is. So the teacher's logits of a patch never change:
-    inputs `(images, teacher_logits)` (see `PatchSequence`) are used instead
-    of running the teacher, which `fit_segmentation` does.
+    image as it is. Those never change during training, so inputs
+    `(images, teacher_logits)` (see `PatchSequence`) are used as given
+    instead of running the teacher: `fit_segmentation` computes them once.
 
     Args:
         teacher: trained model returning logits `(N, H, W, C)`.
@@ -2679,12 +2679,10 @@ def seed_summary(entries, keys=("miou5", "miou6", "pixel_acc")):
 
 def seed_table(rows, keys=("miou5", "miou6", "pixel_acc"), digits=3):
     """Markdown table of `seed_summary` rows: "mean ± std" per score."""
-    lines = ["| model | seeds | " + " | ".join(keys) + " |",
-             "|---|---|" + "---|" * len(keys)]
-    for row in rows:
-        cells = [f"{row[f'{k}_mean']:.{digits}f} ± {row[f'{k}_std']:.{digits}f}" for k in keys]
-        lines.append(f"| {row['model']} | {row['seeds']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return markdown_table([
+        {"model": row["model"], "seeds": row["seeds"],
+         **{k: f"{row[f'{k}_mean']:.{digits}f} ± {row[f'{k}_std']:.{digits}f}" for k in keys}}
+        for row in rows])
 
 
 def seed_report(profile):
