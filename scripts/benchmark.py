@@ -13,10 +13,11 @@ rotations on the host, the loss read back after every step) to the settings
 `utils` uses now; the teacher is timed under each, the student and the
 distiller under the last, the distiller twice: running its teacher at every
 step, and on the teacher's logits computed once (`distiller_cached`, what
-`fit_segmentation` does; the time of that one pass is reported too). Timings are wall-clock after a warm-up epoch
-(compilation excluded); each times whole `fit` epochs, which end with a
-device synchronisation. Compare figures as ratios within one run: machines
-are noisy.
+`fit_segmentation` does; the time of that one pass is reported too).
+Timings are wall-clock epochs of `fit` (each ends with a device
+synchronisation) after an untimed, compiling one; student and distillers are timed in turn, epoch by epoch, and
+each figure comes from its fastest epoch (every epoch's time is in the JSON).
+Compare figures as ratios within one run: machines are noisy.
 """
 
 import argparse
@@ -76,15 +77,35 @@ def build(role, variant, teacher=None):
         model, steps_per_execution=variant.get("steps_per_execution", 1))
 
 
-def training_images_per_second(model, x, y, variant, epochs, teacher_logits=None):
-    """Images/s over `epochs` timed epochs of `fit`, after one warm-up epoch."""
+def one_epoch(model, x, y, variant, teacher_logits=None):
+    """A function that trains `model` one epoch under `variant`."""
     kind = HostAugmentedSequence if variant.get("host_augment") else utils.PatchSequence
     sequence = kind(x, y, variant["batch"], teacher_logits=teacher_logits)
     callbacks = [ReadLossEveryStep()] if variant.get("sync") else []
-    model.fit(sequence, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
-    start = time.perf_counter()
-    model.fit(sequence, epochs=epochs, verbose=0, shuffle=False, callbacks=callbacks)
-    return epochs * len(x) / (time.perf_counter() - start)
+    return lambda: model.fit(sequence, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
+
+
+def images_per_second(epochs, n_images, rounds, seconds=None):
+    """Training images/s of each `one_epoch` function, timed in turn.
+
+    After one untimed (compiling) epoch each, `rounds` rounds run one epoch
+    of every function in turn, so a slow spell of a noisy machine hits them
+    alike. Each figure is from the fastest epoch: interference only ever
+    adds time (the advice of Python's `timeit`); on the 2-core development
+    machine some epochs of every model took ~10 s, whatever their work. Every epoch's
+    seconds are added to the dict `seconds` when one is given.
+    """
+    for run in epochs.values():
+        run()
+    times = {name: [] for name in epochs}
+    for _ in range(rounds):
+        for name, run in epochs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    if seconds is not None:
+        seconds.update(times)
+    return {name: n_images / min(t) for name, t in times.items()}
 
 
 def inference_images_per_second(model, batch, repeats):
@@ -133,7 +154,8 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=256, help="patch side")
     parser.add_argument("--train-images", type=int, default=64,
                         help="random patches in a training epoch")
-    parser.add_argument("--epochs", type=int, default=2, help="timed training epochs")
+    parser.add_argument("--epochs", type=int, default=2,
+                        help="timed training epochs of each model (the fastest counts)")
     parser.add_argument("--variants", default="reference,device_aug",
                         help=f"comma-separated training variants of {sorted(VARIANTS)}; "
                              f"student and distiller are timed under the last")
@@ -151,36 +173,39 @@ def main(argv=None):
     x = rng.integers(0, 256, (args.train_images, args.size, args.size, 3), dtype=np.uint8)
     y = rng.integers(0, 6, (args.train_images, args.size, args.size), dtype=np.uint8)
 
-    figures = {}
+    figures, epoch_seconds = {}, {}
 
     def save():
         """Writes what is measured so far: a run stopped early keeps its figures."""
         if args.output:
             path = pathlib.Path(args.output)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(report(args, names, figures), indent=1))
+            path.write_text(json.dumps(report(args, names, figures, epoch_seconds), indent=1))
 
     for name in names:
         teacher = build("teacher", VARIANTS[name])
-        figures[f"train_teacher_{name}_images_per_s"] = training_images_per_second(
-            teacher, x, y, VARIANTS[name], args.epochs)
+        figures[f"train_teacher_{name}_images_per_s"] = images_per_second(
+            {f"teacher_{name}": one_epoch(teacher, x, y, VARIANTS[name])}, len(x), args.epochs,
+            epoch_seconds)[f"teacher_{name}"]
         print(f"  teacher, {name}: {figures[f'train_teacher_{name}_images_per_s']:.1f} images/s",
               flush=True)
         save()
     final = VARIANTS[names[-1]]
-    for role in ("student", "distiller", "distiller_cached"):
-        model = build(role.split("_")[0], final, teacher=teacher)
-        logits = None
-        if role == "distiller_cached":  # what fit_segmentation does: the teacher runs once
-            utils.predict_logits(model.teacher, x[:1])  # compile
-            start = time.perf_counter()
-            logits = utils.predict_logits(model.teacher, x, final["batch"])
-            figures["teacher_logits_seconds"] = time.perf_counter() - start
-        figures[f"train_{role}_images_per_s"] = training_images_per_second(
-            model, x, y, final, args.epochs, teacher_logits=logits)
-        print(f"  {role}, {names[-1]}: {figures[f'train_{role}_images_per_s']:.1f} images/s",
-              flush=True)
-        save()
+    student, distiller, cached = (build(role, final, teacher=teacher)
+                                  for role in ("student", "distiller", "distiller"))
+    utils.predict_logits(distiller.teacher, x[:1])  # compile
+    start = time.perf_counter()  # what fit_segmentation does: the teacher runs once
+    logits = utils.predict_logits(distiller.teacher, x, final["batch"])
+    figures["teacher_logits_seconds"] = time.perf_counter() - start
+    rates = images_per_second({
+        "student": one_epoch(student, x, y, final),
+        "distiller": one_epoch(distiller, x, y, final),
+        "distiller_cached": one_epoch(cached, x, y, final, teacher_logits=logits),
+    }, len(x), args.epochs, epoch_seconds)
+    for role, rate in rates.items():
+        figures[f"train_{role}_images_per_s"] = rate
+        print(f"  {role}, {names[-1]}: {rate:.1f} images/s", flush=True)
+    save()
     for role in ("distiller", "distiller_cached"):
         figures[f"{role}_epoch_over_student_epoch"] = (
             figures["train_student_images_per_s"] / figures[f"train_{role}_images_per_s"])
@@ -209,8 +234,9 @@ def main(argv=None):
         print(f"Wrote {args.output}")
 
 
-def report(args, names, figures):
-    """The JSON report: machine, versions, settings and the figures so far."""
+def report(args, names, figures, epoch_seconds):
+    """The JSON report: machine, versions, settings, the figures so far and
+    the seconds of every timed training epoch."""
     result = {
         **utils.run_info(),
         "python": platform.python_version(),
@@ -218,6 +244,7 @@ def report(args, names, figures):
         "numpy": np.__version__,
         "settings": {**vars(args), "variants": {n: VARIANTS[n] for n in names}},
         "figures": figures,
+        "epoch_seconds": epoch_seconds,
         **peak_memory(),
     }
     if keras.backend.backend() == "jax":
