@@ -13,7 +13,7 @@ Sections:
 2. Models: the U-Net with on-device augmentation, its size and FLOPs.
 3. Losses and distillation: segmentation loss, KD losses, `Distiller`.
 4. Training: `fit_segmentation` with checkpoints and resumption.
-5. Evaluation: metrics, PR curves, whole-image prediction.
+5. Evaluation: metrics, PR curves, calibration, whole-image prediction.
 6. Plotting.
 7. Notebook runs: profiles, artifacts, the Colab setup.
 """
@@ -1846,6 +1846,115 @@ def segmentation_metrics(y_true, logits, *, max_pr_pixels=2_000_000, seed=0):
             y_true, y_pred, labels=labels, target_names=CLASSES,
             zero_division=0, digits=3),
     }
+
+
+def calibration(logits, y_true, temperatures=(1.0,), *, n_bins=15,
+                max_pixels=2_000_000, seed=0):
+    """How honestly `softmax(logits / T)` states its own accuracy, per T.
+
+    Temperature scaling (Guo et al., ICML 2017) divides the logits by T
+    before the softmax; the T with the lowest negative log-likelihood on
+    held-out pixels makes the probabilities calibrated. Pixel-wise KD
+    trains the student on the teacher's `softmax(logits / T)`, so this
+    shows how much a KD temperature flattens the teacher's knowledge
+    beyond what its accuracy supports. The expected calibration error
+    (ECE) bins pixels by confidence (their top probability) into `n_bins`
+    equal-width bins and averages |accuracy - confidence| over the bins,
+    weighted by their pixels. The negative log-likelihood is scikit-learn's
+    `log_loss`. Unannotated pixels are left out; at most `max_pixels`
+    annotated pixels are used, drawn uniformly with `seed`.
+
+    Args:
+        logits: `(..., C)` logits, e.g. `predict_logits(model, x_val)`.
+        y_true: labels of the same leading shape.
+        temperatures: temperatures to score, each > 0.
+        n_bins: confidence bins of the ECE.
+        max_pixels: pixel sample size.
+        seed: seed of the pixel sample.
+
+    Returns:
+        A list with one dict per temperature: `temperature`, `nll`, `ece`,
+        `confidence` (mean top probability), `accuracy` (of the argmax,
+        the same at every T) and `entropy` (mean, in nats).
+
+    Example:
+
+    >>> rows = calibration(predict_logits(teacher, data.x_val), data.y_val,
+    ...                    temperatures=(1, 2, 4))
+    >>> min(rows, key=lambda row: row["nll"])["temperature"]
+    """
+    from sklearn import metrics
+
+    y_true = np.asarray(y_true).reshape(-1)
+    logits = np.asarray(logits)
+    n_classes = logits.shape[-1]
+    if logits.size // max(n_classes, 1) != y_true.size:
+        raise ValueError(
+            f"logits of shape {logits.shape} don't match {y_true.size} labels."
+        )
+    if not temperatures or any(not t > 0 for t in temperatures):
+        raise ValueError(f"temperatures must all be > 0, got {tuple(temperatures)}.")
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}.")
+    logits = logits.reshape(-1, n_classes)
+    valid = np.flatnonzero(y_true != IGNORE_INDEX)
+    if len(valid) > max_pixels:
+        valid = np.sort(np.random.default_rng(seed).choice(valid, max_pixels, replace=False))
+    y_true, logits = y_true[valid].astype(np.int64), logits[valid].astype(np.float64)
+    rows = []
+    for t in temperatures:
+        probs = softmax(logits / t)
+        confidence = probs.max(-1)
+        correct = probs.argmax(-1) == y_true
+        bins = np.minimum((confidence * n_bins).astype(np.int64), n_bins - 1)
+        count = np.bincount(bins, minlength=n_bins)
+        gap = np.abs(np.bincount(bins, correct, n_bins) - np.bincount(bins, confidence, n_bins))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            entropy = -np.sum(probs * np.log(probs), axis=-1, where=probs > 0)
+        rows.append({
+            "temperature": float(t),
+            "nll": float(metrics.log_loss(y_true, probs, labels=range(n_classes))),
+            "ece": float(gap.sum() / max(count.sum(), 1)),
+            "confidence": float(confidence.mean()),
+            "accuracy": float(correct.mean()),
+            "entropy": float(entropy.mean()),
+        })
+    return rows
+
+
+def error_overlap(y_true, pred_a, pred_b):
+    """Where two models are right and wrong, as shares of annotated pixels.
+
+    What a teacher can teach a student shows here: `only_a_right` (a = the
+    teacher) is the most a student b could gain by imitating it, pixel for
+    pixel; `both_wrong` no imitation fixes.
+
+    Args:
+        y_true: labels, any shape.
+        pred_a: predicted labels of model a, the same shape.
+        pred_b: predicted labels of model b, the same shape.
+
+    Returns:
+        A dict with the shares `both_right`, `only_a_right`,
+        `only_b_right` and `both_wrong` (they sum to 1).
+
+    Example:
+
+    >>> error_overlap(np.array([0, 1, 2, 3]), np.array([0, 1, 0, 0]),
+    ...               np.array([0, 0, 2, 0]))["only_a_right"]
+    0.25
+    """
+    y_true, pred_a, pred_b = (np.asarray(a).reshape(-1) for a in (y_true, pred_a, pred_b))
+    if not y_true.shape == pred_a.shape == pred_b.shape:
+        raise ValueError(
+            f"y_true, pred_a and pred_b must hold as many labels; got "
+            f"{y_true.size}, {pred_a.size} and {pred_b.size}."
+        )
+    valid = y_true != IGNORE_INDEX
+    a, b = pred_a[valid] == y_true[valid], pred_b[valid] == y_true[valid]
+    n = max(int(valid.sum()), 1)
+    return {"both_right": float(np.sum(a & b) / n), "only_a_right": float(np.sum(a & ~b) / n),
+            "only_b_right": float(np.sum(~a & b) / n), "both_wrong": float(np.sum(~a & ~b) / n)}
 
 
 def predict_image(model, image, *, tile_size=256, overlap=None, batch_size=8,

@@ -84,6 +84,59 @@ def _pixelwise_model():
     return keras.Model(inputs, keras.layers.Conv2D(6, 1)(x))
 
 
+def test_calibration_on_hand_computed_pixels():
+    probs = np.array([[0.8, 0.2], [0.6, 0.4], [0.9, 0.1], [0.3, 0.7], [0.5, 0.5]])
+    y_true = np.array([0, 1, 0, 1, utils.IGNORE_INDEX])  # the last pixel is left out
+    t1, t2 = utils.calibration(np.log(probs), y_true, temperatures=(1, 2), n_bins=10)
+    # T = 1: confidences 0.8, 0.6, 0.9, 0.7 fall in four bins; right, wrong, right, right.
+    assert t1["accuracy"] == pytest.approx(0.75)
+    assert t1["confidence"] == pytest.approx(0.75)
+    assert t1["ece"] == pytest.approx((0.2 + 0.6 + 0.1 + 0.3) / 4)
+    assert t1["nll"] == pytest.approx(-np.mean(np.log([0.8, 0.4, 0.9, 0.7])))
+    kept = probs[:4]
+    assert t1["entropy"] == pytest.approx(-np.mean(np.sum(kept * np.log(kept), -1)))
+    # T = 2 takes square roots of the probabilities before normalising.
+    soft = np.sqrt(kept) / np.sqrt(kept).sum(-1, keepdims=True)
+    assert t2["nll"] == pytest.approx(-np.mean(np.log(soft[np.arange(4), y_true[:4]])))
+    assert t2["accuracy"] == t1["accuracy"] and t2["confidence"] < t1["confidence"]
+
+
+def test_calibration_finds_the_temperature_the_labels_were_drawn_at():
+    rng = np.random.default_rng(0)
+    logits = 3 * rng.normal(size=(100_000, 6))
+    probs = utils.softmax(logits / 2)
+    y_true = (probs.cumsum(-1) < rng.uniform(size=(len(probs), 1))).sum(-1)
+    rows = utils.calibration(logits, y_true, temperatures=(1, 1.5, 2, 3, 4))
+    assert min(rows, key=lambda row: row["nll"])["temperature"] == 2
+    assert min(rows, key=lambda row: row["ece"])["temperature"] == 2
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(temperatures=(1, 0)), "temperatures must all be > 0"),
+    (dict(temperatures=()), "temperatures must all be > 0"),
+    (dict(n_bins=0), "n_bins must be >= 1"),
+])
+def test_calibration_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        utils.calibration(np.zeros((4, 6)), np.zeros(4, int), **kwargs)
+
+
+def test_calibration_rejects_logits_of_other_pixels():
+    with pytest.raises(ValueError, match="don't match 5 labels"):
+        utils.calibration(np.zeros((4, 6)), np.zeros(5, int))
+
+
+def test_error_overlap_counts_annotated_pixels():
+    y_true = np.array([0, 1, 2, 3, utils.IGNORE_INDEX])
+    a = np.array([0, 1, 0, 0, 0])
+    b = np.array([0, 0, 2, 0, 0])
+    shares = utils.error_overlap(y_true, a, b)
+    assert shares == {"both_right": 0.25, "only_a_right": 0.25,
+                      "only_b_right": 0.25, "both_wrong": 0.25}
+    with pytest.raises(ValueError, match="as many labels"):
+        utils.error_overlap(y_true, a[:4], b)
+
+
 @pytest.mark.parametrize("size", [(325, 410), (40, 50), (64, 64)])
 def test_predict_image_covers_any_size_in_place(size):
     model = _pixelwise_model()
