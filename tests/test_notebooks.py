@@ -162,6 +162,19 @@ def test_notebooks_load_an_experiments_runs_and_retrain_only_what_changed(tmp_pa
     entries = json.loads((tmp_path / "metrics.json").read_text())
     assert [e["model"] for e in entries] == ["teacher", "student_scratch", "student_distilled"]
     assert entries[-1]["config"]["alpha"] == 0.3 and entries[-1]["config"]["batch_size"] == 8
+    # the teacher analysis reads the same runs back
+    import teacher_analysis
+
+    teacher_analysis.main(["--profile", "tiny", "--output", str(tmp_path),
+                           "--temperatures", "1", "4"])
+    analysis = json.loads((tmp_path / "teacher_analysis.json").read_text())
+    test = analysis["test"]
+    assert set(test["scores"]) == {"teacher", "teacher_x8", "student_scratch_s0",
+                                   "student_distilled_s0"}
+    for run in entries:
+        assert test["scores"][run["run"]]["miou5"] == pytest.approx(run["miou5"], abs=1e-6)
+    assert [row["temperature"] for row in test["calibration"]["teacher"]] == [1.0, 4.0]
+    assert sum(test["overlap"]["teacher vs student_scratch_s0"].values()) == pytest.approx(1)
     capsys.readouterr()
     # what 02_teacher, 03_student and 04_distill do, with SSSI_OUTPUT=<the experiment's output>
     profile = utils.load_profile("tiny", output_dir=tmp_path)

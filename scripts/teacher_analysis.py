@@ -1,0 +1,90 @@
+"""What the teacher can teach: calibration and error overlap of the saved models.
+
+Distillation can only pass on what the teacher knows and the student does not.
+This loads an experiment's teacher, its 8-symmetry ensemble and every saved
+student (`<output>/models/student_*_s<seed>.keras`) and, on the validation and
+the test split, reports
+
+- each model's mIoU5 and pixel accuracy;
+- the calibration of the teacher and the ensemble over KD temperatures
+  (`utils.calibration`): the T at which their probabilities are honest, and
+  how flat the KD targets are at the temperatures the sweep tries;
+- for each student, where it and the teacher (and the ensemble) are right
+  and wrong (`utils.error_overlap`): the pixels only the teacher gets right
+  are the most imitation could fix.
+
+Inference only, so it runs on a CPU (a few minutes on 2 cores); writes
+`<output>/teacher_analysis.json` with the machine, backend and versions.
+
+    python scripts/teacher_analysis.py --profile full --output results
+    python scripts/teacher_analysis.py --profile tiny --output /tmp/experiment   # a dry run
+"""
+
+import argparse
+import json
+import pathlib
+import re
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import keras  # noqa: E402
+
+import utils  # noqa: E402
+
+TEMPERATURES = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 8.0)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="full", choices=sorted(utils.PROFILES))
+    parser.add_argument("--output", default=str(utils.REPO_ROOT / "results"),
+                        help="the output folder of scripts/experiment.py")
+    parser.add_argument("--temperatures", type=float, nargs="+", default=TEMPERATURES)
+    args = parser.parse_args(argv)
+
+    profile = utils.load_profile(args.profile, output_dir=args.output)
+    teacher = keras.models.load_model(
+        utils.artifact(profile, "teacher.keras", made_by="02_teacher.ipynb"))
+    teachers = {"teacher": teacher, "teacher_x8": utils.symmetry_ensemble(teacher)}
+    students = {path.stem: keras.models.load_model(path) for path in sorted(
+        profile.models_dir.glob("student_*_s*.keras")) if re.search(r"_s\d+$", path.stem)}
+    if not students:
+        sys.exit(f"No student_*_s<seed>.keras in {profile.models_dir}: run "
+                 f"scripts/experiment.py with --output {args.output} first.")
+    data = utils.profile_dataset(profile)
+    print(data.summary(), flush=True)
+
+    report = {**utils.run_info(profile), "temperatures": list(args.temperatures),
+              "note": "inference with the saved float32 models on this machine; the "
+                      "profile's fields say how they were trained"}
+    for split in ("val", "test"):
+        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+        logits = {name: utils.predict_logits(model, x, profile.batch_size)
+                  for name, model in {**teachers, **students}.items()}
+        predictions = {name: z.argmax(-1) for name, z in logits.items()}
+        scores = {name: {k: v for k, v in utils.iou_scores(y, p).items()
+                         if k in ("miou5", "pixel_acc")} for name, p in predictions.items()}
+        calibration = {name: utils.calibration(logits[name], y, args.temperatures)
+                       for name in teachers}
+        overlap = {f"{t} vs {s}": utils.error_overlap(y, predictions[t], predictions[s])
+                   for t in teachers for s in students}
+        report[split] = {"scores": scores, "calibration": calibration, "overlap": overlap}
+
+        print(f"\n## {split} ({len(x)} patches)\n")
+        print(utils.markdown_table([{"model": name, **s} for name, s in scores.items()],
+                                   digits=4))
+        for name, rows in calibration.items():
+            print(f"\n{name}, softmax(logits / T):\n")
+            print(utils.markdown_table(rows))
+        print("\nShares of annotated pixels:\n")
+        print(utils.markdown_table([{"pair": pair, **shares}
+                                    for pair, shares in overlap.items()], digits=4))
+
+    path = profile.output_dir / "teacher_analysis.json"
+    path.write_text(json.dumps(report, indent=1))
+    print(f"\nWrote {path}")
+
+
+if __name__ == "__main__":
+    main()
