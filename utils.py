@@ -361,6 +361,8 @@ class AerialDataset:
         color_counts: dict "#RRGGBB" -> pixel count over all loaded masks.
         extra_color_sources: dict "#RRGGBB" -> {source: pixel count} for
             colours mapped through `extra_colors`.
+        extra_colors: the policy the masks were read with (see
+            `EXTRA_COLORS`).
     """
 
     x_train: np.ndarray
@@ -374,6 +376,17 @@ class AerialDataset:
     patch_size: int
     color_counts: dict
     extra_color_sources: dict
+    extra_colors: dict = dataclasses.field(default_factory=lambda: dict(EXTRA_COLORS))
+
+    def whole_images(self, split="train"):
+        """Reads the split's whole images and labels again, for `RandomCropSequence`.
+
+        Returns:
+            `(images, labels)`: lists of uint8 `(H, W, 3)` and `(H, W)`
+            arrays, in the order of `sources[split]`.
+        """
+        pairs = [read_pair(image, mask, self.extra_colors) for image, mask in self.files[split]]
+        return [image for image, _ in pairs], [labels for _, labels in pairs]
 
     def summary(self):
         """Returns a short text: patches and source images per split."""
@@ -498,6 +511,7 @@ def load_dataset(
         patch_size=patch_size,
         color_counts=dict(sorted(color_counts.items())),
         extra_color_sources=extra_sources,
+        extra_colors=dict(extra_colors),
     )
 
 
@@ -619,6 +633,80 @@ class PatchSequence(keras.utils.PyDataset):
         """Draws the order of `epoch`: the same for a seed, whatever came before."""
         self.epoch = epoch
         self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.x))
+
+    def on_epoch_end(self):
+        self.set_epoch(self.epoch + 1)
+
+
+class RandomCropSequence(keras.utils.PyDataset):
+    """Batches of square crops from anywhere in whole images, new every epoch.
+
+    A fixed grid of patches (`load_dataset`) shows the network the same
+    `n` windows every epoch and drops the images' right and bottom margins
+    (14 % of the real training pixels at 256). This draws `n_patches` crops
+    per epoch instead: a crop position uniformly among all positions of all
+    images (an image is drawn in proportion to the positions it holds),
+    from `(seed, epoch)` alone, so a resumed run replays it. With
+    `n_patches = len(data.x_train)` an epoch has as many steps as on the
+    grid: the same budget, more distinct inputs.
+
+    Args:
+        images: list of uint8 images `(H, W, 3)` (`AerialDataset.whole_images`).
+        labels: list of labels `(H, W)`, the same sizes.
+        patch_size: side of the crops.
+        n_patches: crops per epoch.
+        batch_size: crops per batch.
+        seed: seed of the crops.
+
+    Example:
+
+    >>> images, labels = data.whole_images("train")
+    >>> sequence = RandomCropSequence(images, labels, 256, len(data.x_train))
+    """
+
+    def __init__(self, images, labels, patch_size, n_patches, batch_size=16, seed=0,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if len(images) != len(labels) or not images:
+            raise ValueError(
+                f"images and labels must be non-empty lists of the same length; got "
+                f"{len(images)} and {len(labels)}."
+            )
+        for i, (image, label) in enumerate(zip(images, labels)):
+            if image.shape[:2] != label.shape[:2]:
+                raise ValueError(f"Image {i} is {image.shape[:2]} but its labels are "
+                                 f"{label.shape[:2]}; they must match pixel for pixel.")
+            if min(image.shape[:2]) < patch_size:
+                raise ValueError(f"Image {i} is {image.shape[:2]}, smaller than one "
+                                 f"{patch_size}x{patch_size} crop.")
+        if n_patches < 1:
+            raise ValueError(f"n_patches must be >= 1, got {n_patches}.")
+        self.images, self.labels = images, labels
+        self.patch_size, self.n_patches = patch_size, n_patches
+        self.batch_size, self.seed = batch_size, seed
+        self._room = np.array([(h - patch_size + 1, w - patch_size + 1)
+                               for h, w in (image.shape[:2] for image in images)])
+        positions = self._room.prod(1).astype(np.float64)
+        self._weights = positions / positions.sum()
+        self.set_epoch(0)
+
+    def __len__(self):
+        return math.ceil(self.n_patches / self.batch_size)
+
+    def __getitem__(self, index):
+        rows = range(index * self.batch_size, min((index + 1) * self.batch_size, self.n_patches))
+        p = self.patch_size
+        crops = [(self.images[i][r : r + p, c : c + p], self.labels[i][r : r + p, c : c + p])
+                 for i, r, c in (self._crops[k] for k in rows)]
+        return np.stack([x for x, _ in crops]), np.stack([y for _, y in crops])
+
+    def set_epoch(self, epoch):
+        """Draws the crops of `epoch`: the same for a seed, whatever came before."""
+        self.epoch = epoch
+        rng = np.random.default_rng([self.seed, epoch])
+        which = rng.choice(len(self.images), self.n_patches, p=self._weights)
+        corners = np.floor(rng.uniform(size=(self.n_patches, 2)) * self._room[which])
+        self._crops = np.column_stack([which, corners.astype(np.int64)])
 
     def on_epoch_end(self):
         self.set_epoch(self.epoch + 1)
@@ -1324,6 +1412,7 @@ def fit_segmentation(
     verbose="auto",
     callbacks=(),
     cache_teacher=True,
+    sampling="grid",
 ):
     """Trains a compiled model or `Distiller`, checkpointing every epoch.
 
@@ -1357,6 +1446,11 @@ def fit_segmentation(
             logits with the images, instead of running the teacher at every
             step. The targets are the same (the teacher is frozen and sees the
             images unaugmented); the host holds them (`N * P * P * C` float32).
+            Only with `sampling="grid"`: random crops are new every epoch.
+        sampling: "grid" trains on the fixed patches `data.x_train`;
+            "random" on as many crops per epoch drawn anywhere in the whole
+            training images (`RandomCropSequence`). Validation always uses
+            the fixed patches.
 
     Returns:
         The history as a dict of lists, over all epochs including resumed
@@ -1370,14 +1464,20 @@ def fit_segmentation(
     if len(data.x_val) == 0:
         raise ValueError("The dataset has no validation patches: set "
                          "val_per_tile >= 1 in load_dataset.")
+    if sampling not in ("grid", "random"):
+        raise ValueError(f"sampling must be 'grid' or 'random', got {sampling!r}.")
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     train_logits, val_x = None, data.x_val
-    if cache_teacher and isinstance(model, Distiller):
+    if cache_teacher and sampling == "grid" and isinstance(model, Distiller):
         train_logits = predict_logits(model.teacher, data.x_train, batch_size)
         val_x = (data.x_val, predict_logits(model.teacher, data.x_val, batch_size))
-    train = PatchSequence(data.x_train, data.y_train, batch_size, seed,
-                          teacher_logits=train_logits)
+    if sampling == "random":
+        train = RandomCropSequence(*data.whole_images("train"), data.patch_size,
+                                   len(data.x_train), batch_size, seed)
+    else:
+        train = PatchSequence(data.x_train, data.y_train, batch_size, seed,
+                              teacher_logits=train_logits)
     csv_path = output_dir / f"{name}_history.csv"
     backup_dir = output_dir / f"backup_{name}"
     resuming = backup_dir.exists()
@@ -1423,7 +1523,7 @@ def fit_segmentation(
 class _SyncEpoch(keras.callbacks.Callback):
     """Makes each epoch's randomness a function of the epoch number alone.
 
-    Sets the `PatchSequence`'s epoch (batch order) and moves every seed
+    Sets the training sequence's epoch (batch order, crops) and moves every seed
     generator (augmentation, dropout) to its initial state plus `[epoch, 0]`, so a run
     resumed by `BackupAndRestore` (which restores weights and optimizer, not
     seed states) draws exactly what an uninterrupted run draws. Must come
@@ -2324,6 +2424,9 @@ class Profile:
             (cosine decay to 0 over all epochs).
         steps_per_execution: training steps per call from Python (fewer
             host round trips on a GPU; results do not change).
+        sampling: training inputs, "grid" (the fixed patches) or "random"
+            (as many crops per epoch from anywhere in the training images;
+            see `fit_segmentation`).
         sweep_alphas, sweep_temperatures, sweep_kinds, sweep_epochs: the
             grid of `06_sweep`.
         output_dir: where models, histories and results go.
@@ -2345,6 +2448,7 @@ class Profile:
     precision: str = "float32"
     schedule: str = "constant"
     steps_per_execution: int = 1
+    sampling: str = "grid"
 
     @property
     def models_dir(self):
@@ -2396,8 +2500,8 @@ def load_profile(name=None, output_dir=None):
 
 
 OVERRIDABLE = ("epochs", "batch_size", "learning_rate", "precision", "schedule",
-               "steps_per_execution", "sweep_alphas", "sweep_temperatures", "sweep_kinds",
-               "sweep_epochs")
+               "steps_per_execution", "sampling", "sweep_alphas", "sweep_temperatures",
+               "sweep_kinds", "sweep_epochs")
 """`Profile` fields an output folder's `profile.json` may override (the flags of
 `scripts/experiment.py` carry the same names)."""
 
@@ -2573,13 +2677,13 @@ def train(name, profile, data, *, teacher=None, alpha=None, temperature=None,
     wanted = {"seed": seed, "epochs": epochs, "distillation": config,
               "batch_size": profile.batch_size, "patch_size": profile.patch_size,
               "learning_rate": profile.learning_rate, "schedule": profile.schedule,
-              "precision": profile.precision,
+              "precision": profile.precision, "sampling": profile.sampling,
               "teacher_sha1": None if teacher is None else weights_fingerprint(teacher)}
     finished = profile.models_dir / f"{name}_run.json"
     started = profile.models_dir / f"{name}_started.json"
     if finished.exists() and not retrain:
         info = json.loads(finished.read_text())
-        if all(info.get(k) == v for k, v in wanted.items()):
+        if all(info.get(k, _RUN_DEFAULTS.get(k)) == v for k, v in wanted.items()):
             print(f"Loading the finished run {name!r} ({epochs} epochs, seed {seed}, "
                   f"trained on {info['backend']}, {info['device']}, {info['date']}) from "
                   f"{profile.models_dir}; pass retrain=True to train again.")
@@ -2608,11 +2712,14 @@ def train(name, profile, data, *, teacher=None, alpha=None, temperature=None,
     start = time.perf_counter()
     history = fit_segmentation(model, data, epochs=epochs, output_dir=profile.models_dir,
                                name=name, batch_size=profile.batch_size, seed=seed,
-                               verbose=2)
+                               verbose=2, sampling=profile.sampling)
     info = {**run_info(profile), **wanted, "train_seconds": time.perf_counter() - start}
     finished.write_text(json.dumps(info, indent=1))
     started.unlink()
     return keras.models.load_model(profile.models_dir / f"{name}.keras"), history
+
+
+_RUN_DEFAULTS = {"sampling": "grid"}  # settings runs recorded before they existed
 
 
 def _learning_rate(profile, epochs, n_train):

@@ -55,6 +55,9 @@ def main(argv=None):
     parser.add_argument("--precision", help="Keras dtype policy, e.g. mixed_bfloat16")
     parser.add_argument("--schedule", choices=("constant", "cosine"))
     parser.add_argument("--steps-per-execution", type=int)
+    parser.add_argument("--sampling", choices=("grid", "random"),
+                        help="training inputs: the fixed patches (default) or as many random "
+                             "crops per epoch from the whole training images")
     args = parser.parse_args(argv)
     if args.sweep and any(v is not None for v in (args.kind, args.alpha, args.temperature)):
         parser.error("--sweep chooses kind, alpha and temperature; don't pass them too")
@@ -94,7 +97,8 @@ def main(argv=None):
             "epochs": run["epochs"], "train_seconds": run["train_seconds"],
             "config": {**run["distillation"], "batch_size": run["batch_size"],
                        "learning_rate": run["learning_rate"], "schedule": run["schedule"],
-                       "patch_size": run["patch_size"], "precision": run["precision"]},
+                       "patch_size": run["patch_size"], "precision": run["precision"],
+                       "sampling": run.get("sampling", "grid")},
             **{k: run[k] for k in ("backend", "keras", "device", "date", "profile")},
             "split": {"test": data.sources["test"], "val": data.sources["val"]},
         }

@@ -109,6 +109,68 @@ def test_patch_sequence_reshuffles_every_epoch(tiny_data):
     assert not np.array_equal(first, seq[0][1])
 
 
+def _coordinate_images(sizes):
+    """Images whose pixels hold (row, column, image index); labels derived from them."""
+    images, labels = [], []
+    for index, (h, w) in enumerate(sizes):
+        r, c = np.mgrid[:h, :w]
+        images.append(np.stack([r, c, np.full_like(r, index)], -1).astype(np.uint8))
+        labels.append(((r + c) % 6).astype(np.uint8))
+    return images, labels
+
+
+def test_random_crops_are_windows_of_the_images_with_their_labels():
+    images, labels = _coordinate_images([(40, 50), (20, 30)])
+    sequence = utils.RandomCropSequence(images, labels, 16, n_patches=10, batch_size=4)
+    assert len(sequence) == 3
+    x, y = (np.concatenate(a) for a in zip(*(sequence[i] for i in range(len(sequence)))))
+    assert x.shape == (10, 16, 16, 3) and y.shape == (10, 16, 16)
+    rows, cols = x[..., 0].astype(int), x[..., 1].astype(int)
+    np.testing.assert_array_equal(np.diff(rows, axis=1), 1)  # consecutive rows and columns
+    np.testing.assert_array_equal(np.diff(cols, axis=2), 1)
+    np.testing.assert_array_equal(y, (rows + cols) % 6)  # the labels of those pixels
+
+
+def test_random_crops_depend_on_seed_and_epoch_alone_and_cover_every_position():
+    images, labels = _coordinate_images([(40, 50), (20, 30)])
+    sequence = utils.RandomCropSequence(images, labels, 16, n_patches=64, batch_size=64, seed=1)
+    first = sequence[0][0]
+    sequence.set_epoch(5)
+    assert not np.array_equal(sequence[0][0], first)
+    sequence.set_epoch(0)
+    np.testing.assert_array_equal(sequence[0][0], first)
+    other = utils.RandomCropSequence(images, labels, 16, n_patches=64, batch_size=64, seed=2)
+    assert not np.array_equal(other[0][0], first)
+    corners = []
+    for epoch in range(30):
+        sequence.set_epoch(epoch)
+        corners.append(sequence[0][0][:, 0, 0])  # (row, column, image) of each crop's corner
+    corners = np.concatenate(corners).astype(int)
+    for index, (h, w) in enumerate([(40, 50), (20, 30)]):
+        mine = corners[corners[:, 2] == index]
+        assert mine[:, 0].min() == 0 and mine[:, 0].max() == h - 16  # top to bottom margin
+        assert mine[:, 1].min() == 0 and mine[:, 1].max() == w - 16
+    # every position equally likely: image 1 holds 5 x 15 of the 25 x 35 + 75 positions
+    assert np.mean(corners[:, 2] == 1) == pytest.approx(75 / 950, abs=0.02)
+
+
+def test_random_crops_refuse_images_smaller_than_a_crop():
+    images, labels = _coordinate_images([(40, 50), (12, 30)])
+    with pytest.raises(ValueError, match=r"Image 1 is \(12, 30\), smaller than one 16x16 crop"):
+        utils.RandomCropSequence(images, labels, 16, n_patches=4)
+    with pytest.raises(ValueError, match="must match pixel for pixel"):
+        utils.RandomCropSequence(images[:1], [labels[0][:, :20]], 16, n_patches=4)
+
+
+def test_whole_images_are_the_patches_before_cutting(tiny_data):
+    images, labels = tiny_data.whole_images("train")
+    assert len(images) == len(tiny_data.sources["train"])
+    p = tiny_data.patch_size
+    first = [utils.cut_patches(a, p) for a in (images[0], labels[0])]
+    np.testing.assert_array_equal(first[0], tiny_data.x_train[: len(first[0])])
+    np.testing.assert_array_equal(first[1], tiny_data.y_train[: len(first[1])])
+
+
 def test_download_dataset_accepts_a_zip(tiny_root, tmp_path):
     import shutil
 

@@ -101,11 +101,13 @@ def _fresh(distil=False):
     return utils.compile_segmentation(model)
 
 
-@pytest.mark.parametrize("distil", [False, True], ids=["plain", "distiller"])
+@pytest.mark.parametrize("distil, sampling", [(False, "grid"), (True, "grid"), (True, "random")],
+                         ids=["plain", "distiller", "distiller-random-crops"])
 def test_interrupted_training_resumes_and_ends_with_the_same_weights(tiny_data, tmp_path,
-                                                                     distil):
+                                                                     distil, sampling):
     data = _small_data(tiny_data)
-    kwargs = dict(epochs=3, name="m", batch_size=4, verbose=0)  # 6 batches an epoch
+    kwargs = dict(epochs=3, name="m", batch_size=4, verbose=0,  # 6 batches an epoch
+                  sampling=sampling)
     utils.fit_segmentation(_fresh(distil), data, output_dir=tmp_path / "straight", **kwargs)
     straight = keras.models.load_model(tmp_path / "straight" / "m.keras")
     with pytest.raises(KeyboardInterrupt):
@@ -207,3 +209,27 @@ def test_cosine_schedule_decays_to_zero_over_all_epochs(tmp_path):
     assert utils._learning_rate(dataclasses.replace(profile, schedule="constant"), 3, 10) == 0.01
     with pytest.raises(ValueError, match="Unknown schedule 'step'"):
         utils._learning_rate(dataclasses.replace(profile, schedule="step"), 3, 10)
+
+
+def test_random_crops_are_another_run_and_older_runs_count_as_grid(tiny_data, tmp_path, capsys):
+    import dataclasses
+    import json
+
+    profile = utils.load_profile("tiny", output_dir=tmp_path)
+    data = _small_data(tiny_data)
+    _, grid = utils.train("student_scratch", profile, data, epochs=1)
+    run_path = profile.models_dir / "student_scratch_run.json"
+    run = json.loads(run_path.read_text())
+    assert run["sampling"] == "grid"
+    del run["sampling"]  # as runs recorded before the option existed
+    run_path.write_text(json.dumps(run))
+    utils.train("student_scratch", profile, data, epochs=1)
+    assert "Loading the finished run" in capsys.readouterr().out
+    crops = dataclasses.replace(profile, sampling="random")
+    _, history = utils.train("student_scratch", crops, data, epochs=1)
+    assert "moved to" in capsys.readouterr().out
+    assert json.loads(run_path.read_text())["sampling"] == "random"
+    assert history["loss"] != grid["loss"]  # other inputs, same initial weights
+    with pytest.raises(ValueError, match="sampling must be 'grid' or 'random', got 'grid2'"):
+        utils.fit_segmentation(_fresh(), data, epochs=1, output_dir=tmp_path, name="m",
+                               sampling="grid2")
