@@ -381,10 +381,24 @@ class AerialDataset:
     def whole_images(self, split="train"):
         """Reads the split's whole images and labels again, for `RandomCropSequence`.
 
+        The files are `files[split]`, read with the same `extra_colors`, so
+        unannotated pixels are `IGNORE_INDEX` as in the patches.
+
+        Args:
+            split: "train", "val" or "test".
+
         Returns:
             `(images, labels)`: lists of uint8 `(H, W, 3)` and `(H, W)`
             arrays, in the order of `sources[split]`.
+
+        Example:
+
+        >>> images, labels = data.whole_images("train")
+        >>> images[0].shape[:2] == labels[0].shape
+        True
         """
+        if split not in self.files:
+            raise ValueError(f"split must be one of {sorted(self.files)}, got {split!r}.")
         pairs = [read_pair(image, mask, self.extra_colors) for image, mask in self.files[split]]
         return [image for image, _ in pairs], [labels for _, labels in pairs]
 
@@ -679,8 +693,9 @@ class RandomCropSequence(keras.utils.PyDataset):
             if min(image.shape[:2]) < patch_size:
                 raise ValueError(f"Image {i} is {image.shape[:2]}, smaller than one "
                                  f"{patch_size}x{patch_size} crop.")
-        if n_patches < 1:
-            raise ValueError(f"n_patches must be >= 1, got {n_patches}.")
+        if n_patches < 1 or batch_size < 1:
+            raise ValueError(f"n_patches and batch_size must be >= 1, got {n_patches} and "
+                             f"{batch_size}.")
         self.images, self.labels = images, labels
         self.patch_size, self.n_patches = patch_size, n_patches
         self.batch_size, self.seed = batch_size, seed
@@ -1400,6 +1415,16 @@ def compile_segmentation(model, learning_rate=1e-3, loss=None, steps_per_executi
     return model
 
 
+SAMPLINGS = ("grid", "random")
+"""Training inputs `fit_segmentation` can draw: the fixed patches or random crops."""
+
+
+def _check_sampling(sampling):
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r} (from the "
+                         f"profile's profile.json or a --sampling flag?).")
+
+
 def fit_segmentation(
     model,
     data,
@@ -1446,11 +1471,14 @@ def fit_segmentation(
             logits with the images, instead of running the teacher at every
             step. The targets are the same (the teacher is frozen and sees the
             images unaugmented); the host holds them (`N * P * P * C` float32).
-            Only with `sampling="grid"`: random crops are new every epoch.
+            With `sampling="random"` only the validation logits are cached:
+            the training crops are new every epoch, so the teacher runs at
+            every step.
         sampling: "grid" trains on the fixed patches `data.x_train`;
-            "random" on as many crops per epoch drawn anywhere in the whole
-            training images (`RandomCropSequence`). Validation always uses
-            the fixed patches.
+            "random" on `len(data.x_train)` crops per epoch drawn anywhere
+            in the whole images of `data.files["train"]`
+            (`RandomCropSequence`). Validation always uses the fixed
+            patches.
 
     Returns:
         The history as a dict of lists, over all epochs including resumed
@@ -1464,14 +1492,14 @@ def fit_segmentation(
     if len(data.x_val) == 0:
         raise ValueError("The dataset has no validation patches: set "
                          "val_per_tile >= 1 in load_dataset.")
-    if sampling not in ("grid", "random"):
-        raise ValueError(f"sampling must be 'grid' or 'random', got {sampling!r}.")
+    _check_sampling(sampling)
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     train_logits, val_x = None, data.x_val
-    if cache_teacher and sampling == "grid" and isinstance(model, Distiller):
-        train_logits = predict_logits(model.teacher, data.x_train, batch_size)
+    if cache_teacher and isinstance(model, Distiller):
         val_x = (data.x_val, predict_logits(model.teacher, data.x_val, batch_size))
+        if sampling == "grid":
+            train_logits = predict_logits(model.teacher, data.x_train, batch_size)
     if sampling == "random":
         train = RandomCropSequence(*data.whole_images("train"), data.patch_size,
                                    len(data.x_train), batch_size, seed)
@@ -1992,7 +2020,7 @@ def calibration(logits, y_true, temperatures=(1.0,), *, n_bins=15,
         raise ValueError(
             f"logits of shape {logits.shape} don't match {y_true.size} labels."
         )
-    if not temperatures or any(not t > 0 for t in temperatures):
+    if len(temperatures) == 0 or any(not t > 0 for t in temperatures):
         raise ValueError(f"temperatures must all be > 0, got {tuple(temperatures)}.")
     if n_bins < 1:
         raise ValueError(f"n_bins must be >= 1, got {n_bins}.")
@@ -2000,6 +2028,8 @@ def calibration(logits, y_true, temperatures=(1.0,), *, n_bins=15,
     valid = np.flatnonzero(y_true != IGNORE_INDEX)
     if len(valid) > max_pixels:
         valid = np.sort(np.random.default_rng(seed).choice(valid, max_pixels, replace=False))
+    if len(valid) == 0:
+        raise ValueError("y_true has no annotated pixels (all are IGNORE_INDEX).")
     y_true, logits = y_true[valid].astype(np.int64), logits[valid].astype(np.float64)
     rows = []
     for t in temperatures:
@@ -2044,15 +2074,17 @@ def error_overlap(y_true, pred_a, pred_b):
     ...               np.array([0, 0, 2, 0]))["only_a_right"]
     0.25
     """
-    y_true, pred_a, pred_b = (np.asarray(a).reshape(-1) for a in (y_true, pred_a, pred_b))
+    y_true, pred_a, pred_b = (np.asarray(a) for a in (y_true, pred_a, pred_b))
     if not y_true.shape == pred_a.shape == pred_b.shape:
         raise ValueError(
-            f"y_true, pred_a and pred_b must hold as many labels; got "
-            f"{y_true.size}, {pred_a.size} and {pred_b.size}."
+            f"y_true, pred_a and pred_b must have the same shape; got "
+            f"{y_true.shape}, {pred_a.shape} and {pred_b.shape}."
         )
     valid = y_true != IGNORE_INDEX
+    n = int(valid.sum())
+    if n == 0:
+        raise ValueError("y_true has no annotated pixels (all are IGNORE_INDEX).")
     a, b = pred_a[valid] == y_true[valid], pred_b[valid] == y_true[valid]
-    n = max(int(valid.sum()), 1)
     return {"both_right": float(np.sum(a & b) / n), "only_a_right": float(np.sum(a & ~b) / n),
             "only_b_right": float(np.sum(~a & b) / n), "both_wrong": float(np.sum(~a & ~b) / n)}
 
@@ -2586,7 +2618,7 @@ def run_info(profile=None):
         info.update(profile=profile.name, epochs=profile.epochs,
                     batch_size=profile.batch_size, patch_size=profile.patch_size,
                     seed=profile.seed, precision=profile.precision,
-                    schedule=profile.schedule)
+                    schedule=profile.schedule, sampling=profile.sampling)
     return info
 
 
@@ -2629,9 +2661,12 @@ def artifact(profile, filename, made_by):
     return path
 
 
+_RUN_DEFAULTS = {"sampling": "grid"}  # settings runs recorded before they existed
+
+
 def train(name, profile, data, *, teacher=None, alpha=None, temperature=None,
           kind=None, teacher_ensemble=None, seed=None, epochs=None, retrain=False,
-          load_model=True):
+          load_model=True, callbacks=()):
     """Builds, compiles and trains one model of the series; returns the best.
 
     `name` "teacher" trains the teacher; any other name trains a student,
@@ -2661,11 +2696,13 @@ def train(name, profile, data, *, teacher=None, alpha=None, temperature=None,
         load_model: with `False`, a finished run returns `(None, history)`
             without reading its model (e.g. for a sweep, where only the
             history matters).
+        callbacks: extra Keras callbacks for `fit_segmentation`.
 
     Returns:
         `(model, history)`: the best model by validation mIoU5, reloaded
         from its checkpoint, and the history dict.
     """
+    _check_sampling(profile.sampling)  # before a wrong value moves finished runs aside
     seed = profile.seed if seed is None else seed
     epochs = profile.epochs if epochs is None else epochs
     config = {"kind": "none"}
@@ -2691,7 +2728,8 @@ def train(name, profile, data, *, teacher=None, alpha=None, temperature=None,
             if not load_model:
                 return None, history
             return keras.models.load_model(profile.models_dir / f"{name}.keras"), history
-    stale = finished.exists() or (started.exists() and json.loads(started.read_text()) != wanted)
+    stale = finished.exists() or (
+        started.exists() and {**_RUN_DEFAULTS, **json.loads(started.read_text())} != wanted)
     if stale or retrain:
         _archive_run(profile.models_dir, name)
     profile.models_dir.mkdir(parents=True, exist_ok=True)
@@ -2712,14 +2750,11 @@ def train(name, profile, data, *, teacher=None, alpha=None, temperature=None,
     start = time.perf_counter()
     history = fit_segmentation(model, data, epochs=epochs, output_dir=profile.models_dir,
                                name=name, batch_size=profile.batch_size, seed=seed,
-                               verbose=2, sampling=profile.sampling)
+                               verbose=2, sampling=profile.sampling, callbacks=callbacks)
     info = {**run_info(profile), **wanted, "train_seconds": time.perf_counter() - start}
     finished.write_text(json.dumps(info, indent=1))
     started.unlink()
     return keras.models.load_model(profile.models_dir / f"{name}.keras"), history
-
-
-_RUN_DEFAULTS = {"sampling": "grid"}  # settings runs recorded before they existed
 
 
 def _learning_rate(profile, epochs, n_train):

@@ -85,21 +85,30 @@ def one_epoch(model, x, y, variant, teacher_logits=None):
     return lambda: model.fit(sequence, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
 
 
-def images_per_second(epochs, n_images, rounds, seconds=None):
+def images_per_second(runs, n_images, rounds, seconds=None):
     """Training images/s of each `one_epoch` function, timed in turn.
 
     After one untimed (compiling) epoch each, `rounds` rounds run one epoch
     of every function in turn, so a slow spell of a noisy machine hits them
     alike. Each figure is from the fastest epoch: interference only ever
     adds time (the advice of Python's `timeit`); on the 2-core development
-    machine some epochs of every model took ~10 s, whatever their work. Every epoch's
-    seconds are added to the dict `seconds` when one is given.
+    machine some epochs of the student and the distillers took ~10 s,
+    whatever their work.
+
+    Args:
+        runs: dict mapping a name to a function that trains one epoch.
+        n_images: images in an epoch.
+        rounds: timed epochs of each function.
+        seconds: optional dict that receives every epoch's seconds by name.
+
+    Returns:
+        A dict mapping each name to images/s of its fastest epoch.
     """
-    for run in epochs.values():
+    for run in runs.values():
         run()
-    times = {name: [] for name in epochs}
+    times = {name: [] for name in runs}
     for _ in range(rounds):
-        for name, run in epochs.items():
+        for name, run in runs.items():
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)

@@ -61,8 +61,10 @@ def main(argv=None):
     for split in ("val", "test"):
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
         logits = {name: utils.predict_logits(model, x, profile.batch_size)
-                  for name, model in {**teachers, **students}.items()}
+                  for name, model in teachers.items()}  # the students' argmax is enough
         predictions = {name: z.argmax(-1) for name, z in logits.items()}
+        predictions.update({name: utils.predict_logits(model, x, profile.batch_size).argmax(-1)
+                            for name, model in students.items()})
         scores = {name: {k: v for k, v in utils.iou_scores(y, p).items()
                          if k in ("miou5", "pixel_acc")} for name, p in predictions.items()}
         calibration = {name: utils.calibration(logits[name], y, args.temperatures)

@@ -85,20 +85,23 @@ def _pixelwise_model():
 
 
 def test_calibration_on_hand_computed_pixels():
-    probs = np.array([[0.8, 0.2], [0.6, 0.4], [0.9, 0.1], [0.3, 0.7], [0.5, 0.5]])
+    probs = np.array([[0.85, 0.15], [0.65, 0.35], [0.95, 0.05], [0.25, 0.75], [0.5, 0.5]])
     y_true = np.array([0, 1, 0, 1, utils.IGNORE_INDEX])  # the last pixel is left out
     t1, t2 = utils.calibration(np.log(probs), y_true, temperatures=(1, 2), n_bins=10)
-    # T = 1: confidences 0.8, 0.6, 0.9, 0.7 fall in four bins; right, wrong, right, right.
+    # T = 1: confidences 0.85, 0.65, 0.95, 0.75 fall in four bins; right, wrong, right, right.
     assert t1["accuracy"] == pytest.approx(0.75)
-    assert t1["confidence"] == pytest.approx(0.75)
-    assert t1["ece"] == pytest.approx((0.2 + 0.6 + 0.1 + 0.3) / 4)
-    assert t1["nll"] == pytest.approx(-np.mean(np.log([0.8, 0.4, 0.9, 0.7])))
+    assert t1["confidence"] == pytest.approx(0.8)
+    assert t1["ece"] == pytest.approx((0.15 + 0.65 + 0.05 + 0.25) / 4)
+    assert t1["nll"] == pytest.approx(-np.mean(np.log([0.85, 0.35, 0.95, 0.75])))
     kept = probs[:4]
     assert t1["entropy"] == pytest.approx(-np.mean(np.sum(kept * np.log(kept), -1)))
     # T = 2 takes square roots of the probabilities before normalising.
     soft = np.sqrt(kept) / np.sqrt(kept).sum(-1, keepdims=True)
     assert t2["nll"] == pytest.approx(-np.mean(np.log(soft[np.arange(4), y_true[:4]])))
     assert t2["accuracy"] == t1["accuracy"] and t2["confidence"] < t1["confidence"]
+    # 5 bins: [0.6, 0.8) holds 0.65 (wrong) and 0.75 (right), [0.8, 1] 0.85 and 0.95 (right)
+    (five,) = utils.calibration(np.log(probs), y_true, n_bins=5)
+    assert five["ece"] == pytest.approx((2 * abs(0.5 - 0.7) + 2 * abs(1 - 0.9)) / 4)
 
 
 def test_calibration_finds_the_temperature_the_labels_were_drawn_at():
@@ -121,9 +124,13 @@ def test_calibration_rejects_bad_arguments(kwargs, message):
         utils.calibration(np.zeros((4, 6)), np.zeros(4, int), **kwargs)
 
 
-def test_calibration_rejects_logits_of_other_pixels():
+def test_calibration_rejects_logits_of_other_pixels_and_unannotated_labels():
     with pytest.raises(ValueError, match="don't match 5 labels"):
         utils.calibration(np.zeros((4, 6)), np.zeros(5, int))
+    with pytest.raises(ValueError, match="no annotated pixels"):
+        utils.calibration(np.zeros((4, 6)), np.full(4, utils.IGNORE_INDEX))
+    (row,) = utils.calibration(np.zeros((4, 6)), np.zeros(4, int), temperatures=np.array([2.0]))
+    assert row["confidence"] == pytest.approx(1 / 6)
 
 
 def test_error_overlap_counts_annotated_pixels():
@@ -133,8 +140,10 @@ def test_error_overlap_counts_annotated_pixels():
     shares = utils.error_overlap(y_true, a, b)
     assert shares == {"both_right": 0.25, "only_a_right": 0.25,
                       "only_b_right": 0.25, "both_wrong": 0.25}
-    with pytest.raises(ValueError, match="as many labels"):
-        utils.error_overlap(y_true, a[:4], b)
+    with pytest.raises(ValueError, match="the same shape"):
+        utils.error_overlap(y_true, a.reshape(1, 5), b)
+    with pytest.raises(ValueError, match="no annotated pixels"):
+        utils.error_overlap(np.full(5, utils.IGNORE_INDEX), a, b)
 
 
 @pytest.mark.parametrize("size", [(325, 410), (40, 50), (64, 64)])

@@ -230,6 +230,28 @@ def test_random_crops_are_another_run_and_older_runs_count_as_grid(tiny_data, tm
     assert "moved to" in capsys.readouterr().out
     assert json.loads(run_path.read_text())["sampling"] == "random"
     assert history["loss"] != grid["loss"]  # other inputs, same initial weights
-    with pytest.raises(ValueError, match="sampling must be 'grid' or 'random', got 'grid2'"):
+    with pytest.raises(ValueError, match=r"sampling must be one of \('grid', 'random'\), got 'grid2'"):
         utils.fit_segmentation(_fresh(), data, epochs=1, output_dir=tmp_path, name="m",
                                sampling="grid2")
+    # a wrong value is refused before the finished run is moved aside
+    with pytest.raises(ValueError, match="got 'Random'"):
+        utils.train("student_scratch", dataclasses.replace(profile, sampling="Random"), data,
+                    epochs=1)
+    assert run_path.exists() and "moved to" not in capsys.readouterr().out
+
+
+def test_a_run_interrupted_before_the_sampling_option_resumes(tiny_data, tmp_path, capsys):
+    import json
+
+    profile = utils.load_profile("tiny", output_dir=tmp_path)
+    data = _small_data(tiny_data)
+    with pytest.raises(KeyboardInterrupt):  # stop in epoch 2 of 2, as a disconnect would
+        utils.train("student_scratch", profile, data, epochs=2,
+                    callbacks=[_AtEpochBegin(1, _disconnect)])
+    started = profile.models_dir / "student_scratch_started.json"
+    record = json.loads(started.read_text())
+    del record["sampling"]  # as recorded before the option existed
+    started.write_text(json.dumps(record))
+    _, history = utils.train("student_scratch", profile, data, epochs=2)
+    assert "moved to" not in capsys.readouterr().out
+    assert history["epoch"] == [0, 1]
