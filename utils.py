@@ -2669,7 +2669,8 @@ def train(name, profile, data, *, teacher=None, alpha=None, temperature=None,
           load_model=True, callbacks=()):
     """Builds, compiles and trains one model of the series; returns the best.
 
-    `name` "teacher" trains the teacher; any other name trains a student,
+    A `name` starting with "teacher" (e.g. "teacher_s1", the teacher of
+    another seed) trains a teacher; any other name trains a student,
     distilled from `teacher` when one is given. Checkpoints, resumption and
     the history come from `fit_segmentation`, under `profile.models_dir`;
     the run's provenance (`run_info`) is written to `<name>_run.json`. A
@@ -2735,7 +2736,7 @@ def train(name, profile, data, *, teacher=None, alpha=None, temperature=None,
     profile.models_dir.mkdir(parents=True, exist_ok=True)
     started.write_text(json.dumps(wanted))
     keras.utils.set_random_seed(seed)
-    model = build_teacher() if name == "teacher" else build_student()
+    model = build_teacher() if name.startswith("teacher") else build_student()
     if profile.precision != "float32":
         model = with_dtype_policy(model, profile.precision)
     if teacher is not None:

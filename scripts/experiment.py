@@ -1,8 +1,9 @@
 """The real-results experiment: teacher, then scratch and distilled students over seeds.
 
 Trains the teacher once (or reuses a saved one), then for every seed a student from
-scratch and a student distilled from the teacher, with the same budget, evaluates each
-on the test split, and appends one entry per run to `<output>/metrics.json`. The budget
+scratch and a student distilled from the teacher, with the same budget, and last the
+teachers of the other seeds (`--teacher-seeds`), for the teacher's mean and spread; it
+evaluates each on the test split and appends one entry per run to `<output>/metrics.json`. The budget
 (flags that override the profile) goes to `<output>/profile.json` and the
 distillation settings to `<output>/models/distillation.json`, so the notebooks
 run with `SSSI_OUTPUT=<output>` ask for the same runs. The runs
@@ -35,6 +36,10 @@ def main(argv=None):
     parser.add_argument("--profile", default="full", choices=sorted(utils.PROFILES))
     parser.add_argument("--output", default=str(utils.REPO_ROOT / "results"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--teacher-seeds", type=int, nargs="*",
+                        help="seeds of extra teachers, trained last, for the teacher's mean "
+                             "and spread (default: --seeds); every student learns from the "
+                             "teacher of the profile's seed")
     parser.add_argument("--epochs", type=int, help="overrides the profile's epochs")
     parser.add_argument("--kind", choices=("pixel", "channel"))
     parser.add_argument("--alpha", type=float)
@@ -137,6 +142,13 @@ def main(argv=None):
                 for suffix in (".keras", "_history.json", "_run.json"):
                     shutil.copy(profile.models_dir / f"{run_name}{suffix}",
                                 profile.models_dir / f"{model_name}{suffix}")
+    # Last, so that a run cut short has the students first: more teachers, for
+    # the teacher's mean and spread over seeds in the table
+    teacher_seeds = args.seeds if args.teacher_seeds is None else args.teacher_seeds
+    for seed in teacher_seeds:
+        if seed != profile.seed:
+            model, _ = utils.train(f"teacher_s{seed}", profile, data, seed=seed, epochs=epochs)
+            record("teacher", f"teacher_s{seed}", model, seed)
     print(f"Wrote {metrics_path}\n")
     print(utils.seed_table(utils.seed_summary(entries)))
 

@@ -158,10 +158,14 @@ def test_notebooks_load_an_experiments_runs_and_retrain_only_what_changed(tmp_pa
     import experiment
 
     experiment.main(["--profile", "tiny", "--output", str(tmp_path), "--seeds", "0",
-                     "--epochs", "1", "--batch-size", "8", "--alpha", "0.3"])
+                     "--teacher-seeds", "0", "1", "--epochs", "1", "--batch-size", "8",
+                     "--alpha", "0.3"])
     entries = json.loads((tmp_path / "metrics.json").read_text())
-    assert [e["model"] for e in entries] == ["teacher", "student_scratch", "student_distilled"]
-    assert entries[-1]["config"]["alpha"] == 0.3 and entries[-1]["config"]["batch_size"] == 8
+    assert [(e["model"], e["seed"]) for e in entries] == [
+        ("teacher", 0), ("student_scratch", 0), ("student_distilled", 0), ("teacher", 1)]
+    assert utils.seed_summary(entries)[0]["seeds"] == 2  # the teacher's mean over two seeds
+    distilled = entries[2]
+    assert distilled["config"]["alpha"] == 0.3 and distilled["config"]["batch_size"] == 8
     # the teacher analysis reads the same runs back
     import teacher_analysis
 
@@ -171,7 +175,7 @@ def test_notebooks_load_an_experiments_runs_and_retrain_only_what_changed(tmp_pa
     test = analysis["test"]
     assert set(test["scores"]) == {"teacher", "teacher_x8", "student_scratch_s0",
                                    "student_distilled_s0"}
-    for run in entries:
+    for run in entries[:3]:
         assert test["scores"][run["run"]]["miou5"] == pytest.approx(run["miou5"], abs=1e-6)
     assert [row["temperature"] for row in test["calibration"]["teacher"]] == [1.0, 4.0]
     assert sum(test["overlap"]["teacher vs student_scratch_s0"].values()) == pytest.approx(1)
@@ -187,7 +191,7 @@ def test_notebooks_load_an_experiments_runs_and_retrain_only_what_changed(tmp_pa
     assert out.count("Loading the finished run") == 3 and "moved to" not in out
     assert history == json.loads((profile.models_dir / "student_distilled_history.json").read_text())
     scores = utils.evaluate_segmentation(student, data.x_test, data.y_test)
-    assert scores["miou5"] == pytest.approx(entries[-1]["miou5"], abs=1e-6)  # the same weights
+    assert scores["miou5"] == pytest.approx(distilled["miou5"], abs=1e-6)  # the same weights
     # a student distilled from another teacher is another run: the first one is archived
     keras.utils.set_random_seed(1)
     other = utils.build_unet(2, name="other_teacher")
