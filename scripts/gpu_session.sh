@@ -53,13 +53,17 @@ if [ "$stage" = experiment ] || [ "$stage" = all ]; then
     # the other seeds' models; checkpoints of unfinished runs, to resume them.
     # A file over 16 MiB does not come back, and three distillers' checkpoints
     # (each holds the teacher) made 41.5 MB: they travel in 15 MB parts,
-    # joined again by `cat results_backups.tar.* | tar -x`.
+    # joined again by `cat results_backups.tar.* | tar -x` (the same for
+    # results_seed_models.tar.*).
     cd "$results" || exit 1
     pack() { name=$1; shift; [ $# -gt 0 ] && tar -cf "$out/$name" "$@"; }
     pack results_records.tar $(ls metrics.json profile.json models/*.json models/*.csv 2>/dev/null)
     pack results_models.tar $(ls models/teacher.keras models/student_scratch.keras \
         models/student_distilled.keras 2>/dev/null)
-    pack results_seed_models.tar $(ls models/student_*_s*.keras 2>/dev/null)
+    # students 2.1 MB, teachers 7.9 MB each: with the teachers of seeds 1 and 2
+    # they pass 16 MiB, so they travel in parts as the checkpoints do
+    seeds=$(ls models/student_*_s*.keras models/teacher_s*.keras 2>/dev/null)
+    [ -n "$seeds" ] && tar -cf - $seeds | split -b 15M -d - "$out/results_seed_models.tar."
     backups=$(ls -d models/backup_* 2>/dev/null)
     [ -n "$backups" ] && tar -cf - $backups | split -b 15M -d - "$out/results_backups.tar."
     cd - > /dev/null
