@@ -24,7 +24,8 @@
 #
 # The call's parts stop themselves so that what they finished is packed before
 # the call's own limit: the experiment (first) after $EXPERIMENT_SECONDS
-# (default 360), the benchmark at $CALL_SECONDS (default 560) after the start.
+# (default 360 with the benchmark after it, else $CALL_SECONDS - 40: packing
+# takes a few seconds), the benchmark at $CALL_SECONDS (default 560) after the start.
 # The benchmark writes its JSON after every figure, so a stopped one keeps them.
 set -uo pipefail
 stage=${1:-all}
@@ -46,7 +47,9 @@ if [ "$stage" = experiment ] || [ "$stage" = all ]; then
     mkdir -p "$results"
     [ -d .results ] && cp -r .results/. "$results/"
     start=$(date +%s)
-    timeout "${EXPERIMENT_SECONDS:-360}" python3 scripts/experiment.py --profile "${PROFILE:-full}" \
+    if [ "$stage" = all ]; then limit=${EXPERIMENT_SECONDS:-360}
+    else limit=${EXPERIMENT_SECONDS:-$(( ${CALL_SECONDS:-560} - 40 - (start - begin) ))}; fi
+    timeout "$limit" python3 scripts/experiment.py --profile "${PROFILE:-full}" \
         --output "$results" "$@" 2>&1 | tee "$out/experiment.log"
     echo "experiment: exit ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s" | tee -a "$out/experiment.log"
     # Metrics, histories and run records; the seed-0 models the report shows;
