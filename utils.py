@@ -2052,21 +2052,26 @@ def calibration(logits, y_true, temperatures=(1.0,), *, n_bins=15,
     return rows
 
 
-def error_overlap(y_true, pred_a, pred_b):
+def error_overlap(y_true, pred_a, pred_b, by_class=False):
     """Where two models are right and wrong, as shares of annotated pixels.
 
     What a teacher can teach a student shows here: `only_a_right` (a = the
     teacher) is the most a student b could gain by imitating it, pixel for
-    pixel; `both_wrong` no imitation fixes.
+    pixel; `both_wrong` no imitation fixes. Shares of all pixels favour the
+    large classes; `by_class=True` gives them within each true class, as
+    the mean IoU weighs classes alike.
 
     Args:
         y_true: labels, any shape.
         pred_a: predicted labels of model a, the same shape.
         pred_b: predicted labels of model b, the same shape.
+        by_class: also give the shares among the pixels of each class.
 
     Returns:
         A dict with the shares `both_right`, `only_a_right`,
-        `only_b_right` and `both_wrong` (they sum to 1).
+        `only_b_right` and `both_wrong` (they sum to 1); with
+        `by_class=True` also `by_class`, a dict mapping each class of
+        `CLASSES` present in `y_true` to such a dict.
 
     Example:
 
@@ -2081,12 +2086,23 @@ def error_overlap(y_true, pred_a, pred_b):
             f"{y_true.shape}, {pred_a.shape} and {pred_b.shape}."
         )
     valid = y_true != IGNORE_INDEX
-    n = int(valid.sum())
-    if n == 0:
+    if not valid.any():
         raise ValueError("y_true has no annotated pixels (all are IGNORE_INDEX).")
-    a, b = pred_a[valid] == y_true[valid], pred_b[valid] == y_true[valid]
-    return {"both_right": float(np.sum(a & b) / n), "only_a_right": float(np.sum(a & ~b) / n),
-            "only_b_right": float(np.sum(~a & b) / n), "both_wrong": float(np.sum(~a & ~b) / n)}
+    truth = y_true[valid]
+    a, b = pred_a[valid] == truth, pred_b[valid] == truth
+
+    def shares(pixels):
+        n = int(pixels.sum())
+        return {"both_right": float(np.sum(a & b & pixels) / n),
+                "only_a_right": float(np.sum(a & ~b & pixels) / n),
+                "only_b_right": float(np.sum(~a & b & pixels) / n),
+                "both_wrong": float(np.sum(~a & ~b & pixels) / n)}
+
+    result = shares(np.ones_like(a))
+    if by_class:
+        result["by_class"] = {name: shares(truth == c) for c, name in enumerate(CLASSES)
+                              if np.any(truth == c)}
+    return result
 
 
 def predict_image(model, image, *, tile_size=256, overlap=None, batch_size=8,

@@ -140,6 +140,10 @@ def test_error_overlap_counts_annotated_pixels():
     shares = utils.error_overlap(y_true, a, b)
     assert shares == {"both_right": 0.25, "only_a_right": 0.25,
                       "only_b_right": 0.25, "both_wrong": 0.25}
+    by_class = utils.error_overlap(y_true, a, b, by_class=True)["by_class"]
+    assert list(by_class) == ["Building", "Land", "Road", "Vegetation"]  # the classes present
+    assert by_class["Land"]["only_a_right"] == 1 and by_class["Road"]["only_b_right"] == 1
+    assert by_class["Vegetation"]["both_wrong"] == 1 and by_class["Building"]["both_right"] == 1
     with pytest.raises(ValueError, match="the same shape"):
         utils.error_overlap(y_true, a.reshape(1, 5), b)
     with pytest.raises(ValueError, match="no annotated pixels"):

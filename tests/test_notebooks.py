@@ -178,7 +178,9 @@ def test_notebooks_load_an_experiments_runs_and_retrain_only_what_changed(tmp_pa
     for run in entries[:3]:
         assert test["scores"][run["run"]]["miou5"] == pytest.approx(run["miou5"], abs=1e-6)
     assert [row["temperature"] for row in test["calibration"]["teacher"]] == [1.0, 4.0]
-    assert sum(test["overlap"]["teacher vs student_scratch_s0"].values()) == pytest.approx(1)
+    overlap = test["overlap"]["teacher vs student_scratch_s0"]
+    assert sum(v for k, v in overlap.items() if k != "by_class") == pytest.approx(1)
+    assert all(sum(shares.values()) == pytest.approx(1) for shares in overlap["by_class"].values())
     capsys.readouterr()
     # what 02_teacher, 03_student and 04_distill do, with SSSI_OUTPUT=<the experiment's output>
     profile = utils.load_profile("tiny", output_dir=tmp_path)
