@@ -10,8 +10,8 @@ the test split, reports
   (`utils.calibration`): the T at which their probabilities are honest, and
   how flat the KD targets are at the temperatures the sweep tries;
 - for each student, where it and the teacher (and the ensemble) are right
-  and wrong (`utils.error_overlap`): the pixels only the teacher gets right
-  are the most imitation could fix.
+  and wrong (`utils.error_overlap`), over all pixels and within each class:
+  the pixels only the teacher gets right are the most imitation could fix.
 
 Inference only, so it runs on a CPU (a few minutes on 2 cores); writes
 `<output>/teacher_analysis.json` with the machine, backend and versions.
@@ -69,7 +69,8 @@ def main(argv=None):
                          if k in ("miou5", "pixel_acc")} for name, p in predictions.items()}
         calibration = {name: utils.calibration(logits[name], y, args.temperatures)
                        for name in teachers}
-        overlap = {f"{t} vs {s}": utils.error_overlap(y, predictions[t], predictions[s])
+        overlap = {f"{t} vs {s}": utils.error_overlap(y, predictions[t], predictions[s],
+                                                      by_class=True)
                    for t in teachers for s in students}
         report[split] = {"scores": scores, "calibration": calibration, "overlap": overlap}
 
@@ -79,9 +80,18 @@ def main(argv=None):
         for name, rows in calibration.items():
             print(f"\n{name}, softmax(logits / T):\n")
             print(utils.markdown_table(rows))
-        print("\nShares of annotated pixels:\n")
-        print(utils.markdown_table([{"pair": pair, **shares}
+        print("\nShares of annotated pixels (a: the teacher, b: the student):\n")
+        print(utils.markdown_table([{"pair": pair, **{k: v for k, v in shares.items()
+                                                      if k != "by_class"}}
                                     for pair, shares in overlap.items()], digits=4))
+        pairs = [shares["by_class"] for pair, shares in overlap.items()
+                 if pair.startswith("teacher vs student_scratch")]
+        if pairs:
+            print("\nThe same within each class, teacher vs the scratch students (mean):\n")
+            print(utils.markdown_table([
+                {"class": name, **{k: sum(p[name][k] for p in pairs) / len(pairs)
+                                   for k in pairs[0][name]}}
+                for name in pairs[0]], digits=4))
 
     path = profile.output_dir / "teacher_analysis.json"
     path.write_text(json.dumps(report, indent=1))
