@@ -1929,6 +1929,13 @@ def iou_scores(y_true, y_pred):
     }
 
 
+def _pixel_sample(n, max_pixels, seed):
+    """Indices of a uniform sample of at most `max_pixels` of `n` pixels."""
+    if n <= max_pixels:
+        return np.arange(n)
+    return np.random.default_rng(seed).choice(n, max_pixels, replace=False)
+
+
 def segmentation_metrics(y_true, logits, *, max_pr_pixels=2_000_000, seed=0):
     """Computes `evaluate_segmentation`'s metrics from labels and logits."""
     from sklearn import metrics
@@ -1949,9 +1956,7 @@ def segmentation_metrics(y_true, logits, *, max_pr_pixels=2_000_000, seed=0):
     scores = iou_scores(y_true, y_pred)
     precision, recall, f1, support = metrics.precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0)
-    rng = np.random.default_rng(seed)
-    sample = (rng.choice(len(y_true), max_pr_pixels, replace=False)
-              if len(y_true) > max_pr_pixels else np.arange(len(y_true)))
+    sample = _pixel_sample(len(y_true), max_pr_pixels, seed)
     probs = softmax(logits[sample])
     curves, ap = {}, []
     for c, name in enumerate(CLASSES):
@@ -2026,8 +2031,7 @@ def calibration(logits, y_true, temperatures=(1.0,), *, n_bins=15,
         raise ValueError(f"n_bins must be >= 1, got {n_bins}.")
     logits = logits.reshape(-1, n_classes)
     valid = np.flatnonzero(y_true != IGNORE_INDEX)
-    if len(valid) > max_pixels:
-        valid = np.sort(np.random.default_rng(seed).choice(valid, max_pixels, replace=False))
+    valid = valid[_pixel_sample(len(valid), max_pixels, seed)]
     if len(valid) == 0:
         raise ValueError("y_true has no annotated pixels (all are IGNORE_INDEX).")
     y_true, logits = y_true[valid].astype(np.int64), logits[valid].astype(np.float64)
@@ -2037,14 +2041,13 @@ def calibration(logits, y_true, temperatures=(1.0,), *, n_bins=15,
         confidence = probs.max(-1)
         correct = probs.argmax(-1) == y_true
         bins = np.minimum((confidence * n_bins).astype(np.int64), n_bins - 1)
-        count = np.bincount(bins, minlength=n_bins)
         gap = np.abs(np.bincount(bins, correct, n_bins) - np.bincount(bins, confidence, n_bins))
         with np.errstate(divide="ignore", invalid="ignore"):
             entropy = -np.sum(probs * np.log(probs), axis=-1, where=probs > 0)
         rows.append({
             "temperature": float(t),
             "nll": float(metrics.log_loss(y_true, probs, labels=range(n_classes))),
-            "ece": float(gap.sum() / max(count.sum(), 1)),
+            "ece": float(gap.sum() / len(y_true)),
             "confidence": float(confidence.mean()),
             "accuracy": float(correct.mean()),
             "entropy": float(entropy.mean()),

@@ -15,8 +15,9 @@ distiller under the last, the distiller twice: running its teacher at every
 step, and on the teacher's logits computed once (`distiller_cached`, what
 `fit_segmentation` does; the time of that one pass is reported too).
 Timings are wall-clock epochs of `fit` (each ends with a device
-synchronisation) after an untimed, compiling one; student and distillers are timed in turn, epoch by epoch, and
-each figure comes from its fastest epoch (every epoch's time is in the JSON).
+synchronisation) after an untimed, compiling one; student and distillers are
+timed in turn, epoch by epoch, and each figure comes from its fastest epoch
+(every epoch's time is in the JSON).
 Compare figures as ratios within one run: machines are noisy.
 """
 

@@ -3,8 +3,9 @@
 Trains the teacher once (or reuses a saved one), then for every seed a student from
 scratch and a student distilled from the teacher, with the same budget, and last the
 teachers of the other seeds (`--teacher-seeds`), for the teacher's mean and spread; it
-evaluates each on the test split and appends one entry per run to `<output>/metrics.json`. The budget
-(flags that override the profile) goes to `<output>/profile.json` and the
+evaluates each on the test split and appends one entry per run to
+`<output>/metrics.json`. The budget (flags that override the profile) goes to
+`<output>/profile.json` and the
 distillation settings to `<output>/models/distillation.json`, so the notebooks
 run with `SSSI_OUTPUT=<output>` ask for the same runs. The runs
 of the profile's seed (0) are copied to `<output>/models/{student_scratch,
