@@ -2925,12 +2925,12 @@ def seed_summary(entries, keys=("miou5", "miou6", "pixel_acc")):
     Returns:
         List of dicts, one per model in order of first appearance: `model`,
         `seeds` (how many), and `<key>_mean`, `<key>_std` (sample standard
-        deviation, ddof=1; 0 for a single seed).
+        deviation, ddof=1; NaN for a single seed, which has no spread).
 
     Example:
 
     >>> seed_summary([{"model": "teacher", "seed": 0, "miou5": 0.7}], ("miou5",))
-    [{'model': 'teacher', 'seeds': 1, 'miou5_mean': 0.7, 'miou5_std': 0.0}]
+    [{'model': 'teacher', 'seeds': 1, 'miou5_mean': 0.7, 'miou5_std': nan}]
     """
     rows = []
     for model in dict.fromkeys(e["model"] for e in entries):
@@ -2943,31 +2943,49 @@ def seed_summary(entries, keys=("miou5", "miou6", "pixel_acc")):
         for key in keys:
             values = np.array([e[key] for e in runs], dtype=float)
             row[f"{key}_mean"] = float(values.mean())
-            row[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            row[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
         rows.append(row)
     return rows
 
 
 def seed_table(rows, keys=("miou5", "miou6", "pixel_acc"), digits=3):
-    """Markdown table of `seed_summary` rows: "mean ± std" per score."""
-    return markdown_table([
-        {"model": row["model"], "seeds": row["seeds"],
-         **{k: f"{row[f'{k}_mean']:.{digits}f} ± {row[f'{k}_std']:.{digits}f}" for k in keys}}
-        for row in rows])
+    """Markdown table of `seed_summary` rows: "mean ± std" per score.
+
+    A model with one seed shows its score alone: it has no spread to show.
+    """
+    def cell(row, key):
+        mean, std = row[f"{key}_mean"], row[f"{key}_std"]
+        return f"{mean:.{digits}f}" if row["seeds"] < 2 else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+    return markdown_table([{"model": row["model"], "seeds": row["seeds"],
+                            **{k: cell(row, k) for k in keys}} for row in rows])
 
 
 def seed_report(profile):
     """Markdown: the `seed_table` of `<output>/metrics.json`, or how to make it.
 
     `scripts/experiment.py` writes `metrics.json` with one entry per model and
-    seed; this reads it back for the report notebook.
+    seed; this reads it back for the report notebook, with the distilled
+    students' KD settings and which runs were trained where (the runs of one
+    experiment may come from several machines and backends).
     """
     path = profile.output_dir / "metrics.json"
     if not path.exists():
         return (f"No multi-seed results in `{path}`: `scripts/experiment.py --profile "
                 f"{profile.name} --output {profile.output_dir}` writes them.")
     entries = json.loads(path.read_text())
-    first = entries[0]
-    return (seed_table(seed_summary(entries)) + f"\n\nTest split, {first['epochs']} epochs, "
-            f"{first['backend']} on {first['device']}, {first['date']}; "
-            f"the settings of each run are in `{path}`.")
+    machines = {}  # runs of one experiment may come from several machines
+    for entry in entries:
+        where = f"{entry['backend']} on {entry['device']}, {entry['date']}"
+        machines.setdefault(where, []).append(entry.get("run", entry["model"]))
+    distilled = {f"{c['kind']} KD, alpha {c['alpha']}, T {c['temperature']}"
+                 + (", teacher ensemble" if c.get("teacher_ensemble") else "")
+                 for c in (e["config"] for e in entries if e["model"] == "student_distilled")}
+    epochs = ", ".join(str(n) for n in sorted({e["epochs"] for e in entries}))
+    lines = [seed_table(seed_summary(entries)), "",
+             f"Test split, {epochs} epochs; the settings of each run are in `{path}`."]
+    if distilled:
+        lines.append(f"Distilled with {'; '.join(sorted(distilled))}.")
+    lines += ["Trained with:"] + [f"- {where}: {', '.join(runs)}"
+                                  for where, runs in machines.items()]
+    return "\n".join(lines)

@@ -1,5 +1,7 @@
 """Tests of section 5 of utils.py: evaluation and whole-image prediction."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -219,9 +221,33 @@ def test_seed_summary_gives_mean_and_sample_std_per_model():
                {"model": "student", "seed": 1, "miou5": 0.6},
                {"model": "student", "seed": 2, "miou5": 0.7}]
     teacher, student = utils.seed_summary(entries, keys=("miou5",))
-    assert teacher == {"model": "teacher", "seeds": 1, "miou5_mean": 0.7, "miou5_std": 0.0}
+    assert teacher["seeds"] == 1 and teacher["miou5_mean"] == 0.7
+    assert np.isnan(teacher["miou5_std"])  # one seed has no spread
+    assert "| teacher | 1 | 0.700 |" in utils.seed_table([teacher], keys=("miou5",))
     assert student["seeds"] == 3 and student["miou5_mean"] == pytest.approx(0.6)
     assert student["miou5_std"] == pytest.approx(0.1)  # sqrt((0.01 + 0 + 0.01) / 2)
     assert "| student | 3 | 0.600 ± 0.100 |" in utils.seed_table([student], keys=("miou5",))
     with pytest.raises(ValueError, match="two entries for one seed"):
         utils.seed_summary(entries + [entries[1]], keys=("miou5",))
+
+
+def test_seed_report_names_each_runs_machine_and_the_kd_settings(tmp_path):
+    import types
+
+    common = {"miou5": 0.6, "miou6": 0.5, "pixel_acc": 0.8, "epochs": 100,
+              "date": "2026-11-28"}
+    gpu = {"backend": "jax", "device": "NVIDIA H200"}
+    entries = [
+        {"model": "teacher", "run": "teacher", "seed": 0, **common, **gpu,
+         "config": {"kind": "none"}},
+        {"model": "student_scratch", "run": "student_scratch_s0", "seed": 0, **common, **gpu,
+         "config": {"kind": "none"}},
+        {"model": "student_distilled", "run": "student_distilled_s0", "seed": 0, **common,
+         "backend": "tensorflow", "device": "CPU (x86_64, 2 cores)",
+         "config": {"kind": "pixel", "alpha": 0.5, "temperature": 1.5,
+                    "teacher_ensemble": False}}]
+    (tmp_path / "metrics.json").write_text(json.dumps(entries))
+    report = utils.seed_report(types.SimpleNamespace(output_dir=tmp_path, name="full"))
+    assert "- jax on NVIDIA H200, 2026-11-28: teacher, student_scratch_s0" in report
+    assert "- tensorflow on CPU (x86_64, 2 cores), 2026-11-28: student_distilled_s0" in report
+    assert "Distilled with pixel KD, alpha 0.5, T 1.5." in report
