@@ -8,10 +8,16 @@ the test split, reports
 - each model's mIoU5 and pixel accuracy;
 - the calibration of the teacher and the ensemble over KD temperatures
   (`utils.calibration`): the T at which their probabilities are honest, and
-  how flat the KD targets are at the temperatures the sweep tries;
+  how flat the KD targets are at the temperatures the sweep tries; and each
+  student's own calibration (T = 1);
 - for each student, where it and the teacher (and the ensemble) are right
   and wrong (`utils.error_overlap`), over all pixels and within each class:
   the pixels only the teacher gets right are the most imitation could fix.
+
+On the training split, which the teacher was fitted to, it reports the
+teacher's and the ensemble's scores and calibration alone: these are the
+targets a distilled student learns from, and how far they differ from the
+labels is what the teacher can add to them there.
 
 Inference only, so it runs on a CPU (a few minutes on 2 cores); writes
 `<output>/teacher_analysis.json` with the machine, backend and versions.
@@ -58,28 +64,34 @@ def main(argv=None):
     report = {**utils.run_info(profile), "temperatures": list(args.temperatures),
               "note": "inference with the saved float32 models on this machine; the "
                       "profile's fields say how they were trained"}
-    for split in ("val", "test"):
+    for split in ("train", "val", "test"):
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
-        logits = {name: utils.predict_logits(model, x, profile.batch_size)
-                  for name, model in teachers.items()}  # the students' argmax is enough
-        predictions = {name: z.argmax(-1) for name, z in logits.items()}
-        predictions.update({name: utils.predict_logits(model, x, profile.batch_size).argmax(-1)
-                            for name, model in students.items()})
+        scored = teachers if split == "train" else {**teachers, **students}
+        predictions, calibration = {}, {}
+        for name, model in scored.items():  # one model's logits in memory at a time
+            logits = utils.predict_logits(model, x, profile.batch_size)
+            predictions[name] = logits.argmax(-1)
+            calibration[name] = utils.calibration(
+                logits, y, args.temperatures if name in teachers else (1.0,))
+            del logits
         scores = {name: {k: v for k, v in utils.iou_scores(y, p).items()
                          if k in ("miou5", "pixel_acc")} for name, p in predictions.items()}
-        calibration = {name: utils.calibration(logits[name], y, args.temperatures)
-                       for name in teachers}
         overlap = {f"{t} vs {s}": utils.error_overlap(y, predictions[t], predictions[s],
                                                       by_class=True)
-                   for t in teachers for s in students}
+                   for t in teachers for s in students if s in predictions}
         report[split] = {"scores": scores, "calibration": calibration, "overlap": overlap}
 
         print(f"\n## {split} ({len(x)} patches)\n")
         print(utils.markdown_table([{"model": name, **s} for name, s in scores.items()],
                                    digits=4))
-        for name, rows in calibration.items():
+        for name in teachers:
             print(f"\n{name}, softmax(logits / T):\n")
-            print(utils.markdown_table(rows))
+            print(utils.markdown_table(calibration[name]))
+        if split == "train":  # the KD targets: the students are not compared there
+            continue
+        print("\nThe students' own probabilities (T = 1):\n")
+        print(utils.markdown_table([{"model": name, **calibration[name][0]}
+                                    for name in students], digits=4))
         print("\nShares of annotated pixels (a: the teacher, b: the student):\n")
         print(utils.markdown_table([{"pair": pair, **{k: v for k, v in shares.items()
                                                       if k != "by_class"}}

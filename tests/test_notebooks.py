@@ -178,6 +178,9 @@ def test_notebooks_load_an_experiments_runs_and_retrain_only_what_changed(tmp_pa
     for run in entries[:3]:
         assert test["scores"][run["run"]]["miou5"] == pytest.approx(run["miou5"], abs=1e-6)
     assert [row["temperature"] for row in test["calibration"]["teacher"]] == [1.0, 4.0]
+    assert [row["temperature"] for row in test["calibration"]["student_distilled_s0"]] == [1.0]
+    assert set(analysis["train"]["scores"]) == {"teacher", "teacher_x8"}  # the KD targets
+    assert analysis["train"]["overlap"] == {}
     overlap = test["overlap"]["teacher vs student_scratch_s0"]
     assert sum(v for k, v in overlap.items() if k != "by_class") == pytest.approx(1)
     assert all(sum(shares.values()) == pytest.approx(1) for shares in overlap["by_class"].values())
