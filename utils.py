@@ -2948,6 +2948,51 @@ def seed_summary(entries, keys=("miou5", "miou6", "pixel_acc")):
     return rows
 
 
+def paired_differences(entries, model="student_distilled", baseline="student_scratch",
+                       key="miou5"):
+    """Per-seed differences of one model's test score over a baseline's.
+
+    A seed fixes a student's batches and their augmentation (NumPy, on any
+    backend) and its initial weights and dropout masks (Keras, per backend),
+    so on one backend a distilled and a scratch student of the same seed
+    differ only by the teacher: pairing them removes the seed-to-seed spread
+    that both means carry.
+
+    Args:
+        entries: the list in `metrics.json`: dicts with `model`, `seed`, `key`.
+        model: the model whose gain is measured.
+        baseline: the model it is compared with.
+        key: the score.
+
+    Returns:
+        Dict with `seeds` (those both models have, sorted), `differences`
+        (model minus baseline, per seed), `mean` and `std` (sample standard
+        deviation; NaN for fewer than two seeds).
+
+    Example:
+
+    >>> entries = [{"model": "a", "seed": 0, "miou5": 0.7},
+    ...            {"model": "b", "seed": 0, "miou5": 0.6}]
+    >>> paired_differences(entries, "a", "b")["differences"]
+    [0.1]
+    """
+    scores = {}
+    for name in (model, baseline):
+        runs = {e["seed"]: e[key] for e in entries if e["model"] == name}
+        if not runs:
+            raise ValueError(f"No {name!r} entries to pair: the models in the entries are "
+                             f"{sorted({e['model'] for e in entries})}.")
+        scores[name] = runs
+    seeds = sorted(set(scores[model]) & set(scores[baseline]))
+    if not seeds:
+        raise ValueError(f"{model!r} (seeds {sorted(scores[model])}) and {baseline!r} (seeds "
+                         f"{sorted(scores[baseline])}) share no seed to pair.")
+    differences = [round(scores[model][s] - scores[baseline][s], 12) for s in seeds]
+    values = np.array(differences)
+    return {"seeds": seeds, "differences": differences, "mean": float(values.mean()),
+            "std": float(values.std(ddof=1)) if len(values) > 1 else math.nan}
+
+
 def seed_table(rows, keys=("miou5", "miou6", "pixel_acc"), digits=3):
     """Markdown table of `seed_summary` rows: "mean ± std" per score.
 
@@ -2986,6 +3031,13 @@ def seed_report(profile):
              f"Test split, {epochs} epochs; the settings of each run are in `{path}`."]
     if distilled:
         lines.append(f"Distilled with {'; '.join(sorted(distilled))}.")
+        if any(e["model"] == "student_scratch" for e in entries):
+            pairs = paired_differences(entries)
+            per_seed = ", ".join(f"seed {s} {d:+.3f}"
+                                 for s, d in zip(pairs["seeds"], pairs["differences"]))
+            spread = "" if len(pairs["seeds"]) < 2 else f" ± {pairs['std']:.3f}"
+            lines.append(f"Distilled minus scratch student, mIoU5 paired by seed: {per_seed}; "
+                         f"mean {pairs['mean']:+.3f}{spread}.")
     lines += ["Trained with:"] + [f"- {where}: {', '.join(runs)}"
                                   for where, runs in machines.items()]
     return "\n".join(lines)

@@ -151,7 +151,7 @@ def main(argv=None):
             model, _ = utils.train(f"teacher_s{seed}", profile, data, seed=seed, epochs=epochs)
             record("teacher", f"teacher_s{seed}", model, seed)
     print(f"Wrote {metrics_path}\n")
-    print(utils.seed_table(utils.seed_summary(entries)))
+    print(utils.seed_report(profile))
 
 
 if __name__ == "__main__":

@@ -231,6 +231,24 @@ def test_seed_summary_gives_mean_and_sample_std_per_model():
         utils.seed_summary(entries + [entries[1]], keys=("miou5",))
 
 
+def test_paired_differences_pair_runs_by_seed():
+    entries = [{"model": "student_scratch", "seed": 0, "miou5": 0.68},
+               {"model": "student_scratch", "seed": 1, "miou5": 0.66},
+               {"model": "student_scratch", "seed": 2, "miou5": 0.63},
+               {"model": "student_distilled", "seed": 1, "miou5": 0.70},
+               {"model": "student_distilled", "seed": 0, "miou5": 0.66}]
+    pairs = utils.paired_differences(entries)
+    assert pairs["seeds"] == [0, 1]  # seed 2 has no distilled run
+    assert pairs["differences"] == pytest.approx([-0.02, 0.04])
+    assert pairs["mean"] == pytest.approx(0.01)
+    assert pairs["std"] == pytest.approx(0.06 / np.sqrt(2))
+    assert np.isnan(utils.paired_differences(entries[:1] + entries[-1:])["std"])
+    with pytest.raises(ValueError, match="share no seed"):
+        utils.paired_differences(entries[2:4])
+    with pytest.raises(ValueError, match="No 'teacher' entries"):
+        utils.paired_differences(entries, baseline="teacher")
+
+
 def test_seed_report_names_each_runs_machine_and_the_kd_settings(tmp_path):
     import types
 
@@ -251,3 +269,4 @@ def test_seed_report_names_each_runs_machine_and_the_kd_settings(tmp_path):
     assert "- jax on NVIDIA H200, 2026-11-28: teacher, student_scratch_s0" in report
     assert "- tensorflow on CPU (x86_64, 2 cores), 2026-11-28: student_distilled_s0" in report
     assert "Distilled with pixel KD, alpha 0.5, T 1.5." in report
+    assert "paired by seed: seed 0 +0.000; mean +0.000." in report
