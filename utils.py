@@ -2941,11 +2941,15 @@ def seed_summary(entries, keys=("miou5", "miou6", "pixel_acc")):
                              f"metrics.json should hold one run per model and seed.")
         row = {"model": model, "seeds": len(runs)}
         for key in keys:
-            values = np.array([e[key] for e in runs], dtype=float)
-            row[f"{key}_mean"] = float(values.mean())
-            row[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+            row[f"{key}_mean"], row[f"{key}_std"] = _mean_and_std([e[key] for e in runs])
         rows.append(row)
     return rows
+
+
+def _mean_and_std(values):
+    """Mean and sample standard deviation (ddof=1; NaN for one value: no spread)."""
+    values = np.asarray(values, dtype=float)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan
 
 
 def paired_differences(entries, model="student_distilled", baseline="student_scratch",
@@ -2978,19 +2982,22 @@ def paired_differences(entries, model="student_distilled", baseline="student_scr
     """
     scores = {}
     for name in (model, baseline):
-        runs = {e["seed"]: e[key] for e in entries if e["model"] == name}
+        runs = [e for e in entries if e["model"] == name]
         if not runs:
             raise ValueError(f"No {name!r} entries to pair: the models in the entries are "
                              f"{sorted({e['model'] for e in entries})}.")
-        scores[name] = runs
+        scores[name] = {e["seed"]: e[key] for e in runs}
+        if len(scores[name]) != len(runs):
+            raise ValueError(f"{name!r} has two entries for one seed in "
+                             f"{[e['seed'] for e in runs]}; metrics.json should hold one run "
+                             f"per model and seed.")
     seeds = sorted(set(scores[model]) & set(scores[baseline]))
     if not seeds:
         raise ValueError(f"{model!r} (seeds {sorted(scores[model])}) and {baseline!r} (seeds "
                          f"{sorted(scores[baseline])}) share no seed to pair.")
     differences = [round(scores[model][s] - scores[baseline][s], 12) for s in seeds]
-    values = np.array(differences)
-    return {"seeds": seeds, "differences": differences, "mean": float(values.mean()),
-            "std": float(values.std(ddof=1)) if len(values) > 1 else math.nan}
+    mean, std = _mean_and_std(differences)
+    return {"seeds": seeds, "differences": differences, "mean": mean, "std": std}
 
 
 def seed_table(rows, keys=("miou5", "miou6", "pixel_acc"), digits=3):
@@ -3031,7 +3038,8 @@ def seed_report(profile):
              f"Test split, {epochs} epochs; the settings of each run are in `{path}`."]
     if distilled:
         lines.append(f"Distilled with {'; '.join(sorted(distilled))}.")
-        if any(e["model"] == "student_scratch" for e in entries):
+        if ({e["seed"] for e in entries if e["model"] == "student_distilled"}
+                & {e["seed"] for e in entries if e["model"] == "student_scratch"}):
             pairs = paired_differences(entries)
             per_seed = ", ".join(f"seed {s} {d:+.3f}"
                                  for s, d in zip(pairs["seeds"], pairs["differences"]))
