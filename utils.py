@@ -3017,9 +3017,10 @@ def seed_report(profile):
     """Markdown: the `seed_table` of `<output>/metrics.json`, or how to make it.
 
     `scripts/experiment.py` writes `metrics.json` with one entry per model and
-    seed; this reads it back for the report notebook, with the distilled
-    students' KD settings and which runs were trained where (the runs of one
-    experiment may come from several machines and backends).
+    seed; this reads it back for the report notebook, with each distilled
+    model's KD settings, its gain over the scratch student paired by seed
+    (`paired_differences`), and which runs were trained where (the runs of
+    one experiment may come from several machines and backends).
     """
     path = profile.output_dir / "metrics.json"
     if not path.exists():
@@ -3030,22 +3031,26 @@ def seed_report(profile):
     for entry in entries:
         where = f"{entry['backend']} on {entry['device']}, {entry['date']}"
         machines.setdefault(where, []).append(entry.get("run", entry["model"]))
-    distilled = {f"{c['kind']} KD, alpha {c['alpha']}, T {c['temperature']}"
-                 + (", teacher ensemble" if c.get("teacher_ensemble") else "")
-                 for c in (e["config"] for e in entries if e["model"] == "student_distilled")}
+    distilled = {}  # the chosen recipe, and others tried next to it (experiment.py --tag)
+    for entry in entries:
+        if entry["model"].startswith("student_distilled"):
+            c = entry["config"]
+            distilled.setdefault(entry["model"], set()).add(
+                f"{c['kind']} KD, alpha {c['alpha']}, T {c['temperature']}"
+                + (", teacher ensemble" if c.get("teacher_ensemble") else ""))
     epochs = ", ".join(str(n) for n in sorted({e["epochs"] for e in entries}))
     lines = [seed_table(seed_summary(entries)), "",
              f"Test split, {epochs} epochs; the settings of each run are in `{path}`."]
-    if distilled:
-        lines.append(f"Distilled with {'; '.join(sorted(distilled))}.")
-        if ({e["seed"] for e in entries if e["model"] == "student_distilled"}
-                & {e["seed"] for e in entries if e["model"] == "student_scratch"}):
-            pairs = paired_differences(entries)
+    scratch_seeds = {e["seed"] for e in entries if e["model"] == "student_scratch"}
+    for model, settings in distilled.items():
+        lines.append(f"`{model}` distilled with {'; '.join(sorted(settings))}.")
+        if {e["seed"] for e in entries if e["model"] == model} & scratch_seeds:
+            pairs = paired_differences(entries, model)
             per_seed = ", ".join(f"seed {s} {d:+.3f}"
                                  for s, d in zip(pairs["seeds"], pairs["differences"]))
             spread = "" if len(pairs["seeds"]) < 2 else f" ± {pairs['std']:.3f}"
-            lines.append(f"Distilled minus scratch student, mIoU5 paired by seed: {per_seed}; "
-                         f"mean {pairs['mean']:+.3f}{spread}.")
+            lines.append(f"`{model}` minus `student_scratch`, mIoU5 paired by seed: "
+                         f"{per_seed}; mean {pairs['mean']:+.3f}{spread}.")
     lines += ["Trained with:"] + [f"- {where}: {', '.join(runs)}"
                                   for where, runs in machines.items()]
     return "\n".join(lines)

@@ -12,6 +12,11 @@ of the profile's seed (0) are copied to `<output>/models/{student_scratch,
 student_distilled}.*`, where the notebooks of the same profile and output folder
 load them instead of training (`utils.train` reuses finished runs).
 
+`--tag x8 --teacher-ensemble` tries another recipe next to the chosen one: it trains
+only distilled students, named `student_distilled_x8_s<seed>` (model
+`student_distilled_x8` in `metrics.json`, a row of its own in the seed table), and
+leaves the chosen runs, their entries and `distillation.json` as they are.
+
     KERAS_BACKEND=jax python scripts/experiment.py --profile full --output results
     python scripts/experiment.py --profile tiny --output /tmp/experiment   # a dry run
 
@@ -55,6 +60,9 @@ def main(argv=None):
     parser.add_argument("--sweep-epochs", type=int)
     parser.add_argument("--teacher-ensemble", action=argparse.BooleanOptionalAction,
                         help="distil from the teacher's logits averaged over 8 flips/rotations")
+    parser.add_argument("--tag",
+                        help="distil only, as model student_distilled_<tag>: another recipe "
+                             "next to the chosen one, which it leaves as it is")
     parser.add_argument("--batch-size", type=int, help="overrides the profile's batch size")
     parser.add_argument("--learning-rate", type=float,
                         help="overrides the profile's learning rate")
@@ -65,6 +73,12 @@ def main(argv=None):
                         help="training inputs: the fixed patches (default) or as many random "
                              "crops per epoch from the whole training images")
     args = parser.parse_args(argv)
+    if args.tag is not None and not args.tag.isidentifier():
+        parser.error(f"--tag becomes part of file names: use letters, digits and _, "
+                     f"got {args.tag!r}")
+    if args.tag is not None and (args.sweep or args.teacher_seeds):
+        parser.error("--tag trains only the tagged distilled students; run --sweep and "
+                     "--teacher-seeds without it")
     if args.sweep and any(v is not None for v in (args.kind, args.alpha, args.temperature)):
         parser.error("--sweep chooses kind, alpha and temperature; don't pass them too")
     if args.sweep and args.teacher_ensemble:
@@ -115,6 +129,16 @@ def main(argv=None):
               flush=True)
 
     teacher, _ = utils.train("teacher", profile, data, seed=profile.seed, epochs=epochs)
+    if args.tag is not None:  # another recipe, next to the chosen runs
+        model_name = f"student_distilled_{args.tag}"
+        print(f"Distilling {model_name} with {config}", flush=True)
+        for seed in args.seeds:
+            student, _ = utils.train(f"{model_name}_s{seed}", profile, data, seed=seed,
+                                     epochs=epochs, teacher=teacher, **config)
+            record(model_name, f"{model_name}_s{seed}", student, seed)
+        print(f"Wrote {metrics_path}\n")
+        print(utils.seed_report(profile))
+        return
     if args.sweep:
         for row in utils.sweep_distillation(profile, data, teacher):
             print(f"sweep: {row}", flush=True)

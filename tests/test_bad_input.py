@@ -130,6 +130,8 @@ def test_no_credentials_in_the_repository():
     (["--sweep", "--kind", "pixel"], "--sweep chooses kind, alpha and temperature"),
     (["--sweep", "--teacher-ensemble"], "--sweep distils from the single teacher"),
     (["--sweep-kinds", "logits"], "invalid choice: 'logits'"),
+    (["--tag", "x/8"], "--tag becomes part of file names"),
+    (["--tag", "x8", "--sweep"], "--tag trains only the tagged distilled students"),
 ])
 def test_experiment_refuses_contradictory_flags(flags, message, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(utils.REPO_ROOT / "scripts"))

@@ -263,10 +263,21 @@ def test_seed_report_names_each_runs_machine_and_the_kd_settings(tmp_path):
         {"model": "student_distilled", "run": "student_distilled_s0", "seed": 0, **common,
          "backend": "tensorflow", "device": "CPU (x86_64, 2 cores)",
          "config": {"kind": "pixel", "alpha": 0.5, "temperature": 1.5,
-                    "teacher_ensemble": False}}]
+                    "teacher_ensemble": False}},
+        # another recipe, tried next to the chosen one (experiment.py --tag x8)
+        {"model": "student_distilled_x8", "run": "student_distilled_x8_s0", "seed": 0,
+         **common, "miou5": 0.65, "backend": "tensorflow", "device": "CPU (x86_64, 2 cores)",
+         "config": {"kind": "pixel", "alpha": 0.5, "temperature": 1.5,
+                    "teacher_ensemble": True}}]
     (tmp_path / "metrics.json").write_text(json.dumps(entries))
     report = utils.seed_report(types.SimpleNamespace(output_dir=tmp_path, name="full"))
     assert "- jax on NVIDIA H200, 2026-11-28: teacher, student_scratch_s0" in report
-    assert "- tensorflow on CPU (x86_64, 2 cores), 2026-11-28: student_distilled_s0" in report
-    assert "Distilled with pixel KD, alpha 0.5, T 1.5." in report
-    assert "paired by seed: seed 0 +0.000; mean +0.000." in report
+    assert ("- tensorflow on CPU (x86_64, 2 cores), 2026-11-28: student_distilled_s0, "
+            "student_distilled_x8_s0") in report
+    assert "`student_distilled` distilled with pixel KD, alpha 0.5, T 1.5." in report
+    assert ("`student_distilled` minus `student_scratch`, mIoU5 paired by seed: seed 0 +0.000; "
+            "mean +0.000.") in report
+    assert ("`student_distilled_x8` distilled with pixel KD, alpha 0.5, T 1.5, teacher "
+            "ensemble.") in report
+    assert "`student_distilled_x8` minus `student_scratch`, mIoU5 paired by seed: seed 0 +0.050" in report
+    assert "| student_distilled_x8 | 1 | 0.650 |" in report

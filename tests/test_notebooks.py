@@ -207,3 +207,15 @@ def test_notebooks_load_an_experiments_runs_and_retrain_only_what_changed(tmp_pa
         utils.weights_fingerprint(teacher))
     run = json.loads((profile.models_dir / "student_distilled_run.json").read_text())
     assert run["teacher_sha1"] == utils.weights_fingerprint(other)
+    # another recipe, next to the chosen one: only its distilled students are trained and
+    # recorded, as their own model; the chosen runs, entries and settings stay as they were
+    chosen = (profile.models_dir / "distillation.json").read_text()
+    experiment.main(["--profile", "tiny", "--output", str(tmp_path), "--seeds", "0",
+                     "--epochs", "1", "--batch-size", "8", "--tag", "x8", "--teacher-ensemble"])
+    tagged = json.loads((tmp_path / "metrics.json").read_text())
+    assert tagged[:-1] == entries
+    assert (tagged[-1]["model"], tagged[-1]["run"]) == ("student_distilled_x8",
+                                                        "student_distilled_x8_s0")
+    assert tagged[-1]["config"]["teacher_ensemble"] is True
+    assert (profile.models_dir / "distillation.json").read_text() == chosen
+    assert "`student_distilled_x8` minus `student_scratch`" in capsys.readouterr().out
