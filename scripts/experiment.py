@@ -136,8 +136,7 @@ def main(argv=None):
             student, _ = utils.train(f"{model_name}_s{seed}", profile, data, seed=seed,
                                      epochs=epochs, teacher=teacher, **config)
             record(model_name, f"{model_name}_s{seed}", student, seed)
-        print(f"Wrote {metrics_path}\n")
-        print(utils.seed_report(profile))
+        _print_summary(profile, metrics_path)
         return
     if args.sweep:
         for row in utils.sweep_distillation(profile, data, teacher):
@@ -174,6 +173,10 @@ def main(argv=None):
         if seed != profile.seed:
             model, _ = utils.train(f"teacher_s{seed}", profile, data, seed=seed, epochs=epochs)
             record("teacher", f"teacher_s{seed}", model, seed)
+    _print_summary(profile, metrics_path)
+
+
+def _print_summary(profile, metrics_path):
     print(f"Wrote {metrics_path}\n")
     print(utils.seed_report(profile))
 
