@@ -14,8 +14,9 @@ load them instead of training (`utils.train` reuses finished runs).
 
 `--tag x8 --teacher-ensemble` tries another recipe next to the chosen one: it trains
 only distilled students, named `student_distilled_x8_s<seed>` (model
-`student_distilled_x8` in `metrics.json`, a row of its own in the seed table), and
-leaves the chosen runs, their entries and `distillation.json` as they are.
+`student_distilled_x8` in `metrics.json`, a row of its own in the seed table), from the
+finished teacher and with the folder's budget (it refuses flags that would change
+either), and leaves the chosen runs, their entries and `distillation.json` as they are.
 
     KERAS_BACKEND=jax python scripts/experiment.py --profile full --output results
     python scripts/experiment.py --profile tiny --output /tmp/experiment   # a dry run
@@ -28,6 +29,7 @@ import argparse
 import dataclasses
 import json
 import pathlib
+import re
 import shutil
 import sys
 
@@ -73,8 +75,8 @@ def main(argv=None):
                         help="training inputs: the fixed patches (default) or as many random "
                              "crops per epoch from the whole training images")
     args = parser.parse_args(argv)
-    if args.tag is not None and not args.tag.isidentifier():
-        parser.error(f"--tag becomes part of file names: use letters, digits and _, "
+    if args.tag is not None and not re.fullmatch(r"[A-Za-z0-9_]+", args.tag):
+        parser.error(f"--tag becomes part of file names: use ASCII letters, digits and _, "
                      f"got {args.tag!r}")
     if args.tag is not None and (args.sweep or args.teacher_seeds):
         parser.error("--tag trains only the tagged distilled students; run --sweep and "
@@ -86,10 +88,12 @@ def main(argv=None):
                      "for --teacher-ensemble; pass --kind/--alpha/--temperature with it instead")
 
     profile = utils.load_profile(args.profile, output_dir=args.output)
-    overrides = {field: getattr(args, field) for field in utils.OVERRIDABLE
-                 if getattr(args, field) is not None}  # flags are named as the fields
-    profile = utils.save_profile_overrides(dataclasses.replace(profile, **{
-        k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}))
+    overrides = {field: tuple(value) if isinstance(value, list) else value
+                 for field in utils.OVERRIDABLE  # flags are named as the fields
+                 if (value := getattr(args, field)) is not None}
+    if args.tag is not None:
+        _check_tag(parser, profile, overrides)
+    profile = utils.save_profile_overrides(dataclasses.replace(profile, **overrides))
     profile.models_dir.mkdir(parents=True, exist_ok=True)
     epochs = profile.epochs
     config = utils.load_distillation_config(profile)
@@ -147,8 +151,10 @@ def main(argv=None):
     # already wrote its choice there, with its validation score
     chosen = profile.models_dir / "distillation.json"
     saved = json.loads(chosen.read_text()) if chosen.exists() else {}
-    if not args.sweep and any(saved.get(k) != v for k, v in config.items()):
-        saved["chosen_by"] = "scripts/experiment.py flags"
+    if not args.sweep and any(saved.get(k, utils.DEFAULT_DISTILLATION.get(k)) != v
+                              for k, v in config.items()):
+        # the flags chose other settings: a sweep's score there no longer describes them
+        saved = {"chosen_by": "scripts/experiment.py flags"}
     chosen.write_text(json.dumps({**saved, **config}, indent=1))
     print(f"Distilling with {config}", flush=True)
     record("teacher", "teacher", teacher, profile.seed)
@@ -174,6 +180,19 @@ def main(argv=None):
             model, _ = utils.train(f"teacher_s{seed}", profile, data, seed=seed, epochs=epochs)
             record("teacher", f"teacher_s{seed}", model, seed)
     _print_summary(profile, metrics_path)
+
+
+def _check_tag(parser, profile, overrides):
+    """A tagged recipe is compared with the chosen runs: same teacher, same budget."""
+    changed = [field for field, value in overrides.items() if getattr(profile, field) != value]
+    if changed:
+        flag = "--" + changed[0].replace("_", "-")
+        parser.error(f"--tag compares a recipe with the chosen runs at their budget, so it "
+                     f"can't change it: drop {flag} (it differs from the budget of "
+                     f"{profile.output_dir}, see profile.json there)")
+    if not (profile.models_dir / "teacher_run.json").exists():
+        parser.error(f"--tag distils from the finished teacher in {profile.models_dir}, and "
+                     f"there is none: run scripts/experiment.py without --tag first")
 
 
 def _print_summary(profile, metrics_path):

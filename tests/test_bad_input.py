@@ -132,6 +132,9 @@ def test_no_credentials_in_the_repository():
     (["--sweep-kinds", "logits"], "invalid choice: 'logits'"),
     (["--tag", "x/8"], "--tag becomes part of file names"),
     (["--tag", "x8", "--sweep"], "--tag trains only the tagged distilled students"),
+    (["--tag", "8x_ü"], "use ASCII letters, digits and _"),
+    (["--tag", "x8", "--epochs", "5"], "can't change it: drop --epochs"),
+    (["--tag", "x8"], "there is none: run scripts/experiment.py without --tag first"),
 ])
 def test_experiment_refuses_contradictory_flags(flags, message, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(utils.REPO_ROOT / "scripts"))

@@ -166,6 +166,8 @@ def test_notebooks_load_an_experiments_runs_and_retrain_only_what_changed(tmp_pa
     assert utils.seed_summary(entries)[0]["seeds"] == 2  # the teacher's mean over two seeds
     distilled = entries[2]
     assert distilled["config"]["alpha"] == 0.3 and distilled["config"]["batch_size"] == 8
+    assert json.loads((tmp_path / "models" / "distillation.json").read_text()) == {
+        **utils.DEFAULT_DISTILLATION, "alpha": 0.3, "chosen_by": "scripts/experiment.py flags"}
     # the teacher analysis reads the same runs back
     import teacher_analysis
 
