@@ -2956,11 +2956,12 @@ def paired_differences(entries, model="student_distilled", baseline="student_scr
                        key="miou5"):
     """Per-seed differences of one model's test score over a baseline's.
 
-    A seed fixes a student's batches and their augmentation (NumPy, on any
-    backend) and its initial weights and dropout masks (Keras, per backend),
-    so on one backend a distilled and a scratch student of the same seed
-    differ only by the teacher: pairing them removes the seed-to-seed spread
-    that both means carry.
+    A seed fixes a student's batch order (NumPy, the same on any backend)
+    and, through Keras' random generators, its initial weights, flips and
+    rotations and dropout masks, which differ between backends. So on one
+    backend a distilled and a scratch student of the same seed differ only
+    by the teacher, and pairing them removes the seed-to-seed spread that
+    both means carry; across backends they share only the batch order.
 
     Args:
         entries: the list in `metrics.json`: dicts with `model`, `seed`, `key`.

@@ -255,3 +255,20 @@ def test_a_run_interrupted_before_the_sampling_option_resumes(tiny_data, tmp_pat
     _, history = utils.train("student_scratch", profile, data, epochs=2)
     assert "moved to" not in capsys.readouterr().out
     assert history["epoch"] == [0, 1]
+
+
+def test_the_readme_example_runs_and_scores_the_saved_best_student(tiny_root, tmp_path,
+                                                                   monkeypatch, capsys):
+    readme = (utils.REPO_ROOT / "README.md").read_text()
+    example = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'load_model("outputs/student.keras")' in example
+    example = (example.replace('"path/to/aerial-dubai", patch_size=256',
+                               f'"{tiny_root}", patch_size=32')
+               .replace("epochs=100", "epochs=2"))
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    printed = float(capsys.readouterr().out.strip().splitlines()[-1])
+    data, saved = namespace["data"], keras.models.load_model(tmp_path / "outputs" / "student.keras")
+    assert printed == pytest.approx(  # the best epoch's student, as saved
+        utils.evaluate_segmentation(saved, data.x_test, data.y_test)["miou5"], abs=1e-6)
