@@ -97,6 +97,7 @@ def main(argv=None):
     profile.models_dir.mkdir(parents=True, exist_ok=True)
     epochs = profile.epochs
     config = utils.load_distillation_config(profile)
+    saved_config = dict(config)
     config.update({k: v for k, v in (("kind", args.kind), ("alpha", args.alpha),
                                      ("temperature", args.temperature)) if v is not None})
     if args.teacher_ensemble is not None:
@@ -151,8 +152,7 @@ def main(argv=None):
     # already wrote its choice there, with its validation score
     chosen = profile.models_dir / "distillation.json"
     saved = json.loads(chosen.read_text()) if chosen.exists() else {}
-    if not args.sweep and any(saved.get(k, utils.DEFAULT_DISTILLATION.get(k)) != v
-                              for k, v in config.items()):
+    if not args.sweep and config != saved_config:
         # the flags chose other settings: a sweep's score there no longer describes them
         saved = {"chosen_by": "scripts/experiment.py flags"}
     chosen.write_text(json.dumps({**saved, **config}, indent=1))
