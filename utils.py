@@ -3019,9 +3019,10 @@ def seed_report(profile):
 
     `scripts/experiment.py` writes `metrics.json` with one entry per model and
     seed; this reads it back for the report notebook, with each distilled
-    model's KD settings, its gain over the scratch student paired by seed
-    (`paired_differences`), and which runs were trained where (the runs of
-    one experiment may come from several machines and backends).
+    model's KD settings, its gain over each scratch student paired by seed
+    (`paired_differences`; whether a pair shares a backend, and with it the
+    initial weights and augmentation), and which runs were trained where (the
+    runs of one experiment may come from several machines and backends).
     """
     path = profile.output_dir / "metrics.json"
     if not path.exists():
@@ -3042,16 +3043,32 @@ def seed_report(profile):
     epochs = ", ".join(str(n) for n in sorted({e["epochs"] for e in entries}))
     lines = [seed_table(seed_summary(entries)), "",
              f"Test split, {epochs} epochs; the settings of each run are in `{path}`."]
-    scratch_seeds = {e["seed"] for e in entries if e["model"] == "student_scratch"}
+    # the chosen scratch student, and others trained as baselines (experiment.py --scratch)
+    baselines = [m for m in dict.fromkeys(e["model"] for e in entries)
+                 if m.startswith("student_scratch")]
     for model, settings in distilled.items():
         lines.append(f"`{model}` distilled with {'; '.join(sorted(settings))}.")
-        if {e["seed"] for e in entries if e["model"] == model} & scratch_seeds:
-            pairs = paired_differences(entries, model)
-            per_seed = ", ".join(f"seed {s} {d:+.3f}"
-                                 for s, d in zip(pairs["seeds"], pairs["differences"]))
-            spread = "" if len(pairs["seeds"]) < 2 else f" ± {pairs['std']:.3f}"
-            lines.append(f"`{model}` minus `student_scratch`, mIoU5 paired by seed: "
-                         f"{per_seed}; mean {pairs['mean']:+.3f}{spread}.")
+        lines += [line for baseline in baselines
+                  if (line := _paired_line(entries, model, baseline))]
     lines += ["Trained with:"] + [f"- {where}: {', '.join(runs)}"
                                   for where, runs in machines.items()]
     return "\n".join(lines)
+
+
+def _paired_line(entries, model, baseline):
+    """One line of `seed_report`: `model` minus `baseline` by seed, and their backends.
+
+    None when the two share no seed.
+    """
+    runs = {name: {e["seed"]: e for e in entries if e["model"] == name}
+            for name in (model, baseline)}
+    if not set(runs[model]) & set(runs[baseline]):
+        return None
+    pairs = paired_differences(entries, model, baseline)
+    per_seed = ", ".join(f"seed {s} {d:+.3f}" for s, d in zip(pairs["seeds"], pairs["differences"]))
+    spread = "" if len(pairs["seeds"]) < 2 else f" ± {pairs['std']:.3f}"
+    backends = {runs[name][s]["backend"] for name in runs for s in pairs["seeds"]}
+    how = (f"both on {backends.pop()}" if len(backends) == 1 else
+           "across backends, so a pair shares only its batch order")
+    return (f"`{model}` minus `{baseline}`, mIoU5 paired by seed: {per_seed}; "
+            f"mean {pairs['mean']:+.3f}{spread} ({how}).")

@@ -17,6 +17,9 @@ only distilled students, named `student_distilled_x8_s<seed>` (model
 `student_distilled_x8` in `metrics.json`, a row of its own in the seed table), from the
 finished teacher and with the folder's budget (it refuses flags that would change
 either), and leaves the chosen runs, their entries and `distillation.json` as they are.
+`--tag tf --scratch` trains students from scratch the same way (`student_scratch_tf_s<seed>`):
+a baseline from the same machine and backend as a tagged or distilled run, since a seed
+fixes the initial weights and augmentation only within one backend.
 
     KERAS_BACKEND=jax python scripts/experiment.py --profile full --output results
     python scripts/experiment.py --profile tiny --output /tmp/experiment   # a dry run
@@ -65,6 +68,9 @@ def main(argv=None):
     parser.add_argument("--tag",
                         help="distil only, as model student_distilled_<tag>: another recipe "
                              "next to the chosen one, which it leaves as it is")
+    parser.add_argument("--scratch", action="store_true",
+                        help="with --tag: train the students from scratch, as model "
+                             "student_scratch_<tag>, a baseline on this machine and backend")
     parser.add_argument("--batch-size", type=int, help="overrides the profile's batch size")
     parser.add_argument("--learning-rate", type=float,
                         help="overrides the profile's learning rate")
@@ -81,6 +87,11 @@ def main(argv=None):
     if args.tag is not None and (args.sweep or args.teacher_seeds):
         parser.error("--tag trains only the tagged distilled students; run --sweep and "
                      "--teacher-seeds without it")
+    if args.scratch and (args.tag is None or any(
+            v is not None for v in (args.kind, args.alpha, args.temperature,
+                                    args.teacher_ensemble))):
+        parser.error("--scratch goes with --tag, and a student from scratch has no teacher: "
+                     "drop --kind, --alpha, --temperature and --teacher-ensemble")
     if args.sweep and any(v is not None for v in (args.kind, args.alpha, args.temperature)):
         parser.error("--sweep chooses kind, alpha and temperature; don't pass them too")
     if args.sweep and args.teacher_ensemble:
@@ -92,7 +103,7 @@ def main(argv=None):
                  for field in utils.OVERRIDABLE  # flags are named as the fields
                  if (value := getattr(args, field)) is not None}
     if args.tag is not None:
-        _check_tag(parser, profile, overrides)
+        _check_tag(parser, profile, overrides, need_teacher=not args.scratch)
     profile = utils.save_profile_overrides(dataclasses.replace(profile, **overrides))
     profile.models_dir.mkdir(parents=True, exist_ok=True)
     epochs = profile.epochs
@@ -133,16 +144,20 @@ def main(argv=None):
               f"pixel acc {entry['pixel_acc']:.4f} (trained in {entry['train_seconds']:.0f} s)",
               flush=True)
 
-    teacher, _ = utils.train("teacher", profile, data, seed=profile.seed, epochs=epochs)
     if args.tag is not None:  # another recipe, next to the chosen runs
-        model_name = f"student_distilled_{args.tag}"
-        print(f"Distilling {model_name} with {config}", flush=True)
+        if args.scratch:
+            model_name, kwargs = f"student_scratch_{args.tag}", {}
+        else:
+            teacher, _ = utils.train("teacher", profile, data, seed=profile.seed, epochs=epochs)
+            model_name, kwargs = f"student_distilled_{args.tag}", {"teacher": teacher, **config}
+            print(f"Distilling {model_name} with {config}", flush=True)
         for seed in args.seeds:
             student, _ = utils.train(f"{model_name}_s{seed}", profile, data, seed=seed,
-                                     epochs=epochs, teacher=teacher, **config)
+                                     epochs=epochs, **kwargs)
             record(model_name, f"{model_name}_s{seed}", student, seed)
         _print_summary(profile, metrics_path)
         return
+    teacher, _ = utils.train("teacher", profile, data, seed=profile.seed, epochs=epochs)
     if args.sweep:
         for row in utils.sweep_distillation(profile, data, teacher):
             print(f"sweep: {row}", flush=True)
@@ -182,7 +197,7 @@ def main(argv=None):
     _print_summary(profile, metrics_path)
 
 
-def _check_tag(parser, profile, overrides):
+def _check_tag(parser, profile, overrides, need_teacher=True):
     """A tagged recipe is compared with the chosen runs: same teacher, same budget."""
     changed = [field for field, value in overrides.items() if getattr(profile, field) != value]
     if changed:
@@ -190,7 +205,7 @@ def _check_tag(parser, profile, overrides):
         parser.error(f"--tag compares a recipe with the chosen runs at their budget, so it "
                      f"can't change it: drop {flag} (it differs from the budget of "
                      f"{profile.output_dir}, see profile.json there)")
-    if not (profile.models_dir / "teacher_run.json").exists():
+    if need_teacher and not (profile.models_dir / "teacher_run.json").exists():
         parser.error(f"--tag distils from the finished teacher in {profile.models_dir}, and "
                      f"there is none: run scripts/experiment.py without --tag first")
 

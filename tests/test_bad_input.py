@@ -135,6 +135,8 @@ def test_no_credentials_in_the_repository():
     (["--tag", "8x_ü"], "use ASCII letters, digits and _"),
     (["--tag", "x8", "--epochs", "5"], "can't change it: drop --epochs"),
     (["--tag", "x8"], "there is none: run scripts/experiment.py without --tag first"),
+    (["--scratch"], "--scratch goes with --tag"),
+    (["--tag", "tf", "--scratch", "--alpha", "0.3"], "a student from scratch has no teacher"),
 ])
 def test_experiment_refuses_contradictory_flags(flags, message, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(utils.REPO_ROOT / "scripts"))

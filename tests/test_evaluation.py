@@ -276,8 +276,20 @@ def test_seed_report_names_each_runs_machine_and_the_kd_settings(tmp_path):
             "student_distilled_x8_s0") in report
     assert "`student_distilled` distilled with pixel KD, alpha 0.5, T 1.5." in report
     assert ("`student_distilled` minus `student_scratch`, mIoU5 paired by seed: seed 0 +0.000; "
-            "mean +0.000.") in report
+            "mean +0.000 (across backends, so a pair shares only its batch order).") in report
     assert ("`student_distilled_x8` distilled with pixel KD, alpha 0.5, T 1.5, teacher "
             "ensemble.") in report
     assert "`student_distilled_x8` minus `student_scratch`, mIoU5 paired by seed: seed 0 +0.050" in report
     assert "| student_distilled_x8 | 1 | 0.650 |" in report
+    assert "minus `student_scratch_tf`" not in report
+    # a scratch baseline on the distilled students' backend (experiment.py --tag tf --scratch)
+    entries.append({"model": "student_scratch_tf", "run": "student_scratch_tf_s0", "seed": 0,
+                    **common, "miou5": 0.61, "backend": "tensorflow",
+                    "device": "CPU (x86_64, 2 cores)", "config": {"kind": "none"}})
+    (tmp_path / "metrics.json").write_text(json.dumps(entries))
+    report = utils.seed_report(types.SimpleNamespace(output_dir=tmp_path, name="full"))
+    assert ("`student_distilled` minus `student_scratch_tf`, mIoU5 paired by seed: seed 0 "
+            "-0.010; mean -0.010 (both on tensorflow).") in report
+    assert ("`student_distilled_x8` minus `student_scratch_tf`, mIoU5 paired by seed: "
+            "seed 0 +0.040") in report
+    assert "| student_scratch_tf | 1 | 0.610 |" in report

@@ -221,3 +221,14 @@ def test_notebooks_load_an_experiments_runs_and_retrain_only_what_changed(tmp_pa
     assert tagged[-1]["config"]["teacher_ensemble"] is True
     assert (profile.models_dir / "distillation.json").read_text() == chosen
     assert "`student_distilled_x8` minus `student_scratch`" in capsys.readouterr().out
+    # a scratch baseline trained elsewhere (here: the same machine), paired with every
+    # distilled model: no teacher is needed, nothing chosen changes
+    experiment.main(["--profile", "tiny", "--output", str(tmp_path), "--seeds", "0",
+                     "--epochs", "1", "--batch-size", "8", "--tag", "tf", "--scratch"])
+    baseline = json.loads((tmp_path / "metrics.json").read_text())
+    assert baseline[:-1] == tagged
+    assert (baseline[-1]["model"], baseline[-1]["config"]["kind"]) == ("student_scratch_tf", "none")
+    assert (profile.models_dir / "distillation.json").read_text() == chosen
+    out = capsys.readouterr().out
+    assert "Distilling" not in out
+    assert "`student_distilled_x8` minus `student_scratch_tf`" in out
