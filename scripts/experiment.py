@@ -66,8 +66,9 @@ def main(argv=None):
     parser.add_argument("--teacher-ensemble", action=argparse.BooleanOptionalAction,
                         help="distil from the teacher's logits averaged over 8 flips/rotations")
     parser.add_argument("--tag",
-                        help="distil only, as model student_distilled_<tag>: another recipe "
-                             "next to the chosen one, which it leaves as it is")
+                        help="train only students of another recipe, next to the chosen one, "
+                             "which it leaves as it is: distilled, as model "
+                             "student_distilled_<tag>, or with --scratch from scratch")
     parser.add_argument("--scratch", action="store_true",
                         help="with --tag: train the students from scratch, as model "
                              "student_scratch_<tag>, a baseline on this machine and backend")
@@ -87,11 +88,12 @@ def main(argv=None):
     if args.tag is not None and (args.sweep or args.teacher_seeds):
         parser.error("--tag trains only the tagged distilled students; run --sweep and "
                      "--teacher-seeds without it")
-    if args.scratch and (args.tag is None or any(
-            v is not None for v in (args.kind, args.alpha, args.temperature,
-                                    args.teacher_ensemble))):
-        parser.error("--scratch goes with --tag, and a student from scratch has no teacher: "
-                     "drop --kind, --alpha, --temperature and --teacher-ensemble")
+    if args.scratch and args.tag is None:
+        parser.error("--scratch goes with --tag: name the baseline, e.g. --tag tf --scratch")
+    if args.scratch and any(v is not None for v in (args.kind, args.alpha, args.temperature,
+                                                    args.teacher_ensemble)):
+        parser.error("a student from scratch has no teacher: drop --kind, --alpha, "
+                     "--temperature and --teacher-ensemble")
     if args.sweep and any(v is not None for v in (args.kind, args.alpha, args.temperature)):
         parser.error("--sweep chooses kind, alpha and temperature; don't pass them too")
     if args.sweep and args.teacher_ensemble:
