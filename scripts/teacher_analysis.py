@@ -12,7 +12,11 @@ the test split, reports
   student's own calibration (T = 1);
 - for each student, where it and the teacher (and the ensemble) are right
   and wrong (`utils.error_overlap`), over all pixels and within each class:
-  the pixels only the teacher gets right are the most imitation could fix.
+  the pixels only the teacher gets right are the most imitation could fix;
+- the ceiling of a teacher made of the models at hand: each scratch student's
+  8-symmetry ensemble, and the averaged logits of all of them, with and without
+  the teacher's. If those score no better than the teacher, a bigger ensemble
+  of the same recipe would not be a stronger teacher either.
 
 On the training split, which the teacher was fitted to, it reports the
 teacher's and the ensemble's scores and calibration alone: these are the
@@ -70,16 +74,23 @@ def main(argv=None):
         predictions, calibration = {}, {}
         for name, model in scored.items():  # one model's logits in memory at a time
             logits = utils.predict_logits(model, x, profile.batch_size)
+            if name == "teacher_x8":
+                teacher_x8 = logits
             predictions[name] = logits.argmax(-1)
             calibration[name] = utils.calibration(
                 logits, y, args.temperatures if name in teachers else (1.0,))
             del logits
-        scores = {name: {k: v for k, v in utils.iou_scores(y, p).items()
-                         if k in ("miou5", "pixel_acc")} for name, p in predictions.items()}
+        scores = {name: _score(y, p) for name, p in predictions.items()}
         overlap = {f"{t} vs {s}": utils.error_overlap(y, predictions[t], predictions[s],
                                                       by_class=True)
                    for t in teachers for s in students if s in predictions}
         report[split] = {"scores": scores, "calibration": calibration, "overlap": overlap}
+        if split != "train":
+            scratch = {name: model for name, model in students.items()
+                       if name.startswith("student_scratch")}
+            report[split]["ensembles"] = ensemble_scores(
+                teacher_x8, scratch, x, y, profile.batch_size)
+        del teacher_x8
 
         print(f"\n## {split} ({len(x)} patches)\n")
         print(utils.markdown_table([{"model": name, **s} for name, s in scores.items()],
@@ -104,10 +115,47 @@ def main(argv=None):
                 {"class": name, **{k: sum(p[name][k] for p in pairs) / len(pairs)
                                    for k in pairs[0][name]}}
                 for name in pairs[0]], digits=4))
+        if report[split]["ensembles"]:
+            print("\nEnsembles (averaged logits; x8: over the 8 symmetries):\n")
+            print(utils.markdown_table([{"model": name, **s} for name, s
+                                        in report[split]["ensembles"].items()], digits=4))
 
     path = profile.output_dir / "teacher_analysis.json"
     path.write_text(json.dumps(report, indent=1))
     print(f"\nWrote {path}")
+
+
+def ensemble_scores(teacher_x8_logits, students, x, y, batch_size):
+    """Scores of the students' 8-symmetry ensembles and of averages over models.
+
+    Args:
+        teacher_x8_logits: the teacher's 8-symmetry logits of `x`.
+        students: dict of name to student model (trained independently).
+        x, y: images and labels of one split.
+        batch_size: for prediction.
+
+    Returns:
+        Dict of name to `{"miou5", "pixel_acc"}`: `<student>_x8` for each
+        student, then the mean logits of all students' x8 ensembles, alone and
+        with the teacher's as one more member. Empty without students.
+    """
+    scores, total = {}, 0.0
+    for name, model in students.items():
+        logits = utils.predict_logits(utils.symmetry_ensemble(model), x, batch_size)
+        scores[f"{name}_x8"] = _score(y, logits.argmax(-1))
+        total = total + logits
+        del logits
+    if students:
+        n = len(students)
+        scores[f"mean of the {n} students x8"] = _score(y, total.argmax(-1))
+        scores[f"mean of the {n} students x8 and teacher_x8"] = _score(
+            y, (total + teacher_x8_logits).argmax(-1))  # the teacher weighs 1 / (n + 1)
+    return scores
+
+
+def _score(y, predictions):
+    return {k: v for k, v in utils.iou_scores(y, predictions).items()
+            if k in ("miou5", "pixel_acc")}
 
 
 if __name__ == "__main__":

@@ -181,7 +181,13 @@ def test_notebooks_load_an_experiments_runs_and_retrain_only_what_changed(tmp_pa
         assert test["scores"][run["run"]]["miou5"] == pytest.approx(run["miou5"], abs=1e-6)
     assert [row["temperature"] for row in test["calibration"]["teacher"]] == [1.0, 4.0]
     assert [row["temperature"] for row in test["calibration"]["student_distilled_s0"]] == [1.0]
+    ensembles = test["ensembles"]  # over the one scratch student
+    assert list(ensembles) == ["student_scratch_s0_x8", "mean of the 1 students x8",
+                               "mean of the 1 students x8 and teacher_x8"]
+    assert ensembles["mean of the 1 students x8"] == ensembles["student_scratch_s0_x8"]
+    assert 0 <= ensembles["mean of the 1 students x8 and teacher_x8"]["miou5"] <= 1
     assert set(analysis["train"]["scores"]) == {"teacher", "teacher_x8"}  # the KD targets
+    assert "ensembles" not in analysis["train"]
     assert analysis["train"]["overlap"] == {}
     overlap = test["overlap"]["teacher vs student_scratch_s0"]
     assert sum(v for k, v in overlap.items() if k != "by_class") == pytest.approx(1)
