@@ -72,7 +72,7 @@ def main(argv=None):
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
         scored = teachers if split == "train" else {**teachers, **students}
         predictions, calibration = {}, {}
-        for name, model in scored.items():  # one model's logits in memory at a time
+        for name, model in scored.items():  # one model's logits at a time, and teacher_x8's
             logits = utils.predict_logits(model, x, profile.batch_size)
             if name == "teacher_x8":
                 teacher_x8 = logits
