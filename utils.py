@@ -2399,6 +2399,10 @@ def plot_class_shares(data, path=None):
 def plot_sweep(rows, metric="val_miou5", path=None):
     """Draws a heatmap of `metric` over alpha x temperature, one per KD kind.
 
+    A row of kind "none" (the scratch student `sweep_distillation` trains as
+    the reference) is not a cell: its score goes in the title, and each cell
+    shows its difference to it under its own value.
+
     Args:
         rows: list of dicts with `kind`, `alpha`, `temperature` and `metric`
             (as returned by `sweep_distillation`).
@@ -2410,6 +2414,10 @@ def plot_sweep(rows, metric="val_miou5", path=None):
     """
     import matplotlib.pyplot as plt
 
+    reference = next((r[metric] for r in rows if r["kind"] == "none"), None)
+    rows = [r for r in rows if r["kind"] != "none"]
+    if not rows:
+        raise ValueError("plot_sweep needs at least one distilled setting in `rows`.")
     kinds = sorted({r["kind"] for r in rows})
     alphas = sorted({r["alpha"] for r in rows})
     temps = sorted({r["temperature"] for r in rows})
@@ -2425,12 +2433,17 @@ def plot_sweep(rows, metric="val_miou5", path=None):
         image = ax.imshow(grid, cmap="viridis", vmin=values.min(),
                           vmax=values.max(), aspect="auto")
         for (i, j), v in np.ndenumerate(grid):
-            ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="w")
+            if not np.isnan(v):  # a setting the grid did not train stays blank
+                text = f"{v:.3f}" if reference is None else f"{v:.3f}\n({v - reference:+.3f})"
+                ax.text(j, i, text, ha="center", va="center", color="w")
         ax.set_xticks(range(len(temps)), [f"T={t:g}" for t in temps])
         ax.set_yticks(range(len(alphas)),
                       [f"alpha={a:g}" for a in alphas] if ax is axes[0, 0] else [])
         ax.set_title(f"{kind} KD")
-    fig.suptitle(f"{metric} over alpha x temperature")
+    title = f"{metric} over alpha x temperature"
+    if reference is not None:
+        title += f"\n(in brackets: minus the scratch student's {reference:.3f})"
+    fig.suptitle(title)
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
     return save_figure(fig, path)
 
@@ -2819,19 +2832,46 @@ def load_history(profile, name, made_by):
     return json.loads(artifact(profile, f"{name}_history.json", made_by).read_text())
 
 
-def sweep_distillation(profile, data, teacher):
+SWEEP_CHOICE = "sweep_distillation: the grid's best validation mIoU5"
+"""`chosen_by` of a `distillation.json` that a sweep wrote."""
+
+
+def sweep_distillation(profile, data, teacher, replace=False):
     """Distils a fresh student for every alpha x temperature x kind of the grid.
 
     Each setting trains `profile.sweep_epochs` epochs and is scored by its
-    best validation mIoU5 (never the test split). Finished settings are
-    read back, not retrained, so an interrupted sweep resumes. The best
-    setting is written to `distillation.json` in the models folder, where
-    `load_distillation_config` (and so `04_distill`) picks it up.
+    best validation mIoU5 (never the test split). A student trained from
+    scratch with the same budget and seed (`sweep_scratch`) is the reference:
+    a setting helps only if it beats it. Finished runs are read back, not
+    retrained, so an interrupted sweep resumes.
+
+    The best setting is written to `distillation.json` in the models folder,
+    where `load_distillation_config` (and so `04_distill`) picks it up, unless
+    that file holds settings chosen otherwise (`scripts/experiment.py`'s
+    flags, whose students were trained with them): those are kept, and
+    `replace=True` replaces them.
+
+    Args:
+        profile: the `Profile` (its `sweep_*` fields are the grid).
+        data: the `AerialDataset`.
+        teacher: the trained teacher.
+        replace: write the best setting even over settings chosen otherwise.
 
     Returns:
-        List of dicts: `kind`, `alpha`, `temperature`, `val_miou5`.
+        List of dicts, the reference first: `kind` ("none" for the scratch
+        student), `alpha`, `temperature` (None for the reference),
+        `val_miou5`, `vs_scratch` (the difference to the reference).
+
+    Example:
+
+    >>> rows = sweep_distillation(profile, data, teacher)
+    >>> print(markdown_table(rows))  # the reference first, then the grid
     """
-    rows = []
+    _, history = train("sweep_scratch", profile, data, epochs=profile.sweep_epochs,
+                       load_model=False)
+    reference = max(history["val_miou5"])
+    rows = [{"kind": "none", "alpha": 1.0, "temperature": None, "val_miou5": reference,
+             "vs_scratch": 0.0}]
     for kind in profile.sweep_kinds:
         for alpha in profile.sweep_alphas:
             for temperature in profile.sweep_temperatures:
@@ -2839,12 +2879,26 @@ def sweep_distillation(profile, data, teacher):
                 _, history = train(name, profile, data, teacher=teacher, alpha=alpha,
                                    temperature=temperature, kind=kind,
                                    epochs=profile.sweep_epochs, load_model=False)
+                score = max(history["val_miou5"])
                 rows.append({"kind": kind, "alpha": alpha, "temperature": temperature,
-                             "val_miou5": max(history["val_miou5"])})
-    best = max(rows, key=lambda r: r["val_miou5"])
-    (profile.models_dir / "distillation.json").write_text(json.dumps(
-        {"alpha": best["alpha"], "temperature": best["temperature"], "kind": best["kind"],
-         "val_miou5": best["val_miou5"], "sweep_epochs": profile.sweep_epochs}, indent=1))
+                             "val_miou5": score, "vs_scratch": score - reference})
+    best = max(rows[1:], key=lambda r: r["val_miou5"])
+    print(f"Best on validation: {best['kind']} KD, alpha {best['alpha']:g}, T "
+          f"{best['temperature']:g}: mIoU5 {best['val_miou5']:.4f}, "
+          f"{best['vs_scratch']:+.4f} against the scratch student ({reference:.4f}), "
+          f"{profile.sweep_epochs} epochs each.")
+    path = profile.models_dir / "distillation.json"
+    chosen = json.loads(path.read_text()) if path.exists() else {}
+    if chosen.get("chosen_by", SWEEP_CHOICE) != SWEEP_CHOICE and not replace:
+        print(f"Kept {path} (chosen by {chosen['chosen_by']}: "
+              f"{ {k: chosen[k] for k in DEFAULT_DISTILLATION if k in chosen} }), with which "
+              f"its distilled students were trained; sweep_distillation(..., replace=True) "
+              f"makes the sweep's best what 04_distill trains next.")
+        return rows
+    path.write_text(json.dumps(
+        {"chosen_by": SWEEP_CHOICE, "alpha": best["alpha"], "temperature": best["temperature"],
+         "kind": best["kind"], "val_miou5": best["val_miou5"],
+         "scratch_val_miou5": reference, "sweep_epochs": profile.sweep_epochs}, indent=1))
     return rows
 
 
@@ -2892,13 +2946,14 @@ def compare_models(models, profile, results=None):
 
 
 def markdown_table(rows, digits=3):
-    """Formats a list of dicts as a Markdown table ("—" where a row lacks a key)."""
+    """Formats a list of dicts as a Markdown table ("—" where a row lacks a key or has None)."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         values = [row.get(column, "—") for column in columns]
         cells = [f"{v:,.{digits}f}" if isinstance(v, float) else
-                 f"{v:,}" if isinstance(v, int) else str(v) for v in values]
+                 f"{v:,}" if isinstance(v, int) else "—" if v is None else str(v)
+                 for v in values]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

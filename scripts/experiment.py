@@ -161,7 +161,8 @@ def main(argv=None):
         return
     teacher, _ = utils.train("teacher", profile, data, seed=profile.seed, epochs=epochs)
     if args.sweep:
-        for row in utils.sweep_distillation(profile, data, teacher):
+        # --sweep asks the grid to choose: it replaces settings chosen by earlier flags
+        for row in utils.sweep_distillation(profile, data, teacher, replace=True):
             print(f"sweep: {row}", flush=True)
         best = utils.load_distillation_config(profile)  # the best on validation
         config.update({k: best[k] for k in ("alpha", "temperature", "kind")})

@@ -129,6 +129,38 @@ def test_distillation_settings_come_from_distillation_json(tmp_path):
         "alpha": 0.3, "temperature": 2.0, "kind": "channel", "teacher_ensemble": True}
 
 
+def test_sweep_scores_against_scratch_and_keeps_settings_chosen_otherwise(tmp_path, capsys):
+    import dataclasses
+
+    profile = dataclasses.replace(utils.load_profile("tiny", output_dir=tmp_path),
+                                  sweep_kinds=("pixel",), sweep_alphas=(0.5,),
+                                  sweep_temperatures=(1.0, 4.0))
+    data = utils.profile_dataset(profile)
+    teacher = utils.build_unet(2, name="teacher")
+    profile.models_dir.mkdir(parents=True)
+    flags = {"chosen_by": "scripts/experiment.py flags", **utils.DEFAULT_DISTILLATION,
+             "alpha": 0.3}
+    (profile.models_dir / "distillation.json").write_text(json.dumps(flags))
+    rows = utils.sweep_distillation(profile, data, teacher)
+    scratch = json.loads((profile.models_dir / "sweep_scratch_history.json").read_text())
+    assert [(r["kind"], r["temperature"]) for r in rows] == [("none", None), ("pixel", 1.0),
+                                                            ("pixel", 4.0)]
+    assert rows[0]["val_miou5"] == max(scratch["val_miou5"])
+    for row in rows[1:]:
+        assert row["vs_scratch"] == pytest.approx(row["val_miou5"] - rows[0]["val_miou5"])
+    assert "Kept" in capsys.readouterr().out  # the flags' students were trained with them
+    assert json.loads((profile.models_dir / "distillation.json").read_text()) == flags
+    # asked to replace them, the sweep reads its runs back and writes its best
+    assert utils.sweep_distillation(profile, data, teacher, replace=True) == rows
+    assert capsys.readouterr().out.count("Loading the finished run") == 3
+    best = max(rows[1:], key=lambda r: r["val_miou5"])
+    written = json.loads((profile.models_dir / "distillation.json").read_text())
+    assert written["chosen_by"] == utils.SWEEP_CHOICE
+    assert written["scratch_val_miou5"] == rows[0]["val_miou5"]
+    assert utils.load_distillation_config(profile) == {
+        **utils.DEFAULT_DISTILLATION, "alpha": 0.5, "temperature": best["temperature"]}
+
+
 def test_profile_overrides_saved_in_the_output_folder_apply_to_it_alone(tmp_path):
     import dataclasses
 

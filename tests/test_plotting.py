@@ -31,3 +31,18 @@ def test_history_pr_and_confusion_plots_return_figures():
     fig = utils.plot_confusion_matrix(res["confusion_matrix"], "m")
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert texts.count("1.00") == 6  # normalised rows
+
+
+def test_sweep_heatmap_shows_each_setting_against_the_scratch_reference():
+    rows = [{"kind": "none", "alpha": 1.0, "temperature": None, "val_miou5": 0.60},
+            {"kind": "pixel", "alpha": 0.1, "temperature": 1.5, "val_miou5": 0.625},
+            {"kind": "pixel", "alpha": 0.5, "temperature": 4.0, "val_miou5": 0.58},
+            {"kind": "channel", "alpha": 0.5, "temperature": 4.0, "val_miou5": 0.61}]
+    fig = utils.plot_sweep(rows)
+    channel, pixel = fig.axes[:2]  # kinds in alphabetical order
+    assert (channel.get_title(), pixel.get_title()) == ("channel KD", "pixel KD")
+    assert sorted(t.get_text() for t in pixel.texts) == ["0.580\n(-0.020)", "0.625\n(+0.025)"]
+    assert [t.get_text() for t in channel.texts] == ["0.610\n(+0.010)"]
+    assert "scratch student's 0.600" in fig._suptitle.get_text()
+    without = utils.plot_sweep(rows[1:])  # no reference: values alone
+    assert "0.610" in [t.get_text() for t in without.axes[0].texts]
