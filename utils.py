@@ -2435,7 +2435,8 @@ def plot_sweep(rows, metric="val_miou5", path=None):
         for (i, j), v in np.ndenumerate(grid):
             if not np.isnan(v):  # a setting the grid did not train stays blank
                 text = f"{v:.3f}" if reference is None else f"{v:.3f}\n({v - reference:+.3f})"
-                ax.text(j, i, text, ha="center", va="center", color="w")
+                bright = image.norm(v) > 0.5  # dark text on the light end of viridis
+                ax.text(j, i, text, ha="center", va="center", color="k" if bright else "w")
         ax.set_xticks(range(len(temps)), [f"T={t:g}" for t in temps])
         ax.set_yticks(range(len(alphas)),
                       [f"alpha={a:g}" for a in alphas] if ax is axes[0, 0] else [])
