@@ -170,8 +170,9 @@ def main(argv=None):
     # already wrote its choice there, with its validation score
     chosen = profile.models_dir / "distillation.json"
     saved = json.loads(chosen.read_text()) if chosen.exists() else {}
-    if not args.sweep and config != saved_config:
-        # the flags chose other settings: a sweep's score there no longer describes them
+    if not args.sweep and (config != saved_config or not saved):
+        # the flags (or their defaults) chose: a sweep's score no longer describes them,
+        # and a notebook's sweep must not replace the settings these students train with
         saved = {"chosen_by": "scripts/experiment.py flags"}
     chosen.write_text(json.dumps({**saved, **config}, indent=1))
     print(f"Distilling with {config}", flush=True)
