@@ -26,18 +26,16 @@ import math
 import os
 import pathlib
 import platform
+import re
 import sys
 import time
-import weakref
 import zipfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quiet TensorFlow's C++ logs
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from keras import layers  # noqa: E402
-from keras import ops  # noqa: E402
-from PIL import Image  # noqa: E402
+import keras
+import numpy as np
+from keras import layers
+from keras import ops
+from PIL import Image
 
 # =============================================================================
 # 1. Data
@@ -62,8 +60,15 @@ PALETTE = np.array(
 The dataset's own `classes.json` lists other colours, which no mask uses.
 """
 
+LABELLED_CLASSES = tuple(i for i, name in enumerate(CLASSES) if name != "Unlabeled")
+"""Classes the headline mean IoU averages over: all but Unlabeled (`miou5`)."""
+
 IGNORE_INDEX = 255
-"""Label of pixels that carry no class: excluded from losses and metrics."""
+"""Label of pixels that carry no class.
+
+They count in no label loss (`SegmentationLoss`) and no metric. The KD term of
+`Distiller` does use them: there the teacher's prediction is the only target.
+"""
 
 EXTRA_COLORS = {"#000000": IGNORE_INDEX}
 """Default policy for mask colours outside `PALETTE`.
@@ -1019,28 +1024,39 @@ def symmetry_ensemble(model):
     return keras.Model(inputs, logits, name=f"{model.name}_x8")
 
 
+@keras.saving.register_keras_serializable(package="utils")
 class _SymmetryAverage(layers.Layer):
+    """The layer of `symmetry_ensemble`: the model's logits averaged over the 8 symmetries."""
+
     def __init__(self, model, **kwargs):
-        super().__init__(dtype="float32", **kwargs)
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
         self.model = model
 
     def call(self, images):
         height, width = images.shape[1:3]
         if height is not None and width is not None and height != width:
             raise ValueError(f"symmetry_ensemble needs square images, got {height}x{width}.")
+        ones = ops.ones_like(images[:, :1, 0, 0], dtype="int32")  # (N, 1)
         total = 0.0
         for code in itertools.product((0, 1), repeat=3):
-            x = images
-            for column, transform in _SYMMETRY_STEPS:
-                x = transform(x) if code[column] else x
-            y = self.model(x, training=False)
-            for column, transform in reversed(_SYMMETRY_STEPS):
-                y = transform(y) if code[column] else y
-            total = total + ops.cast(y, "float32")
+            symmetry = ones * ops.convert_to_tensor([code], "int32")
+            logits = self.model(apply_symmetry(images, symmetry), training=False)
+            total = total + ops.cast(apply_symmetry(logits, symmetry, inverse=True), "float32")
         return total / 8.0
 
     def compute_output_spec(self, images):
         return keras.KerasTensor((*images.shape[:3], self.model.output.shape[-1]), "float32")
+
+    def get_config(self):
+        return {**super().get_config(),
+                "model": keras.saving.serialize_keras_object(self.model)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["model"] = keras.saving.deserialize_keras_object(config["model"])
+        return cls(**config)
 
 
 def build_teacher(**kwargs):
@@ -1116,7 +1132,7 @@ def model_summary(model, path=None, input_size=256):
 # =============================================================================
 
 
-@keras.saving.register_keras_serializable(package="sssi")
+@keras.saving.register_keras_serializable(package="utils")
 class SegmentationLoss(keras.losses.Loss):
     """Dice plus (focal) cross-entropy on logits, ignoring unannotated pixels.
 
@@ -1192,6 +1208,10 @@ class SegmentationLoss(keras.losses.Loss):
                 "n_classes": self.n_classes}
 
 
+KD_KINDS = ("pixel", "channel")
+"""The kinds of `distillation_loss`."""
+
+
 def distillation_loss(teacher_logits, student_logits, temperature=4.0,
                       kind="pixel"):
     """Knowledge-distillation loss for dense prediction, from logits.
@@ -1223,10 +1243,7 @@ def distillation_loss(teacher_logits, student_logits, temperature=4.0,
     >>> float(distillation_loss(t, t))  # identical logits
     0.0
     """
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}.")
-    if kind not in ("pixel", "channel"):
-        raise ValueError(f"kind must be 'pixel' or 'channel', got {kind!r}.")
+    _check_kd_arguments(temperature, kind)
     t = ops.cast(teacher_logits, "float32") / temperature
     s = ops.cast(student_logits, "float32") / temperature
     if len(t.shape) != 4 or tuple(t.shape) != tuple(s.shape):
@@ -1241,47 +1258,68 @@ def distillation_loss(teacher_logits, student_logits, temperature=4.0,
     return ops.mean(kl) * temperature**2
 
 
+@keras.saving.register_keras_serializable(package="utils")
 class SegmentationKD(keras.distillation.DistillationLoss):
     """`keras.distillation` loss wrapping `distillation_loss`.
 
-    Keras' own `LogitsDistillation` is unfit here: with its default
+    For users of Keras' own `keras.distillation.Distiller`; this module's
+    `Distiller` uses `distillation_loss` directly. Keras' own
+    `LogitsDistillation` is unfit here: with its default
     `loss="kl_divergence"` it applies neither the softmax nor T^2.
 
     Args:
         temperature: softening temperature.
         kind: "pixel" or "channel".
+
+    Example:
+
+    >>> kd = keras.distillation.Distiller(teacher, student, SegmentationKD(2.0))
     """
 
     def __init__(self, temperature=4.0, kind="pixel"):
-        distillation_loss(np.zeros((1, 1, 1, 2)), np.zeros((1, 1, 1, 2)),
-                          temperature, kind)  # validates the arguments
+        _check_kd_arguments(temperature, kind)
         self.temperature = float(temperature)
         self.kind = kind
+        self.teacher_layer_name = self.student_layer_name = None
 
     def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
         return distillation_loss(teacher_outputs, student_outputs,
                                  self.temperature, self.kind)
 
+    def validate_outputs(self, teacher_outputs, student_outputs):
+        pass  # `distillation_loss` checks the shapes
+
     def get_config(self):
         return {"temperature": self.temperature, "kind": self.kind}
 
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
-class Distiller(keras.distillation.Distiller):
+
+@keras.saving.register_keras_serializable(package="utils")
+class Distiller(keras.Model):
     """Trains a student on labels and on a frozen teacher's soft predictions.
 
-    A `keras.distillation.Distiller` whose distillation term is
-    `distillation_loss` (pixel-wise or channel-wise KD). The student is
-    trained on `alpha * student_loss + (1 - alpha) * distillation_loss`,
+    The student is trained on `alpha * student_loss + (1 - alpha) * KD`,
     where `student_loss` is the loss given to `compile` (e.g.
-    `SegmentationLoss()`). The teacher is frozen and runs in inference
-    mode. The history records `student_loss`, `distillation_loss` and
-    `total_loss` (and their `val_` twins) next to the compiled metrics.
-    After training, use and save `distiller.student` on its own. A student
-    built with `augment=True` trains on flipped and rotated images but maps
-    its logits back, so they are compared with the teacher's logits of the
-    image as it is. Those never change during training, so inputs
-    `(images, teacher_logits)` (see `PatchSequence`) are used as given
-    instead of running the teacher: `fit_segmentation` computes them once.
+    `SegmentationLoss()`, which ignores unannotated pixels) and KD is
+    `distillation_loss` (pixel-wise or channel-wise) over **every** pixel:
+    where the annotators painted nothing the teacher's prediction is the
+    only target there is, so the KD term teaches there too. The teacher is
+    frozen and runs in inference mode. The history records `student_loss`,
+    `distillation_loss` and `total_loss` (the same as `loss`), and their
+    `val_` twins, next to the compiled metrics.
+
+    It is the design of `keras.distillation.Distiller` reduced to one logits
+    term, with two additions: it serializes whole (`get_config`,
+    `keras.saving`, a compiled one resumes training after a reload), and it
+    takes inputs `(images, teacher_logits)` as well as plain images, to use
+    logits computed once instead of running the teacher at every step (see
+    `PatchSequence` and `fit_segmentation(cache_teacher=True)`). A student
+    built with `augment=True` maps its logits back to the image as given,
+    so they compare with the teacher's logits of the same image. After
+    training, use and save `distiller.student` on its own.
 
     Args:
         teacher: trained model returning logits `(N, H, W, C)`.
@@ -1300,35 +1338,70 @@ class Distiller(keras.distillation.Distiller):
 
     def __init__(self, teacher, student, alpha=0.5, temperature=4.0,
                  kind="pixel", name="distiller", **kwargs):
-        if not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) \
+                or not 0 <= alpha <= 1:
             raise ValueError(
                 f"alpha is the weight of the student's own loss and must be "
                 f"in [0, 1], got {alpha!r}."
             )
+        _check_kd_arguments(temperature, kind)
         _check_teacher_and_student(teacher, student)
-        super().__init__(
-            teacher=teacher,
-            student=student,
-            distillation_losses=SegmentationKD(temperature, kind),
-            student_loss_weight=float(alpha),
-            name=name,
-            **kwargs,
-        )
+        super().__init__(name=name, **kwargs)
+        self.teacher = teacher
+        self.student = student
+        self.teacher.trainable = False
         self.alpha = float(alpha)
         self.temperature = float(temperature)
         self.kind = kind
+        self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
+        self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
+        self.total_loss_tracker = keras.metrics.Mean(name="total_loss")
 
-    def call(self, inputs, training=None, **kwargs):
-        if isinstance(inputs, (tuple, list)):  # (images, the teacher's logits)
-            inputs = inputs[0]
-        return self.student(inputs, training=training, **kwargs)
+    def call(self, inputs, training=None):
+        images = inputs[0] if isinstance(inputs, (tuple, list)) else inputs
+        return self.student(images, training=training)
 
-    def _extract_all_teacher_features(self, x):
-        # Inputs `(images, logits)` carry the teacher's logits, computed once
-        # before training (`fit_segmentation`): the teacher is not run again.
-        if isinstance(x, (tuple, list)):
-            return {"final_output": x[1]}
-        return super()._extract_all_teacher_features(x)
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
+                     training=True):
+        if y_pred is None:
+            y_pred = self(x, training=training)
+        student_loss = super().compute_loss(x, y, y_pred, sample_weight,
+                                            training=training)
+        if isinstance(x, (tuple, list)):  # (images, the teacher's logits)
+            teacher_logits = x[1]
+        else:
+            teacher_logits = self.teacher(x, training=False)
+        kd = distillation_loss(teacher_logits, y_pred, self.temperature, self.kind)
+        total = self.alpha * student_loss + (1.0 - self.alpha) * kd
+        self.student_loss_tracker.update_state(student_loss)
+        self.distillation_loss_tracker.update_state(kd)
+        self.total_loss_tracker.update_state(total)
+        return total
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "teacher": keras.saving.serialize_keras_object(self.teacher),
+            "student": keras.saving.serialize_keras_object(self.student),
+            "alpha": self.alpha,
+            "temperature": self.temperature,
+            "kind": self.kind,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for role in ("teacher", "student"):
+            config[role] = keras.saving.deserialize_keras_object(config[role])
+        return cls(**config)
+
+
+def _check_kd_arguments(temperature, kind):
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}.")
+    if kind not in KD_KINDS:
+        raise ValueError(f"kind must be one of {KD_KINDS}, got {kind!r}.")
 
 
 def _check_teacher_and_student(teacher, student):
@@ -1371,7 +1444,7 @@ def _check_teacher_and_student(teacher, student):
 # =============================================================================
 
 
-@keras.saving.register_keras_serializable(package="sssi")
+@keras.saving.register_keras_serializable(package="utils")
 class AnnotatedPixelAccuracy(keras.metrics.SparseCategoricalAccuracy):
     """Pixel accuracy over annotated pixels only (labels != `IGNORE_INDEX`)."""
 
@@ -1385,34 +1458,67 @@ class AnnotatedPixelAccuracy(keras.metrics.SparseCategoricalAccuracy):
         return super().update_state(y_true, y_pred, sample_weight=valid)
 
 
-def compile_segmentation(model, learning_rate=1e-3, loss=None, steps_per_execution=1):
+def compile_segmentation(model, learning_rate=1e-3, loss=None, steps_per_execution=1,
+                         labelled_classes=LABELLED_CLASSES):
     """Compiles a model (or `Distiller`) with Adam, the loss and mIoU metrics.
 
-    Metrics: `miou5`, the mean IoU over the 5 labelled classes (what model
-    selection monitors), and `pixel_acc`, both ignoring unannotated pixels.
+    Metrics: `miou<K>`, the mean IoU over the K `labelled_classes` (on the
+    Dubai data `miou5`, without Unlabeled: what model selection monitors),
+    and `pixel_acc`; both ignore unannotated pixels. The number of classes is
+    the model's (its last axis).
 
     Args:
         model: a model from `build_unet`, or a `Distiller`.
         learning_rate: Adam's learning rate, a float or a
             `keras.optimizers.schedules.LearningRateSchedule`.
-        loss: student loss; `SegmentationLoss()` if `None`.
+        loss: student loss; `SegmentationLoss(n_classes=...)` if `None`.
         steps_per_execution: training steps per call from Python.
+        labelled_classes: class indices the mean IoU averages over, e.g. a
+            dataset's `labelled_classes`.
 
     Returns:
         The model, compiled.
+
+    Example:
+
+    >>> model = compile_segmentation(build_student(n_classes=3),
+    ...                              labelled_classes=(0, 1, 2))
     """
+    n_classes = _output_classes(model)
+    labelled = _check_labelled_classes(labelled_classes, n_classes)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
-        loss=loss or SegmentationLoss(),
+        loss=loss or SegmentationLoss(n_classes=n_classes),
         metrics=[
-            keras.metrics.IoU(len(CLASSES), target_class_ids=list(range(5)),
+            keras.metrics.IoU(n_classes, target_class_ids=list(labelled),
                               sparse_y_pred=False, ignore_class=IGNORE_INDEX,
-                              name="miou5"),
+                              name=miou_name(labelled)),
             AnnotatedPixelAccuracy(),
         ],
         steps_per_execution=steps_per_execution,
     )
     return model
+
+
+def miou_name(labelled_classes):
+    """Name of the mean IoU over `labelled_classes`: "miou5" for five classes."""
+    return f"miou{len(labelled_classes)}"
+
+
+def _output_classes(model):
+    return int(getattr(model, "student", model).output.shape[-1])
+
+
+def _check_labelled_classes(labelled_classes, n_classes):
+    labelled = tuple(int(c) for c in labelled_classes)
+    if not labelled or len(set(labelled)) != len(labelled) or any(
+            not 0 <= c < n_classes for c in labelled):
+        raise ValueError(
+            f"labelled_classes must be distinct class indices in [0, {n_classes}) "
+            f"(the model predicts {n_classes} classes), got {labelled_classes!r}: "
+            f"pass your dataset's `labelled_classes`."
+        )
+    return labelled
 
 
 SAMPLINGS = ("grid", "random")
@@ -1444,7 +1550,7 @@ def fit_segmentation(
     - `BackupAndRestore` under `output_dir/backup_<name>`: rerun after an
       interruption (a Colab disconnect), training resumes from the last
       finished epoch;
-    - the best model by validation `miou5` is saved to
+    - the best model by the validation mean IoU (`miou5` on Dubai) is saved to
       `output_dir/<name>.keras` (for a `Distiller`, the student alone);
     - the history is appended to `output_dir/<name>_history.csv` and written
       to `output_dir/<name>_history.json`;
@@ -1516,11 +1622,15 @@ def fit_segmentation(
     # otherwise pull a training batch to do it, which shifts the batch order of
     # the first epoch of a resumed run. BackupAndRestore needs them built too.
     model.test_on_batch(data.x_val[:1], data.y_val[:1])
-    metadata = backup_dir / "training_metadata.json"
-    if metadata.exists():  # Keras prefetches batches before on_epoch_begin
-        train.set_epoch(json.loads(metadata.read_text())["epoch"])
-    best = _BestModelCheckpoint(output_dir / f"{name}.keras", monitor="val_miou5")
-    stop_on_nan = _StopOnNaN(best)
+    # Keras prefetches batches before the callbacks' on_epoch_begin, so the
+    # sequence must know a resumed run's epoch before fit starts: our own
+    # record of finished epochs, kept in the backup folder beside Keras' backup
+    # (and deleted with it when training ends).
+    epochs_done = _EpochRecord(backup_dir / "epochs_done.json")
+    train.set_epoch(epochs_done.read())
+    monitor = _monitored_miou(model)
+    best = _BestModelCheckpoint(output_dir / f"{name}.keras", monitor=monitor)
+    stop_on_nan = _StopOnNaN()
     model.fit(
         train,
         # The sequence shuffles itself, seeded per epoch. Keras' own shuffle
@@ -1533,6 +1643,7 @@ def fit_segmentation(
         callbacks=[
             _SyncEpoch(train),
             keras.callbacks.BackupAndRestore(str(backup_dir)),
+            epochs_done,
             stop_on_nan,
             best,
             keras.callbacks.CSVLogger(str(csv_path), append=True),
@@ -1543,8 +1654,14 @@ def fit_segmentation(
     history = read_history(csv_path)
     with open(output_dir / f"{name}_history.json", "w") as f:
         json.dump(history, f, indent=1)
-    if stop_on_nan.message:
-        raise FloatingPointError(stop_on_nan.message)
+    if stop_on_nan.stopped:
+        epoch, loss = stop_on_nan.stopped
+        kept = (f"the best checkpoint so far ({best.monitor} {best.best:.4f}) is kept "
+                f"at {best.path}" if best.path.exists() else
+                "no checkpoint had been saved yet")
+        raise FloatingPointError(
+            f"Training stopped: the loss became {loss} in epoch {epoch}; {kept}. "
+            f"Lower the learning rate or check the data for bad values.")
     return history
 
 
@@ -1577,41 +1694,68 @@ class _SyncEpoch(keras.callbacks.Callback):
             v.assign(start + np.array([epoch, 0], dtype=start.dtype))
 
 
-class _StopOnNaN(keras.callbacks.Callback):
-    """Stops training on a non-finite epoch loss and freezes the best checkpoint.
+def _monitored_miou(model):
+    names = [n for n in model.get_metrics_result() if re.fullmatch(r"miou\d+", n)]
+    if len(names) != 1:
+        raise ValueError(
+            f"fit_segmentation selects the best epoch by the validation mean IoU "
+            f"(a metric named like 'miou5'), but the model's metrics are "
+            f"{sorted(model.get_metrics_result())}: compile it with "
+            f"compile_segmentation.")
+    return f"val_{names[0]}"
 
-    Checks once per epoch, not per batch: reading a batch's loss would make the
-    host wait for the device at every step. One NaN batch makes the epoch's
-    mean loss NaN, and this callback runs before `_BestModelCheckpoint`.
+
+class _EpochRecord(keras.callbacks.Callback):
+    """Records how many epochs have finished, for a resumed run's first batches."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = pathlib.Path(path)
+
+    def read(self):
+        return json.loads(self.path.read_text())["epochs_done"] if self.path.exists() else 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps({"epochs_done": epoch + 1}))
+
+
+class _StopOnNaN(keras.callbacks.Callback):
+    """Stops training on a non-finite epoch loss, and says where.
+
+    Checks once per epoch, not per batch like `keras.callbacks.TerminateOnNaN`:
+    reading a batch's loss would make the host wait for the device at every
+    step. One NaN batch makes the epoch's mean loss NaN. `_BestModelCheckpoint`
+    refuses an epoch with a non-finite loss by itself, so the order of the two
+    callbacks does not matter.
     """
 
-    def __init__(self, checkpoint):
+    def __init__(self):
         super().__init__()
-        self.checkpoint = checkpoint
-        self.message = None
+        self.stopped = None  # (epoch, loss) once stopped
 
     def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("loss")
-        if self.message is None and loss is not None and not np.isfinite(loss):
+        if self.stopped is None and loss is not None and not np.isfinite(loss):
             self.model.stop_training = True
-            self.checkpoint.frozen = True  # the broken model must not become "best"
-            kept = (f"the best checkpoint so far ({self.checkpoint.monitor} "
-                    f"{self.checkpoint.best:.4f}) is kept at {self.checkpoint.path}"
-                    if self.checkpoint.path.exists() else
-                    "no checkpoint had been saved yet")
-            self.message = (
-                f"Training stopped: the loss became {loss} in epoch {epoch + 1}; "
-                f"{kept}. Lower the learning rate or check the data for bad values.")
+            self.stopped = (epoch + 1, loss)
 
 
 class _BestModelCheckpoint(keras.callbacks.Callback):
-    """Saves the best model (a Distiller's student) by a monitored metric."""
+    """Saves the best model by a monitored metric: a Distiller's student alone.
+
+    `keras.callbacks.ModelCheckpoint(save_best_only=True, mode="max")` would
+    save the whole model it trains, which for a `Distiller` is the teacher,
+    the student and the optimizer; this saves the student, float32, without
+    optimizer (`save_model`), keeps the best score in `<path>.best.json` so a
+    resumed run goes on comparing with it, and never saves an epoch whose
+    loss is not finite.
+    """
 
     def __init__(self, path, monitor):
         super().__init__()
         self.path, self.monitor = pathlib.Path(path), monitor
         self.best = -np.inf
-        self.frozen = False
 
     def on_train_begin(self, logs=None):
         state = self.path.with_suffix(".best.json")
@@ -1619,8 +1763,10 @@ class _BestModelCheckpoint(keras.callbacks.Callback):
             self.best = json.loads(state.read_text())["best"]
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if self.frozen or value is None or not np.isfinite(value) or value <= self.best:
+        logs = logs or {}
+        value, loss = logs.get(self.monitor), logs.get("loss", 0.0)
+        if (value is None or not np.isfinite(value) or not np.isfinite(loss)
+                or value <= self.best):
             return
         self.best = float(value)
         save_model(getattr(self.model, "student", self.model), self.path)
@@ -1685,64 +1831,83 @@ def read_history(path):
 
 
 def predict_logits(model, images, batch_size=16):
-    """Runs `model` on uint8 images in batches; returns float32 logits."""
-    images = np.asarray(images)
-    outputs = [fast_predict(model, images[i : i + batch_size])
-               for i in range(0, len(images), batch_size)]
-    return np.concatenate(outputs)
-
-
-_FAST_PREDICT = weakref.WeakKeyDictionary()
-
-
-def fast_predict(model, batch):
-    """Logits of `model` for a batch, through a compiled function cached per model.
-
-    The inference path of `predict_image` and `measure_latency`: a
-    `tf.function` on TensorFlow, a `jax.jit` of the model's stateless call on
-    JAX (weights passed in, so later weight changes are seen), and
-    `predict_on_batch` elsewhere. It skips the per-call work of
-    `predict_on_batch` (data adapters, callbacks), which dominates for a small
-    model at batch 1.
+    """Runs `model` on uint8 images in batches; returns float32 logits.
 
     Args:
-        model: a Keras model returning logits.
-        batch: images `(N, H, W, 3)`, uint8 or float.
+        model: a Keras model returning logits, or a function from a batch to
+            logits made by `make_predict_function` (to reuse its compilation
+            across calls).
+        images: images `(N, H, W, 3)`, uint8 or float.
+        batch_size: images per forward pass.
 
     Returns:
         float32 numpy logits `(N, H, W, C)`.
 
     Example:
 
-    >>> fast_predict(student, data.x_test[:8]).shape
+    >>> predict_logits(student, data.x_test).shape
+    (290, 256, 256, 6)
+    """
+    predict = model if _is_predict_function(model) else make_predict_function(model)
+    images = np.asarray(images)
+    return np.concatenate([predict(images[i : i + batch_size])
+                           for i in range(0, len(images), batch_size)])
+
+
+def make_predict_function(model):
+    """A fast function from a batch of images to the logits of `model`.
+
+    The inference path of `predict_logits`, `predict_image` and
+    `measure_latency`: a `tf.function` on TensorFlow, a `jax.jit` of the
+    model's stateless call on JAX (weights passed in, so later weight changes
+    are seen), and `predict_on_batch` elsewhere. It skips the per-call work
+    of `predict_on_batch` (data adapters, callbacks), which dominates for a
+    small model at batch 1. Make it once and call it for every batch: each
+    new function compiles again.
+
+    Args:
+        model: a Keras model returning logits.
+
+    Returns:
+        A function from images `(N, H, W, 3)` (uint8 or float) to float32
+        numpy logits `(N, H, W, C)`.
+
+    Example:
+
+    >>> predict = make_predict_function(student)
+    >>> predict(data.x_test[:8]).shape
     (8, 256, 256, 6)
     """
-    batch = np.asarray(batch, dtype="float32")
-    function = _FAST_PREDICT.get(model)
-    if function is None:
-        function = _compile_inference(model)
-        _FAST_PREDICT[model] = function
-    return np.asarray(ops.convert_to_numpy(function(batch)), dtype=np.float32)
+    function = _compile_inference(model)
+
+    def predict(batch):
+        batch = np.asarray(batch, dtype="float32")
+        return np.asarray(ops.convert_to_numpy(function(batch)), dtype=np.float32)
+
+    predict.model = model
+    return predict
+
+
+def _is_predict_function(model):
+    return callable(model) and not isinstance(model, keras.Model) and hasattr(model, "model")
 
 
 def _compile_inference(model):
-    # The function holds a weak reference, so the cache never keeps a model alive.
-    ref = weakref.ref(model)
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(lambda x: ref()(x, training=False), reduce_retracing=True)
+        return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     if backend == "jax":
         import jax
 
         @jax.jit
         def forward(trainable, non_trainable, x):
-            return ref().stateless_call(trainable, non_trainable, x, training=False)[0]
+            return model.stateless_call(trainable, non_trainable, x, training=False)[0]
 
-        return lambda x: forward([v.value for v in ref().trainable_variables],
-                                 [v.value for v in ref().non_trainable_variables], x)
-    return lambda x: ref().predict_on_batch(x)
+        return lambda x: forward([v.value for v in model.trainable_variables],
+                                 [v.value for v in model.non_trainable_variables], x)
+    return model.predict_on_batch
 
 
 def export_litert(model, path, input_size=256, quantize=None, calibration_images=None):
@@ -1839,25 +2004,14 @@ def load_litert(path, num_threads=None):
     return predict
 
 
-def softmax(logits, axis=-1):
-    """Numerically stable softmax in numpy."""
-    z = logits - logits.max(axis=axis, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=axis, keepdims=True)
-
-
 def evaluate_segmentation(model, x, y, *, batch_size=16, max_pr_pixels=2_000_000,
-                          seed=0):
+                          seed=0, class_names=CLASSES, labelled_classes=LABELLED_CLASSES):
     """Evaluates a segmentation model on patches.
 
-    Unannotated pixels (`IGNORE_INDEX`) are left out. IoU of a class is
-    TP / (TP + FP + FN) from the confusion matrix; a class absent from both
-    truth and prediction has IoU NaN and is left out of the means.
-    Precision, recall and F1 come from scikit-learn (`zero_division=0`).
-    Precision-recall curves and average precision are one-vs-rest, from the
-    softmax **probabilities** (not hard labels), on a uniform random sample
-    of at most `max_pr_pixels` annotated pixels (drawn with `seed`) to keep
-    scikit-learn's sort affordable.
+    Predicts the logits of `x` and scores them with `segmentation_metrics`:
+    IoU per class and their means, pixel accuracy, precision, recall, F1 and
+    precision-recall curves. Unannotated pixels (`IGNORE_INDEX`) are left
+    out.
 
     Args:
         model: Keras model returning logits.
@@ -1866,13 +2020,11 @@ def evaluate_segmentation(model, x, y, *, batch_size=16, max_pr_pixels=2_000_000
         batch_size: prediction batch size.
         max_pr_pixels: pixel sample size for PR curves and AP.
         seed: seed of the pixel sample.
+        class_names: names of the classes, in label order.
+        labelled_classes: classes of the headline mean IoU.
 
     Returns:
-        A dict with `confusion_matrix` (rows: truth, columns: prediction),
-        `per_class_iou`, `miou6`, `miou5` (without Unlabeled), `pixel_acc`,
-        `precision`, `recall`, `f1`, `support`, `average_precision` (lists
-        in `CLASSES` order), `pr_curves` ({class: (precision, recall)}) and
-        `report` (scikit-learn's classification report as text).
+        The dict of `segmentation_metrics`.
 
     Example:
 
@@ -1880,42 +2032,49 @@ def evaluate_segmentation(model, x, y, *, batch_size=16, max_pr_pixels=2_000_000
     >>> results["miou5"]
     """
     logits = predict_logits(model, x, batch_size)
-    return segmentation_metrics(y, logits, max_pr_pixels=max_pr_pixels,
-                                seed=seed)
+    return segmentation_metrics(y, logits, max_pr_pixels=max_pr_pixels, seed=seed,
+                                class_names=class_names,
+                                labelled_classes=labelled_classes)
 
 
-def iou_scores(y_true, y_pred):
+def iou_scores(y_true, y_pred, *, n_classes=len(CLASSES),
+               labelled_classes=LABELLED_CLASSES):
     """Confusion matrix, IoUs and pixel accuracy of predicted labels.
 
-    Pixels labelled `IGNORE_INDEX` are left out. IoU of a class is
-    TP / (TP + FP + FN); a class absent from both truth and prediction has
-    IoU NaN and is left out of the means. The cheap part of
-    `evaluate_segmentation`, for when only these scores are needed.
+    Pixels labelled `IGNORE_INDEX` are left out. The confusion matrix is
+    scikit-learn's; IoU of a class is TP / (TP + FP + FN) from it; a class
+    absent from both truth and prediction has IoU NaN and is left out of the
+    means. The cheap part of `segmentation_metrics`, for when only these
+    scores are needed.
 
     Args:
         y_true: labels, any shape.
         y_pred: predicted labels, the same shape.
+        n_classes: number of classes.
+        labelled_classes: classes of the headline mean IoU.
 
     Returns:
         A dict with `confusion_matrix` (rows: truth, columns: prediction),
-        `per_class_iou`, `miou6`, `miou5` (without Unlabeled), `pixel_acc`.
+        `per_class_iou`, `miou<n_classes>` (every class, `miou6` on Dubai),
+        `miou<K>` (the K labelled classes, `miou5` on Dubai) and `pixel_acc`.
 
     Example:
 
     >>> iou_scores(np.array([0, 1, 1]), np.array([0, 1, 0]))["per_class_iou"][:2]
     [0.5, 0.5]
     """
+    from sklearn import metrics
+
+    labelled = _check_labelled_classes(labelled_classes, n_classes)
     y_true, y_pred = np.asarray(y_true).reshape(-1), np.asarray(y_pred).reshape(-1)
     if y_true.shape != y_pred.shape:
         raise ValueError(f"y_true has {y_true.size} labels but y_pred has {y_pred.size}.")
-    n_classes = len(CLASSES)
     valid = y_true != IGNORE_INDEX
     y_true, y_pred = y_true[valid].astype(np.int64), y_pred[valid].astype(np.int64)
     if y_true.size and (y_true.max() >= n_classes or y_pred.min() < 0
                         or y_pred.max() >= n_classes):
         raise ValueError(f"labels must lie in [0, {n_classes}) or be {IGNORE_INDEX}.")
-    cm = np.bincount(y_true * n_classes + y_pred,
-                     minlength=n_classes**2).reshape(n_classes, n_classes)
+    cm = metrics.confusion_matrix(y_true, y_pred, labels=np.arange(n_classes))
     tp = np.diag(cm).astype(np.float64)
     union = cm.sum(0) + cm.sum(1) - tp
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -1923,8 +2082,8 @@ def iou_scores(y_true, y_pred):
     return {
         "confusion_matrix": cm,
         "per_class_iou": iou.tolist(),
-        "miou6": float(np.nanmean(iou)),
-        "miou5": float(np.nanmean(iou[:5])),
+        f"miou{n_classes}": float(np.nanmean(iou)),
+        miou_name(labelled): float(np.nanmean(iou[list(labelled)])),
         "pixel_acc": float(tp.sum() / max(cm.sum(), 1)),
     }
 
@@ -1936,13 +2095,44 @@ def _pixel_sample(n, max_pixels, seed):
     return np.random.default_rng(seed).choice(n, max_pixels, replace=False)
 
 
-def segmentation_metrics(y_true, logits, *, max_pr_pixels=2_000_000, seed=0):
-    """Computes `evaluate_segmentation`'s metrics from labels and logits."""
+def segmentation_metrics(y_true, logits, *, max_pr_pixels=2_000_000, seed=0,
+                         class_names=CLASSES, labelled_classes=LABELLED_CLASSES):
+    """Scores logits against labels: IoU, precision, recall, PR curves.
+
+    Unannotated pixels (`IGNORE_INDEX`) are left out. IoUs come from
+    `iou_scores`; precision, recall and F1 from scikit-learn
+    (`zero_division=0`). Precision-recall curves and average precision are
+    one-vs-rest, from the softmax **probabilities** (not hard labels),
+    computed in float64: in float32 a top probability rounds to 1.0 once its
+    logit leads by about 17, and distinct scores would merge. They use a
+    uniform random sample of at most `max_pr_pixels` annotated pixels (drawn
+    with `seed`) to keep scikit-learn's sort affordable.
+
+    Args:
+        y_true: labels `(...)`.
+        logits: logits `(..., C)`, C = `len(class_names)`.
+        max_pr_pixels: pixel sample size for PR curves and AP.
+        seed: seed of the pixel sample.
+        class_names: names of the classes, in label order.
+        labelled_classes: classes of the headline mean IoU.
+
+    Returns:
+        The dict of `iou_scores` plus `precision`, `recall`, `f1`, `support`,
+        `average_precision` (lists in class order), `pr_curves` ({class:
+        (precision, recall)}) and `report` (scikit-learn's classification
+        report as text).
+
+    Example:
+
+    >>> results = segmentation_metrics(data.y_test, predict_logits(student, data.x_test))
+    >>> results["miou5"], results["average_precision"]
+    """
+    from scipy.special import softmax
     from sklearn import metrics
 
     y_true = np.asarray(y_true).reshape(-1)
     logits = np.asarray(logits)
-    n_classes = len(CLASSES)
+    n_classes = len(class_names)
     if logits.shape[-1] != n_classes or logits.size // n_classes != y_true.size:
         raise ValueError(
             f"logits of shape {logits.shape} don't match {y_true.size} labels "
@@ -1953,13 +2143,14 @@ def segmentation_metrics(y_true, logits, *, max_pr_pixels=2_000_000, seed=0):
     y_true, logits = y_true[valid], logits[valid]
     y_pred = logits.argmax(-1)
     labels = list(range(n_classes))
-    scores = iou_scores(y_true, y_pred)
+    scores = iou_scores(y_true, y_pred, n_classes=n_classes,
+                        labelled_classes=labelled_classes)
     precision, recall, f1, support = metrics.precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0)
     sample = _pixel_sample(len(y_true), max_pr_pixels, seed)
-    probs = softmax(logits[sample])
+    probs = softmax(logits[sample].astype(np.float64), axis=-1)
     curves, ap = {}, []
-    for c, name in enumerate(CLASSES):
+    for c, name in enumerate(class_names):
         positive = y_true[sample] == c
         if positive.any():
             p, r, _ = metrics.precision_recall_curve(positive, probs[:, c])
@@ -1976,7 +2167,7 @@ def segmentation_metrics(y_true, logits, *, max_pr_pixels=2_000_000, seed=0):
         "average_precision": ap,
         "pr_curves": curves,
         "report": metrics.classification_report(
-            y_true, y_pred, labels=labels, target_names=CLASSES,
+            y_true, y_pred, labels=labels, target_names=list(class_names),
             zero_division=0, digits=3),
     }
 
@@ -2016,6 +2207,7 @@ def calibration(logits, y_true, temperatures=(1.0,), *, n_bins=15,
     ...                    temperatures=(1, 2, 4))
     >>> min(rows, key=lambda row: row["nll"])["temperature"]
     """
+    from scipy.special import softmax
     from sklearn import metrics
 
     y_true = np.asarray(y_true).reshape(-1)
@@ -2037,7 +2229,7 @@ def calibration(logits, y_true, temperatures=(1.0,), *, n_bins=15,
     y_true, logits = y_true[valid].astype(np.int64), logits[valid].astype(np.float64)
     rows = []
     for t in temperatures:
-        probs = softmax(logits / t)
+        probs = softmax(logits / t, axis=-1)
         confidence = probs.max(-1)
         correct = probs.argmax(-1) == y_true
         bins = np.minimum((confidence * n_bins).astype(np.int64), n_bins - 1)
@@ -2055,7 +2247,7 @@ def calibration(logits, y_true, temperatures=(1.0,), *, n_bins=15,
     return rows
 
 
-def error_overlap(y_true, pred_a, pred_b, by_class=False):
+def error_overlap(y_true, pred_a, pred_b, by_class=False, class_names=CLASSES):
     """Where two models are right and wrong, as shares of annotated pixels.
 
     What a teacher can teach a student shows here: `only_a_right` (a = the
@@ -2069,12 +2261,13 @@ def error_overlap(y_true, pred_a, pred_b, by_class=False):
         pred_a: predicted labels of model a, the same shape.
         pred_b: predicted labels of model b, the same shape.
         by_class: also give the shares among the pixels of each class.
+        class_names: names of the classes, in label order, for `by_class`.
 
     Returns:
         A dict with the shares `both_right`, `only_a_right`,
         `only_b_right` and `both_wrong` (they sum to 1); with
         `by_class=True` also `by_class`, a dict mapping each class of
-        `CLASSES` present in `y_true` to such a dict.
+        `class_names` present in `y_true` to such a dict.
 
     Example:
 
@@ -2103,7 +2296,7 @@ def error_overlap(y_true, pred_a, pred_b, by_class=False):
 
     result = shares(np.ones_like(a))
     if by_class:
-        result["by_class"] = {name: shares(truth == c) for c, name in enumerate(CLASSES)
+        result["by_class"] = {name: shares(truth == c) for c, name in enumerate(class_names)
                               if np.any(truth == c)}
     return result
 
@@ -2156,13 +2349,14 @@ def predict_image(model, image, *, tile_size=256, overlap=None, batch_size=8,
     ramp = np.minimum(np.arange(tile_size) + 1, np.arange(tile_size)[::-1] + 1)
     window = np.minimum(ramp, max(overlap, 1)).astype(np.float32)
     weight = np.outer(window, window)[..., None]
+    predict = make_predict_function(model)
     total = None
     norm = np.zeros((padded_h, padded_w, 1), np.float32)
     for start in range(0, len(corners), batch_size):
         batch = corners[start : start + batch_size]
         tiles = np.stack([padded[y : y + tile_size, x : x + tile_size]
                           for y, x in batch])
-        logits = predict_logits(model, tiles, batch_size)
+        logits = predict(tiles)
         if total is None:
             total = np.zeros((padded_h, padded_w, logits.shape[-1]), np.float32)
         for (y, x), tile_logits in zip(batch, logits):
@@ -2181,7 +2375,7 @@ def measure_latency(models, input_size=256, batch_size=1, repeats=20, warmup=3):
 
     Args:
         models: dict mapping a name to a Keras model (run through
-            `fast_predict`) or to any function from images to logits (e.g.
+            `make_predict_function`) or to any function from images to logits (e.g.
             `load_litert`'s).
         input_size: side of the square random input.
         batch_size: images per forward pass.
@@ -2198,7 +2392,7 @@ def measure_latency(models, input_size=256, batch_size=1, repeats=20, warmup=3):
     """
     x = np.random.default_rng(0).integers(
         0, 256, (batch_size, input_size, input_size, 3)).astype("float32")
-    predictors = {name: (lambda batch, m=model: fast_predict(m, batch))
+    predictors = {name: make_predict_function(model)
                   if isinstance(model, keras.Model) else model
                   for name, model in models.items()}
     for predict in predictors.values():
@@ -2312,21 +2506,27 @@ def plot_history(histories, keys=("loss",), path=None):
     return save_figure(fig, path)
 
 
-def plot_pr_curves(results, path=None):
+def plot_pr_curves(results, path=None, class_names=CLASSES):
     """Draws per-class precision-recall curves, one panel per class.
 
     Args:
         results: dict mapping a model name to the output of
             `evaluate_segmentation`.
         path: optional file to save the figure to.
+        class_names: names of the classes, in label order.
 
     Returns:
         The matplotlib `Figure`.
     """
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(13, 8))
-    for c, (ax, name) in enumerate(zip(axes.flat, CLASSES)):
+    columns = min(3, len(class_names))
+    rows = math.ceil(len(class_names) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(13 * columns / 3, 4 * rows),
+                             squeeze=False)
+    for ax in axes.flat[len(class_names):]:
+        ax.set_visible(False)
+    for c, (ax, name) in enumerate(zip(axes.flat, class_names)):
         for model_name, res in results.items():
             if name in res["pr_curves"]:
                 precision, recall = res["pr_curves"][name]
@@ -2343,13 +2543,14 @@ def plot_pr_curves(results, path=None):
     return save_figure(fig, path)
 
 
-def plot_confusion_matrix(confusion_matrix, title="", path=None):
+def plot_confusion_matrix(confusion_matrix, title="", path=None, class_names=CLASSES):
     """Draws a confusion matrix normalised by row (recall per true class).
 
     Args:
         confusion_matrix: counts, rows = truth, columns = prediction.
         title: figure title.
         path: optional file to save the figure to.
+        class_names: names of the classes, in label order.
 
     Returns:
         The matplotlib `Figure`.
@@ -2361,7 +2562,7 @@ def plot_confusion_matrix(confusion_matrix, title="", path=None):
     with np.errstate(invalid="ignore", divide="ignore"):
         normalized = np.nan_to_num(cm / cm.sum(1, keepdims=True))
     fig, ax = plt.subplots(figsize=(6, 5.2))
-    ConfusionMatrixDisplay(normalized, display_labels=CLASSES).plot(
+    ConfusionMatrixDisplay(normalized, display_labels=list(class_names)).plot(
         ax=ax, values_format=".2f", cmap="Blues", colorbar=False,
         xticks_rotation=45)
     ax.set_title(title)
@@ -2659,17 +2860,15 @@ def profile_dataset(profile):
     """Loads the dataset of a profile.
 
     `tiny` writes the synthetic dataset into the output folder (once).
-    `full` reads `$SSSI_DATA` if set, else `../shared/data/aerial-dubai`
-    next to the repository, else `data/` in it, else downloads from Kaggle.
+    `full` reads `$SSSI_DATA` if set, else `data/` in the repository, else
+    downloads from Kaggle into it.
     """
     if profile.name == "tiny":
         root = profile.output_dir / "data" / DATASET_DIRNAME
         if not root.exists():
             make_tiny_dataset(profile.output_dir / "data")
     else:
-        candidates = [os.environ.get("SSSI_DATA"),
-                      REPO_ROOT.parent / "shared" / "data" / "aerial-dubai",
-                      REPO_ROOT / "data"]
+        candidates = [os.environ.get("SSSI_DATA"), REPO_ROOT / "data"]
         root = next((c for c in candidates if c and pathlib.Path(c).exists()), None)
         root = download_dataset(REPO_ROOT / "data") if root is None else root
     return load_dataset(root, patch_size=profile.patch_size)

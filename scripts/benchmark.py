@@ -119,11 +119,12 @@ def images_per_second(runs, n_images, rounds, seconds=None):
 
 
 def inference_images_per_second(model, batch, repeats):
-    """Images/s of `utils.fast_predict` on one batch (the result is fetched each time)."""
-    utils.fast_predict(model, batch)
+    """Images/s of `utils.make_predict_function` on one batch (the result is fetched each time)."""
+    predict = utils.make_predict_function(model)
+    predict(batch)
     start = time.perf_counter()
     for _ in range(repeats):
-        utils.fast_predict(model, batch)
+        predict(batch)
     return repeats * len(batch) / (time.perf_counter() - start)
 
 

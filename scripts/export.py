@@ -45,7 +45,7 @@ def main(argv=None):
         for name in args.models:
             path = profile.models_dir / f"{name}.keras"
             model = keras.models.load_model(path)
-            predictors = {"keras": lambda x, m=model: utils.fast_predict(m, x)}
+            predictors = {"keras": utils.make_predict_function(model)}
             sizes = {"keras": path.stat().st_size}
             for quantize in (None, "float16", "int8"):
                 key = f"litert_{quantize or 'float32'}"

@@ -5,6 +5,7 @@ import json
 import keras
 import numpy as np
 import pytest
+from scipy.special import softmax
 from sklearn import metrics
 
 import utils
@@ -64,11 +65,48 @@ def test_pr_curves_come_from_probabilities_not_hard_labels():
     y_true = rng.integers(0, 6, (2, 16, 16))
     logits = rng.normal(size=(2, 16, 16, 6)) + 1.5 * np.eye(6)[y_true]
     res = utils.segmentation_metrics(y_true, logits)
-    probs = utils.softmax(logits.reshape(-1, 6))
+    probs = softmax(logits.reshape(-1, 6), axis=-1)
     expected = metrics.average_precision_score(y_true.ravel() == 2, probs[:, 2])
     assert res["average_precision"][2] == pytest.approx(expected)
     precision, recall = res["pr_curves"]["Road"]
     assert len(precision) > 3  # a curve, not the 3 points of hard labels
+
+
+def test_average_precision_tells_apart_logits_that_saturate_float32():
+    # Class 0 leads by 25 on the positive pixel and by 18 on the negative one:
+    # both round to probability 1.0 in float32, a tie that would give AP 0.5.
+    # In float64 the positive ranks first: AP 1.0.
+    logits = np.zeros((1, 1, 2, 6))
+    logits[0, 0, :, 0] = [25.0, 18.0]
+    assert (softmax(logits.astype(np.float32), axis=-1)[..., 0] == 1.0).all()
+    res = utils.segmentation_metrics(np.array([[[0, 1]]]), logits.astype(np.float32))
+    assert res["average_precision"][0] == 1.0
+
+
+def test_scores_follow_the_class_count_and_the_labelled_classes():
+    y_true = np.array([0, 1, 2, 2, utils.IGNORE_INDEX])
+    y_pred = np.array([0, 1, 1, 2, 0])
+    scores = utils.iou_scores(y_true, y_pred, n_classes=3, labelled_classes=(1, 2))
+    # IoU: class 0 1/1, class 1 1/2, class 2 1/2.
+    assert scores["miou3"] == pytest.approx((1 + 0.5 + 0.5) / 3)
+    assert scores["miou2"] == pytest.approx(0.5)
+    res = utils.segmentation_metrics(y_true, np.eye(3)[np.minimum(y_pred, 2)] * 5,
+                                     class_names=("a", "b", "c"), labelled_classes=(1, 2))
+    assert res["miou2"] == scores["miou2"] and "a" in res["report"]
+    with pytest.raises(ValueError, match=r"labelled_classes must be .* \[0, 3\)"):
+        utils.iou_scores(y_true, y_pred, n_classes=3)  # the Dubai default names class 4
+
+
+def test_the_training_metric_equals_the_evaluation_iou():
+    rng = np.random.default_rng(3)
+    y_true = rng.integers(0, 6, (2, 8, 8))
+    y_true[0, 0] = utils.IGNORE_INDEX
+    logits = rng.normal(size=(2, 8, 8, 6)).astype("float32")
+    inputs = keras.Input((8, 8, 6))
+    model = utils.compile_segmentation(keras.Model(inputs, keras.layers.Identity()(inputs)))
+    scores = model.evaluate(logits, y_true, verbose=0, return_dict=True)
+    assert scores["miou5"] == pytest.approx(
+        utils.iou_scores(y_true, logits.argmax(-1))["miou5"], abs=1e-6)
 
 
 def test_pr_curve_pixel_sample_is_bounded():
@@ -109,7 +147,7 @@ def test_calibration_on_hand_computed_pixels():
 def test_calibration_finds_the_temperature_the_labels_were_drawn_at():
     rng = np.random.default_rng(0)
     logits = 3 * rng.normal(size=(100_000, 6))
-    probs = utils.softmax(logits / 2)
+    probs = softmax(logits / 2, axis=-1)
     y_true = (probs.cumsum(-1) < rng.uniform(size=(len(probs), 1))).sum(-1)
     rows = utils.calibration(logits, y_true, temperatures=(1, 1.5, 2, 3, 4))
     assert min(rows, key=lambda row: row["nll"])["temperature"] == 2
@@ -175,14 +213,16 @@ def test_evaluate_segmentation_runs_a_model(tiny_data, small_unet):
     assert "Vegetation" in res["report"]
 
 
-def test_fast_predict_matches_the_model_and_sees_new_weights():
+def test_predict_function_matches_the_model_and_sees_new_weights():
     model = _pixelwise_model()
+    predict = utils.make_predict_function(model)
     x = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
     direct = keras.ops.convert_to_numpy(model(x.astype("float32")))
-    np.testing.assert_allclose(utils.fast_predict(model, x), direct, atol=1e-5)
+    np.testing.assert_allclose(predict(x), direct, atol=1e-5)
     model.set_weights([w * 2 for w in model.get_weights()])
-    np.testing.assert_allclose(utils.fast_predict(model, x), 2 * direct, atol=1e-4)
-    assert utils.fast_predict(model, x[:1]).shape == (1, 16, 16, 6)  # another batch size
+    np.testing.assert_allclose(predict(x), 2 * direct, atol=1e-4)
+    assert predict(x[:1]).shape == (1, 16, 16, 6)  # another batch size
+    np.testing.assert_array_equal(utils.predict_logits(predict, x, batch_size=2), predict(x))
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="LiteRT export needs TF")

@@ -171,3 +171,52 @@ def test_distiller_detects_softmax_hidden_in_a_custom_layer():
     hidden = keras.Model(teacher.input, Probabilities()(teacher.output))
     with pytest.raises(ValueError, match="probabilities"):
         utils.Distiller(teacher=hidden, student=student)
+
+
+def test_kd_teaches_on_unannotated_pixels_and_the_label_loss_does_not():
+    # Where the annotators painted nothing, the teacher's prediction is the only
+    # target: the KD term has a gradient there, the label loss none.
+    import tensorflow as tf
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("uses tf.GradientTape")
+    labels = np.zeros((1, 2, 2), np.int64)
+    labels[0, 0, 0] = utils.IGNORE_INDEX
+    teacher = tf.constant(random_logits((1, 2, 2, 6), seed=1))
+    student = tf.Variable(random_logits((1, 2, 2, 6), seed=2))
+    with tf.GradientTape(persistent=True) as tape:
+        kd = utils.distillation_loss(teacher, student, temperature=2.0)
+        label_loss = utils.SegmentationLoss()(labels, student)
+    assert np.abs(tape.gradient(kd, student).numpy()[0, 0, 0]).sum() > 1e-3
+    np.testing.assert_allclose(tape.gradient(label_loss, student).numpy()[0, 0, 0], 0,
+                               atol=1e-7)
+
+
+def test_a_saved_compiled_distiller_reloads_and_goes_on_training(tmp_path):
+    keras.utils.set_random_seed(0)
+    teacher, student = _teacher_student()
+    distiller = utils.compile_segmentation(
+        utils.Distiller(teacher=teacher, student=student, alpha=0.3, temperature=2.0,
+                        kind="channel"))
+    x = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3)).astype("uint8")
+    y = np.random.default_rng(1).integers(0, 6, (4, 16, 16)).astype("uint8")
+    distiller.fit(x, y, batch_size=2, epochs=1, verbose=0)
+    config = distiller.get_config()
+    rebuilt = utils.Distiller.from_config(config)
+    assert (rebuilt.alpha, rebuilt.temperature, rebuilt.kind) == (0.3, 2.0, "channel")
+    distiller.save(tmp_path / "distiller.keras")
+    reloaded = keras.saving.load_model(tmp_path / "distiller.keras")
+    assert reloaded.compiled and int(reloaded.optimizer.iterations) == 2
+    for a, b in zip(distiller.student.get_weights(), reloaded.student.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(reloaded.compute_loss(x, y, reloaded(x)),
+                               distiller.compute_loss(x, y, distiller(x)), rtol=1e-5)
+    history = reloaded.fit(x, y, batch_size=2, epochs=1, verbose=0).history
+    assert int(reloaded.optimizer.iterations) == 4 and np.isfinite(history["loss"][0])
+
+
+def test_segmentation_kd_round_trips_for_keras_own_distiller():
+    kd = utils.SegmentationKD(temperature=3.0, kind="channel")
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(kd))
+    assert isinstance(again, utils.SegmentationKD)
+    assert (again.temperature, again.kind) == (3.0, "channel")

@@ -272,3 +272,14 @@ def test_the_readme_example_runs_and_scores_the_saved_best_student(tiny_root, tm
     data, saved = namespace["data"], keras.models.load_model(tmp_path / "outputs" / "student.keras")
     assert printed == pytest.approx(  # the best epoch's student, as saved
         utils.evaluate_segmentation(saved, data.x_test, data.y_test)["miou5"], abs=1e-6)
+
+
+def test_best_checkpoint_refuses_an_epoch_whose_loss_is_not_finite(tmp_path, small_unet):
+    # It does not rely on _StopOnNaN running first: the callbacks' order is free.
+    best = utils._BestModelCheckpoint(tmp_path / "m.keras", monitor="val_miou5")
+    best.set_model(small_unet)
+    best.on_train_begin()
+    best.on_epoch_end(0, {"loss": float("nan"), "val_miou5": 0.9})
+    assert not (tmp_path / "m.keras").exists() and best.best == -np.inf
+    best.on_epoch_end(1, {"loss": 1.0, "val_miou5": 0.5})
+    assert (tmp_path / "m.keras").exists() and best.best == 0.5
