@@ -74,7 +74,7 @@ EXTRA_COLORS = {"#000000": IGNORE_INDEX}
 """Default policy for mask colours outside `PALETTE`.
 
 The real masks hold one such colour, black (#000000): 552,156 pixels (0.56 %)
-in 10 of the 72 masks, 545,723 of them in `Tile 8/image_part_003` and the
+in 9 of the 72 masks, 545,723 of them in `Tile 8/image_part_003` and the
 rest in thin strips along image borders. The image under them shows ordinary
 ground: they are regions the annotators never painted. They are therefore not
 "Unlabeled" (#9B9B9B, a class the annotators did paint) but *unannotated*,
@@ -1803,7 +1803,8 @@ def with_dtype_policy(model, policy):
 
     Returns:
         A new model with the same architecture and (float32) weights, not
-        compiled.
+        compiled; with "mixed_float16", `compile` wraps its optimizer in
+        Keras' `LossScaleOptimizer`.
     """
     config = model.get_config()
     for layer in config["layers"]:
@@ -1813,6 +1814,7 @@ def with_dtype_policy(model, policy):
             layer["config"]["dtype"] = "float32" if keep else policy
     copy = keras.Model.from_config(config)
     copy.set_weights(model.get_weights())
+    copy.dtype_policy = policy  # compile adds loss scaling for "mixed_float16"
     return copy
 
 
@@ -2407,6 +2409,36 @@ def measure_latency(models, input_size=256, batch_size=1, repeats=20, warmup=3):
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
+def compare_models(models, results=None, paths=None):
+    """Rows of a comparison table: size, FLOPs, accuracy and latency.
+
+    Latency is the median of batch-1 forward passes at 256x256 on this
+    machine's default device, models interleaved (`measure_latency`).
+
+    Args:
+        models: dict name -> model.
+        results: optional dict name -> `evaluate_segmentation` output, to
+            add its mean IoUs and pixel accuracy.
+        paths: optional dict name -> the model's `.keras` file, to add its
+            size.
+
+    Returns:
+        List of dicts, one per model, for `markdown_table`.
+
+    Example:
+
+    >>> print(markdown_table(compare_models({"teacher": teacher, "student": student})))
+    """
+    latency = measure_latency(models, input_size=256)
+    rows = []
+    for name, model in models.items():
+        scores = {k: v for k, v in (results or {}).get(name, {}).items()
+                  if k.startswith("miou") or k == "pixel_acc"}
+        rows.append({"model": name, **model_summary(model, (paths or {}).get(name)),
+                     **scores, "latency_ms": 1000 * latency[name]})
+    return rows
+
+
 # =============================================================================
 # 6. Plotting
 # =============================================================================
@@ -2466,6 +2498,17 @@ def plot_segmentations(images, truths, predictions, path=None):
     return save_figure(fig, path)
 
 
+LABELS = {
+    "model": "model", "loss": "loss", "miou5": "mIoU, 5 labelled classes",
+    "miou6": "mIoU, 6 classes", "pixel_acc": "pixel accuracy",
+    "student_loss": "label loss (Dice + cross-entropy)",
+    "distillation_loss": "KD term", "total_loss": "total loss",
+    "parameters": "parameters", "gflops": "GFLOPs (256x256)", "size_mb": "file size (MB)",
+    "latency_ms": "latency (ms, batch 1)",
+}
+"""Readable names of the metrics and table columns, for figures and tables."""
+
+
 def plot_history(histories, keys=("loss",), path=None):
     """Draws training and validation curves of one or more runs.
 
@@ -2497,7 +2540,7 @@ def plot_history(histories, keys=("loss",), path=None):
             if f"val_{key}" in history:
                 ax.plot(epochs, history[f"val_{key}"], "--", color=color,
                         label=f"{run} val")
-        ax.set_title(key)
+        ax.set_title(LABELS.get(key, key))
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
@@ -2631,33 +2674,43 @@ def plot_sweep(rows, metric="val_miou5", path=None):
         for r in rows:
             if r["kind"] == kind:
                 grid[alphas.index(r["alpha"]), temps.index(r["temperature"])] = r[metric]
-        image = ax.imshow(grid, cmap="viridis", vmin=values.min(),
-                          vmax=values.max(), aspect="auto")
+        if reference is None:
+            image = ax.imshow(grid, cmap="viridis", vmin=values.min(),
+                              vmax=values.max(), aspect="auto")
+        else:  # red: worse than the scratch student, blue: better, white: level
+            span = max(np.abs(values - reference).max(), 1e-6)
+            image = ax.imshow(grid - reference, cmap="RdBu", vmin=-span, vmax=span,
+                              aspect="auto")
         for (i, j), v in np.ndenumerate(grid):
             if not np.isnan(v):  # a setting the grid did not train stays blank
                 text = f"{v:.3f}" if reference is None else f"{v:.3f}\n({v - reference:+.3f})"
-                bright = image.norm(v) > 0.5  # dark text on the light end of viridis
-                ax.text(j, i, text, ha="center", va="center", color="k" if bright else "w")
+                shade = image.norm(v if reference is None else v - reference)
+                dark_cell = shade < 0.5 if reference is None else abs(shade - 0.5) > 0.35
+                ax.text(j, i, text, ha="center", va="center", color="w" if dark_cell else "k")
         ax.set_xticks(range(len(temps)), [f"T={t:g}" for t in temps])
         ax.set_yticks(range(len(alphas)),
                       [f"alpha={a:g}" for a in alphas] if ax is axes[0, 0] else [])
         ax.set_title(f"{kind} KD")
-    title = f"{metric} over alpha x temperature"
+    name = LABELS.get(metric.removeprefix("val_"), metric)
+    title = f"Validation {name} over alpha x temperature"
     if reference is not None:
-        title += f"\n(in brackets: minus the scratch student's {reference:.3f})"
+        title += f"\n(colour and brackets: minus the scratch student's {reference:.3f})"
     fig.suptitle(title)
-    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8,
+                 label=None if reference is None else "minus scratch")
     return save_figure(fig, path)
 
 
 # =============================================================================
-# 7. Notebook runs: profiles, artifacts, the Colab setup
+# 7. Notebook setup: profiles, device, saved runs
 # =============================================================================
 
 GITHUB_REPOSITORY = "sssi-project/aerial-distillation"
 """`owner/name` of the repository on GitHub (Colab badges and clone)."""
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent
+COMMITTED_MODELS = REPO_ROOT / "results" / "models"
+"""The models of the rendered notebooks, committed with the repository."""
 DRIVE_ROOT = pathlib.Path("/content/drive")
 
 PROFILES = {
@@ -2665,27 +2718,23 @@ PROFILES = {
                  sweep_alphas=(0.5,), sweep_temperatures=(2.0,),
                  sweep_kinds=("pixel", "channel"), sweep_epochs=1),
     "full": dict(patch_size=256, epochs=100, batch_size=16, learning_rate=1e-3,
-                 sweep_alphas=(0.1, 0.3, 0.5, 0.7), sweep_temperatures=(1.0, 2.0, 4.0, 8.0),
-                 sweep_kinds=("pixel", "channel"), sweep_epochs=30),
+                 steps_per_execution=8, sweep_alphas=(0.1, 0.5),
+                 sweep_temperatures=(1.5, 4.0), sweep_kinds=("pixel",), sweep_epochs=20),
 }
-"""Budgets of the notebook series: `tiny` (synthetic data, seconds, for CI)
-and `full` (the real data, for a GPU)."""
-
-DEFAULT_DISTILLATION = {"alpha": 0.5, "temperature": 4.0, "kind": "pixel",
-                        "teacher_ensemble": False}
+"""The recipe of the notebook series: `tiny` (synthetic data, seconds, for
+CI) and `full` (the real data, for a GPU; the committed models were trained
+with it, in mixed precision)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Profile:
-    """The budgets and folders of one run of the notebook series.
+    """The recipe and folders of one run of the notebook series.
 
     Attributes:
         name: "tiny" or "full".
         patch_size, epochs, batch_size, learning_rate: training budget, the
             same for the teacher, the scratch student and the distilled one.
         seed: seed of weights, shuffling and augmentation.
-        precision: Keras dtype policy of training ("float32", or
-            "mixed_bfloat16" on recent GPUs); models are saved in float32.
         schedule: learning rate over training, "constant" or "cosine"
             (cosine decay to 0 over all epochs).
         steps_per_execution: training steps per call from Python (fewer
@@ -2711,14 +2760,22 @@ class Profile:
     output_dir: pathlib.Path
     pictures_dir: pathlib.Path
     seed: int = 0
-    precision: str = "float32"
-    schedule: str = "constant"
+    schedule: str = "cosine"
     steps_per_execution: int = 1
     sampling: str = "grid"
 
     @property
     def models_dir(self):
         return self.output_dir / "models"
+
+    def learning_rate_schedule(self, epochs=None, steps_per_epoch=1):
+        """Adam's learning rate: the constant, or Keras' cosine decay to 0 over `epochs`."""
+        if self.schedule == "constant":
+            return self.learning_rate
+        if self.schedule == "cosine":
+            return keras.optimizers.schedules.CosineDecay(
+                self.learning_rate, (epochs or self.epochs) * steps_per_epoch)
+        raise ValueError(f"Unknown schedule {self.schedule!r}: use 'constant' or 'cosine'.")
 
 
 def in_colab():
@@ -2731,10 +2788,9 @@ def load_profile(name=None, output_dir=None):
 
     The profile is `name`, else `$SSSI_PROFILE`, else "full" in Colab and
     "tiny" elsewhere. The output folder is `output_dir`, else
-    `$SSSI_OUTPUT`, else `outputs/<profile>` in the repository. Budget
-    overrides saved in the output folder by `save_profile_overrides` (e.g.
-    by `scripts/experiment.py`) apply, so notebooks rendering a run made
-    elsewhere ask for the same settings and load it instead of training.
+    `$SSSI_OUTPUT`, else `outputs/<profile>` in the repository. The recipe is
+    `PROFILES[name]`, nothing else: change it there or with
+    `dataclasses.replace`, in view.
 
     Example:
 
@@ -2751,43 +2807,8 @@ def load_profile(name=None, output_dir=None):
         output_dir or os.environ.get("SSSI_OUTPUT") or REPO_ROOT / "outputs" / name
     )
     pictures_dir = REPO_ROOT / "pictures" if name == "full" else output_dir / "pictures"
-    profile = Profile(name=name, output_dir=output_dir, pictures_dir=pictures_dir,
-                      **PROFILES[name])
-    overrides_path = output_dir / "profile.json"
-    if overrides_path.exists():
-        overrides = json.loads(overrides_path.read_text())
-        if overrides.pop("name") != name:
-            raise ValueError(
-                f"{overrides_path} belongs to another profile than {name!r}: use another "
-                f"output folder (SSSI_OUTPUT) for this profile.")
-        profile = dataclasses.replace(profile, **{  # JSON gives lists for the grid's tuples
-            k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
-    return profile
-
-
-OVERRIDABLE = ("epochs", "batch_size", "learning_rate", "precision", "schedule",
-               "steps_per_execution", "sampling", "sweep_alphas", "sweep_temperatures",
-               "sweep_kinds", "sweep_epochs")
-"""`Profile` fields an output folder's `profile.json` may override (the flags of
-`scripts/experiment.py` carry the same names)."""
-
-
-def save_profile_overrides(profile):
-    """Writes the profile's budget where it differs from `PROFILES` to `profile.json`.
-
-    Returns:
-        The `Profile`, unchanged.
-    """
-    base = PROFILES[profile.name]
-    overrides = {k: getattr(profile, k) for k in OVERRIDABLE
-                 if getattr(profile, k) != base.get(k, Profile.__dataclass_fields__[k].default)}
-    path = profile.output_dir / "profile.json"
-    profile.output_dir.mkdir(parents=True, exist_ok=True)
-    if overrides:
-        path.write_text(json.dumps({"name": profile.name, **overrides}, indent=1))
-    else:
-        path.unlink(missing_ok=True)
-    return profile
+    return Profile(name=name, output_dir=output_dir, pictures_dir=pictures_dir,
+                   **PROFILES[name])
 
 
 def setup_notebook(profile=None, mount_drive=False):
@@ -2815,10 +2836,54 @@ def setup_notebook(profile=None, mount_drive=False):
     profile.models_dir.mkdir(parents=True, exist_ok=True)
     info = run_info(profile)
     print(f"Profile {profile.name!r}: {profile.epochs} epochs, batch "
-          f"{profile.batch_size}, patches {profile.patch_size}px, seed {profile.seed}")
-    print(f"Keras {info['keras']} on {info['backend']}; device: {info['device']}")
+          f"{profile.batch_size}, patches {profile.patch_size}px, {profile.schedule} "
+          f"learning rate from {profile.learning_rate:g}, seed {profile.seed}")
+    print(f"Keras {info['keras']} on {info['backend']}; device: {info['device']}; "
+          f"training precision: {mixed_precision_policy()}")
     print(f"Outputs: {profile.output_dir}")
     return profile
+
+
+def mixed_precision_policy():
+    """The Keras dtype policy for training on this machine's accelerator.
+
+    "mixed_bfloat16" where the hardware computes in bfloat16 (NVIDIA
+    Ampere or newer, compute capability >= 8, and TPUs); "mixed_float16"
+    on GPUs with float16 tensor cores only (Colab's T4, V100: compute
+    capability 7), where Keras' `compile` adds loss scaling; "float32"
+    on older GPUs and CPUs, where half precision is slower, not faster.
+    Models are saved in float32 either way (`save_model`).
+
+    Returns:
+        A dtype policy name, for `with_dtype_policy`.
+
+    Example:
+
+    >>> model = with_dtype_policy(build_student(), mixed_precision_policy())
+    """
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            device = jax.devices()[0]
+            if device.platform == "tpu":
+                return "mixed_bfloat16"
+            capability = getattr(device, "compute_capability", None) if device.platform == "gpu" else None
+            major = int(str(capability).split(".")[0]) if capability else 0
+        elif backend == "tensorflow":
+            import tensorflow as tf
+
+            if tf.config.list_logical_devices("TPU"):
+                return "mixed_bfloat16"
+            gpus = tf.config.list_physical_devices("GPU")
+            details = tf.config.experimental.get_device_details(gpus[0]) if gpus else {}
+            major = (details.get("compute_capability") or (0, 0))[0]
+        else:
+            major = 0
+    except Exception:  # a backend that can't describe its devices: stay exact
+        major = 0
+    return "mixed_bfloat16" if major >= 8 else "mixed_float16" if major == 7 else "float32"
 
 
 def _accelerator_names():
@@ -2851,8 +2916,8 @@ def run_info(profile=None):
     if profile is not None:
         info.update(profile=profile.name, epochs=profile.epochs,
                     batch_size=profile.batch_size, patch_size=profile.patch_size,
-                    seed=profile.seed, precision=profile.precision,
-                    schedule=profile.schedule, sampling=profile.sampling)
+                    seed=profile.seed, schedule=profile.schedule,
+                    sampling=profile.sampling)
     return info
 
 
@@ -2874,281 +2939,196 @@ def profile_dataset(profile):
     return load_dataset(root, patch_size=profile.patch_size)
 
 
-def artifact(profile, filename, made_by):
-    """Path of an artifact an earlier notebook saved; a clear error if missing.
+def saved_model_path(profile, name):
+    """Where the finished model `name` is saved, or `None`.
+
+    This run's models folder first (`profile.models_dir/<name>.keras`), then,
+    for the full profile, the models committed with the repository
+    (`COMMITTED_MODELS`, the ones the rendered notebooks show), so that a
+    notebook opened alone in a fresh Colab runtime can go on from them.
 
     Args:
         profile: the `Profile`.
-        filename: file name under `profile.models_dir` (or `output_dir` for
-            files without a model suffix).
-        made_by: the notebook that makes it, e.g. "02_teacher.ipynb".
-    """
-    folder = profile.models_dir if filename.endswith((".keras", ".json")) else profile.output_dir
-    path = folder / filename
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} not found: run notebooks/{made_by} first, with the same "
-            f"profile ({profile.name!r}) and output folder."
-        )
-    return path
-
-
-_RUN_DEFAULTS = {"sampling": "grid"}  # settings runs recorded before they existed
-
-
-def train(name, profile, data, *, teacher=None, alpha=None, temperature=None,
-          kind=None, teacher_ensemble=None, seed=None, epochs=None, retrain=False,
-          load_model=True, callbacks=()):
-    """Builds, compiles and trains one model of the series; returns the best.
-
-    A `name` starting with "teacher" (e.g. "teacher_s1", the teacher of
-    another seed) trains a teacher; any other name trains a student,
-    distilled from `teacher` when one is given. Checkpoints, resumption and
-    the history come from `fit_segmentation`, under `profile.models_dir`;
-    the run's provenance (`run_info`) is written to `<name>_run.json`. A
-    finished run with the same settings (its `_run.json`) is loaded, not
-    retrained, unless `retrain=True`: rerunning a notebook, or rendering the
-    artifacts of a run made elsewhere (e.g. `scripts/experiment.py` on a
-    GPU), costs nothing. Before a run is trained anew with other settings,
-    the files of the earlier one are moved to `models/previous/`, never
-    overwritten; an interrupted run resumes only with the settings it
-    started with.
-
-    Args:
-        name: "teacher", "student_scratch", "student_distilled", ...
-        profile: the `Profile` (budget and folders).
-        data: the `AerialDataset`.
-        teacher: trained teacher, to distil a student.
-        alpha, temperature, kind: `Distiller` settings (defaults:
-            `DEFAULT_DISTILLATION`).
-        teacher_ensemble: distil from `symmetry_ensemble(teacher)`, the
-            teacher's logits averaged over the 8 flips and rotations.
-        seed: overrides `profile.seed`.
-        epochs: overrides `profile.epochs`.
-        retrain: train again even if a finished run exists.
-        load_model: with `False`, a finished run returns `(None, history)`
-            without reading its model (e.g. for a sweep, where only the
-            history matters).
-        callbacks: extra Keras callbacks for `fit_segmentation`.
+        name: the model's file stem, e.g. "teacher" or "student_scratch_s0".
 
     Returns:
-        `(model, history)`: the best model by validation mIoU5, reloaded
-        from its checkpoint, and the history dict.
-    """
-    _check_sampling(profile.sampling)  # before a wrong value moves finished runs aside
-    seed = profile.seed if seed is None else seed
-    epochs = profile.epochs if epochs is None else epochs
-    config = {"kind": "none"}
-    if teacher is not None:
-        config = {**DEFAULT_DISTILLATION}
-        config.update({k: v for k, v in (("alpha", alpha), ("temperature", temperature),
-                                         ("kind", kind), ("teacher_ensemble", teacher_ensemble))
-                       if v is not None})
-    wanted = {"seed": seed, "epochs": epochs, "distillation": config,
-              "batch_size": profile.batch_size, "patch_size": profile.patch_size,
-              "learning_rate": profile.learning_rate, "schedule": profile.schedule,
-              "precision": profile.precision, "sampling": profile.sampling,
-              "teacher_sha1": None if teacher is None else weights_fingerprint(teacher)}
-    finished = profile.models_dir / f"{name}_run.json"
-    started = profile.models_dir / f"{name}_started.json"
-    if finished.exists() and not retrain:
-        info = json.loads(finished.read_text())
-        if all(info.get(k, _RUN_DEFAULTS.get(k)) == v for k, v in wanted.items()):
-            print(f"Loading the finished run {name!r} ({epochs} epochs, seed {seed}, "
-                  f"trained on {info['backend']}, {info['device']}, {info['date']}) from "
-                  f"{profile.models_dir}; pass retrain=True to train again.")
-            history = json.loads((profile.models_dir / f"{name}_history.json").read_text())
-            if not load_model:
-                return None, history
-            return keras.models.load_model(profile.models_dir / f"{name}.keras"), history
-    stale = finished.exists() or (
-        started.exists() and {**_RUN_DEFAULTS, **json.loads(started.read_text())} != wanted)
-    if stale or retrain:
-        _archive_run(profile.models_dir, name)
-    profile.models_dir.mkdir(parents=True, exist_ok=True)
-    started.write_text(json.dumps(wanted))
-    keras.utils.set_random_seed(seed)
-    model = build_teacher() if name.startswith("teacher") else build_student()
-    if profile.precision != "float32":
-        model = with_dtype_policy(model, profile.precision)
-    if teacher is not None:
-        if profile.precision != "float32":
-            teacher = with_dtype_policy(teacher, profile.precision)
-        if config["teacher_ensemble"]:
-            teacher = symmetry_ensemble(teacher)
-        model = Distiller(teacher=teacher, student=model,
-                          **{k: v for k, v in config.items() if k != "teacher_ensemble"})
-    compile_segmentation(model, _learning_rate(profile, epochs, len(data.x_train)),
-                         steps_per_execution=profile.steps_per_execution)
-    start = time.perf_counter()
-    history = fit_segmentation(model, data, epochs=epochs, output_dir=profile.models_dir,
-                               name=name, batch_size=profile.batch_size, seed=seed,
-                               verbose=2, sampling=profile.sampling, callbacks=callbacks)
-    info = {**run_info(profile), **wanted, "train_seconds": time.perf_counter() - start}
-    finished.write_text(json.dumps(info, indent=1))
-    started.unlink()
-    return keras.models.load_model(profile.models_dir / f"{name}.keras"), history
-
-
-def _learning_rate(profile, epochs, n_train):
-    if profile.schedule == "constant":
-        return profile.learning_rate
-    if profile.schedule == "cosine":
-        steps = epochs * math.ceil(n_train / profile.batch_size)
-        return keras.optimizers.schedules.CosineDecay(profile.learning_rate, steps)
-    raise ValueError(f"Unknown schedule {profile.schedule!r}: use 'constant' or 'cosine'.")
-
-
-def weights_fingerprint(model):
-    """A short SHA-1 of a model's weights: which teacher a student learned from."""
-    import hashlib
-
-    digest = hashlib.sha1()
-    for weight in model.get_weights():
-        digest.update(np.ascontiguousarray(weight).tobytes())
-    return digest.hexdigest()[:16]
-
-
-_RUN_FILES = (".keras", ".best.json", "_history.csv", "_history.json", "_run.json",
-              "_started.json")
-
-
-def _archive_run(folder, name):
-    """Moves a run's files to `previous/<name>-<time>/` instead of overwriting them."""
-    paths = [folder / f"{name}{suffix}" for suffix in _RUN_FILES] + [folder / f"backup_{name}"]
-    paths = [p for p in paths if p.exists()]
-    if not paths:
-        return
-    archive = folder / "previous" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    archive.mkdir(parents=True, exist_ok=True)
-    for path in paths:
-        path.rename(archive / path.name)
-    print(f"Run {name!r} is trained anew (other settings, or retrain=True); the files "
-          f"of the earlier run were moved to {archive}.")
-
-
-def load_history(profile, name, made_by):
-    """Reads the history a notebook saved with `train`."""
-    return json.loads(artifact(profile, f"{name}_history.json", made_by).read_text())
-
-
-SWEEP_CHOICE = "sweep_distillation: the grid's best validation mIoU5"
-"""`chosen_by` of a `distillation.json` that a sweep wrote."""
-
-
-def sweep_distillation(profile, data, teacher, replace=False):
-    """Distils a fresh student for every alpha x temperature x kind of the grid.
-
-    Each setting trains `profile.sweep_epochs` epochs and is scored by its
-    best validation mIoU5 (never the test split). A student trained from
-    scratch with the same budget and seed (`sweep_scratch`) is the reference:
-    a setting helps only if it beats it. Finished runs are read back, not
-    retrained, so an interrupted sweep resumes.
-
-    The best setting is written to `distillation.json` in the models folder,
-    where `load_distillation_config` (and so `04_distill`) picks it up, unless
-    that file holds settings chosen otherwise (`scripts/experiment.py`'s
-    flags, whose students were trained with them): those are kept, and
-    `replace=True` replaces them.
-
-    Args:
-        profile: the `Profile` (its `sweep_*` fields are the grid).
-        data: the `AerialDataset`.
-        teacher: the trained teacher.
-        replace: write the best setting even over settings chosen otherwise.
-
-    Returns:
-        List of dicts, the reference first: `kind` ("none" for the scratch
-        student), `alpha`, `temperature` (None for the reference),
-        `val_miou5`, `vs_scratch` (the difference to the reference).
+        A `pathlib.Path`, or `None` when neither folder has it.
 
     Example:
 
-    >>> rows = sweep_distillation(profile, data, teacher)
-    >>> print(markdown_table(rows))  # the reference first, then the grid
+    >>> saved_model_path(load_profile("full"), "teacher")
+    PosixPath('.../results/models/teacher.keras')
     """
-    _, history = train("sweep_scratch", profile, data, epochs=profile.sweep_epochs,
-                       load_model=False)
-    reference = max(history["val_miou5"])
-    rows = [{"kind": "none", "alpha": 1.0, "temperature": None, "val_miou5": reference,
-             "vs_scratch": 0.0}]
-    for kind in profile.sweep_kinds:
-        for alpha in profile.sweep_alphas:
-            for temperature in profile.sweep_temperatures:
-                name = f"sweep_{kind}_a{alpha:g}_t{temperature:g}"
-                _, history = train(name, profile, data, teacher=teacher, alpha=alpha,
-                                   temperature=temperature, kind=kind,
-                                   epochs=profile.sweep_epochs, load_model=False)
-                score = max(history["val_miou5"])
-                rows.append({"kind": kind, "alpha": alpha, "temperature": temperature,
-                             "val_miou5": score, "vs_scratch": score - reference})
-    best = max(rows[1:], key=lambda r: r["val_miou5"])
-    print(f"Best on validation: {best['kind']} KD, alpha {best['alpha']:g}, T "
-          f"{best['temperature']:g}: mIoU5 {best['val_miou5']:.4f}, "
-          f"{best['vs_scratch']:+.4f} against the scratch student ({reference:.4f}), "
-          f"{profile.sweep_epochs} epochs each.")
-    path = profile.models_dir / "distillation.json"
-    chosen = json.loads(path.read_text()) if path.exists() else {}
-    if chosen.get("chosen_by", SWEEP_CHOICE) != SWEEP_CHOICE and not replace:
-        print(f"Kept {path} (chosen by {chosen['chosen_by']}: "
-              f"{ {k: chosen[k] for k in DEFAULT_DISTILLATION if k in chosen} }), with which "
-              f"its distilled students were trained; sweep_distillation(..., replace=True) "
-              f"makes the sweep's best what 04_distill trains next.")
-        return rows
-    path.write_text(json.dumps(
-        {"chosen_by": SWEEP_CHOICE, "alpha": best["alpha"], "temperature": best["temperature"],
-         "kind": best["kind"], "val_miou5": best["val_miou5"],
-         "scratch_val_miou5": reference, "sweep_epochs": profile.sweep_epochs}, indent=1))
-    return rows
+    folders = [profile.models_dir] + ([COMMITTED_MODELS] if profile.name == "full" else [])
+    return next((f / f"{name}.keras" for f in folders if (f / f"{name}.keras").exists()), None)
 
 
-def load_distillation_config(profile):
-    """The distillation settings in `distillation.json`, else the defaults.
-
-    `sweep_distillation` writes the grid's best there; `scripts/experiment.py`
-    writes the settings it distilled with.
-    """
-    path = profile.models_dir / "distillation.json"
-    if not path.exists():
-        return dict(DEFAULT_DISTILLATION)
-    best = json.loads(path.read_text())
-    return {**DEFAULT_DISTILLATION, **{k: best[k] for k in DEFAULT_DISTILLATION if k in best}}
-
-
-def compare_models(models, profile, results=None):
-    """Rows of the results table: size, FLOPs, accuracy and latency.
-
-    Latency is the median of batch-1 forward passes at 256x256 on this
-    machine's default device, models interleaved (`measure_latency`).
+def load_run(path):
+    """Loads a saved model with its training history and run record.
 
     Args:
-        models: dict name -> model (saved under `profile.models_dir` as
-            `<name>.keras`, whose size is reported when present).
-        profile: the `Profile`.
-        results: optional dict name -> `evaluate_segmentation` output, to
-            add mIoU5, mIoU6 and pixel accuracy.
+        path: a `.keras` file saved by `fit_segmentation`; its history is
+            `<stem>_history.json` beside it and its record (where, when and
+            how it was trained) `<stem>_run.json`.
 
     Returns:
-        List of dicts, one per model.
+        `(model, history, record)`; the history and record are `{}` where
+        their file is missing.
+
+    Example:
+
+    >>> teacher, history, record = load_run(saved_model_path(profile, "teacher"))
+    >>> record["device"], max(history["val_miou5"])
     """
-    latency = measure_latency(models, input_size=256)
-    rows = []
-    for name, model in models.items():
-        path = profile.models_dir / f"{name}.keras"
-        rows.append({
-            "model": name,
-            **model_summary(model, path if path.exists() else None),
-            **({k: results[name][k] for k in ("miou5", "miou6", "pixel_acc")}
-               if results else {}),
-            "latency_ms": 1000 * latency[name],
-        })
-    return rows
+    path = pathlib.Path(path)
+    extras = [path.with_name(f"{path.stem}_{kind}.json") for kind in ("history", "run")]
+    history, record = (json.loads(p.read_text()) if p.exists() else {} for p in extras)
+    return keras.models.load_model(path), history, record
 
 
-def markdown_table(rows, digits=3):
-    """Formats a list of dicts as a Markdown table ("—" where a row lacks a key or has None)."""
+def saved_history(profile, name):
+    """The training history of the run `name`, where `saved_model_path` would look.
+
+    For runs whose history is kept without their model (the sweep's).
+
+    Returns:
+        The history dict, or `None` when no `<name>_history.json` is found.
+    """
+    folders = [profile.models_dir] + ([COMMITTED_MODELS] if profile.name == "full" else [])
+    path = next((f / f"{name}_history.json" for f in folders
+                 if (f / f"{name}_history.json").exists()), None)
+    return None if path is None else json.loads(path.read_text())
+
+
+def write_run_record(profile, name, **settings):
+    """Writes `<name>_run.json` beside the model: where, when and how it was trained.
+
+    The record holds `run_info(profile)` (backend, Keras, device, date,
+    budget) and the `settings` given, e.g. `precision`, `train_seconds` or
+    the distillation's `alpha` and `temperature`.
+
+    Returns:
+        The path written.
+    """
+    path = profile.models_dir / f"{name}_run.json"
+    path.write_text(json.dumps({**run_info(profile), **settings}, indent=1))
+    return path
+
+
+def train_model(model, data, profile, *, name, teacher=None, alpha=0.5, temperature=4.0,
+                kind="pixel", epochs=None, seed=None, precision=None, callbacks=(),
+                verbose="auto"):
+    """Compiles and trains one model of the series, the way the notebooks do.
+
+    Casts `model` to `precision`, wraps it in a `Distiller` when a `teacher`
+    is given, compiles it (`compile_segmentation`, Adam with the profile's
+    learning-rate schedule) and fits it (`fit_segmentation`: best checkpoint
+    by validation mean IoU, resumption after an interruption) under
+    `profile.models_dir`, then writes `<name>_run.json` (`write_run_record`).
+    Build `model` after `keras.utils.set_random_seed(seed)` for a
+    reproducible run.
+
+    Args:
+        model: a model from `build_teacher` or `build_student`.
+        data: the `AerialDataset`.
+        profile: the `Profile` (budget and folders).
+        name: file stem of the saved model, history and record.
+        teacher: trained teacher, to distil `model` from it.
+        alpha, temperature, kind: the `Distiller`'s settings.
+        epochs: overrides `profile.epochs`.
+        seed: seed of the batch order; `profile.seed` if `None`.
+        precision: Keras dtype policy; `mixed_precision_policy()` if `None`.
+        callbacks: extra Keras callbacks.
+        verbose: passed to `fit`.
+
+    Returns:
+        `(model, history, record)` of the best epoch, as `load_run` gives.
+
+    Example:
+
+    >>> keras.utils.set_random_seed(0)
+    >>> student, history, record = train_model(build_student(), data, profile,
+    ...                                        name="student_scratch_s0")
+    """
+    epochs = profile.epochs if epochs is None else epochs
+    seed = profile.seed if seed is None else seed
+    precision = precision or mixed_precision_policy()
+    model = with_dtype_policy(model, precision)
+    settings = {"kind": "none"}
+    if teacher is not None:
+        model = Distiller(teacher=with_dtype_policy(teacher, precision), student=model,
+                          alpha=alpha, temperature=temperature, kind=kind)
+        settings = {"kind": kind, "alpha": alpha, "temperature": temperature}
+    steps = math.ceil(len(data.x_train) / profile.batch_size)
+    compile_segmentation(model, profile.learning_rate_schedule(epochs, steps),
+                         steps_per_execution=profile.steps_per_execution)
+    start = time.perf_counter()
+    fit_segmentation(model, data, epochs=epochs, output_dir=profile.models_dir, name=name,
+                     batch_size=profile.batch_size, seed=seed, verbose=verbose,
+                     sampling=profile.sampling, callbacks=callbacks)
+    write_run_record(profile, name, epochs=epochs, seed=seed, precision=precision,
+                     distillation=settings, learning_rate=profile.learning_rate,
+                     train_seconds=time.perf_counter() - start)
+    return load_run(profile.models_dir / f"{name}.keras")
+
+
+def load_or_train(profile, data, name, build, *, teacher=None, **settings):
+    """The finished model `name` if one is saved, else one trained here.
+
+    For a notebook opened alone: it looks where `saved_model_path` does (this
+    run's folder, then for the full profile the committed models), and
+    trains the model with `train_model` only where neither has it. It says
+    which it did.
+
+    Args:
+        profile: the `Profile`.
+        data: the `AerialDataset`.
+        name: the model's file stem, e.g. "teacher".
+        build: function returning the untrained model, e.g. `build_teacher`.
+        teacher: for a distilled student, its teacher.
+        **settings: the `Distiller`'s settings, for `train_model`.
+
+    Returns:
+        `(model, history, record)`.
+
+    Example:
+
+    >>> teacher, history, record = load_or_train(profile, data, "teacher", build_teacher)
+    """
+    path = saved_model_path(profile, name)
+    if path is not None:
+        model, history, record = load_run(path)
+        where = ", ".join(str(record[k]) for k in ("backend", "device", "date") if k in record)
+        print(f"Loaded {name} from {path} (trained {record.get('epochs', '?')} epochs; {where}).")
+        return model, history, record
+    print(f"No saved {name} in {profile.models_dir}: training it here, {profile.epochs} epochs.")
+    keras.utils.set_random_seed(profile.seed)
+    return train_model(build(), data, profile, name=name, teacher=teacher, verbose=0,
+                       **settings)
+
+
+def markdown_table(rows, digits=3, headers=LABELS):
+    """Formats a list of dicts as a Markdown table.
+
+    Args:
+        rows: list of dicts, one per row; the columns are their keys.
+        digits: decimals of floats.
+        headers: readable names of columns (`LABELS` by default); a key
+            without one is shown as it is.
+
+    Returns:
+        The table as text; a cell is "—" where a row lacks a key or has `None`.
+
+    Example:
+
+    >>> print(markdown_table([{"model": "teacher", "miou5": 0.71234}]))
+    | model | mIoU, 5 labelled classes |
+    |---|---|
+    | teacher | 0.712 |
+    """
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(headers.get(c, c) for c in columns) + " |",
+             "|" + "---|" * len(columns)]
     for row in rows:
         values = [row.get(column, "—") for column in columns]
         cells = [f"{v:,.{digits}f}" if isinstance(v, float) else
@@ -3156,174 +3136,3 @@ def markdown_table(rows, digits=3):
                  for v in values]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def save_results(profile, rows, results):
-    """Writes the table and per-class metrics to `results.json`; returns path."""
-    path = profile.output_dir / "results.json"
-    slim = {name: {k: (v.tolist() if isinstance(v, np.ndarray) else v)
-                   for k, v in res.items() if k != "pr_curves"}
-            for name, res in results.items()}
-    path.write_text(json.dumps({"run": run_info(profile), "table": rows,
-                                "metrics": slim}, indent=1))
-    return path
-
-
-def seed_summary(entries, keys=("miou5", "miou6", "pixel_acc")):
-    """Mean and standard deviation over seeds of each model's test scores.
-
-    Args:
-        entries: the list in `metrics.json` (from `scripts/experiment.py`):
-            dicts with `model`, `seed` and the `keys`.
-        keys: scores to summarise.
-
-    Returns:
-        List of dicts, one per model in order of first appearance: `model`,
-        `seeds` (how many), and `<key>_mean`, `<key>_std` (sample standard
-        deviation, ddof=1; NaN for a single seed, which has no spread).
-
-    Example:
-
-    >>> seed_summary([{"model": "teacher", "seed": 0, "miou5": 0.7}], ("miou5",))
-    [{'model': 'teacher', 'seeds': 1, 'miou5_mean': 0.7, 'miou5_std': nan}]
-    """
-    rows = []
-    for model in dict.fromkeys(e["model"] for e in entries):
-        runs = [e for e in entries if e["model"] == model]
-        seeds = [e["seed"] for e in runs]
-        if len(set(seeds)) != len(seeds):
-            raise ValueError(f"{model!r} has two entries for one seed in {seeds}; "
-                             f"metrics.json should hold one run per model and seed.")
-        row = {"model": model, "seeds": len(runs)}
-        for key in keys:
-            row[f"{key}_mean"], row[f"{key}_std"] = _mean_and_std([e[key] for e in runs])
-        rows.append(row)
-    return rows
-
-
-def _mean_and_std(values):
-    """Mean and sample standard deviation (ddof=1; NaN for one value: no spread)."""
-    values = np.asarray(values, dtype=float)
-    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan
-
-
-def paired_differences(entries, model="student_distilled", baseline="student_scratch",
-                       key="miou5"):
-    """Per-seed differences of one model's test score over a baseline's.
-
-    A seed fixes a student's batch order (NumPy, the same on any backend)
-    and, through Keras' random generators, its initial weights, flips and
-    rotations and dropout masks, which differ between backends. So on one
-    backend a distilled and a scratch student of the same seed differ only
-    by the teacher, and pairing them removes the seed-to-seed spread that
-    both means carry; across backends they share only the batch order.
-
-    Args:
-        entries: the list in `metrics.json`: dicts with `model`, `seed`, `key`.
-        model: the model whose gain is measured.
-        baseline: the model it is compared with.
-        key: the score.
-
-    Returns:
-        Dict with `seeds` (those both models have, sorted), `differences`
-        (model minus baseline, per seed), `mean` and `std` (sample standard
-        deviation; NaN for fewer than two seeds).
-
-    Example:
-
-    >>> entries = [{"model": "a", "seed": 0, "miou5": 0.7},
-    ...            {"model": "b", "seed": 0, "miou5": 0.6}]
-    >>> paired_differences(entries, "a", "b")["differences"]
-    [0.1]
-    """
-    scores = {}
-    for name in (model, baseline):
-        runs = [e for e in entries if e["model"] == name]
-        if not runs:
-            raise ValueError(f"No {name!r} entries to pair: the models in the entries are "
-                             f"{sorted({e['model'] for e in entries})}.")
-        scores[name] = {e["seed"]: e[key] for e in runs}
-        if len(scores[name]) != len(runs):
-            raise ValueError(f"{name!r} has two entries for one seed in "
-                             f"{[e['seed'] for e in runs]}; metrics.json should hold one run "
-                             f"per model and seed.")
-    seeds = sorted(set(scores[model]) & set(scores[baseline]))
-    if not seeds:
-        raise ValueError(f"{model!r} (seeds {sorted(scores[model])}) and {baseline!r} (seeds "
-                         f"{sorted(scores[baseline])}) share no seed to pair.")
-    differences = [round(scores[model][s] - scores[baseline][s], 12) for s in seeds]
-    mean, std = _mean_and_std(differences)
-    return {"seeds": seeds, "differences": differences, "mean": mean, "std": std}
-
-
-def seed_table(rows, keys=("miou5", "miou6", "pixel_acc"), digits=3):
-    """Markdown table of `seed_summary` rows: "mean ± std" per score.
-
-    A model with one seed shows its score alone: it has no spread to show.
-    """
-    def cell(row, key):
-        mean, std = row[f"{key}_mean"], row[f"{key}_std"]
-        return f"{mean:.{digits}f}" if row["seeds"] < 2 else f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-    return markdown_table([{"model": row["model"], "seeds": row["seeds"],
-                            **{k: cell(row, k) for k in keys}} for row in rows])
-
-
-def seed_report(profile):
-    """Markdown: the `seed_table` of `<output>/metrics.json`, or how to make it.
-
-    `scripts/experiment.py` writes `metrics.json` with one entry per model and
-    seed; this reads it back for the report notebook, with each distilled
-    model's KD settings, its gain over each scratch student paired by seed
-    (`paired_differences`; whether a pair shares a backend, and with it the
-    initial weights and augmentation), and which runs were trained where (the
-    runs of one experiment may come from several machines and backends).
-    """
-    path = profile.output_dir / "metrics.json"
-    if not path.exists():
-        return (f"No multi-seed results in `{path}`: `scripts/experiment.py --profile "
-                f"{profile.name} --output {profile.output_dir}` writes them.")
-    entries = json.loads(path.read_text())
-    machines = {}  # runs of one experiment may come from several machines
-    for entry in entries:
-        where = f"{entry['backend']} on {entry['device']}, {entry['date']}"
-        machines.setdefault(where, []).append(entry.get("run", entry["model"]))
-    distilled = {}  # the chosen recipe, and others tried next to it (experiment.py --tag)
-    for entry in entries:
-        if entry["model"].startswith("student_distilled"):
-            c = entry["config"]
-            distilled.setdefault(entry["model"], set()).add(
-                f"{c['kind']} KD, alpha {c['alpha']}, T {c['temperature']}"
-                + (", teacher ensemble" if c.get("teacher_ensemble") else ""))
-    epochs = ", ".join(str(n) for n in sorted({e["epochs"] for e in entries}))
-    lines = [seed_table(seed_summary(entries)), "",
-             f"Test split, {epochs} epochs; the settings of each run are in `{path}`."]
-    # the chosen scratch student, and others trained as baselines (experiment.py --scratch)
-    baselines = [m for m in dict.fromkeys(e["model"] for e in entries)
-                 if m.startswith("student_scratch")]
-    for model, settings in distilled.items():
-        lines.append(f"`{model}` distilled with {'; '.join(sorted(settings))}.")
-        lines += [line for baseline in baselines
-                  if (line := _paired_line(entries, model, baseline))]
-    lines += ["Trained with:"] + [f"- {where}: {', '.join(runs)}"
-                                  for where, runs in machines.items()]
-    return "\n".join(lines)
-
-
-def _paired_line(entries, model, baseline):
-    """One line of `seed_report`: `model` minus `baseline` by seed, and their backends.
-
-    None when the two share no seed.
-    """
-    runs = {name: {e["seed"]: e for e in entries if e["model"] == name}
-            for name in (model, baseline)}
-    if not set(runs[model]) & set(runs[baseline]):
-        return None
-    pairs = paired_differences(entries, model, baseline)
-    per_seed = ", ".join(f"seed {s} {d:+.3f}" for s, d in zip(pairs["seeds"], pairs["differences"]))
-    spread = "" if len(pairs["seeds"]) < 2 else f" ± {pairs['std']:.3f}"
-    backends = {runs[name][s]["backend"] for name in runs for s in pairs["seeds"]}
-    how = (f"both on {backends.pop()}" if len(backends) == 1 else
-           "across backends, so a pair shares only its batch order")
-    return (f"`{model}` minus `{baseline}`, mIoU5 paired by seed: {per_seed}; "
-            f"mean {pairs['mean']:+.3f}{spread} ({how}).")

@@ -5,12 +5,10 @@ scratch and a student distilled from the teacher, with the same budget, and last
 teachers of the other seeds (`--teacher-seeds`), for the teacher's mean and spread; it
 evaluates each on the test split and appends one entry per run to
 `<output>/metrics.json`. The budget (flags that override the profile) goes to
-`<output>/profile.json` and the
-distillation settings to `<output>/models/distillation.json`, so the notebooks
-run with `SSSI_OUTPUT=<output>` ask for the same runs. The runs
-of the profile's seed (0) are copied to `<output>/models/{student_scratch,
-student_distilled}.*`, where the notebooks of the same profile and output folder
-load them instead of training (`utils.train` reuses finished runs).
+`<output>/profile.json` and the distillation settings to
+`<output>/models/distillation.json`, so that a rerun asks for the same runs (the
+bookkeeping is `scripts/runs.py`). With `--output results` the notebooks of the full
+profile find the models in `results/models`.
 
 `--tag x8 --teacher-ensemble` tries another recipe next to the chosen one: it trains
 only distilled students, named `student_distilled_x8_s<seed>` (model
@@ -33,12 +31,11 @@ import dataclasses
 import json
 import pathlib
 import re
-import shutil
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-
+import runs  # noqa: E402
 import utils  # noqa: E402
 
 
@@ -52,13 +49,13 @@ def main(argv=None):
                              "and spread (default: --seeds); every student learns from the "
                              "teacher of the profile's seed")
     parser.add_argument("--epochs", type=int, help="overrides the profile's epochs")
-    parser.add_argument("--kind", choices=("pixel", "channel"))
+    parser.add_argument("--kind", choices=utils.KD_KINDS)
     parser.add_argument("--alpha", type=float)
     parser.add_argument("--temperature", type=float)
     parser.add_argument("--sweep", action="store_true",
                         help="first run the profile's alpha x T x kind grid on the validation "
                              "split (as 06_sweep does) and distil with its best setting")
-    parser.add_argument("--sweep-kinds", nargs="+", choices=("pixel", "channel"),
+    parser.add_argument("--sweep-kinds", nargs="+", choices=utils.KD_KINDS,
                         help="overrides the profile's sweep grid (also what 06_sweep shows)")
     parser.add_argument("--sweep-alphas", type=float, nargs="+")
     parser.add_argument("--sweep-temperatures", type=float, nargs="+")
@@ -75,7 +72,9 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, help="overrides the profile's batch size")
     parser.add_argument("--learning-rate", type=float,
                         help="overrides the profile's learning rate")
-    parser.add_argument("--precision", help="Keras dtype policy, e.g. mixed_bfloat16")
+    parser.add_argument("--precision",
+                        help="Keras dtype policy, e.g. mixed_bfloat16 (default: the one saved "
+                             "in the output folder, else utils.mixed_precision_policy())")
     parser.add_argument("--schedule", choices=("constant", "cosine"))
     parser.add_argument("--steps-per-execution", type=int)
     parser.add_argument("--sampling", choices=("grid", "random"),
@@ -100,16 +99,21 @@ def main(argv=None):
         parser.error("--sweep distils from the single teacher, so it can't choose settings "
                      "for --teacher-ensemble; pass --kind/--alpha/--temperature with it instead")
 
-    profile = utils.load_profile(args.profile, output_dir=args.output)
+    profile = runs.load_profile(args.profile, output_dir=args.output)
     overrides = {field: tuple(value) if isinstance(value, list) else value
-                 for field in utils.OVERRIDABLE  # flags are named as the fields
-                 if (value := getattr(args, field)) is not None}
+                 for field in runs.OVERRIDABLE  # flags are named as the fields
+                 if field != "precision" and (value := getattr(args, field)) is not None}
     if args.tag is not None:
         _check_tag(parser, profile, overrides, need_teacher=not args.scratch)
-    profile = utils.save_profile_overrides(dataclasses.replace(profile, **overrides))
+        if args.precision and args.precision != runs.load_precision(profile):
+            parser.error(f"--tag compares a recipe with the chosen runs at their budget: drop "
+                         f"--precision (the runs in {profile.output_dir} train with "
+                         f"{runs.load_precision(profile)})")
+    profile = runs.save_profile_overrides(dataclasses.replace(profile, **overrides),
+                                          precision=args.precision)
+    precision = runs.load_precision(profile)
     profile.models_dir.mkdir(parents=True, exist_ok=True)
-    epochs = profile.epochs
-    config = utils.load_distillation_config(profile)
+    config = runs.load_distillation_config(profile)
     saved_config = dict(config)
     config.update({k: v for k, v in (("kind", args.kind), ("alpha", args.alpha),
                                      ("temperature", args.temperature)) if v is not None})
@@ -117,11 +121,77 @@ def main(argv=None):
         config["teacher_ensemble"] = args.teacher_ensemble
     data = utils.profile_dataset(profile)
     print(data.summary(), flush=True)
+    metrics = Metrics(profile, data)
 
-    metrics_path = profile.output_dir / "metrics.json"
-    entries = json.loads(metrics_path.read_text()) if metrics_path.exists() else []
+    def train(name, **kwargs):
+        return runs.train(name, profile, data, precision=precision, **kwargs)
 
-    def record(model_name, run_name, model, seed, run_file=None):
+    if args.tag is not None:  # another recipe, next to the chosen runs
+        if args.scratch:
+            model_name, kwargs = f"student_scratch_{args.tag}", {}
+        else:
+            teacher, _ = train("teacher", build=utils.build_teacher, seed=profile.seed)
+            model_name, kwargs = f"student_distilled_{args.tag}", {"teacher": teacher, **config}
+            print(f"Distilling {model_name} with {config}", flush=True)
+        for seed in args.seeds:
+            student, _ = train(f"{model_name}_s{seed}", seed=seed, **kwargs)
+            metrics.record(model_name, f"{model_name}_s{seed}", student, seed)
+        metrics.print_summary()
+        return
+    teacher, _ = train("teacher", build=utils.build_teacher, seed=profile.seed)
+    if args.sweep:
+        # --sweep asks the grid to choose: it replaces settings chosen by earlier flags
+        for row in runs.sweep_distillation(profile, data, teacher, replace=True):
+            print(f"sweep: {row}", flush=True)
+        best = runs.load_distillation_config(profile)  # the best on validation
+        config.update({k: best[k] for k in ("alpha", "temperature", "kind")})
+    else:
+        _save_chosen_settings(profile, config, changed=config != saved_config)
+    print(f"Distilling with {config}", flush=True)
+    metrics.record("teacher", "teacher", teacher, profile.seed)
+    if config["teacher_ensemble"]:  # what the students learn from
+        metrics.record("teacher_x8", "teacher_x8", utils.symmetry_ensemble(teacher),
+                       profile.seed, run_file="teacher")
+    for seed in args.seeds:
+        for model_name, kwargs in (("student_scratch", {}),
+                                   ("student_distilled", {"teacher": teacher, **config})):
+            run_name = f"{model_name}_s{seed}"
+            student, _ = train(run_name, seed=seed, **kwargs)
+            metrics.record(model_name, run_name, student, seed)
+    # Last, so that a run cut short has the students first: more teachers, for
+    # the teacher's mean and spread over seeds in the table
+    teacher_seeds = args.seeds if args.teacher_seeds is None else args.teacher_seeds
+    for seed in teacher_seeds:
+        if seed != profile.seed:
+            model, _ = train(f"teacher_s{seed}", build=utils.build_teacher, seed=seed)
+            metrics.record("teacher", f"teacher_s{seed}", model, seed)
+    metrics.print_summary()
+
+
+def _save_chosen_settings(profile, config, changed):
+    """Writes the settings the students distil with to `distillation.json`.
+
+    A sweep's choice keeps its validation score unless the flags changed it; settings
+    the flags chose are marked so, and a notebook's sweep must not replace them.
+    """
+    chosen = profile.models_dir / "distillation.json"
+    saved = json.loads(chosen.read_text()) if chosen.exists() else {}
+    if changed or not saved:
+        saved = {"chosen_by": "scripts/experiment.py flags"}
+    chosen.write_text(json.dumps({**saved, **config}, indent=1))
+
+
+class Metrics:
+    """`<output>/metrics.json`: one entry per run, its test scores and settings."""
+
+    def __init__(self, profile, data):
+        self.profile, self.data = profile, data
+        self.path = profile.output_dir / "metrics.json"
+        self.entries = json.loads(self.path.read_text()) if self.path.exists() else []
+
+    def record(self, model_name, run_name, model, seed, run_file=None):
+        """Scores `model` on the test split and replaces the run's entry."""
+        profile, data = self.profile, self.data
         run = json.loads((profile.models_dir / f"{run_file or run_name}_run.json").read_text())
         # IoUs and accuracy only: the PR curves of evaluate_segmentation take ~20 s of
         # host time per model, which the GPU machine would sit through idle
@@ -133,72 +203,21 @@ def main(argv=None):
             "pixel_acc": result["pixel_acc"],
             "per_class_iou": dict(zip(utils.CLASSES, result["per_class_iou"])),
             "epochs": run["epochs"], "train_seconds": run["train_seconds"],
-            "config": {**run["distillation"], "batch_size": run["batch_size"],
-                       "learning_rate": run["learning_rate"], "schedule": run["schedule"],
-                       "patch_size": run["patch_size"], "precision": run["precision"],
-                       "sampling": run.get("sampling", "grid")},
+            "config": {**run["distillation"],
+                       **{k: run[k] for k in ("batch_size", "learning_rate", "schedule",
+                                              "patch_size", "precision", "sampling")}},
             **{k: run[k] for k in ("backend", "keras", "device", "date", "profile")},
             "split": {"test": data.sources["test"], "val": data.sources["val"]},
         }
-        entries[:] = [e for e in entries if e.get("run") != run_name] + [entry]
-        metrics_path.write_text(json.dumps(entries, indent=1))
+        self.entries = [e for e in self.entries if e.get("run") != run_name] + [entry]
+        self.path.write_text(json.dumps(self.entries, indent=1))
         print(f"{run_name}: test mIoU5 {entry['miou5']:.4f}, mIoU6 {entry['miou6']:.4f}, "
               f"pixel acc {entry['pixel_acc']:.4f} (trained in {entry['train_seconds']:.0f} s)",
               flush=True)
 
-    if args.tag is not None:  # another recipe, next to the chosen runs
-        if args.scratch:
-            model_name, kwargs = f"student_scratch_{args.tag}", {}
-        else:
-            teacher, _ = utils.train("teacher", profile, data, seed=profile.seed, epochs=epochs)
-            model_name, kwargs = f"student_distilled_{args.tag}", {"teacher": teacher, **config}
-            print(f"Distilling {model_name} with {config}", flush=True)
-        for seed in args.seeds:
-            student, _ = utils.train(f"{model_name}_s{seed}", profile, data, seed=seed,
-                                     epochs=epochs, **kwargs)
-            record(model_name, f"{model_name}_s{seed}", student, seed)
-        _print_summary(profile, metrics_path)
-        return
-    teacher, _ = utils.train("teacher", profile, data, seed=profile.seed, epochs=epochs)
-    if args.sweep:
-        # --sweep asks the grid to choose: it replaces settings chosen by earlier flags
-        for row in utils.sweep_distillation(profile, data, teacher, replace=True):
-            print(f"sweep: {row}", flush=True)
-        best = utils.load_distillation_config(profile)  # the best on validation
-        config.update({k: best[k] for k in ("alpha", "temperature", "kind")})
-    # 04_distill (and so the report) distils with the same settings; a sweep
-    # already wrote its choice there, with its validation score
-    chosen = profile.models_dir / "distillation.json"
-    saved = json.loads(chosen.read_text()) if chosen.exists() else {}
-    if not args.sweep and (config != saved_config or not saved):
-        # the flags (or their defaults) chose: a sweep's score no longer describes them,
-        # and a notebook's sweep must not replace the settings these students train with
-        saved = {"chosen_by": "scripts/experiment.py flags"}
-    chosen.write_text(json.dumps({**saved, **config}, indent=1))
-    print(f"Distilling with {config}", flush=True)
-    record("teacher", "teacher", teacher, profile.seed)
-    if config["teacher_ensemble"]:  # what the students learn from
-        record("teacher_x8", "teacher_x8", utils.symmetry_ensemble(teacher), profile.seed,
-               run_file="teacher")
-    for seed in args.seeds:
-        for model_name, kwargs in (("student_scratch", {}),
-                                   ("student_distilled", {"teacher": teacher, **config})):
-            run_name = f"{model_name}_s{seed}"
-            student, _ = utils.train(run_name, profile, data, seed=seed, epochs=epochs,
-                                     **kwargs)
-            record(model_name, run_name, student, seed)
-            if seed == profile.seed:  # the runs the notebooks show
-                for suffix in (".keras", "_history.json", "_run.json"):
-                    shutil.copy(profile.models_dir / f"{run_name}{suffix}",
-                                profile.models_dir / f"{model_name}{suffix}")
-    # Last, so that a run cut short has the students first: more teachers, for
-    # the teacher's mean and spread over seeds in the table
-    teacher_seeds = args.seeds if args.teacher_seeds is None else args.teacher_seeds
-    for seed in teacher_seeds:
-        if seed != profile.seed:
-            model, _ = utils.train(f"teacher_s{seed}", profile, data, seed=seed, epochs=epochs)
-            record("teacher", f"teacher_s{seed}", model, seed)
-    _print_summary(profile, metrics_path)
+    def print_summary(self):
+        print(f"Wrote {self.path}\n")
+        print(runs.seed_report(self.profile))
 
 
 def _check_tag(parser, profile, overrides, need_teacher=True):
@@ -212,11 +231,6 @@ def _check_tag(parser, profile, overrides, need_teacher=True):
     if need_teacher and not (profile.models_dir / "teacher_run.json").exists():
         parser.error(f"--tag distils from the finished teacher in {profile.models_dir}, and "
                      f"there is none: run scripts/experiment.py without --tag first")
-
-
-def _print_summary(profile, metrics_path):
-    print(f"Wrote {metrics_path}\n")
-    print(utils.seed_report(profile))
 
 
 if __name__ == "__main__":

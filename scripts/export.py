@@ -32,7 +32,7 @@ def main(argv=None):
     parser.add_argument("--profile", default="full", choices=sorted(utils.PROFILES))
     parser.add_argument("--output", default=str(utils.REPO_ROOT / "results"))
     parser.add_argument("--models", nargs="+",
-                        default=["teacher", "student_scratch", "student_distilled"])
+                        default=["teacher", "student_scratch_s0", "student_distilled_s0"])
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args(argv)
 

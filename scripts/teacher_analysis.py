@@ -54,8 +54,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     profile = utils.load_profile(args.profile, output_dir=args.output)
-    teacher = keras.models.load_model(
-        utils.artifact(profile, "teacher.keras", made_by="02_teacher.ipynb"))
+    if not (profile.models_dir / "teacher.keras").exists():
+        sys.exit(f"No teacher.keras in {profile.models_dir}: run scripts/experiment.py "
+                 f"with --output {args.output} first.")
+    teacher = keras.models.load_model(profile.models_dir / "teacher.keras")
     teachers = {"teacher": teacher, "teacher_x8": utils.symmetry_ensemble(teacher)}
     students = {path.stem: keras.models.load_model(path) for path in sorted(
         profile.models_dir.glob("student_*_s*.keras")) if re.search(r"_s\d+$", path.stem)}

@@ -1,7 +1,5 @@
 """Tests of section 5 of utils.py: evaluation and whole-image prediction."""
 
-import json
-
 import keras
 import numpy as np
 import pytest
@@ -255,81 +253,3 @@ def test_quantized_litert_exports_are_smaller_and_close(tmp_path):
         utils.export_litert(model, tmp_path / "x.tflite", quantize="int8")
 
 
-def test_seed_summary_gives_mean_and_sample_std_per_model():
-    entries = [{"model": "teacher", "seed": 0, "miou5": 0.7},
-               {"model": "student", "seed": 0, "miou5": 0.5},
-               {"model": "student", "seed": 1, "miou5": 0.6},
-               {"model": "student", "seed": 2, "miou5": 0.7}]
-    teacher, student = utils.seed_summary(entries, keys=("miou5",))
-    assert teacher["seeds"] == 1 and teacher["miou5_mean"] == 0.7
-    assert np.isnan(teacher["miou5_std"])  # one seed has no spread
-    assert "| teacher | 1 | 0.700 |" in utils.seed_table([teacher], keys=("miou5",))
-    assert student["seeds"] == 3 and student["miou5_mean"] == pytest.approx(0.6)
-    assert student["miou5_std"] == pytest.approx(0.1)  # sqrt((0.01 + 0 + 0.01) / 2)
-    assert "| student | 3 | 0.600 ± 0.100 |" in utils.seed_table([student], keys=("miou5",))
-    with pytest.raises(ValueError, match="two entries for one seed"):
-        utils.seed_summary(entries + [entries[1]], keys=("miou5",))
-
-
-def test_paired_differences_pair_runs_by_seed():
-    entries = [{"model": "student_scratch", "seed": 0, "miou5": 0.68},
-               {"model": "student_scratch", "seed": 1, "miou5": 0.66},
-               {"model": "student_scratch", "seed": 2, "miou5": 0.63},
-               {"model": "student_distilled", "seed": 1, "miou5": 0.70},
-               {"model": "student_distilled", "seed": 0, "miou5": 0.66}]
-    pairs = utils.paired_differences(entries)
-    assert pairs["seeds"] == [0, 1]  # seed 2 has no distilled run
-    assert pairs["differences"] == pytest.approx([-0.02, 0.04])
-    assert pairs["mean"] == pytest.approx(0.01)
-    assert pairs["std"] == pytest.approx(0.06 / np.sqrt(2))
-    assert np.isnan(utils.paired_differences(entries[:1] + entries[-1:])["std"])
-    with pytest.raises(ValueError, match="share no seed"):
-        utils.paired_differences(entries[2:4])
-    with pytest.raises(ValueError, match="No 'teacher' entries"):
-        utils.paired_differences(entries, baseline="teacher")
-
-
-def test_seed_report_names_each_runs_machine_and_the_kd_settings(tmp_path):
-    import types
-
-    common = {"miou5": 0.6, "miou6": 0.5, "pixel_acc": 0.8, "epochs": 100,
-              "date": "2026-11-28"}
-    gpu = {"backend": "jax", "device": "NVIDIA H200"}
-    entries = [
-        {"model": "teacher", "run": "teacher", "seed": 0, **common, **gpu,
-         "config": {"kind": "none"}},
-        {"model": "student_scratch", "run": "student_scratch_s0", "seed": 0, **common, **gpu,
-         "config": {"kind": "none"}},
-        {"model": "student_distilled", "run": "student_distilled_s0", "seed": 0, **common,
-         "backend": "tensorflow", "device": "CPU (x86_64, 2 cores)",
-         "config": {"kind": "pixel", "alpha": 0.5, "temperature": 1.5,
-                    "teacher_ensemble": False}},
-        # another recipe, tried next to the chosen one (experiment.py --tag x8)
-        {"model": "student_distilled_x8", "run": "student_distilled_x8_s0", "seed": 0,
-         **common, "miou5": 0.65, "backend": "tensorflow", "device": "CPU (x86_64, 2 cores)",
-         "config": {"kind": "pixel", "alpha": 0.5, "temperature": 1.5,
-                    "teacher_ensemble": True}}]
-    (tmp_path / "metrics.json").write_text(json.dumps(entries))
-    report = utils.seed_report(types.SimpleNamespace(output_dir=tmp_path, name="full"))
-    assert "- jax on NVIDIA H200, 2026-11-28: teacher, student_scratch_s0" in report
-    assert ("- tensorflow on CPU (x86_64, 2 cores), 2026-11-28: student_distilled_s0, "
-            "student_distilled_x8_s0") in report
-    assert "`student_distilled` distilled with pixel KD, alpha 0.5, T 1.5." in report
-    assert ("`student_distilled` minus `student_scratch`, mIoU5 paired by seed: seed 0 +0.000; "
-            "mean +0.000 (across backends, so a pair shares only its batch order).") in report
-    assert ("`student_distilled_x8` distilled with pixel KD, alpha 0.5, T 1.5, teacher "
-            "ensemble.") in report
-    assert "`student_distilled_x8` minus `student_scratch`, mIoU5 paired by seed: seed 0 +0.050" in report
-    assert "| student_distilled_x8 | 1 | 0.650 |" in report
-    assert "minus `student_scratch_tf`" not in report
-    # a scratch baseline on the distilled students' backend (experiment.py --tag tf --scratch)
-    entries.append({"model": "student_scratch_tf", "run": "student_scratch_tf_s0", "seed": 0,
-                    **common, "miou5": 0.61, "backend": "tensorflow",
-                    "device": "CPU (x86_64, 2 cores)", "config": {"kind": "none"}})
-    (tmp_path / "metrics.json").write_text(json.dumps(entries))
-    report = utils.seed_report(types.SimpleNamespace(output_dir=tmp_path, name="full"))
-    assert ("`student_distilled` minus `student_scratch_tf`, mIoU5 paired by seed: seed 0 "
-            "-0.010; mean -0.010 (both on tensorflow).") in report
-    assert ("`student_distilled_x8` minus `student_scratch_tf`, mIoU5 paired by seed: "
-            "seed 0 +0.040") in report
-    assert "| student_scratch_tf | 1 | 0.610 |" in report

@@ -182,81 +182,6 @@ def test_training_metrics_ignore_unannotated_pixels():
     assert scores["miou5"] == pytest.approx(1.0)
 
 
-def test_mixed_precision_run_saves_a_float32_student(tiny_data, tmp_path):
-    import dataclasses
-
-    profile = dataclasses.replace(utils.load_profile("tiny", output_dir=tmp_path),
-                                  precision="mixed_bfloat16", epochs=1)
-    keras.utils.set_random_seed(0)
-    teacher = utils.build_unet(2, name="t")
-    student, history = utils.train("student_distilled", profile, _small_data(tiny_data),
-                                   teacher=teacher)
-    assert {layer.dtype_policy.name for layer in student.layers} == {"float32"}
-    assert np.isfinite(history["loss"]).all()
-    run = json.loads((profile.models_dir / "student_distilled_run.json").read_text())
-    assert run["precision"] == "mixed_bfloat16"
-    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
-
-
-def test_cosine_schedule_decays_to_zero_over_all_epochs(tmp_path):
-    import dataclasses
-
-    profile = dataclasses.replace(utils.load_profile("tiny", output_dir=tmp_path),
-                                  schedule="cosine", batch_size=4, learning_rate=0.01)
-    schedule = utils._learning_rate(profile, epochs=3, n_train=10)  # 3 steps an epoch
-    assert float(schedule(0)) == pytest.approx(0.01)
-    assert float(schedule(9)) == pytest.approx(0.0, abs=1e-9)
-    assert utils._learning_rate(dataclasses.replace(profile, schedule="constant"), 3, 10) == 0.01
-    with pytest.raises(ValueError, match="Unknown schedule 'step'"):
-        utils._learning_rate(dataclasses.replace(profile, schedule="step"), 3, 10)
-
-
-def test_random_crops_are_another_run_and_older_runs_count_as_grid(tiny_data, tmp_path, capsys):
-    import dataclasses
-    import json
-
-    profile = utils.load_profile("tiny", output_dir=tmp_path)
-    data = _small_data(tiny_data)
-    _, grid = utils.train("student_scratch", profile, data, epochs=1)
-    run_path = profile.models_dir / "student_scratch_run.json"
-    run = json.loads(run_path.read_text())
-    assert run["sampling"] == "grid"
-    del run["sampling"]  # as runs recorded before the option existed
-    run_path.write_text(json.dumps(run))
-    utils.train("student_scratch", profile, data, epochs=1)
-    assert "Loading the finished run" in capsys.readouterr().out
-    crops = dataclasses.replace(profile, sampling="random")
-    _, history = utils.train("student_scratch", crops, data, epochs=1)
-    assert "moved to" in capsys.readouterr().out
-    assert json.loads(run_path.read_text())["sampling"] == "random"
-    assert history["loss"] != grid["loss"]  # other inputs, same initial weights
-    with pytest.raises(ValueError, match=r"sampling must be one of \('grid', 'random'\), got 'grid2'"):
-        utils.fit_segmentation(_fresh(), data, epochs=1, output_dir=tmp_path, name="m",
-                               sampling="grid2")
-    # a wrong value is refused before the finished run is moved aside
-    with pytest.raises(ValueError, match="got 'Random'"):
-        utils.train("student_scratch", dataclasses.replace(profile, sampling="Random"), data,
-                    epochs=1)
-    assert run_path.exists() and "moved to" not in capsys.readouterr().out
-
-
-def test_a_run_interrupted_before_the_sampling_option_resumes(tiny_data, tmp_path, capsys):
-    import json
-
-    profile = utils.load_profile("tiny", output_dir=tmp_path)
-    data = _small_data(tiny_data)
-    with pytest.raises(KeyboardInterrupt):  # stop in epoch 2 of 2, as a disconnect would
-        utils.train("student_scratch", profile, data, epochs=2,
-                    callbacks=[_AtEpochBegin(1, _disconnect)])
-    started = profile.models_dir / "student_scratch_started.json"
-    record = json.loads(started.read_text())
-    del record["sampling"]  # as recorded before the option existed
-    started.write_text(json.dumps(record))
-    _, history = utils.train("student_scratch", profile, data, epochs=2)
-    assert "moved to" not in capsys.readouterr().out
-    assert history["epoch"] == [0, 1]
-
-
 def test_the_readme_example_runs_and_scores_the_saved_best_student(tiny_root, tmp_path,
                                                                    monkeypatch, capsys):
     readme = (utils.REPO_ROOT / "README.md").read_text()
@@ -283,3 +208,13 @@ def test_best_checkpoint_refuses_an_epoch_whose_loss_is_not_finite(tmp_path, sma
     assert not (tmp_path / "m.keras").exists() and best.best == -np.inf
     best.on_epoch_end(1, {"loss": 1.0, "val_miou5": 0.5})
     assert (tmp_path / "m.keras").exists() and best.best == 0.5
+
+
+def test_float16_training_gets_loss_scaling_and_bfloat16_does_not():
+    for policy, scaled in (("mixed_float16", True), ("mixed_bfloat16", False)):
+        model = utils.compile_segmentation(utils.with_dtype_policy(utils.build_unet(2), policy))
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == scaled
+
+
+def test_precision_follows_the_device_and_is_exact_on_a_cpu():
+    assert utils.mixed_precision_policy() == "float32"  # CI and this machine have no GPU

@@ -1,0 +1,49 @@
+"""Renders the committed notebooks: executes them in place on the full profile.
+
+The notebooks load the models committed in `results/models` (they train nothing
+that is there), so rendering is inference only and runs on a CPU. The kernel does
+not capture the native stderr of TensorFlow (oneDNN and CUDA notices printed while
+it loads), which would otherwise open every rendered notebook.
+
+    SSSI_DATA=/path/to/aerial-dubai python scripts/render_notebooks.py
+    SSSI_DATA=/path/to/aerial-dubai python scripts/render_notebooks.py 05_report
+"""
+
+import argparse
+import os
+import pathlib
+import tempfile
+import time
+
+import nbformat
+from nbclient import NotebookClient
+
+NOTEBOOKS = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*",
+                        help="notebook stems, e.g. 05_report (default: all of them)")
+    parser.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    args = parser.parse_args(argv)
+    if not os.environ.get("SSSI_DATA"):
+        parser.error("set SSSI_DATA to the folder of the real dataset (aerial-dubai)")
+    os.environ["SSSI_PROFILE"] = "full"
+    # an empty output folder: the notebooks find only the committed models
+    os.environ["SSSI_OUTPUT"] = tempfile.mkdtemp(prefix="sssi-render-")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    paths = ([NOTEBOOKS / f"{name}.ipynb" for name in args.names] if args.names
+             else sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")))
+    for path in paths:
+        start = time.perf_counter()
+        notebook = nbformat.read(path, as_version=4)
+        NotebookClient(notebook, timeout=args.timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(NOTEBOOKS)}},
+                       extra_arguments=["--IPKernelApp.capture_fd_output=False"]).execute()
+        nbformat.write(notebook, path)
+        print(f"{path.name}: {time.perf_counter() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

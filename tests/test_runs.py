@@ -1,0 +1,305 @@
+"""Tests of scripts/runs.py and scripts/experiment.py: the experiment's bookkeeping."""
+
+import dataclasses
+import json
+import sys
+import types
+
+import keras
+import numpy as np
+import pytest
+
+import utils
+from test_training import _fresh, _small_data
+
+sys.path.insert(0, str(utils.REPO_ROOT / "scripts"))
+import runs  # noqa: E402
+
+
+def test_mixed_precision_run_saves_a_float32_student(tiny_data, tmp_path):
+
+    profile = dataclasses.replace(utils.load_profile("tiny", output_dir=tmp_path), epochs=1)
+    keras.utils.set_random_seed(0)
+    teacher = utils.build_unet(2, name="t")
+    student, history = runs.train("student_distilled", profile, _small_data(tiny_data),
+                                   teacher=teacher, precision="mixed_bfloat16")
+    assert {layer.dtype_policy.name for layer in student.layers} == {"float32"}
+    assert np.isfinite(history["loss"]).all()
+    run = json.loads((profile.models_dir / "student_distilled_run.json").read_text())
+    assert run["precision"] == "mixed_bfloat16"
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+
+
+def test_cosine_schedule_decays_to_zero_over_all_epochs(tmp_path):
+
+    profile = dataclasses.replace(utils.load_profile("tiny", output_dir=tmp_path),
+                                  schedule="cosine", batch_size=4, learning_rate=0.01)
+    schedule = profile.learning_rate_schedule(epochs=3, steps_per_epoch=3)
+    assert float(schedule(0)) == pytest.approx(0.01)
+    assert float(schedule(9)) == pytest.approx(0.0, abs=1e-9)
+    constant = dataclasses.replace(profile, schedule="constant")
+    assert constant.learning_rate_schedule(3, 3) == 0.01
+    with pytest.raises(ValueError, match="Unknown schedule 'step'"):
+        dataclasses.replace(profile, schedule="step").learning_rate_schedule(3, 3)
+
+
+def test_random_crops_are_another_run(tiny_data, tmp_path, capsys):
+
+    profile = utils.load_profile("tiny", output_dir=tmp_path)
+    data = _small_data(tiny_data)
+    _, grid = runs.train("student_scratch", profile, data, epochs=1)
+    run_path = profile.models_dir / "student_scratch_run.json"
+    run = json.loads(run_path.read_text())
+    assert run["sampling"] == "grid"
+    runs.train("student_scratch", profile, data, epochs=1)
+    assert "Loading the finished run" in capsys.readouterr().out
+    crops = dataclasses.replace(profile, sampling="random")
+    _, history = runs.train("student_scratch", crops, data, epochs=1)
+    assert "moved to" in capsys.readouterr().out
+    assert json.loads(run_path.read_text())["sampling"] == "random"
+    assert history["loss"] != grid["loss"]  # other inputs, same initial weights
+    with pytest.raises(ValueError, match=r"sampling must be one of \('grid', 'random'\), got 'grid2'"):
+        utils.fit_segmentation(_fresh(), data, epochs=1, output_dir=tmp_path, name="m",
+                               sampling="grid2")
+    # a wrong value is refused before the finished run is moved aside
+    with pytest.raises(ValueError, match="got 'Random'"):
+        runs.train("student_scratch", dataclasses.replace(profile, sampling="Random"), data,
+                    epochs=1)
+    assert run_path.exists() and "moved to" not in capsys.readouterr().out
+
+
+
+
+def test_distillation_settings_come_from_distillation_json(tmp_path):
+    profile = utils.load_profile("tiny", output_dir=tmp_path)
+    assert runs.load_distillation_config(profile) == runs.DEFAULT_DISTILLATION
+    profile.models_dir.mkdir(parents=True)
+    (profile.models_dir / "distillation.json").write_text(json.dumps(
+        {"alpha": 0.3, "temperature": 2.0, "kind": "channel", "teacher_ensemble": True,
+         "val_miou5": 0.5}))
+    assert runs.load_distillation_config(profile) == {
+        "alpha": 0.3, "temperature": 2.0, "kind": "channel", "teacher_ensemble": True}
+
+
+def test_sweep_scores_against_scratch_and_keeps_settings_chosen_otherwise(tmp_path, capsys):
+
+    profile = dataclasses.replace(utils.load_profile("tiny", output_dir=tmp_path),
+                                  sweep_kinds=("pixel",), sweep_alphas=(0.5,),
+                                  sweep_temperatures=(1.0, 4.0))
+    data = utils.profile_dataset(profile)
+    teacher = utils.build_unet(2, name="teacher")
+    profile.models_dir.mkdir(parents=True)
+    flags = {"chosen_by": "scripts/experiment.py flags", **runs.DEFAULT_DISTILLATION,
+             "alpha": 0.3}
+    (profile.models_dir / "distillation.json").write_text(json.dumps(flags))
+    rows = runs.sweep_distillation(profile, data, teacher)
+    scratch = json.loads((profile.models_dir / "sweep_scratch_history.json").read_text())
+    assert [(r["kind"], r["temperature"]) for r in rows] == [("none", None), ("pixel", 1.0),
+                                                            ("pixel", 4.0)]
+    assert rows[0]["val_miou5"] == max(scratch["val_miou5"])
+    for row in rows[1:]:
+        assert row["vs_scratch"] == pytest.approx(row["val_miou5"] - rows[0]["val_miou5"])
+    assert "Kept" in capsys.readouterr().out  # the flags' students were trained with them
+    assert json.loads((profile.models_dir / "distillation.json").read_text()) == flags
+    # asked to replace them, the sweep reads its runs back and writes its best
+    assert runs.sweep_distillation(profile, data, teacher, replace=True) == rows
+    assert capsys.readouterr().out.count("Loading the finished run") == 3
+    best = max(rows[1:], key=lambda r: r["val_miou5"])
+    written = json.loads((profile.models_dir / "distillation.json").read_text())
+    assert written["chosen_by"] == runs.SWEEP_CHOICE
+    assert written["scratch_val_miou5"] == rows[0]["val_miou5"]
+    assert runs.load_distillation_config(profile) == {
+        **runs.DEFAULT_DISTILLATION, "alpha": 0.5, "temperature": best["temperature"]}
+
+
+def test_profile_overrides_saved_in_the_output_folder_apply_to_it_alone(tmp_path):
+
+    profile = utils.load_profile("tiny", output_dir=tmp_path)
+    runs.save_profile_overrides(dataclasses.replace(profile, epochs=7,
+                                                    sweep_temperatures=(1.0, 4.0)),
+                                precision="mixed_bfloat16")
+    assert json.loads((tmp_path / "profile.json").read_text()) == {
+        "name": "tiny", "epochs": 7, "precision": "mixed_bfloat16", "sweep_temperatures": [1.0, 4.0]}
+    again = runs.load_profile("tiny", output_dir=tmp_path)
+    assert (again.epochs, again.batch_size) == (7, profile.batch_size)
+    assert runs.load_precision(again) == "mixed_bfloat16"
+    assert again.sweep_temperatures == (1.0, 4.0) and again.sweep_kinds == profile.sweep_kinds
+    assert runs.save_profile_overrides(again, precision="mixed_bfloat16") == again
+    assert json.loads((tmp_path / "profile.json").read_text())["sweep_temperatures"] == [1.0, 4.0]
+    assert runs.load_profile("tiny", output_dir=tmp_path / "other").epochs == profile.epochs
+    assert utils.load_profile("tiny", output_dir=tmp_path).epochs == profile.epochs  # notebooks
+    with pytest.raises(ValueError, match="belongs to another profile than 'full'"):
+        runs.load_profile("full", output_dir=tmp_path)
+    runs.save_profile_overrides(profile)  # back to the defaults: no file
+    assert not (tmp_path / "profile.json").exists()
+
+
+def test_experiment_records_its_runs_and_retrains_only_what_changed(tmp_path, capsys,
+                                                                          monkeypatch):
+    import keras
+
+    monkeypatch.syspath_prepend(str(utils.REPO_ROOT / "scripts"))
+    import experiment
+
+    experiment.main(["--profile", "tiny", "--output", str(tmp_path), "--seeds", "0",
+                     "--teacher-seeds", "0", "1", "--epochs", "1", "--batch-size", "8",
+                     "--alpha", "0.3"])
+    entries = json.loads((tmp_path / "metrics.json").read_text())
+    assert [(e["model"], e["seed"]) for e in entries] == [
+        ("teacher", 0), ("student_scratch", 0), ("student_distilled", 0), ("teacher", 1)]
+    assert runs.seed_summary(entries)[0]["seeds"] == 2  # the teacher's mean over two seeds
+    distilled = entries[2]
+    assert distilled["config"]["alpha"] == 0.3 and distilled["config"]["batch_size"] == 8
+    assert json.loads((tmp_path / "models" / "distillation.json").read_text()) == {
+        **runs.DEFAULT_DISTILLATION, "alpha": 0.3, "chosen_by": "scripts/experiment.py flags"}
+    # the teacher analysis reads the same runs back
+    import teacher_analysis
+
+    teacher_analysis.main(["--profile", "tiny", "--output", str(tmp_path),
+                           "--temperatures", "1", "4"])
+    analysis = json.loads((tmp_path / "teacher_analysis.json").read_text())
+    test = analysis["test"]
+    assert set(test["scores"]) == {"teacher", "teacher_x8", "student_scratch_s0",
+                                   "student_distilled_s0"}
+    for run in entries[:3]:
+        assert test["scores"][run["run"]]["miou5"] == pytest.approx(run["miou5"], abs=1e-6)
+    assert [row["temperature"] for row in test["calibration"]["teacher"]] == [1.0, 4.0]
+    assert [row["temperature"] for row in test["calibration"]["student_distilled_s0"]] == [1.0]
+    ensembles = test["ensembles"]  # over the one scratch student
+    assert list(ensembles) == ["student_scratch_s0_x8", "mean of the 1 students x8",
+                               "mean of the 1 students x8 and teacher_x8"]
+    assert ensembles["mean of the 1 students x8"] == ensembles["student_scratch_s0_x8"]
+    assert 0 <= ensembles["mean of the 1 students x8 and teacher_x8"]["miou5"] <= 1
+    assert set(analysis["train"]["scores"]) == {"teacher", "teacher_x8"}  # the KD targets
+    assert "ensembles" not in analysis["train"]
+    assert analysis["train"]["overlap"] == {}
+    overlap = test["overlap"]["teacher vs student_scratch_s0"]
+    assert sum(v for k, v in overlap.items() if k != "by_class") == pytest.approx(1)
+    assert all(sum(shares.values()) == pytest.approx(1) for shares in overlap["by_class"].values())
+    capsys.readouterr()
+    # a rerun loads the finished runs instead of training them again
+    profile = runs.load_profile("tiny", output_dir=tmp_path)
+    data = utils.profile_dataset(profile)
+    config = runs.load_distillation_config(profile)
+    teacher, _ = runs.train("teacher", profile, data, build=utils.build_teacher)
+    runs.train("student_scratch_s0", profile, data)
+    student, history = runs.train("student_distilled_s0", profile, data, teacher=teacher,
+                                  **config)
+    out = capsys.readouterr().out
+    assert out.count("Loading the finished run") == 3 and "moved to" not in out
+    assert history == json.loads(
+        (profile.models_dir / "student_distilled_s0_history.json").read_text())
+    scores = utils.evaluate_segmentation(student, data.x_test, data.y_test)
+    assert scores["miou5"] == pytest.approx(distilled["miou5"], abs=1e-6)  # the same weights
+    # a student distilled from another teacher is another run: the first one is archived
+    keras.utils.set_random_seed(1)
+    other = utils.build_unet(2, name="other_teacher")
+    runs.train("student_distilled_s0", profile, data, teacher=other, **config)
+    assert "files of the earlier run were moved to" in capsys.readouterr().out
+    (archived,) = (profile.models_dir / "previous").iterdir()
+    assert json.loads((archived / "student_distilled_s0_run.json").read_text())[
+        "teacher_sha1"] == runs.weights_fingerprint(teacher)
+    run = json.loads((profile.models_dir / "student_distilled_s0_run.json").read_text())
+    assert run["teacher_sha1"] == runs.weights_fingerprint(other)
+    # another recipe, next to the chosen one: only its distilled students are trained and
+    # recorded, as their own model; the chosen runs, entries and settings stay as they were
+    chosen = (profile.models_dir / "distillation.json").read_text()
+    experiment.main(["--profile", "tiny", "--output", str(tmp_path), "--seeds", "0",
+                     "--epochs", "1", "--batch-size", "8", "--tag", "x8", "--teacher-ensemble"])
+    tagged = json.loads((tmp_path / "metrics.json").read_text())
+    assert tagged[:-1] == entries
+    assert (tagged[-1]["model"], tagged[-1]["run"]) == ("student_distilled_x8",
+                                                        "student_distilled_x8_s0")
+    assert tagged[-1]["config"]["teacher_ensemble"] is True
+    assert (profile.models_dir / "distillation.json").read_text() == chosen
+    assert "`student_distilled_x8` minus `student_scratch`" in capsys.readouterr().out
+    # a scratch baseline trained elsewhere (here: the same machine), paired with every
+    # distilled model: no teacher is needed, nothing chosen changes
+    experiment.main(["--profile", "tiny", "--output", str(tmp_path), "--seeds", "0",
+                     "--epochs", "1", "--batch-size", "8", "--tag", "tf", "--scratch"])
+    baseline = json.loads((tmp_path / "metrics.json").read_text())
+    assert baseline[:-1] == tagged
+    assert (baseline[-1]["model"], baseline[-1]["config"]["kind"]) == ("student_scratch_tf", "none")
+    assert (profile.models_dir / "distillation.json").read_text() == chosen
+    out = capsys.readouterr().out
+    assert "Distilling" not in out
+    assert "`student_distilled_x8` minus `student_scratch_tf`" in out
+
+
+def test_seed_summary_gives_mean_and_sample_std_per_model():
+    entries = [{"model": "teacher", "seed": 0, "miou5": 0.7},
+               {"model": "student", "seed": 0, "miou5": 0.5},
+               {"model": "student", "seed": 1, "miou5": 0.6},
+               {"model": "student", "seed": 2, "miou5": 0.7}]
+    teacher, student = runs.seed_summary(entries, keys=("miou5",))
+    assert teacher["seeds"] == 1 and teacher["miou5_mean"] == 0.7
+    assert np.isnan(teacher["miou5_std"])  # one seed has no spread
+    assert "| teacher | 1 | 0.700 |" in runs.seed_table([teacher], keys=("miou5",))
+    assert student["seeds"] == 3 and student["miou5_mean"] == pytest.approx(0.6)
+    assert student["miou5_std"] == pytest.approx(0.1)  # sqrt((0.01 + 0 + 0.01) / 2)
+    assert "| student | 3 | 0.600 ± 0.100 |" in runs.seed_table([student], keys=("miou5",))
+    with pytest.raises(ValueError, match="two entries for one seed"):
+        runs.seed_summary(entries + [entries[1]], keys=("miou5",))
+
+
+def test_paired_differences_pair_runs_by_seed():
+    entries = [{"model": "student_scratch", "seed": 0, "miou5": 0.68},
+               {"model": "student_scratch", "seed": 1, "miou5": 0.66},
+               {"model": "student_scratch", "seed": 2, "miou5": 0.63},
+               {"model": "student_distilled", "seed": 1, "miou5": 0.70},
+               {"model": "student_distilled", "seed": 0, "miou5": 0.66}]
+    pairs = runs.paired_differences(entries)
+    assert pairs["seeds"] == [0, 1]  # seed 2 has no distilled run
+    assert pairs["differences"] == pytest.approx([-0.02, 0.04])
+    assert pairs["mean"] == pytest.approx(0.01)
+    assert pairs["std"] == pytest.approx(0.06 / np.sqrt(2))
+    assert np.isnan(runs.paired_differences(entries[:1] + entries[-1:])["std"])
+    with pytest.raises(ValueError, match="share no seed"):
+        runs.paired_differences(entries[2:4])
+    with pytest.raises(ValueError, match="No 'teacher' entries"):
+        runs.paired_differences(entries, baseline="teacher")
+
+
+def test_seed_report_names_each_runs_machine_and_the_kd_settings(tmp_path):
+
+    common = {"miou5": 0.6, "miou6": 0.5, "pixel_acc": 0.8, "epochs": 100,
+              "date": "2026-11-28"}
+    gpu = {"backend": "jax", "device": "NVIDIA H200"}
+    entries = [
+        {"model": "teacher", "run": "teacher", "seed": 0, **common, **gpu,
+         "config": {"kind": "none"}},
+        {"model": "student_scratch", "run": "student_scratch_s0", "seed": 0, **common, **gpu,
+         "config": {"kind": "none"}},
+        {"model": "student_distilled", "run": "student_distilled_s0", "seed": 0, **common,
+         "backend": "tensorflow", "device": "CPU (x86_64, 2 cores)",
+         "config": {"kind": "pixel", "alpha": 0.5, "temperature": 1.5,
+                    "teacher_ensemble": False}},
+        # another recipe, tried next to the chosen one (experiment.py --tag x8)
+        {"model": "student_distilled_x8", "run": "student_distilled_x8_s0", "seed": 0,
+         **common, "miou5": 0.65, "backend": "tensorflow", "device": "CPU (x86_64, 2 cores)",
+         "config": {"kind": "pixel", "alpha": 0.5, "temperature": 1.5,
+                    "teacher_ensemble": True}}]
+    (tmp_path / "metrics.json").write_text(json.dumps(entries))
+    report = runs.seed_report(types.SimpleNamespace(output_dir=tmp_path, name="full"))
+    assert "- jax on NVIDIA H200, 2026-11-28: teacher, student_scratch_s0" in report
+    assert ("- tensorflow on CPU (x86_64, 2 cores), 2026-11-28: student_distilled_s0, "
+            "student_distilled_x8_s0") in report
+    assert "`student_distilled` distilled with pixel KD, alpha 0.5, T 1.5." in report
+    assert ("`student_distilled` minus `student_scratch`, mIoU5 paired by seed: seed 0 +0.000; "
+            "mean +0.000 (across backends, so a pair shares only its batch order).") in report
+    assert ("`student_distilled_x8` distilled with pixel KD, alpha 0.5, T 1.5, teacher "
+            "ensemble.") in report
+    assert "`student_distilled_x8` minus `student_scratch`, mIoU5 paired by seed: seed 0 +0.050" in report
+    assert "| student_distilled_x8 | 1 | 0.650 |" in report
+    assert "minus `student_scratch_tf`" not in report
+    # a scratch baseline on the distilled students' backend (experiment.py --tag tf --scratch)
+    entries.append({"model": "student_scratch_tf", "run": "student_scratch_tf_s0", "seed": 0,
+                    **common, "miou5": 0.61, "backend": "tensorflow",
+                    "device": "CPU (x86_64, 2 cores)", "config": {"kind": "none"}})
+    (tmp_path / "metrics.json").write_text(json.dumps(entries))
+    report = runs.seed_report(types.SimpleNamespace(output_dir=tmp_path, name="full"))
+    assert ("`student_distilled` minus `student_scratch_tf`, mIoU5 paired by seed: seed 0 "
+            "-0.010; mean -0.010 (both on tensorflow).") in report
+    assert ("`student_distilled_x8` minus `student_scratch_tf`, mIoU5 paired by seed: "
+            "seed 0 +0.040") in report
+    assert "| student_scratch_tf | 1 | 0.610 |" in report
