@@ -2115,7 +2115,9 @@ def predict_image(model, image, *, tile_size=256, overlap=None, batch_size=8,
     The image is padded by reflection to cover a grid of `tile_size` tiles
     with stride `tile_size - overlap`; the logits of overlapping tiles are
     blended with weights that fall off towards tile borders (where a U-Net
-    sees the least context), and the padding is cropped away.
+    sees the least context), and the padding is cropped away. For a scene
+    too large for memory, `segment_scene` runs the same blending band by
+    band from a raster file.
 
     Args:
         model: model returning logits; must accept `tile_size` inputs.
@@ -2138,6 +2140,22 @@ def predict_image(model, image, *, tile_size=256, overlap=None, batch_size=8,
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"image must be (H, W, 3), got shape {image.shape}.")
+    overlap = _check_tiling(tile_size, overlap)
+    height, width = image.shape[:2]
+    labels = np.empty((height, width), np.uint8)
+    logits = None
+    for top, band in _blend_tiles(model, lambda start, stop: image[start:stop],
+                                  height, width, tile_size, overlap, batch_size):
+        labels[top : top + len(band)] = band.argmax(-1)
+        if return_logits:
+            if logits is None:
+                logits = np.empty((height, width, band.shape[-1]), np.float32)
+            logits[top : top + len(band)] = band
+    return (labels, logits) if return_logits else labels
+
+
+def _check_tiling(tile_size, overlap):
+    """Validates `tile_size` and `overlap`; returns the overlap to use."""
     if tile_size % 16 or tile_size < 16:
         raise ValueError(f"tile_size must be a multiple of 16, got {tile_size}.")
     overlap = tile_size // 4 if overlap is None else overlap
@@ -2145,32 +2163,70 @@ def predict_image(model, image, *, tile_size=256, overlap=None, batch_size=8,
         raise ValueError(
             f"overlap must be in [0, tile_size={tile_size}), got {overlap}."
         )
-    height, width = image.shape[:2]
+    return overlap
+
+
+def _blend_tiles(model, read_rows, height, width, tile_size, overlap, batch_size):
+    """Yields `(top, logits)` bands of blended logits, top to bottom.
+
+    The one tiling of `predict_image` and `segment_scene`. `read_rows(start,
+    stop)` returns the image rows `[start, stop)`, all columns, `(rows,
+    width, 3)`; it is asked for at most `tile_size` rows at a time. The
+    padded image is never built: each row of tiles reads its strip, padded by
+    reflection (`np.pad(..., mode="symmetric")`, rows mapped through the
+    same padding of their indices). Tiles run in the same row-major batches
+    and their weighted logits are summed in the same order as over a whole
+    padded array, so the bands are bit-identical to it; only the `tile_size`
+    rows under the current row of tiles are held.
+    """
     stride = tile_size - overlap
     padded_h = tile_size + max(0, math.ceil((height - tile_size) / stride)) * stride
     padded_w = tile_size + max(0, math.ceil((width - tile_size) / stride)) * stride
-    padded = np.pad(image, ((0, padded_h - height), (0, padded_w - width), (0, 0)),
-                    mode="symmetric")
+    source_rows = np.pad(np.arange(height), (0, padded_h - height), mode="symmetric")
     corners = [(y, x) for y in range(0, padded_h - tile_size + 1, stride)
                for x in range(0, padded_w - tile_size + 1, stride)]
     ramp = np.minimum(np.arange(tile_size) + 1, np.arange(tile_size)[::-1] + 1)
     window = np.minimum(ramp, max(overlap, 1)).astype(np.float32)
     weight = np.outer(window, window)[..., None]
+    strips = {}
+
+    def strip(y):  # padded rows [y, y + tile_size), all padded columns
+        if y not in strips:
+            rows = source_rows[y : y + tile_size]
+            first = int(rows.min())
+            pixels = read_rows(first, int(rows.max()) + 1)[rows - first]
+            strips[y] = np.pad(pixels, ((0, 0), (0, padded_w - width), (0, 0)),
+                               mode="symmetric")
+        return strips[y]
+
+    def finished(rows):  # the blended rows [top, top + rows) inside the image
+        rows = min(rows, height - top)
+        return (total[:rows] / norm[:rows])[:, :width]
+
     total = None
-    norm = np.zeros((padded_h, padded_w, 1), np.float32)
+    norm = np.zeros((tile_size, padded_w, 1), np.float32)
+    top = 0  # padded row of total[0]: the top of the current row of tiles
     for start in range(0, len(corners), batch_size):
         batch = corners[start : start + batch_size]
-        tiles = np.stack([padded[y : y + tile_size, x : x + tile_size]
-                          for y, x in batch])
+        for y in list(strips):
+            if y < batch[0][0]:
+                del strips[y]
+        tiles = np.stack([strip(y)[:, x : x + tile_size] for y, x in batch])
         logits = predict_logits(model, tiles, batch_size)
         if total is None:
-            total = np.zeros((padded_h, padded_w, logits.shape[-1]), np.float32)
+            total = np.zeros((tile_size, padded_w, logits.shape[-1]), np.float32)
         for (y, x), tile_logits in zip(batch, logits):
-            total[y : y + tile_size, x : x + tile_size] += tile_logits * weight
-            norm[y : y + tile_size, x : x + tile_size] += weight
-    logits = (total / norm)[:height, :width]
-    labels = logits.argmax(-1).astype(np.uint8)
-    return (labels, logits) if return_logits else labels
+            if y > top:  # a new row of tiles: rows above it get nothing more
+                if top < height:
+                    yield top, finished(y - top)
+                for array in (total, norm):
+                    array[: tile_size - stride] = array[stride:].copy()
+                    array[tile_size - stride :] = 0
+                top = y
+            total[y - top : y - top + tile_size, x : x + tile_size] += tile_logits * weight
+            norm[y - top : y - top + tile_size, x : x + tile_size] += weight
+    if top < height:
+        yield top, finished(tile_size)
 
 
 def measure_latency(models, input_size=256, batch_size=1, repeats=20, warmup=3):
