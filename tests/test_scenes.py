@@ -1,6 +1,7 @@
 """Tests of whole scenes: `segment_scene` and `polygonize` on small rasters."""
 
 import json
+import re
 import warnings
 
 import keras
@@ -286,3 +287,25 @@ def test_polygonize_leaves_nodata_out(tmp_path):
 def test_polygonize_rejects_a_missing_file_naming_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.tif"):
         utils.polygonize(tmp_path / "nothing.tif", tmp_path / "out.geojson")
+
+
+# -- scripts/segment.py -----------------------------------------------------
+
+
+def test_segment_script_writes_labels_polygons_and_a_summary(
+        tmp_path, conv_model, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(utils.REPO_ROOT / "scripts"))
+    import segment
+
+    conv_model.save(tmp_path / "model.keras")
+    _write_rgb(tmp_path / "scene.tif", _image(60, 50))
+    result = segment.main([str(tmp_path / "model.keras"), str(tmp_path / "scene.tif"),
+                           str(tmp_path / "labels.tif"), "--tile-size", "32",
+                           "--polygons", str(tmp_path / "labels.geojson"), "--quiet"])
+    printed = capsys.readouterr().out
+    assert "50 x 60 pixels" in printed and "Mpx/s" in printed
+    assert re.search(rf"Building +{result['class_pixels']['Building']:,d} px", printed)
+    labels, src = _read(tmp_path / "labels.tif")
+    assert src.crs.to_epsg() == 32640 and labels.shape == (60, 50)
+    collection = json.loads((tmp_path / "labels.geojson").read_text())
+    assert f"Polygons: {len(collection['features'])} written" in printed
