@@ -21,6 +21,7 @@ Sections:
 
 import csv
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -29,6 +30,7 @@ import pathlib
 import platform
 import sys
 import time
+import warnings
 import weakref
 import zipfile
 
@@ -2277,7 +2279,6 @@ def segment_scene(model, src_path, dst_path, *, tile_size=256, overlap=None,
     """
     rasterio = _import_rasterio()
     from rasterio.errors import NotGeoreferencedWarning
-    import warnings
 
     started = time.perf_counter()
     src_path, dst_path = pathlib.Path(src_path), pathlib.Path(dst_path)
@@ -2314,7 +2315,7 @@ def segment_scene(model, src_path, dst_path, *, tile_size=256, overlap=None,
                 dst.update_tags(CLASS_NAMES=json.dumps(list(class_names)),
                                 **{f"CLASS_{i}": name for i, name in enumerate(class_names)})
                 dst.set_band_description(1, "class index")
-                read = lambda start, stop: _read_window(src, bands, rescale, start, stop)  # noqa: E731
+                read = functools.partial(_read_window, src, bands, rescale)
                 for top, logits in _blend_tiles(model, read, height, width,
                                                 tile_size, overlap, batch_size):
                     labels = logits.argmax(-1).astype(np.uint8)
@@ -2368,8 +2369,9 @@ def _check_bands(src, src_path, bands, rescale):
 
 def _read_window(src, bands, rescale, start, stop):
     """Rows `[start, stop)` of `bands`, all columns, as uint8 `(rows, width, 3)`."""
-    window = ((start, stop), (0, src.width))
-    pixels = src.read(list(bands), window=window)
+    from rasterio.windows import Window
+
+    pixels = src.read(list(bands), window=Window(0, start, src.width, stop - start))
     if rescale is not None:
         low, high = rescale
         pixels = (pixels.astype(np.float32) - low) * np.float32(255 / (high - low))
@@ -2379,7 +2381,9 @@ def _read_window(src, bands, rescale, start, stop):
 
 def _read_valid(src, bands, start, stop):
     """True where any of `bands` holds data in rows `[start, stop)` (GDAL's masks)."""
-    masks = src.read_masks(list(bands), window=((start, stop), (0, src.width)))
+    from rasterio.windows import Window
+
+    masks = src.read_masks(list(bands), window=Window(0, start, src.width, stop - start))
     return masks.any(axis=0)
 
 
@@ -2426,7 +2430,6 @@ def polygonize(label_path, dst_path, *, min_area=0, connectivity=4,
     """
     rasterio = _import_rasterio()
     from rasterio.errors import NotGeoreferencedWarning
-    import warnings
 
     label_path, dst_path = pathlib.Path(label_path), pathlib.Path(dst_path)
     if not label_path.is_file():
