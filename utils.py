@@ -2242,7 +2242,8 @@ def segment_scene(model, src_path, dst_path, *, tile_size=256, overlap=None,
     the same pixels, but memory depends on the width, `tile_size` and
     `batch_size`, never on the height: a few times `tile_size * width * 4 *
     classes` bytes (the blended rows under one row of tiles) besides the
-    model. The output is a single-band uint8
+    model, with GDAL's block cache held to the blocks under two rows of
+    tiles (for tiled or striped sources). The output is a single-band uint8
     GeoTIFF of class indices with the source's CRS, transform and size,
     tiled and deflate-compressed, with `palette` as its colour map and the
     class names in its tags (`CLASS_NAMES`, a JSON list, and `CLASS_<i>`).
@@ -2308,7 +2309,8 @@ def segment_scene(model, src_path, dst_path, *, tile_size=256, overlap=None,
             height, width = src.height, src.width
             counts = np.zeros(256, np.int64)
             dst_path.parent.mkdir(parents=True, exist_ok=True)
-            with rasterio.open(dst_path, "w", **_label_profile(src, tile_size)) as dst:
+            with rasterio.Env(GDAL_CACHEMAX=_cache_bytes(src, tile_size)), \
+                    rasterio.open(dst_path, "w", **_label_profile(src, tile_size)) as dst:
                 dst.write_colormap(1, {**{i: (*map(int, c), 255)
                                           for i, c in enumerate(palette)},
                                        IGNORE_INDEX: (0, 0, 0, 0)})
@@ -2365,6 +2367,16 @@ def _check_bands(src, src_path, bands, rescale):
         if not high > low:
             raise ValueError(f"rescale must be (low, high) with high > low, got {rescale}.")
     return bands
+
+
+def _cache_bytes(src, tile_size):
+    """GDAL's block cache for a scene: the blocks under two rows of tiles, >= 64 MiB.
+
+    GDAL's default, 5% of the machine's memory, keeps every block read until
+    it is full, so a process's memory would grow with the scene's area.
+    """
+    block_rows = max(rows for rows, _ in src.block_shapes)
+    return max(64 * 2**20, 2 * (tile_size + block_rows) * src.width * (src.count + 1))
 
 
 def _read_window(src, bands, rescale, start, stop):

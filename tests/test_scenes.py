@@ -119,14 +119,17 @@ def test_segment_scene_counts_the_pixels_of_each_class(tmp_path, conv_model):
 def test_segment_scene_reads_at_most_one_tile_of_rows_at_a_time(
         tmp_path, conv_model, monkeypatch):
     # Memory is bounded by the width: however tall the scene, no read (pixels
-    # or masks) asks for more than tile_size rows.
-    reads = []
+    # or masks) asks for more than tile_size rows, and GDAL's block cache is
+    # held to 64 MiB, not its default of 5% of the memory, which would keep
+    # every block read.
+    reads, caches = [], []
     for name in ("_read_window", "_read_valid"):
         original = getattr(utils, name)
 
         def record(src, bands, *args, original=original):
             start, stop = args[-2:]
             reads.append(stop - start)
+            caches.append(rasterio.env.get_gdal_config("GDAL_CACHEMAX"))
             return original(src, bands, *args)
 
         monkeypatch.setattr(utils, name, record)
@@ -136,6 +139,7 @@ def test_segment_scene_reads_at_most_one_tile_of_rows_at_a_time(
     assert max(reads) <= 32
     # 1000 rows at stride 24: 42 rows of tiles, each read once, and 42 bands of masks.
     assert len(reads) == 42 + 42
+    assert set(caches) == {64 * 2**20}
 
 
 def test_segment_scene_writes_the_nodata_value_as_255(tmp_path, conv_model):
