@@ -62,6 +62,7 @@ def main(argv=None):
             ["git", "-C", str(REPO), "show", f"{args.baseline_commit}:utils.py"],
             check=True, capture_output=True).stdout)
     print(machine())
+    print("load average (1, 5, 15 min) at the start: %.1f %.1f %.1f" % os.getloadavg())
     print(f"model {args.model}, tile {args.tile_size}, batch {args.batch_size}")
     print(f"{'size':>11} {'function':<26} {'seconds':>8} {'Mpx/s':>6} "
           f"{'peak RSS':>9} {'baseline':>9}")
@@ -79,6 +80,7 @@ def main(argv=None):
             print(f"{size:>5}x{size:<5} {function:<26} {row['seconds']:8.1f} "
                   f"{row['mpx_per_s']:6.2f} {row['peak_rss_gib']:7.2f} G "
                   f"{row['baseline_rss_gib']:7.2f} G", flush=True)
+    print("load average (1, 5, 15 min) at the end: %.1f %.1f %.1f" % os.getloadavg())
     return rows
 
 
