@@ -232,6 +232,10 @@ def test_segment_scene_rejects_bad_inputs_naming_them(tmp_path, conv_model):
     wide = _write_raster(tmp_path / "wide.tif", np.zeros((3, 8, 8), np.uint16))
     with pytest.raises(ValueError, match="wide.tif has uint16 pixels.*rescale="):
         utils.segment_scene(conv_model, wide, tmp_path / "out.tif")
+    with pytest.raises(ValueError, match=r"rescale must be \(low, high\) with high > low"):
+        utils.segment_scene(conv_model, wide, tmp_path / "out.tif", rescale=(100, 100))
+    with pytest.raises(ValueError, match="class_names must name the model's 6 classes"):
+        utils.segment_scene(conv_model, rgb, tmp_path / "out.tif", class_names=("a", "b"))
     with pytest.raises(ValueError, match="tile_size must be a multiple of 16, got 50"):
         utils.segment_scene(conv_model, rgb, tmp_path / "out.tif", tile_size=50)
     with pytest.raises(ValueError, match="dst_path must differ"):
