@@ -30,7 +30,7 @@ import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = REPO / "results" / "models" / "student_distilled.keras"
+DEFAULT_MODEL = REPO / "results" / "models" / "student_distilled_s0.keras"
 
 
 def main(argv=None):

@@ -6,7 +6,7 @@ the palette as colour map and nodata 255, and optionally the class regions as
 GeoJSON polygons. Prints a summary: size, seconds, megapixels/s, pixels per
 class.
 
-    python scripts/segment.py results/models/student_distilled.keras scene.tif labels.tif
+    python scripts/segment.py results/models/student_distilled_s0.keras scene.tif labels.tif
     python scripts/segment.py MODEL.keras scene.tif labels.tif --polygons labels.geojson
     python scripts/segment.py MODEL.keras rgbn.tif labels.tif --bands 3 2 1
     python scripts/segment.py MODEL.keras scene16.tif labels.tif --rescale 0 4095
@@ -29,7 +29,7 @@ def main(argv=None):
         epilog="\n".join(__doc__.splitlines()[2:]),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a .keras model returning logits, e.g. "
-                        "results/models/student_distilled.keras")
+                        "results/models/student_distilled_s0.keras")
     parser.add_argument("scene", help="the scene: GeoTIFF (or any raster rasterio "
                         "reads), JPEG or PNG")
     parser.add_argument("output", help="the label GeoTIFF to write")
