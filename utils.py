@@ -3315,6 +3315,23 @@ def saved_history(profile, name):
     return None if path is None else json.loads(path.read_text())
 
 
+def describe_run(path, record):
+    """One line on a saved model: which file, and where, when and how it was trained.
+
+    Example:
+
+    >>> print(describe_run(path, record))
+    teacher.keras (committed in results/models): 100 epochs, jax on NVIDIA H200, 2026-11-28, mixed_bfloat16
+    """
+    path = pathlib.Path(path)
+    where = ("committed in results/models" if path.parent == COMMITTED_MODELS
+             else f"in {path.parent}")
+    how = ", ".join(str(record[k]) for k in ("backend", "device", "date", "precision")
+                    if k in record)
+    epochs = f"{record['epochs']} epochs, " if "epochs" in record else ""
+    return f"{path.name} ({where}): {epochs}{how}"
+
+
 def write_run_record(profile, name, **settings):
     """Writes `<name>_run.json` beside the model: where, when and how it was trained.
 
@@ -3413,8 +3430,7 @@ def load_or_train(profile, data, name, build, *, teacher=None, **settings):
     path = saved_model_path(profile, name)
     if path is not None:
         model, history, record = load_run(path)
-        where = ", ".join(str(record[k]) for k in ("backend", "device", "date") if k in record)
-        print(f"Loaded {name} from {path} (trained {record.get('epochs', '?')} epochs; {where}).")
+        print(f"Loaded {describe_run(path, record)}")
         return model, history, record
     print(f"No saved {name} in {profile.models_dir}: training it here, {profile.epochs} epochs.")
     keras.utils.set_random_seed(profile.seed)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import types
 
+import numpy as np
 import pytest
 
 import utils
@@ -125,3 +126,31 @@ def test_markdown_table_formats_numbers():
     assert table.splitlines()[2] == "| teacher | 1,941,190 | 0.712 |"
 
 
+
+
+def test_saved_models_come_from_this_run_first_then_the_committed_ones(tmp_path):
+    full = utils.load_profile("full", output_dir=tmp_path)
+    assert utils.saved_model_path(full, "teacher") == utils.COMMITTED_MODELS / "teacher.keras"
+    assert utils.saved_model_path(utils.load_profile("tiny", output_dir=tmp_path),
+                                  "teacher") is None  # the tiny profile never takes them
+    full.models_dir.mkdir(parents=True)
+    (full.models_dir / "teacher.keras").write_bytes(b"")
+    assert utils.saved_model_path(full, "teacher") == full.models_dir / "teacher.keras"
+    assert utils.saved_model_path(full, "no_such_model") is None
+
+
+def test_load_or_train_trains_what_is_missing_once_and_says_so(tiny_data, tmp_path, capsys):
+    import dataclasses
+
+    from test_training import _small_data
+
+    profile = dataclasses.replace(utils.load_profile("tiny", output_dir=tmp_path), epochs=1)
+    build = lambda: utils.build_unet(2, name="small")  # noqa: E731
+    model, history, record = utils.load_or_train(profile, _small_data(tiny_data), "m", build)
+    assert "training it here" in capsys.readouterr().out
+    assert len(history["loss"]) == 1 and record["epochs"] == 1
+    assert record["precision"] == "float32" and record["distillation"] == {"kind": "none"}
+    again, same_history, _ = utils.load_or_train(profile, _small_data(tiny_data), "m", build)
+    assert "Loaded m.keras" in capsys.readouterr().out and same_history == history
+    x = tiny_data.x_test[:2]
+    np.testing.assert_array_equal(utils.predict_logits(model, x), utils.predict_logits(again, x))
