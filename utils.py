@@ -1838,10 +1838,12 @@ def read_history(path):
 def predict_logits(model, images, batch_size=16):
     """Runs `model` on uint8 images in batches; returns float32 logits.
 
+    A Keras model runs through its own `predict_on_batch`, which Keras
+    compiles once per model and keeps.
+
     Args:
         model: a Keras model returning logits, or a function from a batch to
-            logits made by `make_predict_function` (to reuse its compilation
-            across calls).
+            logits such as `make_predict_function`'s.
         images: images `(N, H, W, 3)`, uint8 or float.
         batch_size: images per forward pass.
 
@@ -1853,22 +1855,30 @@ def predict_logits(model, images, batch_size=16):
     >>> predict_logits(student, data.x_test).shape
     (290, 256, 256, 6)
     """
-    predict = model if _is_predict_function(model) else make_predict_function(model)
+    predict = _batch_predictor(model)
     images = np.asarray(images)
     return np.concatenate([predict(images[i : i + batch_size])
                            for i in range(0, len(images), batch_size)])
 
 
+def _batch_predictor(model):
+    """A function from a batch to float32 logits: `model` itself, or its `predict_on_batch`."""
+    if _is_predict_function(model):
+        return model
+    return lambda batch: np.asarray(model.predict_on_batch(np.asarray(batch, "float32")),
+                                    dtype=np.float32)
+
+
 def make_predict_function(model):
     """A fast function from a batch of images to the logits of `model`.
 
-    The inference path of `predict_logits`, `predict_image` and
-    `measure_latency`: a `tf.function` on TensorFlow, a `jax.jit` of the
-    model's stateless call on JAX (weights passed in, so later weight changes
-    are seen), and `predict_on_batch` elsewhere. It skips the per-call work
-    of `predict_on_batch` (data adapters, callbacks), which dominates for a
-    small model at batch 1. Make it once and call it for every batch: each
-    new function compiles again.
+    The inference path of `measure_latency`: a `tf.function` on TensorFlow,
+    a `jax.jit` of the model's stateless call on JAX (weights passed in, so
+    later weight changes are seen), and `predict_on_batch` elsewhere. It
+    skips the per-call work of `predict_on_batch` (data adapters,
+    callbacks), which dominates for a small model at batch 1. Make it once
+    and call it for every batch: each new function compiles again. The
+    other prediction functions accept it in place of the model.
 
     Args:
         model: a Keras model returning logits.
@@ -2386,7 +2396,7 @@ def _blend_tiles(model, read_rows, height, width, tile_size, overlap, batch_size
     ramp = np.minimum(np.arange(tile_size) + 1, np.arange(tile_size)[::-1] + 1)
     window = np.minimum(ramp, max(overlap, 1)).astype(np.float32)
     weight = np.outer(window, window)[..., None]
-    predict = make_predict_function(model)
+    predict = _batch_predictor(model)
     strips = {}
 
     def strip(y):  # padded rows [y, y + tile_size), all padded columns
