@@ -2898,14 +2898,15 @@ def save_figure(fig, path):
     return fig
 
 
-def _legend_handles():
+def _legend_handles(class_names=CLASSES, palette=PALETTE):
     from matplotlib.patches import Patch
 
-    return [Patch(color=PALETTE[i] / 255, label=name)
-            for i, name in enumerate(CLASSES)]
+    return [Patch(color=np.asarray(palette)[i] / 255, label=name)
+            for i, name in enumerate(class_names)]
 
 
-def plot_segmentations(images, truths, predictions, path=None):
+def plot_segmentations(images, truths, predictions, path=None, *, class_names=None,
+                       palette=None):
     """Draws rows of image / ground truth / one column per model.
 
     Args:
@@ -2914,6 +2915,9 @@ def plot_segmentations(images, truths, predictions, path=None):
         predictions: dict mapping a column title (e.g. "Teacher") to labels
             `(N, H, W)`.
         path: optional file to save the figure to.
+        class_names: names of the legend; `CLASSES` if `None`.
+        palette: uint8 `(n_classes, 3)` colours of the labels; `PALETTE` if
+            `None`.
 
     Returns:
         The matplotlib `Figure`.
@@ -2932,13 +2936,14 @@ def plot_segmentations(images, truths, predictions, path=None):
     for row in range(n):
         for col, (title, labels) in enumerate(columns.items()):
             ax = axes[row, col]
-            ax.imshow(images[row] if labels is None else labels_to_rgb(labels[row]))
+            ax.imshow(images[row] if labels is None else labels_to_rgb(labels[row], palette))
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(title)
-    fig.legend(handles=_legend_handles(), loc="lower center",
-               ncol=len(CLASSES), frameon=False)
+    class_names = CLASSES if class_names is None else class_names
+    fig.legend(handles=_legend_handles(class_names, PALETTE if palette is None else palette),
+               loc="lower center", ncol=len(class_names), frameon=False)
     fig.tight_layout(rect=(0, legend_inches / fig.get_figheight(), 1, 1))
     return save_figure(fig, path)
 

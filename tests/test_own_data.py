@@ -269,3 +269,14 @@ def test_labels_to_rgb_and_class_shares_take_a_palette_and_class_count():
     assert utils.labels_to_rgb(labels, PALETTE)[0].tolist() == [
         [200, 180, 100], [30, 100, 200], [30, 100, 200], [0, 0, 0]]
     np.testing.assert_allclose(utils.class_shares(labels, n_classes=3), [1 / 3, 0, 2 / 3])
+
+
+def test_segmentation_panel_draws_the_data_s_own_classes_and_colours():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    labels = np.array([[[0, 2]]], np.uint8)
+    fig = utils.plot_segmentations(np.zeros((1, 1, 2, 3), np.uint8), labels, {},
+                                   class_names=tuple(CLASSES), palette=PALETTE)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == list(CLASSES)
+    assert fig.axes[1].images[0].get_array()[0].tolist() == [[200, 180, 100], [30, 100, 200]]
