@@ -9,7 +9,8 @@ the JAX backends alike.
 
 Sections:
 
-1. Data: palette, loading, splitting, batches, the tiny dataset.
+1. Data: classes and palettes, layouts, loading, splitting, batches (in
+   memory or streamed from the files), the tiny and the custom datasets.
 2. Models: the U-Net with on-device augmentation, its size and FLOPs.
 3. Losses and distillation: segmentation loss, KD losses, `Distiller`.
 4. Training: `fit_segmentation` with checkpoints and resumption.
@@ -218,6 +219,8 @@ def mask_to_labels(mask, palette=None, ignore_colors=None, source="mask", *,
             f"{source}: expected an RGB mask of shape (H, W, 3), "
             f"got shape {mask.shape}."
         )
+    if extra_colors is not None:
+        _warn_extra_colors()
     return _ColorTable(palette, ignore_colors, extra_colors).labels(mask, source)
 
 
@@ -232,10 +235,7 @@ class _ColorTable:
         self.palette = palette
         class_colors = [rgb_to_hex(c) for c in palette]
         lookup = {color: i for i, color in enumerate(class_colors)}
-        if extra_colors is not None:
-            warnings.warn("extra_colors is deprecated: pass ignore_colors (colours that "
-                          "become IGNORE_INDEX), or give the class that colour in classes.",
-                          DeprecationWarning, stacklevel=3)
+        if extra_colors is not None:  # deprecated; the public functions warn
             for color, label in extra_colors.items():
                 if label != IGNORE_INDEX and not 0 <= label < len(palette):
                     raise ValueError(

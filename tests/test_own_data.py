@@ -280,3 +280,12 @@ def test_segmentation_panel_draws_the_data_s_own_classes_and_colours():
                                    class_names=tuple(CLASSES), palette=PALETTE)
     assert [t.get_text() for t in fig.legends[0].get_texts()] == list(CLASSES)
     assert fig.axes[1].images[0].get_array()[0].tolist() == [[200, 180, 100], [30, 100, 200]]
+
+
+def test_deprecated_extra_colors_still_load_and_reread_the_same_labels(tiny_root):
+    with pytest.warns(DeprecationWarning, match="extra_colors is deprecated"):
+        data = utils.load_dataset(tiny_root, 32, extra_colors={"#000000": 5})
+    assert data.ignore_colors == () and utils.IGNORE_INDEX not in data.y_train
+    images, labels = data.whole_images("train")
+    np.testing.assert_array_equal(utils.cut_patches(labels[0], 32),
+                                  data.y_train[: len(utils.cut_patches(labels[0], 32))])
