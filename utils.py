@@ -9,7 +9,8 @@ the JAX backends alike.
 
 Sections:
 
-1. Data: palette, loading, splitting, batches, the tiny dataset.
+1. Data: classes and palettes, layouts, loading, splitting, batches (in
+   memory or streamed from the files), the tiny and the custom datasets.
 2. Models: the U-Net with on-device augmentation, its size and FLOPs.
 3. Losses and distillation: segmentation loss, KD losses, `Distiller`.
 4. Training: `fit_segmentation` with checkpoints and resumption.
@@ -19,6 +20,7 @@ Sections:
 7. Notebook runs: profiles, artifacts, the Colab setup.
 """
 
+import collections
 import csv
 import dataclasses
 import functools
@@ -30,6 +32,7 @@ import pathlib
 import platform
 import re
 import sys
+import threading
 import time
 import warnings
 import zipfile
@@ -45,7 +48,7 @@ from PIL import Image
 # =============================================================================
 
 CLASSES = ("Building", "Land", "Road", "Vegetation", "Water", "Unlabeled")
-"""Class names, in the order of the label indices."""
+"""Class names of the Dubai dataset, in the order of the label indices."""
 
 PALETTE = np.array(
     [
@@ -58,7 +61,7 @@ PALETTE = np.array(
     ],
     dtype=np.uint8,
 )
-"""The mask colours really used by the dataset's masks, one row per class.
+"""The mask colours really used by the Dubai masks, one row per class.
 
 The dataset's own `classes.json` lists other colours, which no mask uses.
 """
@@ -73,29 +76,39 @@ They count in no label loss (`SegmentationLoss`) and no metric. The KD term of
 `Distiller` does use them: there the teacher's prediction is the only target.
 """
 
-EXTRA_COLORS = {"#000000": IGNORE_INDEX}
-"""Default policy for mask colours outside `PALETTE`.
+IGNORE_COLORS = ("#000000",)
+"""Default mask colours that mean "not annotated": they become `IGNORE_INDEX`.
 
-The real masks hold one such colour, black (#000000): 552,156 pixels (0.56 %)
-in 9 of the 72 masks, 545,723 of them in `Tile 8/image_part_003` and the
-rest in thin strips along image borders. The image under them shows ordinary
-ground: they are regions the annotators never painted. They are therefore not
-"Unlabeled" (#9B9B9B, a class the annotators did paint) but *unannotated*,
-and map to `IGNORE_INDEX`. Any other colour raises an error naming the file.
-Pass `extra_colors={}` to the loader to make black an error too, or
-`{"#000000": 5}` to count it as Unlabeled.
+The real masks hold one colour outside `PALETTE`, black (#000000): 552,156
+pixels (0.56 %) in 9 of the 72 masks, 545,723 of them in
+`Tile 8/image_part_003` and the rest in thin strips along image borders. The
+image under them shows ordinary ground: they are regions the annotators never
+painted. They are therefore not "Unlabeled" (#9B9B9B, a class the annotators
+did paint) but *unannotated*, and map to `IGNORE_INDEX`. Any other colour
+outside the classes raises an error naming the file. The loaders take
+`ignore_colors=()` to make black an error too; a class whose colour is black
+keeps it (the default leaves class colours alone).
 """
+
+EXTRA_COLORS = {"#000000": IGNORE_INDEX}
+"""Deprecated: the `extra_colors` policy, replaced by `ignore_colors`."""
 
 DATASET_DIRNAME = "Semantic segmentation dataset"
 KAGGLE_HANDLE = "humansintheloop/semantic-segmentation-of-aerial-imagery"
 TEST_PARTS = ("image_part_008", "image_part_009")
 """Images held out for testing in every tile (the project's fixed test set)."""
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+"""File extensions of images and masks the loaders read, in any case."""
+
+FLAT_LAYOUTS = (("images", "masks"), ("image", "mask"))
+"""Folder pairs of a flat dataset: images and masks paired by file stem."""
+
 
 def hex_to_rgb(color):
     """Converts "#RRGGBB" to a tuple of three ints."""
     text = str(color).lstrip("#")
-    if len(text) != 6:
+    if len(text) != 6 or any(c not in "0123456789abcdefABCDEF" for c in text):
         raise ValueError(f"Expected a colour like '#3C1098', got {color!r}.")
     return tuple(int(text[i : i + 2], 16) for i in (0, 2, 4))
 
@@ -105,17 +118,98 @@ def rgb_to_hex(rgb):
     return "#{:02X}{:02X}{:02X}".format(*(int(c) for c in rgb))
 
 
-def mask_to_labels(mask, extra_colors=EXTRA_COLORS, source="mask"):
-    """Maps an RGB mask to integer labels through the true palette.
+def read_classes(classes=None):
+    """Class names and palette of a dataset, from a dict or a `classes.json`.
 
-    Every pixel must carry a colour of `PALETTE` or a key of `extra_colors`;
+    The label of a class is its position: the first class is label 0. Each
+    class has one mask colour, and no two classes share one.
+
+    Args:
+        classes: `None` for the Dubai classes (`CLASSES`, `PALETTE`); a dict
+            `{name: "#rrggbb"}` in label order; or the path of a
+            Supervisely-style `classes.json`,
+            `{"classes": [{"title": name, "color": "#rrggbb"}, ...]}`.
+
+    Returns:
+        `(names, palette)`: a tuple of class names and a uint8 array
+        `(n_classes, 3)`.
+
+    Example:
+
+    >>> names, palette = read_classes({"Field": "#C8A050", "Water": "#1E64C8"})
+    >>> names, palette[1].tolist()
+    (('Field', 'Water'), [30, 100, 200])
+    """
+    if classes is None:
+        return CLASSES, PALETTE.copy()
+    source = "classes"
+    if isinstance(classes, (str, os.PathLike)):
+        source = str(classes)
+        classes = _read_classes_json(pathlib.Path(classes))
+    if not isinstance(classes, dict) or not classes:
+        raise ValueError(
+            f"classes must be None (the Dubai classes), a non-empty dict "
+            f"{{name: '#rrggbb'}} in label order, or the path of a classes.json; "
+            f"got {classes!r}."
+        )
+    if len(classes) >= IGNORE_INDEX:
+        raise ValueError(f"{source}: {len(classes)} classes; at most "
+                         f"{IGNORE_INDEX - 1} fit in uint8 labels next to IGNORE_INDEX.")
+    names, rows, seen = [], [], {}
+    for name, color in classes.items():
+        try:
+            rgb = hex_to_rgb(color)
+        except ValueError:
+            raise ValueError(f"{source}: class {name!r} has colour {color!r}; expected "
+                             f"a colour like '#3C1098'.") from None
+        code = rgb_to_hex(rgb)
+        if code in seen:
+            raise ValueError(f"{source}: classes {seen[code]!r} and {name!r} share the "
+                             f"colour {code}; each class needs its own mask colour.")
+        seen[code] = name
+        names.append(str(name))
+        rows.append(rgb)
+    return tuple(names), np.array(rows, dtype=np.uint8)
+
+
+def _read_classes_json(path):
+    try:
+        content = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"classes file {path} does not exist; pass the path of a "
+                                f"classes.json or a dict {{name: '#rrggbb'}}.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON: {error}.") from None
+    entries = content.get("classes") if isinstance(content, dict) else None
+    if not isinstance(entries, list) or not all(
+            isinstance(e, dict) and "title" in e and "color" in e for e in entries):
+        raise ValueError(
+            f"{path}: expected the Supervisely layout "
+            f"{{\"classes\": [{{\"title\": name, \"color\": \"#rrggbb\"}}, ...]}}.")
+    classes = {}
+    for entry in entries:
+        if entry["title"] in classes:
+            raise ValueError(f"{path}: class {entry['title']!r} is listed twice.")
+        classes[entry["title"]] = entry["color"]
+    return classes
+
+
+def mask_to_labels(mask, palette=None, ignore_colors=None, source="mask", *,
+                   extra_colors=None):
+    """Maps an RGB mask to integer labels through a palette.
+
+    Every pixel must carry a colour of `palette` or of `ignore_colors`;
     anything else raises, so no colour is ever silently relabelled.
 
     Args:
         mask: uint8 array of shape `(H, W, 3)`.
-        extra_colors: dict mapping "#RRGGBB" to a label for colours outside
-            the palette (see `EXTRA_COLORS`).
+        palette: uint8 array `(n_classes, 3)`, one colour per label
+            (`PALETTE` if `None`).
+        ignore_colors: colours ("#RRGGBB") that become `IGNORE_INDEX`;
+            `None` for `IGNORE_COLORS` less any colour of `palette`.
         source: name of the mask, used in error messages.
+        extra_colors: deprecated; a dict "#RRGGBB" -> class index or
+            `IGNORE_INDEX`, used in place of `ignore_colors`.
 
     Returns:
         uint8 array of shape `(H, W)`: class indices, or `IGNORE_INDEX`.
@@ -132,32 +226,66 @@ def mask_to_labels(mask, extra_colors=EXTRA_COLORS, source="mask"):
             f"{source}: expected an RGB mask of shape (H, W, 3), "
             f"got shape {mask.shape}."
         )
-    code = _rgb_code(mask)
-    lookup = {_rgb_code(np.array(rgb)): i for i, rgb in enumerate(PALETTE)}
-    for color, label in extra_colors.items():
-        if label != IGNORE_INDEX and not 0 <= label < len(CLASSES):
+    if extra_colors is not None:
+        _warn_extra_colors()
+    return _ColorTable(palette, ignore_colors, extra_colors).labels(mask, source)
+
+
+class _ColorTable:
+    """Colour -> label lookup of one palette and ignore policy, vectorised."""
+
+    def __init__(self, palette=None, ignore_colors=None, extra_colors=None):
+        palette = PALETTE if palette is None else np.asarray(palette, dtype=np.uint8)
+        if palette.ndim != 2 or palette.shape[1] != 3 or not len(palette):
+            raise ValueError(f"palette must be a uint8 array (n_classes, 3), got shape "
+                             f"{palette.shape}.")
+        self.palette = palette
+        class_colors = [rgb_to_hex(c) for c in palette]
+        lookup = {color: i for i, color in enumerate(class_colors)}
+        if extra_colors is not None:  # deprecated; the public functions warn
+            for color, label in extra_colors.items():
+                if label != IGNORE_INDEX and not 0 <= label < len(palette):
+                    raise ValueError(
+                        f"extra_colors maps {color} to {label}; labels must be class "
+                        f"indices 0..{len(palette) - 1} or IGNORE_INDEX ({IGNORE_INDEX}).")
+                lookup[rgb_to_hex(hex_to_rgb(color))] = label
+            self.ignore_colors = tuple(c for c, label in lookup.items()
+                                       if label == IGNORE_INDEX)
+        else:
+            if ignore_colors is None:
+                ignore_colors = [c for c in IGNORE_COLORS if c not in lookup]
+            elif isinstance(ignore_colors, str):
+                ignore_colors = (ignore_colors,)
+            for color in ignore_colors:
+                color = rgb_to_hex(hex_to_rgb(color))
+                if color in lookup and lookup[color] != IGNORE_INDEX:
+                    raise ValueError(
+                        f"ignore_colors lists {color}, the colour of class "
+                        f"{lookup[color]}; drop it from ignore_colors or give the class "
+                        f"another colour.")
+                lookup[color] = IGNORE_INDEX
+            self.ignore_colors = tuple(rgb_to_hex(hex_to_rgb(c)) for c in ignore_colors)
+        self.lookup = lookup
+        codes = np.array([_rgb_code(np.array(hex_to_rgb(c))) for c in lookup], np.int64)
+        order = np.argsort(codes)
+        self._codes = codes[order]
+        self._labels = np.array(list(lookup.values()), np.uint8)[order]
+
+    def labels(self, mask, source):
+        code = _rgb_code(mask)
+        index = np.minimum(np.searchsorted(self._codes, code), len(self._codes) - 1)
+        known = self._codes[index] == code
+        if not known.all():
+            values, counts = np.unique(code[~known], return_counts=True)
+            unknown = {_code_to_hex(v): int(n) for v, n in list(zip(values, counts))[:5]}
             raise ValueError(
-                f"extra_colors maps {color} to {label}; labels must be class "
-                f"indices 0..{len(CLASSES) - 1} or IGNORE_INDEX "
-                f"({IGNORE_INDEX})."
+                f"{source}: colours outside the classes: {unknown} (colour: pixel "
+                f"count). Known colours are the class colours "
+                f"{[rgb_to_hex(c) for c in self.palette]} and ignore_colors "
+                f"{list(self.ignore_colors)}. Add the colour to `classes` if it is a "
+                f"class, to `ignore_colors` if it means 'not annotated', or fix the mask."
             )
-        lookup[_rgb_code(np.array(hex_to_rgb(color)))] = label
-    values, inverse = np.unique(code, return_inverse=True)
-    unknown = [v for v in values if int(v) not in lookup]
-    if unknown:
-        counts = {
-            _code_to_hex(v): int((code == v).sum()) for v in unknown[:5]
-        }
-        raise ValueError(
-            f"{source}: colours outside the palette: {counts} (colour: "
-            f"pixel count). Known colours are the class colours "
-            f"{[rgb_to_hex(c) for c in PALETTE]} and extra_colors "
-            f"{dict(extra_colors)}. Map the colour through the "
-            f"`extra_colors` argument (a class index or IGNORE_INDEX) if "
-            f"it means something, or fix the mask."
-        )
-    table = np.array([lookup[int(v)] for v in values], dtype=np.uint8)
-    return table[inverse.reshape(code.shape)]
+        return self._labels[index]
 
 
 def _rgb_code(rgb):
@@ -170,11 +298,12 @@ def _code_to_hex(code):
     return rgb_to_hex(((code >> 16) & 255, (code >> 8) & 255, code & 255))
 
 
-def labels_to_rgb(labels):
-    """Colours a label map with the true palette (ignored pixels black).
+def labels_to_rgb(labels, palette=None):
+    """Colours a label map with a palette (ignored pixels black).
 
     Args:
         labels: integer array of shape `(..., H, W)`.
+        palette: uint8 array `(n_classes, 3)`; `PALETTE` if `None`.
 
     Returns:
         uint8 array of shape `(..., H, W, 3)`.
@@ -184,28 +313,40 @@ def labels_to_rgb(labels):
     >>> labels_to_rgb(np.array([[1]]))[0, 0].tolist()
     [132, 41, 246]
     """
+    palette = PALETTE if palette is None else np.asarray(palette, dtype=np.uint8)
     labels = np.asarray(labels)
     table = np.zeros((256, 3), dtype=np.uint8)
-    table[: len(PALETTE)] = PALETTE
+    table[: len(palette)] = palette
     return table[labels.astype(np.uint8)]
 
 
 def find_dataset_root(path):
-    """Finds the `Semantic segmentation dataset` folder at or below `path`.
+    """Finds the folder of a dataset at or below `path`.
+
+    Two layouts are recognised: the Kaggle tiles (`Tile N/images`,
+    `Tile N/masks`, under `Semantic segmentation dataset`) and flat folders
+    (`images/` with `masks/`, or `image/` with `mask/`; see `FLAT_LAYOUTS`).
 
     Args:
         path: the dataset folder itself, or any folder above it (as
             `kagglehub` or an unpacked zip leave it).
 
     Returns:
-        `pathlib.Path` of the folder that holds the `Tile N` folders.
+        `pathlib.Path` of the folder that holds the `Tile N` folders, or the
+        image and mask folders.
     """
+    return _dataset_layout(path)[0]
+
+
+def _dataset_layout(path):
+    """`(root, folders)`: folders is `None` for the tiles, else `(images, masks)`."""
     path = pathlib.Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(
             f"Dataset folder {str(path)!r} does not exist. Download the "
             f"dataset with `utils.download_dataset()` or pass the folder "
-            f"that holds '{DATASET_DIRNAME}/Tile 1/images'."
+            f"that holds '{DATASET_DIRNAME}/Tile 1/images', or your own folder "
+            f"holding 'images/' and 'masks/'."
         )
     if not path.is_dir():
         raise NotADirectoryError(
@@ -213,60 +354,67 @@ def find_dataset_root(path):
             f"`utils.download_dataset(source=...)`, which unpacks it."
         )
     if any(path.glob("Tile */images")):
-        return path
+        return path, None
+    for folders in FLAT_LAYOUTS:
+        if all((path / f).is_dir() for f in folders):
+            return path, folders
     candidates = sorted(
         p.parent.parent for p in path.glob("**/Tile */images") if p.is_dir()
     )
     if candidates:
-        return candidates[0]
+        return candidates[0], None
+    for folders in FLAT_LAYOUTS:
+        below = sorted(p for p in path.iterdir()
+                       if p.is_dir() and all((p / f).is_dir() for f in folders))
+        if below:
+            return below[0], folders
     found = sorted(p.name for p in path.iterdir())[:10]
     raise FileNotFoundError(
         f"No dataset found in {str(path)!r}: expected the Kaggle layout "
         f"'{DATASET_DIRNAME}/Tile N/images/*.jpg' and "
-        f"'{DATASET_DIRNAME}/Tile N/masks/*.png', found "
-        f"{found if found else 'an empty folder'}."
+        f"'{DATASET_DIRNAME}/Tile N/masks/*.png', or a flat layout "
+        f"'images/' + 'masks/' (or 'image/' + 'mask/') with files paired by "
+        f"name; found {found if found else 'an empty folder'}."
     )
 
 
 def find_pairs(root):
-    """Lists the (image, mask) file pairs of a dataset in the Kaggle layout.
+    """Lists the (image, mask) file pairs of a dataset, paired by file stem.
+
+    Images and masks may be `.jpg`, `.jpeg`, `.png`, `.tif` or `.tiff`, in
+    any case (`IMAGE_SUFFIXES`); other files are skipped. An image without a
+    mask, or a mask without an image, is an error naming it.
 
     Args:
         root: dataset folder (see `find_dataset_root`).
 
     Returns:
-        List of `(name, image_path, mask_path)`, name like
-        "Tile 1/image_part_001", sorted by tile number and name.
+        List of `(name, image_path, mask_path)`. In the Kaggle layout names
+        look like "Tile 1/image_part_001", sorted by tile number and name; in
+        a flat layout a name is the file stem, and the list is sorted by it.
+
+    Example:
+
+    >>> [name for name, _, _ in find_pairs("my_data")][:2]  # my_data/images, my_data/masks
+    ['field_001', 'field_002']
     """
-    root = find_dataset_root(root)
+    root, folders = _dataset_layout(root)
+    if folders is not None:
+        pairs = [(stem, image, mask) for stem, image, mask in
+                 _pair_by_stem(root / folders[0], root / folders[1], root.name)]
+        if not pairs:
+            raise FileNotFoundError(
+                f"{root / folders[0]} holds no images: expected files ending in "
+                f"{', '.join(IMAGE_SUFFIXES)} (any case), with masks of the same "
+                f"names in {root / folders[1]}.")
+        return pairs
     pairs = []
     tiles = sorted(
         (p for p in root.glob("Tile *") if p.is_dir()), key=_tile_number
     )
     for tile in tiles:
-        images = {p.stem: p for p in (tile / "images").glob("*.jpg")}
-        masks = {p.stem: p for p in (tile / "masks").glob("*.png")}
-        if not images and not masks:
-            continue
-        missing_masks = sorted(set(images) - set(masks))
-        missing_images = sorted(set(masks) - set(images))
-        if missing_masks:
-            raise FileNotFoundError(
-                f"{tile / 'images' / (missing_masks[0] + '.jpg')} has no "
-                f"mask: expected {tile / 'masks' / (missing_masks[0] + '.png')}"
-                f" ({len(missing_masks)} image(s) without a mask in "
-                f"{tile.name}). Add the mask or remove the image."
-            )
-        if missing_images:
-            raise FileNotFoundError(
-                f"{tile / 'masks' / (missing_images[0] + '.png')} has no "
-                f"image: expected "
-                f"{tile / 'images' / (missing_images[0] + '.jpg')} "
-                f"({len(missing_images)} mask(s) without an image in "
-                f"{tile.name}). Add the image or remove the mask."
-            )
-        for stem in sorted(images):
-            pairs.append((f"{tile.name}/{stem}", images[stem], masks[stem]))
+        for stem, image, mask in _pair_by_stem(tile / "images", tile / "masks", tile.name):
+            pairs.append((f"{tile.name}/{stem}", image, mask))
     if not pairs:
         raise FileNotFoundError(
             f"{root} holds 'Tile N' folders but no image/mask pairs: expected "
@@ -275,12 +423,50 @@ def find_pairs(root):
     return pairs
 
 
+def _pair_by_stem(image_dir, mask_dir, where):
+    images, masks = _files_by_stem(image_dir), _files_by_stem(mask_dir)
+    missing_masks = sorted(set(images) - set(masks))
+    missing_images = sorted(set(masks) - set(images))
+    if missing_masks:
+        raise FileNotFoundError(
+            f"{images[missing_masks[0]]} has no mask: expected a file named "
+            f"'{missing_masks[0]}' with one of the extensions {IMAGE_SUFFIXES} in "
+            f"{mask_dir} ({len(missing_masks)} image(s) without a mask in {where}). "
+            f"Add the mask or remove the image."
+        )
+    if missing_images:
+        raise FileNotFoundError(
+            f"{masks[missing_images[0]]} has no image: expected a file named "
+            f"'{missing_images[0]}' with one of the extensions {IMAGE_SUFFIXES} in "
+            f"{image_dir} ({len(missing_images)} mask(s) without an image in {where}). "
+            f"Add the image or remove the mask."
+        )
+    return [(stem, images[stem], masks[stem]) for stem in sorted(images)]
+
+
+def _files_by_stem(folder):
+    files = {}
+    if not folder.is_dir():
+        return files
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+            continue
+        if path.stem in files:
+            raise ValueError(
+                f"{files[path.stem]} and {path} have the same name; images and masks "
+                f"are paired by name, so keep one of them."
+            )
+        files[path.stem] = path
+    return files
+
+
 def _tile_number(path):
     digits = "".join(c for c in path.name if c.isdigit())
     return (int(digits) if digits else 0, path.name)
 
 
-def read_pair(image_path, mask_path, extra_colors=EXTRA_COLORS):
+def read_pair(image_path, mask_path, palette=None, ignore_colors=None, *,
+              resize_masks=False, extra_colors=None):
     """Reads one image and its mask as arrays, checking that they agree.
 
     Palette ("P") and opaque RGBA masks are converted to RGB; greyscale and
@@ -288,13 +474,36 @@ def read_pair(image_path, mask_path, extra_colors=EXTRA_COLORS):
     to be the palette's.
 
     Args:
-        image_path: path of the `.jpg` image.
-        mask_path: path of the `.png` mask.
-        extra_colors: see `mask_to_labels`.
+        image_path: path of the image.
+        mask_path: path of the mask.
+        palette: class colours, see `mask_to_labels`.
+        ignore_colors: colours that become `IGNORE_INDEX`, see
+            `mask_to_labels`.
+        resize_masks: rescale a mask whose size differs from its image's to
+            the image, with nearest-neighbour sampling (no new colours);
+            otherwise such a pair is an error.
+        extra_colors: deprecated, see `mask_to_labels`.
 
     Returns:
         `(image, labels)`: uint8 `(H, W, 3)` and uint8 `(H, W)`.
+
+    Example:
+
+    >>> image, labels = read_pair(*data.files["test"][0])
     """
+    if extra_colors is not None:
+        _warn_extra_colors()
+    table = _ColorTable(palette, ignore_colors, extra_colors)
+    return _read_pair(image_path, mask_path, table, resize_masks)
+
+
+def _warn_extra_colors():
+    warnings.warn("extra_colors is deprecated: pass ignore_colors (the colours that "
+                  "become IGNORE_INDEX), and give every class its colour in classes.",
+                  DeprecationWarning, stacklevel=3)
+
+
+def _read_pair(image_path, mask_path, table, resize_masks=False):
     image = _read_image(image_path).convert("RGB")
     mask = _read_image(mask_path)
     if mask.mode in ("L", "LA", "I", "I;16", "F", "1"):
@@ -310,15 +519,21 @@ def read_pair(image_path, mask_path, extra_colors=EXTRA_COLORS):
                 f"({int((rgba[..., 3] != 255).sum())} of them); masks must be "
                 f"opaque. Flatten it onto the right class colours."
             )
-    mask = np.asarray(mask.convert("RGB"))
-    image = np.asarray(image)
-    if image.shape[:2] != mask.shape[:2]:
-        raise ValueError(
-            f"Image {image_path} is {image.shape[1]}x{image.shape[0]} but its "
-            f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} (width x "
-            f"height). They must match pixel for pixel."
-        )
-    return image, mask_to_labels(mask, extra_colors, source=str(mask_path))
+    mask = mask.convert("RGB")
+    if image.size != mask.size:
+        if not resize_masks:
+            raise _size_mismatch(image_path, image.size, mask_path, mask.size)
+        mask = mask.resize(image.size, Image.NEAREST)
+    return np.asarray(image), table.labels(np.asarray(mask), str(mask_path))
+
+
+def _size_mismatch(image_path, image_size, mask_path, mask_size):
+    return ValueError(
+        f"Image {image_path} is {image_size[0]}x{image_size[1]} but its mask "
+        f"{mask_path} is {mask_size[0]}x{mask_size[1]} (width x height). They must "
+        f"match pixel for pixel; pass resize_masks=True to rescale such masks to "
+        f"their images (nearest neighbour, no new colours)."
+    )
 
 
 def _read_image(path):
@@ -331,6 +546,31 @@ def _read_image(path):
             f"image; download the dataset again or remove this pair."
         ) from error
     return image
+
+
+def _image_sizes(pairs, patch_size, resize_masks):
+    """Heights and widths of the images from their headers; checks the masks' sizes."""
+    sizes, resized = [], 0
+    for _, image_path, mask_path in pairs:
+        try:
+            with Image.open(image_path) as image, Image.open(mask_path) as mask:
+                image_size, mask_size = image.size, mask.size
+        except (OSError, SyntaxError, ValueError):
+            _read_image(image_path)  # raises, naming the file
+            _read_image(mask_path)
+            raise
+        if image_size != mask_size:
+            if not resize_masks:
+                raise _size_mismatch(image_path, image_size, mask_path, mask_size)
+            resized += 1
+        if min(image_size) < patch_size:
+            raise ValueError(
+                f"{image_path} is {image_size[0]}x{image_size[1]}, smaller "
+                f"than one {patch_size}x{patch_size} patch. Use a smaller "
+                f"patch_size or remove this image."
+            )
+        sizes.append((image_size[1], image_size[0]))
+    return sizes, resized
 
 
 def cut_patches(array, patch_size):
@@ -353,24 +593,37 @@ def cut_patches(array, patch_size):
     return patches.reshape(rows * cols, patch_size, patch_size, *array.shape[2:])
 
 
+SPLITS = ("train", "val", "test")
+
+
 @dataclasses.dataclass
-class AerialDataset:
-    """Patches of the aerial dataset, split by source image.
+class SegmentationDataset:
+    """Patches of a segmentation dataset, split by source image.
 
     Attributes:
-        x_train, x_val, x_test: uint8 images, `(N, P, P, 3)`.
+        x_train, x_val, x_test: uint8 images, `(N, P, P, 3)`; `None` for a
+            dataset loaded with `in_memory=False` (read it with `stream`).
         y_train, y_val, y_test: uint8 labels, `(N, P, P)`, with
-            `IGNORE_INDEX` for unannotated pixels.
+            `IGNORE_INDEX` for unannotated pixels; `None` likewise.
         sources: dict mapping "train", "val", "test" to the source images
-            (names like "Tile 1/image_part_001") of that split.
+            (names like "Tile 1/image_part_001", or file stems) of that split.
         files: dict mapping the same keys to `(image_path, mask_path)`
             pairs, to read whole images (e.g. for `predict_image`).
         patch_size: side of the patches.
-        color_counts: dict "#RRGGBB" -> pixel count over all loaded masks.
+        color_counts: dict "#RRGGBB" -> pixel count over all loaded masks
+            (empty when not in memory: the masks are read batch by batch).
         extra_color_sources: dict "#RRGGBB" -> {source: pixel count} for
-            colours mapped through `extra_colors`.
-        extra_colors: the policy the masks were read with (see
-            `EXTRA_COLORS`).
+            colours outside the classes (those of `ignore_colors`).
+        classes: class names, in label order.
+        palette: uint8 array `(n_classes, 3)`, the classes' mask colours.
+        labelled_classes: indices of the classes the mean IoU scores (all but
+            an "Unlabeled"-like class).
+        ignore_colors: the mask colours read as `IGNORE_INDEX`.
+        image_sizes: dict split -> list of `(height, width)` of its images.
+        resize_masks: whether masks of another size than their image are
+            rescaled to it.
+        resized_masks: how many masks were rescaled.
+        extra_colors: the deprecated `extra_colors` policy, if one was given.
     """
 
     x_train: np.ndarray
@@ -384,13 +637,39 @@ class AerialDataset:
     patch_size: int
     color_counts: dict
     extra_color_sources: dict
-    extra_colors: dict = dataclasses.field(default_factory=lambda: dict(EXTRA_COLORS))
+    classes: tuple = CLASSES
+    palette: np.ndarray = dataclasses.field(default_factory=PALETTE.copy)
+    labelled_classes: tuple = (0, 1, 2, 3, 4)
+    ignore_colors: tuple = IGNORE_COLORS
+    image_sizes: dict = dataclasses.field(default_factory=dict)
+    resize_masks: bool = False
+    resized_masks: int = 0
+    extra_colors: dict = None
+
+    @property
+    def n_classes(self):
+        """Number of classes (the models' output channels)."""
+        return len(self.classes)
+
+    @property
+    def in_memory(self):
+        """Whether the patches are held as arrays (`x_train`, ...)."""
+        return self.x_train is not None
+
+    def patch_count(self, split):
+        """Number of patches of `split` ("train", "val" or "test")."""
+        _check_split(split, self.files)
+        if split in self.image_sizes:
+            p = self.patch_size
+            return sum((h // p) * (w // p) for h, w in self.image_sizes[split])
+        return len(getattr(self, f"x_{split}"))
 
     def whole_images(self, split="train"):
         """Reads the split's whole images and labels again, for `RandomCropSequence`.
 
-        The files are `files[split]`, read with the same `extra_colors`, so
-        unannotated pixels are `IGNORE_INDEX` as in the patches.
+        The files are `files[split]`, read with the same classes and
+        `ignore_colors`, so unannotated pixels are `IGNORE_INDEX` as in the
+        patches.
 
         Args:
             split: "train", "val" or "test".
@@ -405,36 +684,78 @@ class AerialDataset:
         >>> images[0].shape[:2] == labels[0].shape
         True
         """
-        if split not in self.files:
-            raise ValueError(f"split must be one of {sorted(self.files)}, got {split!r}.")
-        pairs = [read_pair(image, mask, self.extra_colors) for image, mask in self.files[split]]
+        _check_split(split, self.files)
+        table = self._color_table()
+        pairs = [_read_pair(image, mask, table, self.resize_masks)
+                 for image, mask in self.files[split]]
         return [image for image, _ in pairs], [labels for _, labels in pairs]
+
+    def stream(self, split="train", batch_size=16, *, shuffle=None, seed=0, cache_size=16,
+               **kwargs):
+        """A `PatchStream` of the split: batches read from the files as needed.
+
+        Args:
+            split: "train", "val" or "test".
+            batch_size: patches per batch.
+            shuffle: a new order every epoch; by default for "train" only.
+            seed: seed of the order.
+            cache_size: decoded images kept in memory.
+            **kwargs: passed to `keras.utils.PyDataset` (`workers`, ...).
+
+        Returns:
+            A `PatchStream` yielding `(images, labels)` batches.
+
+        Example:
+
+        >>> model.fit(data.stream("train"), validation_data=data.stream("val"))
+        """
+        _check_split(split, self.files)
+        if not self.files[split]:
+            raise ValueError(f"The {split} split holds no images; change the split "
+                             f"arguments of load_dataset.")
+        return PatchStream(
+            self.files[split], self.patch_size, batch_size, palette=self.palette,
+            ignore_colors=self.ignore_colors, resize_masks=self.resize_masks,
+            shuffle=split == "train" if shuffle is None else shuffle, seed=seed,
+            cache_size=cache_size, extra_colors=self.extra_colors, **kwargs)
 
     def summary(self):
         """Returns a short text: patches and source images per split."""
-        lines = [f"Patches of {self.patch_size}x{self.patch_size}:"]
-        for split in ("train", "val", "test"):
-            n = len(getattr(self, f"x_{split}"))
+        lines = [f"Patches of {self.patch_size}x{self.patch_size}"
+                 f"{'' if self.in_memory else ' (streamed from the files)'}:"]
+        for split in SPLITS:
             lines.append(
-                f"  {split:5s} {n:5d} patches from "
+                f"  {split:5s} {self.patch_count(split):5d} patches from "
                 f"{len(self.sources[split])} source images"
             )
         return "\n".join(lines)
+
+    def _color_table(self):
+        return _ColorTable(self.palette, self.ignore_colors, self.extra_colors)
+
+
+AerialDataset = SegmentationDataset
+"""The former name of `SegmentationDataset`."""
+
+
+def _check_split(split, files):
+    if split not in files:
+        raise ValueError(f"split must be one of {sorted(files)}, got {split!r}.")
 
 
 def dataset_overview(data):
     """Rows describing each tile: images per split, image sizes, patches.
 
     Args:
-        data: an `AerialDataset`.
+        data: a `SegmentationDataset`. A flat layout has one row, "images".
 
     Returns:
         List of dicts, one per tile, for `markdown_table`.
     """
     rows = {}
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         for name, (image_path, _) in zip(data.sources[split], data.files[split]):
-            tile = name.split("/")[0]
+            tile = name.split("/")[0] if "/" in name else "images"
             with Image.open(image_path) as image:
                 width, height = image.size
             row = rows.setdefault(tile, {"tile": tile, "train": 0, "val": 0, "test": 0,
@@ -445,9 +766,9 @@ def dataset_overview(data):
     return [{**r, "sizes": ", ".join(sorted(r["sizes"]))} for r in rows.values()]
 
 
-def class_shares(labels):
+def class_shares(labels, n_classes=len(CLASSES)):
     """Share of each class among the annotated pixels of `labels`."""
-    counts = np.bincount(np.asarray(labels).ravel(), minlength=256)[: len(CLASSES)]
+    counts = np.bincount(np.asarray(labels).ravel(), minlength=256)[:n_classes]
     return counts / max(counts.sum(), 1)
 
 
@@ -455,86 +776,184 @@ def load_dataset(
     root,
     patch_size=256,
     *,
-    test_parts=TEST_PARTS,
-    val_per_tile=1,
+    classes=None,
+    ignore_colors=None,
+    unlabeled="Unlabeled",
+    resize_masks=False,
+    test_parts=None,
+    val_per_tile=None,
+    test_images=None,
+    val_fraction=None,
+    test_fraction=None,
     seed=0,
-    extra_colors=EXTRA_COLORS,
+    in_memory=True,
+    extra_colors=None,
 ):
-    """Loads the dataset as patches, split by source image.
+    """Loads a segmentation dataset as patches, split by source image.
 
-    Each image is cropped to multiples of `patch_size` (top-left corner
-    kept) and cut into non-overlapping patches. The split is by *source
-    image*, never by patch, so no test patch shares an image with a training
-    patch: in every tile, the images named in `test_parts` go to test, then
-    `val_per_tile` of the remaining images, drawn with `seed`, go to
-    validation, the rest to training. On the real data at 256 this gives
-    1305 patches, 290 of them in the default test set.
+    Reads the Kaggle tile layout of the Dubai dataset or a flat one
+    (`images/` + `masks/`, or `image/` + `mask/`), images and masks paired
+    by file stem (see `find_pairs`). Masks are RGB images whose colours are
+    the classes' (`classes`); a colour that is neither a class colour nor in
+    `ignore_colors` is an error naming the file and the colour. Each image
+    is cropped to multiples of `patch_size` (top-left corner kept) and cut
+    into non-overlapping patches. The split is by *source image*, never by
+    patch, so no test patch shares an image with a training patch:
+
+    - Kaggle tiles: in every tile, the images named in `test_parts` go to
+      test, then `val_per_tile` of the remaining images, drawn with `seed`,
+      go to validation, the rest to training. On the real data at 256 this
+      gives 1305 patches, 290 of them in the default test set.
+    - Flat folders: the images named in `test_images` (or a `test_fraction`
+      of all images, drawn with `seed`) go to test, then a `val_fraction` of
+      all images, drawn with `seed` from the rest, to validation.
+
+    With `in_memory=False` no pixel is read now (only the files' headers):
+    `data.stream(split)` reads batches from the files as training asks for
+    them, so the dataset may be larger than memory.
 
     Args:
         root: dataset folder (see `find_dataset_root`).
-        patch_size: side of the square patches.
-        test_parts: image names (without extension) held out for testing in
-            every tile.
-        val_per_tile: number of validation images drawn in every tile.
-        seed: seed of the validation draw.
-        extra_colors: policy for colours outside the palette, see
-            `EXTRA_COLORS`.
+        patch_size: side of the square patches, a multiple of 16.
+        classes: `None` for the Dubai classes and palette; a dict
+            `{name: "#rrggbb"}` in label order; or the path of a
+            Supervisely-style `classes.json` (see `read_classes`).
+        ignore_colors: mask colours that mean "not annotated" and become
+            `IGNORE_INDEX`; `None` for `IGNORE_COLORS` (black) unless black
+            is a class colour; `()` to make every unknown colour an error.
+        unlabeled: name of a class the mean IoU leaves out, as the Dubai
+            "Unlabeled" (any case); `None`, or a name no class has, to score
+            every class. Gives `labelled_classes`.
+        resize_masks: rescale masks of another size than their image to it,
+            with nearest-neighbour sampling (never a blended colour), and
+            print how many; otherwise such a pair is an error naming both
+            sizes.
+        test_parts: Kaggle layout: image names (without extension) held out
+            for testing in every tile; `TEST_PARTS` by default.
+        val_per_tile: Kaggle layout: validation images drawn in every tile;
+            1 by default.
+        test_images: flat layout: stems of the images held out for testing.
+        val_fraction: flat layout: share of the images drawn for
+            validation; 0.1 by default (at least one image if > 0).
+        test_fraction: flat layout: share of the images drawn for testing
+            when `test_images` is not given; 0.1 by default.
+        seed: seed of the validation (and test fraction) draw.
+        in_memory: hold every patch as arrays (`x_train`, ...); `False` to
+            read batches from the files (`SegmentationDataset.stream`).
+        extra_colors: deprecated; a dict "#RRGGBB" -> label, see
+            `mask_to_labels`.
 
     Returns:
-        An `AerialDataset`.
+        A `SegmentationDataset`.
 
     Example:
 
     >>> data = load_dataset(make_tiny_dataset("/tmp/tiny"), patch_size=64)
-    >>> data.x_train.dtype, data.y_train.shape[1:]
-    (dtype('uint8'), (64, 64))
+    >>> data.x_train.dtype, data.y_train.shape[1:], data.n_classes
+    (dtype('uint8'), (64, 64), 6)
+    >>> mine = load_dataset("my_data", 256, classes={"Field": "#C8A050",
+    ...                     "Water": "#1E64C8"}, test_fraction=0.2)
     """
     if not isinstance(patch_size, int) or patch_size < 16 or patch_size % 16:
         raise ValueError(
             f"patch_size must be a multiple of 16 (the U-Net halves it four "
             f"times), at least 16; got {patch_size!r}."
         )
-    if val_per_tile < 0:
-        raise ValueError(f"val_per_tile must be >= 0, got {val_per_tile}.")
+    names, palette = read_classes(classes)
+    if extra_colors is not None:
+        _warn_extra_colors()
+    table = _ColorTable(palette, ignore_colors, extra_colors)
+    labelled = _labelled_classes(names, unlabeled)
+    root, folders = _dataset_layout(root)
     pairs = find_pairs(root)
-    split_of = _split_by_source([name for name, _, _ in pairs], test_parts,
-                                val_per_tile, seed)
-    arrays = {s: ([], []) for s in ("train", "val", "test")}
-    sources = {s: [] for s in arrays}
-    files = {s: [] for s in arrays}
-    color_counts, extra_sources = {}, {}
-    extra_codes = {_rgb_code(np.array(hex_to_rgb(c))): c.upper()
-                   for c in extra_colors}
-    for name, image_path, mask_path in pairs:
-        image, labels = read_pair(image_path, mask_path, extra_colors)
-        if min(image.shape[:2]) < patch_size:
-            raise ValueError(
-                f"{image_path} is {image.shape[1]}x{image.shape[0]}, smaller "
-                f"than one {patch_size}x{patch_size} patch. Use a smaller "
-                f"patch_size or remove this image."
-            )
-        _count_colors(mask_path, name, extra_codes, color_counts,
-                      extra_sources)
+    stems = [name for name, _, _ in pairs]
+    if folders is None:
+        split_of = _split_tiles(root, stems, test_parts, val_per_tile, test_images,
+                                val_fraction, test_fraction, seed)
+    else:
+        split_of = _split_flat(root, stems, test_parts, val_per_tile, test_images,
+                               val_fraction, test_fraction, seed)
+    sizes, resized = _image_sizes(pairs, patch_size, resize_masks)
+    if resized:
+        print(f"resize_masks: rescaled {resized} of {len(pairs)} masks to the size of "
+              f"their images (nearest neighbour).")
+    sources = {s: [] for s in SPLITS}
+    files = {s: [] for s in SPLITS}
+    image_sizes = {s: [] for s in SPLITS}
+    for (name, image_path, mask_path), size in zip(pairs, sizes):
         split = split_of[name]
-        arrays[split][0].append(cut_patches(image, patch_size))
-        arrays[split][1].append(cut_patches(labels, patch_size))
         sources[split].append(name)
         files[split].append((image_path, mask_path))
-    stacked = {}
-    for split, (xs, ys) in arrays.items():
-        empty_x = np.zeros((0, patch_size, patch_size, 3), np.uint8)
-        empty_y = np.zeros((0, patch_size, patch_size), np.uint8)
-        stacked[f"x_{split}"] = np.concatenate(xs) if xs else empty_x
-        stacked[f"y_{split}"] = np.concatenate(ys) if ys else empty_y
-    return AerialDataset(
+        image_sizes[split].append(size)
+    stacked = {f"{a}_{s}": None for s in SPLITS for a in "xy"}
+    color_counts, extra_sources = {}, {}
+    if in_memory:
+        stacked = _read_patches(pairs, split_of, patch_size, table, resize_masks,
+                                color_counts, extra_sources)
+    return SegmentationDataset(
         **stacked,
         sources=sources,
         files=files,
         patch_size=patch_size,
         color_counts=dict(sorted(color_counts.items())),
         extra_color_sources=extra_sources,
-        extra_colors=dict(extra_colors),
+        classes=names,
+        palette=palette,
+        labelled_classes=labelled,
+        ignore_colors=table.ignore_colors,
+        image_sizes=image_sizes,
+        resize_masks=bool(resize_masks),
+        resized_masks=resized,
+        extra_colors=None if extra_colors is None else dict(extra_colors),
     )
+
+
+def _labelled_classes(names, unlabeled):
+    if unlabeled is None:
+        return tuple(range(len(names)))
+    labelled = tuple(i for i, name in enumerate(names)
+                     if name.lower() != str(unlabeled).lower())
+    if not labelled:
+        raise ValueError(f"unlabeled={unlabeled!r} leaves no class to score in "
+                         f"{names}; pass unlabeled=None.")
+    return labelled
+
+
+def _read_patches(pairs, split_of, patch_size, table, resize_masks, color_counts,
+                  extra_sources):
+    arrays = {s: ([], []) for s in SPLITS}
+    palette_colors = {rgb_to_hex(c) for c in table.palette}
+    extra_codes = {_rgb_code(np.array(hex_to_rgb(c))): c for c in table.lookup
+                   if c not in palette_colors}
+    for name, image_path, mask_path in pairs:
+        image, labels = _read_pair(image_path, mask_path, table, resize_masks)
+        _count_colors(mask_path, name, extra_codes, color_counts, extra_sources)
+        split = split_of[name]
+        arrays[split][0].append(cut_patches(image, patch_size))
+        arrays[split][1].append(cut_patches(labels, patch_size))
+    stacked = {}
+    for split, (xs, ys) in arrays.items():
+        empty_x = np.zeros((0, patch_size, patch_size, 3), np.uint8)
+        empty_y = np.zeros((0, patch_size, patch_size), np.uint8)
+        stacked[f"x_{split}"] = np.concatenate(xs) if xs else empty_x
+        stacked[f"y_{split}"] = np.concatenate(ys) if ys else empty_y
+    return stacked
+
+
+def _split_tiles(root, names, test_parts, val_per_tile, test_images, val_fraction,
+                 test_fraction, seed):
+    given = {k: v for k, v in (("test_images", test_images), ("val_fraction", val_fraction),
+                               ("test_fraction", test_fraction)) if v is not None}
+    if given:
+        raise ValueError(
+            f"{root} is in the Kaggle tile layout, split by test_parts and "
+            f"val_per_tile; {sorted(given)} apply to flat layouts (images/ + masks/). "
+            f"Leave them out, or pass test_parts=... and val_per_tile=... instead.")
+    test_parts = TEST_PARTS if test_parts is None else test_parts
+    val_per_tile = 1 if val_per_tile is None else val_per_tile
+    if val_per_tile < 0:
+        raise ValueError(f"val_per_tile must be >= 0, got {val_per_tile}.")
+    return _split_by_source(names, test_parts, val_per_tile, seed)
 
 
 def _split_by_source(names, test_parts, val_per_tile, seed):
@@ -553,6 +972,48 @@ def _split_by_source(names, test_parts, val_per_tile, seed):
         for n in rest:
             split_of[n] = "val" if n in chosen else "train"
     return split_of
+
+
+def _split_flat(root, names, test_parts, val_per_tile, test_images, val_fraction,
+                test_fraction, seed):
+    given = {k: v for k, v in (("test_parts", test_parts), ("val_per_tile", val_per_tile))
+             if v is not None}
+    if given:
+        raise ValueError(
+            f"{root} is a flat layout (no 'Tile N' folders); {sorted(given)} apply to "
+            f"the Kaggle tiles. Use test_images=[stems], test_fraction=... and "
+            f"val_fraction=... instead.")
+    if test_images is not None and test_fraction is not None:
+        raise ValueError("Pass test_images (the test stems) or test_fraction, not both.")
+    val_fraction = 0.1 if val_fraction is None else val_fraction
+    test_fraction = (0.0 if test_images is not None else
+                     0.1 if test_fraction is None else test_fraction)
+    for label, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+            raise ValueError(f"{label} must be a number in [0, 1), got {fraction!r}.")
+    rng = np.random.default_rng(seed)
+    if test_images is not None:
+        test_images = [test_images] if isinstance(test_images, str) else list(test_images)
+        unknown = sorted(set(test_images) - set(names))
+        if unknown:
+            raise ValueError(
+                f"test_images names {unknown[:5]}, not images of {root} (the stems "
+                f"there are like {names[:3]}); give file names without extension.")
+        test = set(test_images)
+    else:
+        test = set(rng.permutation(names)[: _fraction_count(test_fraction, len(names))])
+    rest = [n for n in names if n not in test]
+    n_val = _fraction_count(val_fraction, len(names))
+    if len(rest) - n_val < 1:
+        raise ValueError(
+            f"{root} holds {len(names)} images: {len(test)} for test and {n_val} for "
+            f"validation leave none for training. Lower test_fraction or val_fraction.")
+    val = set(rng.permutation(rest)[:n_val]) if n_val else set()
+    return {n: "test" if n in test else "val" if n in val else "train" for n in names}
+
+
+def _fraction_count(fraction, n):
+    return 0 if fraction == 0 else max(1, int(round(fraction * n)))
 
 
 def _count_colors(mask_path, name, extra_codes, color_counts, extra_sources):
@@ -735,6 +1196,134 @@ class RandomCropSequence(keras.utils.PyDataset):
         self.set_epoch(self.epoch + 1)
 
 
+class PatchStream(keras.utils.PyDataset):
+    """Batches of patches read from the image files as they are needed.
+
+    The streaming twin of `PatchSequence`, for datasets larger than memory:
+    it holds the list of patches (file, row, column) and decodes an image
+    only when a batch needs one of its patches, keeping the last
+    `cache_size` decoded images (an LRU cache). Memory stays bounded by the
+    cache and the batch, whatever the size of the dataset. Batches are
+    `(images uint8 (B, P, P, 3), labels uint8 (B, P, P))`, for
+    `model.fit`, `model.evaluate` and `Distiller` (which then runs its
+    teacher on every batch).
+
+    Without `shuffle`, patches come in the order of `load_dataset`'s arrays
+    (image by image, rows first). With it, each epoch draws a new image
+    order from `(seed, epoch)` and shuffles the patches within windows of
+    `cache_size` images, so an image is decoded about once per epoch.
+
+    Args:
+        files: list of `(image_path, mask_path)` pairs
+            (`SegmentationDataset.files[split]`).
+        patch_size: side of the patches; images are cropped to multiples of
+            it, as in `load_dataset`.
+        batch_size: patches per batch.
+        palette: class colours, uint8 `(n_classes, 3)` (`PALETTE` if
+            `None`).
+        ignore_colors: colours read as `IGNORE_INDEX` (see
+            `mask_to_labels`).
+        resize_masks: rescale masks to their images (nearest neighbour).
+        shuffle: draw a new order every epoch.
+        seed: seed of the order.
+        cache_size: decoded images kept, >= 1.
+        extra_colors: deprecated, see `mask_to_labels`.
+        **kwargs: passed to `keras.utils.PyDataset` (`workers`, ...).
+
+    Example:
+
+    >>> data = load_dataset("my_data", 256, classes="my_data/classes.json",
+    ...                     in_memory=False)
+    >>> model.fit(data.stream("train", 16), validation_data=data.stream("val", 16))
+    """
+
+    def __init__(self, files, patch_size, batch_size=16, *, palette=None, ignore_colors=None,
+                 resize_masks=False, shuffle=False, seed=0, cache_size=16, extra_colors=None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        files = [(pathlib.Path(image), pathlib.Path(mask)) for image, mask in files]
+        if not files:
+            raise ValueError("files must list at least one (image_path, mask_path) pair.")
+        for label, value in (("patch_size", patch_size), ("batch_size", batch_size),
+                             ("cache_size", cache_size)):
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{label} must be an int >= 1, got {value!r}.")
+        self.files = files
+        self.patch_size, self.batch_size = int(patch_size), int(batch_size)
+        self.shuffle, self.seed, self.cache_size = bool(shuffle), seed, int(cache_size)
+        self.resize_masks = bool(resize_masks)
+        self._table = _ColorTable(palette, ignore_colors, extra_colors)
+        sizes, _ = _image_sizes([(str(i), i, m) for i, m in files], self.patch_size,
+                                self.resize_masks)
+        p = self.patch_size
+        grid = [(i, r, c) for i, (h, w) in enumerate(sizes)
+                for r in range(h // p) for c in range(w // p)]
+        self._patches = np.array(grid, dtype=np.int64).reshape(-1, 3)
+        self._cache = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self.set_epoch(0)
+
+    def __len__(self):
+        return math.ceil(len(self._patches) / self.batch_size)
+
+    def __getitem__(self, index):
+        if not 0 <= index < len(self):
+            raise IndexError(f"Batch {index} of a PatchStream of {len(self)} batches.")
+        rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+        p = self.patch_size
+        x = np.empty((len(rows), p, p, 3), np.uint8)
+        y = np.empty((len(rows), p, p), np.uint8)
+        for k, (i, r, c) in enumerate(self._patches[rows]):
+            image, labels = self._load(int(i))
+            x[k] = image[r * p : (r + 1) * p, c * p : (c + 1) * p]
+            y[k] = labels[r * p : (r + 1) * p, c * p : (c + 1) * p]
+        return x, y
+
+    @property
+    def num_patches(self):
+        """Number of patches in one epoch."""
+        return len(self._patches)
+
+    def set_epoch(self, epoch):
+        """Draws the order of `epoch`: the same for a seed, whatever came before."""
+        self.epoch = epoch
+        if not self.shuffle:
+            self._order = np.arange(len(self._patches))
+            return
+        rng = np.random.default_rng([self.seed, epoch])
+        images = rng.permutation(len(self.files))
+        of_image = self._patches[:, 0]
+        order = []
+        for start in range(0, len(images), self.cache_size):
+            window = np.flatnonzero(np.isin(of_image, images[start : start + self.cache_size]))
+            order.append(rng.permutation(window))
+        self._order = np.concatenate(order)
+
+    def on_epoch_end(self):
+        self.set_epoch(self.epoch + 1)
+
+    def _load(self, i):
+        with self._lock:
+            if i in self._cache:
+                self._cache.move_to_end(i)
+                return self._cache[i]
+        pair = _read_pair(*self.files[i], self._table, self.resize_masks)
+        with self._lock:
+            self._cache[i] = pair
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return pair
+
+    def __getstate__(self):  # for worker processes: no lock, an empty cache
+        state = dict(self.__dict__)
+        state["_lock"], state["_cache"] = None, collections.OrderedDict()
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+
 def make_tiny_dataset(
     path,
     tile_sizes=((150, 136), (200, 170), (136, 200)),
@@ -814,6 +1403,87 @@ def _tiny_scene(height, width, rng):
     y, x = rng.integers(0, height - 6), rng.integers(0, width - 6)
     labels[y : y + 6, x : x + 6] = 5  # Unlabeled
     return labels
+
+
+def make_custom_dataset(
+    path,
+    classes=None,
+    n_images=12,
+    size=(256, 192),
+    mask_scale=0.5,
+    folders=("images", "masks"),
+    image_suffix=".JPG",
+    mask_suffix=".PNG",
+    seed=0,
+):
+    """Writes a small synthetic dataset in a flat layout, as your own data might be.
+
+    Unlike `make_tiny_dataset` (the Kaggle layout and palette), this one is
+    what a dataset of your own may look like: a flat layout with its own
+    classes and palette, a `classes.json` in the Supervisely format,
+    upper-case extensions, and masks drawn at a smaller scale than their
+    images (read them with `resize_masks=True`). Each scene is the first
+    class with rectangles of the others; image colours depend on the class
+    plus noise, so a model learns it in a few epochs. The output is
+    deterministic for a seed.
+
+    Args:
+        path: folder to write; it gets `classes.json` and the two folders.
+        classes: dict `{name: "#rrggbb"}`; by default three classes,
+            "Field", "Forest" and "Water".
+        n_images: number of image/mask pairs, named `scene_001`, ...
+        size: `(width, height)` of the images.
+        mask_scale: scale of the masks, in (0, 1]; the image size times it
+            must be whole pixels.
+        folders: the image and mask folder names (see `FLAT_LAYOUTS`).
+        image_suffix: extension of the JPEG images.
+        mask_suffix: extension of the PNG masks.
+        seed: random seed.
+
+    Returns:
+        `pathlib.Path` of the dataset folder (`path`).
+
+    Example:
+
+    >>> root = make_custom_dataset("/tmp/mine")
+    >>> data = load_dataset(root, 64, classes=root / "classes.json", resize_masks=True)
+    """
+    classes = {"Field": "#C8B464", "Forest": "#1E7832", "Water": "#1E64C8"} \
+        if classes is None else classes
+    names, palette = read_classes(classes)
+    width, height = size
+    small = (width * mask_scale, height * mask_scale)
+    if not 0 < mask_scale <= 1 or any(s != int(s) or s < 4 for s in small):
+        raise ValueError(f"mask_scale must be in (0, 1] and give whole masks of >= 4 "
+                         f"pixels; {size} x {mask_scale} gives {small}.")
+    if tuple(folders) not in FLAT_LAYOUTS:
+        raise ValueError(f"folders must be one of {FLAT_LAYOUTS}, got {folders!r}.")
+    if n_images < 1:
+        raise ValueError(f"n_images must be >= 1, got {n_images}.")
+    root = pathlib.Path(path)
+    for folder in folders:
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    (root / "classes.json").write_text(json.dumps(
+        {"classes": [{"title": n, "color": rgb_to_hex(c)} for n, c in zip(names, palette)]},
+        indent=1))
+    rng = np.random.default_rng(seed)
+    shades = palette * 0.6 + 50.0  # each class a duller shade of its mask colour
+    mw, mh = int(small[0]), int(small[1])
+    for i in range(1, n_images + 1):
+        labels = np.zeros((mh, mw), np.uint8)
+        for _ in range(int(rng.integers(3, 7))):
+            h, w = rng.integers(max(1, mh // 8), max(2, mh // 2)), \
+                rng.integers(max(1, mw // 8), max(2, mw // 2))
+            y, x = rng.integers(0, mh - h + 1), rng.integers(0, mw - w + 1)
+            labels[y : y + h, x : x + w] = rng.integers(1, len(names)) if len(names) > 1 else 0
+        full = np.asarray(Image.fromarray(labels).resize((width, height), Image.NEAREST))
+        image = np.clip(shades[full] + rng.normal(0, 12, (height, width, 3)), 0, 255)
+        stem = f"scene_{i:03d}"
+        Image.fromarray(image.astype(np.uint8)).save(
+            root / folders[0] / f"{stem}{image_suffix}", format="JPEG", quality=92)
+        Image.fromarray(labels_to_rgb(labels, palette)).save(
+            root / folders[1] / f"{stem}{mask_suffix}", format="PNG")
+    return root
 
 
 # =============================================================================
@@ -2778,14 +3448,15 @@ def save_figure(fig, path):
     return fig
 
 
-def _legend_handles():
+def _legend_handles(class_names=CLASSES, palette=PALETTE):
     from matplotlib.patches import Patch
 
-    return [Patch(color=PALETTE[i] / 255, label=name)
-            for i, name in enumerate(CLASSES)]
+    return [Patch(color=np.asarray(palette)[i] / 255, label=name)
+            for i, name in enumerate(class_names)]
 
 
-def plot_segmentations(images, truths, predictions, path=None):
+def plot_segmentations(images, truths, predictions, path=None, *, class_names=None,
+                       palette=None):
     """Draws rows of image / ground truth / one column per model.
 
     Args:
@@ -2794,6 +3465,9 @@ def plot_segmentations(images, truths, predictions, path=None):
         predictions: dict mapping a column title (e.g. "Teacher") to labels
             `(N, H, W)`.
         path: optional file to save the figure to.
+        class_names: names of the legend; `CLASSES` if `None`.
+        palette: uint8 `(n_classes, 3)` colours of the labels; `PALETTE` if
+            `None`.
 
     Returns:
         The matplotlib `Figure`.
@@ -2812,13 +3486,14 @@ def plot_segmentations(images, truths, predictions, path=None):
     for row in range(n):
         for col, (title, labels) in enumerate(columns.items()):
             ax = axes[row, col]
-            ax.imshow(images[row] if labels is None else labels_to_rgb(labels[row]))
+            ax.imshow(images[row] if labels is None else labels_to_rgb(labels[row], palette))
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(title)
-    fig.legend(handles=_legend_handles(), loc="lower center",
-               ncol=len(CLASSES), frameon=False)
+    class_names = CLASSES if class_names is None else class_names
+    fig.legend(handles=_legend_handles(class_names, PALETTE if palette is None else palette),
+               loc="lower center", ncol=len(class_names), frameon=False)
     fig.tight_layout(rect=(0, legend_inches / fig.get_figheight(), 1, 1))
     return save_figure(fig, path)
 

@@ -22,8 +22,16 @@ def test_black_is_ignored_by_default_and_configurable():
     mask = np.zeros((1, 2, 3), np.uint8)
     mask[0, 1] = utils.PALETTE[2]
     assert utils.mask_to_labels(mask).tolist() == [[utils.IGNORE_INDEX, 2]]
-    assert utils.mask_to_labels(mask, {"#000000": 5}).tolist() == [[5, 2]]
     with pytest.raises(ValueError, match="#000000"):
+        utils.mask_to_labels(mask, ignore_colors=())
+
+
+def test_deprecated_extra_colors_still_maps_a_colour_to_a_class():
+    mask = np.zeros((1, 2, 3), np.uint8)
+    mask[0, 1] = utils.PALETTE[2]
+    with pytest.warns(DeprecationWarning, match="ignore_colors"):
+        assert utils.mask_to_labels(mask, extra_colors={"#000000": 5}).tolist() == [[5, 2]]
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="#000000"):
         utils.mask_to_labels(mask, extra_colors={})
 
 
