@@ -2268,6 +2268,13 @@ def fit_segmentation(
             "Compile the model before training it, e.g. "
             "`compile_segmentation(model)`."
         )
+    if getattr(data, "x_train", None) is None:
+        raise ValueError(
+            "fit_segmentation trains on a dataset held in memory, and this one is "
+            "streamed (load_dataset(..., in_memory=False)): train with "
+            "`model.fit(data.stream('train'), validation_data=data.stream('val'))`, "
+            "or load it with in_memory=True."
+        )
     if len(data.x_val) == 0:
         raise ValueError("The dataset has no validation patches: set "
                          "val_per_tile >= 1 in load_dataset.")

@@ -289,3 +289,13 @@ def test_deprecated_extra_colors_still_load_and_reread_the_same_labels(tiny_root
     images, labels = data.whole_images("train")
     np.testing.assert_array_equal(utils.cut_patches(labels[0], 32),
                                   data.y_train[: len(utils.cut_patches(labels[0], 32))])
+
+
+def test_fit_segmentation_points_a_streamed_dataset_to_model_fit(tmp_path):
+    root = utils.make_custom_dataset(tmp_path / "data", n_images=6, size=(64, 64))
+    data = utils.load_dataset(root, patch_size=32, classes=root / "classes.json",
+                              resize_masks=True, in_memory=False)
+    model = utils.compile_segmentation(utils.build_unet(2, n_classes=data.n_classes),
+                                       labelled_classes=data.labelled_classes)
+    with pytest.raises(ValueError, match=r"streamed .*model\.fit\(data\.stream\('train'\)"):
+        utils.fit_segmentation(model, data, epochs=1, output_dir=tmp_path, name="m")
