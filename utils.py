@@ -3623,8 +3623,10 @@ def plot_confusion_matrix(confusion_matrix, title="", path=None, class_names=CLA
 def plot_class_shares(data, path=None):
     """Bar chart of class shares of annotated pixels in each split.
 
+    Bars in the data's own class colours, named by its classes.
+
     Args:
-        data: an `AerialDataset`.
+        data: a dataset from `load_dataset`, held in memory.
         path: optional file to save the figure to.
 
     Returns:
@@ -3632,14 +3634,16 @@ def plot_class_shares(data, path=None):
     """
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 3.4))
+    names = tuple(getattr(data, "classes", CLASSES))
+    palette = np.asarray(getattr(data, "palette", PALETTE))
+    fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(names)), 3.4))
     width = 0.27
     for i, split in enumerate(("train", "val", "test")):
-        shares = class_shares(getattr(data, f"y_{split}"))
-        ax.bar(np.arange(len(CLASSES)) + (i - 1) * width, shares, width,
-               label=split, color=PALETTE / 255, edgecolor="black",
+        shares = class_shares(getattr(data, f"y_{split}"), n_classes=len(names))
+        ax.bar(np.arange(len(names)) + (i - 1) * width, shares, width,
+               label=split, color=palette / 255, edgecolor="black",
                hatch=("", "//", "..")[i])
-    ax.set_xticks(range(len(CLASSES)), CLASSES)
+    ax.set_xticks(range(len(names)), names)
     ax.set_ylabel("share of annotated pixels")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)

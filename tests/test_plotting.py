@@ -46,3 +46,12 @@ def test_sweep_heatmap_shows_each_setting_against_the_scratch_reference():
     assert "scratch student's 0.600" in fig._suptitle.get_text()
     without = utils.plot_sweep(rows[1:])  # no reference: values alone
     assert "0.610" in [t.get_text() for t in without.axes[0].texts]
+
+
+def test_class_shares_are_drawn_for_the_data_s_own_classes(tmp_path):
+    root = utils.make_custom_dataset(tmp_path / "data", n_images=6, size=(64, 64))
+    data = utils.load_dataset(root, patch_size=32, classes=root / "classes.json",
+                              resize_masks=True)
+    fig = utils.plot_class_shares(data)
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels == list(data.classes) and len(labels) == 3
