@@ -2589,7 +2589,11 @@ def _compile_inference(model):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        def forward(x):
+            return model(x, training=False)
+
+        # No AutoGraph: the call has no Python control flow to convert.
+        return tf.function(forward, reduce_retracing=True, autograph=False)
     if backend == "jax":
         import jax
 
