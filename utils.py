@@ -1211,12 +1211,14 @@ class SegmentationLoss(keras.losses.Loss):
                 "n_classes": self.n_classes}
 
 
-KD_KINDS = ("pixel", "channel")
+KD_KINDS = ("pixel", "channel", "dist")
 """The kinds of `distillation_loss`."""
+
+_EPSILON = 1e-7
 
 
 def distillation_loss(teacher_logits, student_logits, temperature=4.0,
-                      kind="pixel"):
+                      kind="pixel", standardize=False):
     """Knowledge-distillation loss for dense prediction, from logits.
 
     - `kind="pixel"` (Hinton et al., 2015, at every pixel): softmax of
@@ -1226,16 +1228,34 @@ def distillation_loss(teacher_logits, student_logits, temperature=4.0,
       for each class channel, softmax of `logits / T` over the **spatial
       positions**, KL(teacher || student) per channel summed over
       positions, averaged over channels and images, times T^2.
+    - `kind="dist"` (Huang et al., NeurIPS 2022, DIST, for segmentation):
+      every pixel (annotated or not) is a sample with probabilities
+      `p = softmax(logits / T)` over the classes. The inter-class term is
+      1 - Pearson correlation of teacher and student `p` over the classes
+      of a pixel, averaged over pixels; the intra-class term is 1 - Pearson
+      correlation over all `N * H * W` pixels of a class, averaged over
+      classes. The loss is `T^2 * (inter + intra)` (DIST's beta and gamma
+      fixed at 1). It asks the student to match the teacher's *relations*,
+      not its exact probabilities: it is 0 for a student whose
+      probabilities are a positive affine map of the teacher's.
 
-    The T^2 factor keeps the gradients' scale independent of T. Both take
+    The T^2 factor keeps the gradients' scale independent of T. All take
     logits: applying them to probabilities (as the seed project did) gives a
     near-zero loss that teaches nothing.
+
+    With `standardize=True` (Sun et al., CVPR 2024, "Logit Standardization
+    in Knowledge Distillation"), each pixel's logit vector `z` of either
+    model is first replaced by `(z - mean(z)) / (std(z) + 1e-7)` over the
+    classes (population std), then divided by T as usual: the student
+    matches the teacher's ranking and relative gaps, not the logits'
+    offset or scale, which a smaller network cannot always reach.
 
     Args:
         teacher_logits: `(N, H, W, C)` teacher logits.
         student_logits: `(N, H, W, C)` student logits.
         temperature: softening temperature T > 0.
-        kind: "pixel" or "channel".
+        kind: "pixel", "channel" or "dist".
+        standardize: standardize each pixel's logits over the classes first.
 
     Returns:
         Scalar loss.
@@ -1245,20 +1265,45 @@ def distillation_loss(teacher_logits, student_logits, temperature=4.0,
     >>> t = np.random.randn(2, 8, 8, 6)
     >>> float(distillation_loss(t, t))  # identical logits
     0.0
+    >>> float(distillation_loss(t, 2 * t + 1, kind="pixel", standardize=True))
+    0.0
     """
     _check_kd_arguments(temperature, kind)
-    t = ops.cast(teacher_logits, "float32") / temperature
-    s = ops.cast(student_logits, "float32") / temperature
+    if not isinstance(standardize, bool):
+        raise ValueError(f"standardize must be True or False, got {standardize!r}.")
+    t = ops.cast(teacher_logits, "float32")
+    s = ops.cast(student_logits, "float32")
     if len(t.shape) != 4 or tuple(t.shape) != tuple(s.shape):
         raise ValueError(
             f"teacher and student logits must have the same (N, H, W, C) "
             f"shape, got {tuple(t.shape)} and {tuple(s.shape)}."
         )
+    if standardize:
+        t, s = _standardize(t), _standardize(s)
+    t, s = t / temperature, s / temperature
+    if kind == "dist":
+        p_t = ops.reshape(ops.softmax(t, axis=-1), (-1, t.shape[-1]))
+        p_s = ops.reshape(ops.softmax(s, axis=-1), (-1, s.shape[-1]))
+        inter = 1.0 - ops.mean(_pearson(p_t, p_s, axis=1))
+        intra = 1.0 - ops.mean(_pearson(p_t, p_s, axis=0))
+        return (inter + intra) * temperature**2
     axis = (1, 2) if kind == "channel" else -1  # positions, or classes
     log_p_t = t - ops.logsumexp(t, axis=axis, keepdims=True)
     log_p_s = s - ops.logsumexp(s, axis=axis, keepdims=True)
     kl = ops.sum(ops.exp(log_p_t) * (log_p_t - log_p_s), axis=axis)
     return ops.mean(kl) * temperature**2
+
+
+def _standardize(logits):
+    mean = ops.mean(logits, axis=-1, keepdims=True)
+    return (logits - mean) / (ops.std(logits, axis=-1, keepdims=True) + _EPSILON)
+
+
+def _pearson(a, b, axis):
+    a = a - ops.mean(a, axis=axis, keepdims=True)
+    b = b - ops.mean(b, axis=axis, keepdims=True)
+    norms = ops.sqrt(ops.sum(a * a, axis=axis) * ops.sum(b * b, axis=axis))
+    return ops.sum(a * b, axis=axis) / (norms + 1e-12)
 
 
 @keras.saving.register_keras_serializable(package="utils")
@@ -1272,32 +1317,39 @@ class SegmentationKD(keras.distillation.DistillationLoss):
 
     Args:
         temperature: softening temperature.
-        kind: "pixel" or "channel".
+        kind: "pixel", "channel" or "dist".
+        standardize: standardize each pixel's logits first (Sun et al.).
 
     Example:
 
     >>> kd = keras.distillation.Distiller(teacher, student, SegmentationKD(2.0))
     """
 
-    def __init__(self, temperature=4.0, kind="pixel"):
+    def __init__(self, temperature=4.0, kind="pixel", standardize=False):
         _check_kd_arguments(temperature, kind)
         self.temperature = float(temperature)
         self.kind = kind
+        self.standardize = bool(standardize)
         self.teacher_layer_name = self.student_layer_name = None
 
     def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
         return distillation_loss(teacher_outputs, student_outputs,
-                                 self.temperature, self.kind)
+                                 self.temperature, self.kind, self.standardize)
 
     def validate_outputs(self, teacher_outputs, student_outputs):
         pass  # `distillation_loss` checks the shapes
 
     def get_config(self):
-        return {"temperature": self.temperature, "kind": self.kind}
+        return {"temperature": self.temperature, "kind": self.kind,
+                "standardize": self.standardize}
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+BOTTLENECK_LAYER = "bottleneck_conv2"
+"""Name of the deepest layer of `build_unet`, whose output the feature term matches."""
 
 
 @keras.saving.register_keras_serializable(package="utils")
@@ -1307,12 +1359,29 @@ class Distiller(keras.Model):
     The student is trained on `alpha * student_loss + (1 - alpha) * KD`,
     where `student_loss` is the loss given to `compile` (e.g.
     `SegmentationLoss()`, which ignores unannotated pixels) and KD is
-    `distillation_loss` (pixel-wise or channel-wise) over **every** pixel:
-    where the annotators painted nothing the teacher's prediction is the
-    only target there is, so the KD term teaches there too. The teacher is
-    frozen and runs in inference mode. The history records `student_loss`,
-    `distillation_loss` and `total_loss` (the same as `loss`), and their
-    `val_` twins, next to the compiled metrics.
+    `distillation_loss` (pixel-wise, channel-wise or DIST) over **every**
+    pixel: where the annotators painted nothing the teacher's prediction is
+    the only target there is, so the KD term teaches there too. The teacher
+    is frozen and runs in inference mode. The history records
+    `student_loss`, `distillation_loss` and `total_loss` (the same as
+    `loss`), `feature_loss` when the feature term is on, and their `val_`
+    twins, next to the compiled metrics.
+
+    `alpha` is held in a non-trainable `keras.Variable`, read inside the
+    compiled step, so a callback may change it between epochs
+    (`KDWeightSchedule`); `distiller.alpha` reads and sets it as a float.
+
+    With `feature_weight > 0` a bottleneck term (FitNets, Romero et al.
+    2015) is added: `feature_weight * MSE(adapter(f_s), f_t)`, where `f_s`
+    and `f_t` are the outputs of the student's and the teacher's
+    `BOTTLENECK_LAYER` ("bottleneck_conv2" of `build_unet`) and the adapter
+    is a trainable 1x1 convolution owned by the distiller, from the
+    student's channels to the teacher's. The student's features are mapped
+    back through its augmentation (`UndoSymmetry`) so they line up with
+    the teacher's. This term needs the teacher to run at every step:
+    cached teacher logits are then used for nothing (`fit_segmentation`
+    does not cache them). The student's logits of the loss come from the
+    same forward pass as its features.
 
     It is the design of `keras.distillation.Distiller` reduced to one logits
     term, with two additions: it serializes whole (`get_config`,
@@ -1325,11 +1394,16 @@ class Distiller(keras.Model):
     training, use and save `distiller.student` on its own.
 
     Args:
-        teacher: trained model returning logits `(N, H, W, C)`.
+        teacher: trained model returning logits `(N, H, W, C)`, e.g. from
+            `build_teacher`, `symmetry_ensemble` or `ensemble_teacher`.
         student: model with the same input and output shapes.
         alpha: weight in [0, 1] of the student's own loss.
         temperature: KD temperature, > 0.
-        kind: "pixel" (Hinton) or "channel" (Shu et al.).
+        kind: "pixel" (Hinton), "channel" (Shu et al.) or "dist" (Huang et al.).
+        standardize: standardize each pixel's logits before the softmax
+            (Sun et al., see `distillation_loss`).
+        feature_weight: weight >= 0 of the bottleneck feature term; 0 (the
+            default) turns it off.
 
     Example:
 
@@ -1340,25 +1414,48 @@ class Distiller(keras.Model):
     """
 
     def __init__(self, teacher, student, alpha=0.5, temperature=4.0,
-                 kind="pixel", name="distiller", **kwargs):
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) \
-                or not 0 <= alpha <= 1:
-            raise ValueError(
-                f"alpha is the weight of the student's own loss and must be "
-                f"in [0, 1], got {alpha!r}."
-            )
+                 kind="pixel", standardize=False, feature_weight=0.0,
+                 name="distiller", **kwargs):
+        _check_alpha(alpha)
         _check_kd_arguments(temperature, kind)
+        if not isinstance(standardize, bool):
+            raise ValueError(f"standardize must be True or False, got {standardize!r}.")
+        if isinstance(feature_weight, bool) or not isinstance(feature_weight, (int, float)) \
+                or not feature_weight >= 0:
+            raise ValueError(f"feature_weight must be a number >= 0 (0 turns the feature "
+                             f"term off), got {feature_weight!r}.")
         _check_teacher_and_student(teacher, student)
         super().__init__(name=name, **kwargs)
         self.teacher = teacher
         self.student = student
         self.teacher.trainable = False
-        self.alpha = float(alpha)
+        self._alpha = keras.Variable(float(alpha), trainable=False, dtype="float32",
+                                     name="alpha")
         self.temperature = float(temperature)
         self.kind = kind
+        self.standardize = standardize
+        self.feature_weight = float(feature_weight)
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
         self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
         self.total_loss_tracker = keras.metrics.Mean(name="total_loss")
+        if self.feature_weight:
+            self._teacher_features = _features_model(teacher, "teacher")
+            self._student_features = _features_model(student, "student")
+            self.feature_adapter = layers.Conv2D(
+                self._teacher_features.output[0].shape[-1], 1, dtype="float32",
+                name="feature_adapter")
+            self.feature_loss_tracker = keras.metrics.Mean(name="feature_loss")
+
+    @property
+    def alpha(self):
+        """The weight of the student's own loss, a float (held in a float32 variable)."""
+        # the shortest decimal of the float32: 0.3, not 0.30000001192092896
+        return float(str(np.float32(ops.convert_to_numpy(self._alpha))))
+
+    @alpha.setter
+    def alpha(self, value):
+        _check_alpha(value)
+        self._alpha.assign(float(value))
 
     def call(self, inputs, training=None):
         images = inputs[0] if isinstance(inputs, (tuple, list)) else inputs
@@ -1366,16 +1463,29 @@ class Distiller(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
                      training=True):
-        if y_pred is None:
-            y_pred = self(x, training=training)
+        images = x[0] if isinstance(x, (tuple, list)) else x
+        if self.feature_weight:  # one pass of each model gives features and logits
+            student_features, y_pred = self._student_features(images, training=training)
+            teacher_features, teacher_logits = self._teacher_features(images, training=False)
+            adapted = self.feature_adapter(ops.cast(student_features, "float32"))
+            feature_loss = ops.mean(ops.square(
+                adapted - ops.cast(teacher_features, "float32")))
+        else:
+            if y_pred is None:
+                y_pred = self(x, training=training)
+            if isinstance(x, (tuple, list)):  # (images, the teacher's logits)
+                teacher_logits = x[1]
+            else:
+                teacher_logits = self.teacher(x, training=False)
         student_loss = super().compute_loss(x, y, y_pred, sample_weight,
                                             training=training)
-        if isinstance(x, (tuple, list)):  # (images, the teacher's logits)
-            teacher_logits = x[1]
-        else:
-            teacher_logits = self.teacher(x, training=False)
-        kd = distillation_loss(teacher_logits, y_pred, self.temperature, self.kind)
-        total = self.alpha * student_loss + (1.0 - self.alpha) * kd
+        kd = distillation_loss(teacher_logits, y_pred, self.temperature, self.kind,
+                               self.standardize)
+        alpha = ops.cast(self._alpha, "float32")
+        total = alpha * ops.cast(student_loss, "float32") + (1.0 - alpha) * kd
+        if self.feature_weight:
+            total = total + self.feature_weight * feature_loss
+            self.feature_loss_tracker.update_state(feature_loss)
         self.student_loss_tracker.update_state(student_loss)
         self.distillation_loss_tracker.update_state(kd)
         self.total_loss_tracker.update_state(total)
@@ -1389,6 +1499,8 @@ class Distiller(keras.Model):
             "alpha": self.alpha,
             "temperature": self.temperature,
             "kind": self.kind,
+            "standardize": self.standardize,
+            "feature_weight": self.feature_weight,
         }
 
     @classmethod
@@ -1397,6 +1509,131 @@ class Distiller(keras.Model):
         for role in ("teacher", "student"):
             config[role] = keras.saving.deserialize_keras_object(config[role])
         return cls(**config)
+
+
+def _check_alpha(alpha):
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) \
+            or not 0 <= alpha <= 1:
+        raise ValueError(
+            f"alpha is the weight of the student's own loss and must be "
+            f"in [0, 1], got {alpha!r}."
+        )
+
+
+def _features_model(model, role):
+    """`model`'s bottleneck features and logits in one pass, features undone of augmentation."""
+    names = [layer.name for layer in model.layers]
+    if BOTTLENECK_LAYER not in names:
+        raise ValueError(
+            f"The feature term matches the outputs of the layers named "
+            f"{BOTTLENECK_LAYER!r} (the U-Net bottleneck of build_unet), but the "
+            f"{role} {model.name!r} has none. Use a build_unet model as {role}, or "
+            f"feature_weight=0 (an ensemble teacher has no single bottleneck).")
+    features = model.get_layer(BOTTLENECK_LAYER).output
+    if "augment" in names:  # map the features back, as UndoSymmetry does the logits
+        symmetry = model.get_layer("augment").output[1]
+        features = UndoSymmetry(name=f"{role}_features_undo")([features, symmetry])
+    return keras.Model(model.inputs, [features, model.output], name=f"{role}_features")
+
+
+class KDWeightSchedule(keras.callbacks.Callback):
+    """Sets a `Distiller`'s `alpha` at the start of every epoch from a schedule.
+
+    `alpha` weighs the student's own (label) loss; `1 - alpha` the KD term.
+    The distiller holds it in a variable read inside the compiled step, so
+    the change takes effect from the epoch's first batch. The alpha of each
+    epoch is also written to the logs (`alpha`), hence to the history.
+
+    Args:
+        schedule: function of the epoch (0-based) returning alpha in [0, 1].
+
+    Example:
+
+    >>> schedule = KDWeightSchedule(KDWeightSchedule.warmup(5, 0.1))
+    >>> distiller.fit(x, y, epochs=50, callbacks=[schedule])
+    """
+
+    def __init__(self, schedule):
+        super().__init__()
+        if not callable(schedule):
+            raise TypeError(f"schedule must map an epoch to alpha, got {schedule!r}.")
+        self.schedule = schedule
+
+    @staticmethod
+    def warmup(epochs, alpha):
+        """Labels first, then mostly KD: alpha 1 for `epochs` epochs, then `alpha`."""
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"warmup epochs must be an int >= 0, got {epochs!r}.")
+        _check_alpha(alpha)
+        return lambda epoch: 1.0 if epoch < epochs else float(alpha)
+
+    @staticmethod
+    def parse(text):
+        """The schedule of a flag "warmup:K:ALPHA" (see `warmup`)."""
+        parts = str(text).split(":")
+        try:
+            if parts[0] != "warmup" or len(parts) != 3:
+                raise ValueError
+            return KDWeightSchedule.warmup(int(parts[1]), float(parts[2]))
+        except ValueError:
+            raise ValueError(f"A KD schedule reads 'warmup:K:ALPHA' (alpha 1 for K epochs, "
+                             f"then ALPHA), e.g. 'warmup:5:0.1'; got {text!r}.") from None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not isinstance(self.model, Distiller):
+            raise TypeError(f"KDWeightSchedule sets a Distiller's alpha, but the model "
+                            f"trained is a {type(self.model).__name__}.")
+        self.model.alpha = self.schedule(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["alpha"] = self.model.alpha
+
+
+def ensemble_teacher(models, name="teacher_ensemble"):
+    """A teacher that averages the logits of several models.
+
+    Teachers of different seeds err in different places; their mean logits
+    are a stronger, better calibrated target than any one of them. The
+    result is a functional model (the members inside it, under the names
+    `member0`, `member1`, ...) that saves and loads with `keras.saving`
+    and serves wherever a teacher does (`Distiller`, `predict_logits`).
+    It runs every member at every step.
+
+    Args:
+        models: non-empty sequence of models with the same input and output
+            shapes, returning logits.
+        name: name of the ensemble model.
+
+    Returns:
+        A functional `keras.Model` mapping images to the members' mean logits.
+
+    Example:
+
+    >>> teacher = ensemble_teacher([teacher_s0, teacher_s1, teacher_s2])
+    >>> Distiller(teacher=teacher, student=build_student())
+    """
+    models = list(models)
+    if not models:
+        raise ValueError("ensemble_teacher needs at least one model, got none.")
+    for i, model in enumerate(models):
+        if not isinstance(model, keras.Model):
+            raise TypeError(f"Member {i} must be a keras.Model, got {type(model)}.")
+        for what in ("input", "output"):
+            first, this = tuple(getattr(models[0], what).shape), tuple(getattr(model, what).shape)
+            if this != first:
+                raise ValueError(
+                    f"All members must have the same {what} shape: member 0 has {first}, "
+                    f"member {i} has {this}. Ensemble models of one architecture and "
+                    f"class count.")
+    inputs = keras.Input(models[0].input.shape[1:], name="image")
+    outputs = [keras.Model(m.inputs, m.outputs, name=f"member{i}")(inputs)
+               for i, m in enumerate(models)]
+    if len(outputs) == 1:
+        logits = layers.Identity(name="mean_logits")(outputs[0])
+    else:
+        logits = layers.Average(name="mean_logits", dtype="float32")(outputs)
+    return keras.Model(inputs, logits, name=name)
 
 
 def _check_kd_arguments(temperature, kind):

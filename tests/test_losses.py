@@ -220,3 +220,64 @@ def test_segmentation_kd_round_trips_for_keras_own_distiller():
     again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(kd))
     assert isinstance(again, utils.SegmentationKD)
     assert (again.temperature, again.kind) == (3.0, "channel")
+
+
+# --- DIST, logit standardisation (issue #27) ---------------------------------
+
+
+def _dist_by_hand(t, s, T):
+    """DIST with numpy's corrcoef: each pixel a sample, classes and pixels correlated."""
+    p = _softmax(t / T, -1).reshape(-1, t.shape[-1])
+    q = _softmax(s / T, -1).reshape(-1, s.shape[-1])
+    inter = np.mean([1 - np.corrcoef(p[i], q[i])[0, 1] for i in range(len(p))])
+    intra = np.mean([1 - np.corrcoef(p[:, k], q[:, k])[0, 1] for k in range(p.shape[1])])
+    return T**2 * (inter + intra)
+
+
+def test_dist_kd_matches_a_hand_computation_with_corrcoef():
+    t, s, T = random_logits(SHAPE, 1), random_logits(SHAPE, 2), 2.0
+    got = float(utils.distillation_loss(t, s, temperature=T, kind="dist"))
+    assert got == pytest.approx(_dist_by_hand(t, s, T), rel=1e-4)
+
+
+def test_dist_kd_is_zero_for_identical_logits():
+    t = random_logits(SHAPE, 3)
+    assert float(utils.distillation_loss(t, t, kind="dist")) == pytest.approx(0, abs=1e-5)
+
+
+def test_dist_inter_class_term_ignores_a_positive_affine_map_of_probabilities():
+    # A student whose probabilities at each pixel are 0.5 * p + 0.5 / C (a positive
+    # affine map that still sums to 1): correlation 1 at every pixel and every class.
+    t, T = random_logits(SHAPE, 4), 1.0
+    p = _softmax(t / T, -1)
+    s = np.log(0.5 * p + 0.5 / SHAPE[-1]).astype("float32")
+    assert float(utils.distillation_loss(t, s, temperature=T, kind="dist")) == \
+        pytest.approx(0, abs=1e-5)
+    assert float(utils.distillation_loss(t, s, temperature=T)) > 1e-3  # KL is not 0
+
+
+def _standardized(z):
+    return (z - z.mean(-1, keepdims=True)) / (z.std(-1, keepdims=True) + 1e-7)
+
+
+@pytest.mark.parametrize("kind", utils.KD_KINDS)
+def test_standardized_kd_is_plain_kd_of_standardized_logits(kind):
+    t, s = random_logits(SHAPE, 5), random_logits(SHAPE, 6)
+    got = float(utils.distillation_loss(t, s, 2.0, kind, standardize=True))
+    plain = float(utils.distillation_loss(_standardized(t), _standardized(s), 2.0, kind))
+    assert got == pytest.approx(plain, rel=1e-4)
+
+
+def test_standardized_kd_ignores_a_shift_and_a_positive_scale_of_the_student():
+    t, s = random_logits(SHAPE, 7), random_logits(SHAPE, 8)
+    base = float(utils.distillation_loss(t, s, 2.0, standardize=True))
+    for moved in (s + 5.0, 3.0 * s, 0.2 * s - 1.0):
+        got = float(utils.distillation_loss(t, moved.astype("float32"), 2.0, standardize=True))
+        assert got == pytest.approx(base, rel=1e-4)
+    assert float(utils.distillation_loss(t, 3.0 * s, 2.0)) != pytest.approx(base, rel=1e-2)
+
+
+def test_segmentation_kd_serializes_standardize():
+    kd = utils.SegmentationKD(temperature=3.0, kind="dist", standardize=True)
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(kd))
+    assert (again.kind, again.standardize) == ("dist", True)
