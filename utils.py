@@ -1444,6 +1444,8 @@ class Distiller(keras.Model):
             self.feature_adapter = layers.Conv2D(
                 self._teacher_features.output[0].shape[-1], 1, dtype="float32",
                 name="feature_adapter")
+            # built now, so a reloaded distiller's optimizer finds its weights
+            self.feature_adapter.build(self._student_features.output[0].shape)
             self.feature_loss_tracker = keras.metrics.Mean(name="feature_loss")
 
     @property
@@ -1533,7 +1535,7 @@ def _features_model(model, role):
     if "augment" in names:  # map the features back, as UndoSymmetry does the logits
         symmetry = model.get_layer("augment").output[1]
         features = UndoSymmetry(name=f"{role}_features_undo")([features, symmetry])
-    return keras.Model(model.inputs, [features, model.output], name=f"{role}_features")
+    return keras.Model(model.input, [features, model.output], name=f"{role}_features")
 
 
 class KDWeightSchedule(keras.callbacks.Callback):
@@ -1627,7 +1629,7 @@ def ensemble_teacher(models, name="teacher_ensemble"):
                     f"member {i} has {this}. Ensemble models of one architecture and "
                     f"class count.")
     inputs = keras.Input(models[0].input.shape[1:], name="image")
-    outputs = [keras.Model(m.inputs, m.outputs, name=f"member{i}")(inputs)
+    outputs = [keras.Model(m.input, m.output, name=f"member{i}")(inputs)
                for i, m in enumerate(models)]
     if len(outputs) == 1:
         logits = layers.Identity(name="mean_logits")(outputs[0])
