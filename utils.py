@@ -735,6 +735,165 @@ class RandomCropSequence(keras.utils.PyDataset):
         self.set_epoch(self.epoch + 1)
 
 
+MIXES = ("cutmix", "mixup")
+"""The batch mixes `ConsistentCropSequence` can apply."""
+
+
+class ConsistentCropSequence(keras.utils.PyDataset):
+    """Strongly augmented crops for consistent teaching: teacher and student see one batch.
+
+    "Knowledge distillation: a good teacher is patient and consistent" (Beyer
+    et al., CVPR 2022): distillation pays when the teacher predicts on
+    exactly the augmented image the student sees, with aggressive
+    augmentation and long training. This draws `n_patches` crops per epoch
+    from anywhere in the whole images, each at a random scale `s`
+    (log-uniform in `scale`): a window of side `round(patch_size * s)`
+    (capped at the image's smaller side) resized to `patch_size`, images
+    bilinear, labels nearest (so labels stay class indices or
+    `IGNORE_INDEX`); then one of the 8 symmetries of the square; then, with
+    probability `mix_probability`, mixes each crop with another crop of its
+    batch:
+
+    - "cutmix": a box of the other crop (area a uniform fraction of the
+      crop) is pasted in, its labels with it;
+    - "mixup": `w * this + (1 - w) * other`, `w` uniform in [0, 1], rounded
+      to uint8; the labels are those of the crop with the larger weight
+      (a hard-label approximation: the teacher's soft targets carry the
+      mix, the label loss sees the dominant image).
+
+    Every draw comes from `(seed, epoch)` alone (as in `RandomCropSequence`),
+    so a resumed run replays it. Augmentation happens here, on the host:
+    train with a student built with `build_unet(augment=False)` and a
+    teacher that runs live on each batch (a `Distiller` fed plain images,
+    no cached logits), as `fit_segmentation(sampling="consistent")` does.
+    Batches are `(uint8 images (B, P, P, 3), labels (B, P, P))`.
+
+    Args:
+        images: list of uint8 images `(H, W, 3)` (`AerialDataset.whole_images`).
+        labels: list of labels `(H, W)`, the same sizes.
+        patch_size: side of the crops.
+        n_patches: crops per epoch.
+        batch_size: crops per batch.
+        seed: seed of the draws.
+        scale: `(low, high)` range of the window side over `patch_size`.
+        symmetry: apply a random symmetry of the square to each crop.
+        mix: "cutmix", "mixup" or `None`.
+        mix_probability: probability that a crop is mixed.
+
+    Example:
+
+    >>> images, labels = data.whole_images("train")
+    >>> sequence = ConsistentCropSequence(images, labels, 256, len(data.x_train),
+    ...                                   mix="cutmix")
+    """
+
+    def __init__(self, images, labels, patch_size, n_patches, batch_size=16, seed=0,
+                 scale=(0.5, 2.0), symmetry=True, mix="cutmix", mix_probability=0.5,
+                 **kwargs):
+        super().__init__(**kwargs)
+        _check_crop_sources(images, labels, patch_size)
+        if n_patches < 1 or batch_size < 1:
+            raise ValueError(f"n_patches and batch_size must be >= 1, got {n_patches} and "
+                             f"{batch_size}.")
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+            raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {scale!r}.")
+        if mix not in (*MIXES, None):
+            raise ValueError(f"mix must be one of {MIXES} or None, got {mix!r}.")
+        if not 0 <= mix_probability <= 1:
+            raise ValueError(f"mix_probability must be in [0, 1], got {mix_probability!r}.")
+        self.images, self.labels = images, labels
+        self.patch_size, self.n_patches = patch_size, n_patches
+        self.batch_size, self.seed = batch_size, seed
+        self.scale, self.symmetry = (float(scale[0]), float(scale[1])), bool(symmetry)
+        self.mix, self.mix_probability = mix, float(mix_probability)
+        self._sizes = np.array([image.shape[:2] for image in images])
+        positions = (self._sizes - patch_size + 1).prod(1).astype(np.float64)
+        self._weights = positions / positions.sum()
+        self.set_epoch(0)
+
+    def __len__(self):
+        return math.ceil(self.n_patches / self.batch_size)
+
+    def __getitem__(self, index):
+        rows = range(index * self.batch_size, min((index + 1) * self.batch_size, self.n_patches))
+        crops = [self._crop(k) for k in rows]
+        x = np.stack([c for c, _ in crops])
+        y = np.stack([c for _, c in crops])
+        if self.mix is None or len(rows) < 2:
+            return x, y
+        x_mixed, y_mixed = x.copy(), y.copy()
+        p = self.patch_size
+        for j, k in enumerate(rows):
+            if not self._mixed[k]:
+                continue
+            other = (j + 1 + self._partner[k] % (len(rows) - 1)) % len(rows)
+            weight = self._weight[k]
+            if self.mix == "cutmix":  # a box of area (1 - weight) from the other crop
+                side = int(round(p * math.sqrt(1.0 - weight)))
+                top, left = np.floor(self._box[k] * (p - side + 1)).astype(int)
+                box = (slice(top, top + side), slice(left, left + side))
+                x_mixed[j][box], y_mixed[j][box] = x[other][box], y[other][box]
+            else:
+                blend = weight * x[j].astype(np.float32) + (1 - weight) * x[other]
+                x_mixed[j] = np.clip(np.round(blend), 0, 255).astype(x.dtype)
+                y_mixed[j] = y[j] if weight >= 0.5 else y[other]
+        return x_mixed, y_mixed
+
+    def _crop(self, k):
+        i, row, col, side, code = self.crops[k]
+        p = self.patch_size
+        image = self.images[i][row : row + side, col : col + side]
+        label = self.labels[i][row : row + side, col : col + side]
+        if side != p:
+            image = np.asarray(Image.fromarray(image).resize((p, p), Image.BILINEAR))
+            nearest = np.minimum(((np.arange(p) + 0.5) * side / p).astype(int), side - 1)
+            label = label[nearest][:, nearest]
+        if code & 1:
+            image, label = image.transpose(1, 0, 2), label.T
+        if code & 2:
+            image, label = image[::-1], label[::-1]
+        if code & 4:
+            image, label = image[:, ::-1], label[:, ::-1]
+        return np.ascontiguousarray(image), np.ascontiguousarray(label)
+
+    def set_epoch(self, epoch):
+        """Draws the crops and mixes of `epoch`: the same for a seed, whatever came before.
+
+        Sets `crops`, one row `(image, row, column, side, symmetry code)` per crop.
+        """
+        self.epoch = epoch
+        n, rng = self.n_patches, np.random.default_rng([self.seed, epoch])
+        which = rng.choice(len(self.images), n, p=self._weights)
+        s = np.exp(rng.uniform(np.log(self.scale[0]), np.log(self.scale[1]), n))
+        sides = np.minimum(np.round(self.patch_size * s).astype(np.int64),
+                           self._sizes[which].min(1))
+        corners = np.floor(rng.uniform(size=(n, 2)) * (self._sizes[which] - sides[:, None] + 1))
+        codes = rng.integers(0, 8, n) if self.symmetry else np.zeros(n, np.int64)
+        self.crops = np.column_stack([which, corners.astype(np.int64), sides, codes])
+        self._mixed = rng.uniform(size=n) < (self.mix_probability if self.mix else 0.0)
+        self._partner = rng.integers(0, 2**31, n)
+        self._weight = rng.uniform(size=n)
+        self._box = rng.uniform(size=(n, 2))
+
+    def on_epoch_end(self):
+        self.set_epoch(self.epoch + 1)
+
+
+def _check_crop_sources(images, labels, patch_size):
+    if len(images) != len(labels) or not images:
+        raise ValueError(
+            f"images and labels must be non-empty lists of the same length; got "
+            f"{len(images)} and {len(labels)}."
+        )
+    for i, (image, label) in enumerate(zip(images, labels)):
+        if image.shape[:2] != label.shape[:2]:
+            raise ValueError(f"Image {i} is {image.shape[:2]} but its labels are "
+                             f"{label.shape[:2]}; they must match pixel for pixel.")
+        if min(image.shape[:2]) < patch_size:
+            raise ValueError(f"Image {i} is {image.shape[:2]}, smaller than one "
+                             f"{patch_size}x{patch_size} crop.")
+
+
 def make_tiny_dataset(
     path,
     tile_sizes=((150, 136), (200, 170), (136, 200)),
