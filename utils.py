@@ -1922,8 +1922,9 @@ def _check_labelled_classes(labelled_classes, n_classes):
     return labelled
 
 
-SAMPLINGS = ("grid", "random")
-"""Training inputs `fit_segmentation` can draw: the fixed patches or random crops."""
+SAMPLINGS = ("grid", "random", "consistent")
+"""Training inputs `fit_segmentation` can draw: the fixed patches, random crops, or
+scaled, flipped and mixed crops for consistent teaching (`ConsistentCropSequence`)."""
 
 
 def _check_sampling(sampling):
@@ -1945,6 +1946,8 @@ def fit_segmentation(
     callbacks=(),
     cache_teacher=True,
     sampling="grid",
+    mix="cutmix",
+    mix_probability=0.5,
 ):
     """Trains a compiled model or `Distiller`, checkpointing every epoch.
 
@@ -1978,14 +1981,22 @@ def fit_segmentation(
             logits with the images, instead of running the teacher at every
             step. The targets are the same (the teacher is frozen and sees the
             images unaugmented); the host holds them (`N * P * P * C` float32).
-            With `sampling="random"` only the validation logits are cached:
-            the training crops are new every epoch, so the teacher runs at
-            every step.
+            With `sampling="random"` or `"consistent"` only the validation
+            logits are cached: the training crops are new every epoch, so the
+            teacher runs at every step. With the `Distiller`'s feature term
+            on, nothing is cached (a warning says so): the teacher's features
+            are needed at every step.
         sampling: "grid" trains on the fixed patches `data.x_train`;
             "random" on `len(data.x_train)` crops per epoch drawn anywhere
             in the whole images of `data.files["train"]`
-            (`RandomCropSequence`). Validation always uses the fixed
-            patches.
+            (`RandomCropSequence`); "consistent" on as many crops at random
+            scales, symmetries and mixes (`ConsistentCropSequence`), for
+            consistent teaching: the teacher (if any) runs on exactly the
+            batch the student sees, so the model's own augmentation must be
+            off (`build_unet(augment=False)`; an error says so otherwise).
+            Validation always uses the fixed patches.
+        mix, mix_probability: the batch mix of `sampling="consistent"`
+            ("cutmix", "mixup" or `None`) and its probability per crop.
 
     Returns:
         The history as a dict of lists, over all epochs including resumed
@@ -2000,6 +2011,12 @@ def fit_segmentation(
         raise ValueError("The dataset has no validation patches: set "
                          "val_per_tile >= 1 in load_dataset.")
     _check_sampling(sampling)
+    if sampling == "consistent":
+        _check_no_model_augmentation(model)
+    if cache_teacher and getattr(model, "feature_weight", 0):
+        warnings.warn("cache_teacher=True is ignored: the Distiller's feature term needs "
+                      "the teacher's bottleneck features, so the teacher runs at every step.")
+        cache_teacher = False
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     train_logits, val_x = None, data.x_val
@@ -2010,6 +2027,10 @@ def fit_segmentation(
     if sampling == "random":
         train = RandomCropSequence(*data.whole_images("train"), data.patch_size,
                                    len(data.x_train), batch_size, seed)
+    elif sampling == "consistent":
+        train = ConsistentCropSequence(*data.whole_images("train"), data.patch_size,
+                                       len(data.x_train), batch_size, seed, mix=mix,
+                                       mix_probability=mix_probability)
     else:
         train = PatchSequence(data.x_train, data.y_train, batch_size, seed,
                               teacher_logits=train_logits)
@@ -2064,6 +2085,16 @@ def fit_segmentation(
             f"Training stopped: the loss became {loss} in epoch {epoch}; {kept}. "
             f"Lower the learning rate or check the data for bad values.")
     return history
+
+
+def _check_no_model_augmentation(model):
+    trained = getattr(model, "student", model)
+    if any(isinstance(layer, RandomSymmetry) for layer in trained.layers):
+        raise ValueError(
+            f"sampling='consistent' augments the batch on the host, so that a teacher "
+            f"sees exactly what the student sees, but the model {trained.name!r} also "
+            f"augments inside itself (RandomSymmetry). Build it with "
+            f"build_unet(augment=False) (build_student(augment=False)).")
 
 
 class _SyncEpoch(keras.callbacks.Callback):
