@@ -2242,7 +2242,8 @@ def with_dtype_policy(model, policy):
     for layer in config["layers"]:
         if layer["class_name"] != "InputLayer":
             # the logits and the symmetry layers stay float32 in mixed precision
-            keep = layer["config"]["name"] in ("logits", "augment", "augment_undo")
+            keep = layer["config"]["name"] in ("logits", "augment", "augment_undo",
+                                               "mean_logits")
             layer["config"]["dtype"] = "float32" if keep else policy
     copy = keras.Model.from_config(config)
     copy.set_weights(model.get_weights())
@@ -3760,8 +3761,9 @@ def write_run_record(profile, name, **settings):
 
 
 def train_model(model, data, profile, *, name, teacher=None, alpha=0.5, temperature=4.0,
-                kind="pixel", epochs=None, seed=None, precision=None, callbacks=(),
-                verbose="auto"):
+                kind="pixel", standardize=False, feature_weight=0.0, kd_schedule=None,
+                sampling=None, mix="cutmix", mix_probability=0.5, epochs=None, seed=None,
+                precision=None, callbacks=(), verbose="auto"):
     """Compiles and trains one model of the series, the way the notebooks do.
 
     Casts `model` to `precision`, wraps it in a `Distiller` when a `teacher`
@@ -3777,8 +3779,15 @@ def train_model(model, data, profile, *, name, teacher=None, alpha=0.5, temperat
         data: the `AerialDataset`.
         profile: the `Profile` (budget and folders).
         name: file stem of the saved model, history and record.
-        teacher: trained teacher, to distil `model` from it.
-        alpha, temperature, kind: the `Distiller`'s settings.
+        teacher: trained teacher, to distil `model` from it (e.g. an
+            `ensemble_teacher`).
+        alpha, temperature, kind, standardize, feature_weight: the
+            `Distiller`'s settings.
+        kd_schedule: `None`, or "warmup:K:ALPHA": alpha 1 for the first K
+            epochs, then ALPHA (`KDWeightSchedule`), replacing `alpha`.
+        sampling: overrides `profile.sampling`; with "consistent" build
+            `model` with `augment=False` (see `fit_segmentation`).
+        mix, mix_probability: the batch mix of `sampling="consistent"`.
         epochs: overrides `profile.epochs`.
         seed: seed of the batch order; `profile.seed` if `None`.
         precision: Keras dtype policy; `mixed_precision_policy()` if `None`.
@@ -3798,21 +3807,36 @@ def train_model(model, data, profile, *, name, teacher=None, alpha=0.5, temperat
     seed = profile.seed if seed is None else seed
     precision = precision or mixed_precision_policy()
     model = with_dtype_policy(model, precision)
+    sampling = profile.sampling if sampling is None else sampling
     settings = {"kind": "none"}
+    callbacks = list(callbacks)
     if teacher is not None:
         model = Distiller(teacher=with_dtype_policy(teacher, precision), student=model,
-                          alpha=alpha, temperature=temperature, kind=kind)
+                          alpha=alpha, temperature=temperature, kind=kind,
+                          standardize=standardize, feature_weight=feature_weight)
         settings = {"kind": kind, "alpha": alpha, "temperature": temperature}
+        settings.update({k: v for k, v in (("standardize", standardize),
+                                           ("feature_weight", feature_weight),
+                                           ("kd_schedule", kd_schedule)) if v})
+        if kd_schedule is not None:
+            callbacks.append(KDWeightSchedule(KDWeightSchedule.parse(kd_schedule)))
+    elif kd_schedule is not None:
+        raise ValueError(f"kd_schedule={kd_schedule!r} weighs a distillation, but no "
+                         f"teacher was given.")
     steps = math.ceil(len(data.x_train) / profile.batch_size)
     compile_segmentation(model, profile.learning_rate_schedule(epochs, steps),
                          steps_per_execution=profile.steps_per_execution)
     start = time.perf_counter()
     fit_segmentation(model, data, epochs=epochs, output_dir=profile.models_dir, name=name,
                      batch_size=profile.batch_size, seed=seed, verbose=verbose,
-                     sampling=profile.sampling, callbacks=callbacks)
+                     sampling=sampling, mix=mix, mix_probability=mix_probability,
+                     callbacks=callbacks, cache_teacher=not feature_weight)
+    inputs = {"sampling": sampling}
+    if sampling == "consistent":
+        inputs.update(mix=mix, mix_probability=mix_probability)
     write_run_record(profile, name, epochs=epochs, seed=seed, precision=precision,
                      distillation=settings, learning_rate=profile.learning_rate,
-                     train_seconds=time.perf_counter() - start)
+                     train_seconds=time.perf_counter() - start, **inputs)
     return load_run(profile.models_dir / f"{name}.keras")
 
 
