@@ -58,7 +58,7 @@ def test_random_crops_are_another_run(tiny_data, tmp_path, capsys):
     assert "moved to" in capsys.readouterr().out
     assert json.loads(run_path.read_text())["sampling"] == "random"
     assert history["loss"] != grid["loss"]  # other inputs, same initial weights
-    with pytest.raises(ValueError, match=r"sampling must be one of \('grid', 'random'\), got 'grid2'"):
+    with pytest.raises(ValueError, match=r"sampling must be one of \('grid', 'random', 'consistent'\), got 'grid2'"):
         utils.fit_segmentation(_fresh(), data, epochs=1, output_dir=tmp_path, name="m",
                                sampling="grid2")
     # a wrong value is refused before the finished run is moved aside
