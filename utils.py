@@ -1404,8 +1404,8 @@ def distillation_loss(teacher_logits, student_logits, temperature=4.0,
 
     With `standardize=True` (Sun et al., CVPR 2024, "Logit Standardization
     in Knowledge Distillation"), each pixel's logit vector `z` of either
-    model is first replaced by `(z - mean(z)) / (std(z) + 1e-7)` over the
-    classes (population std), then divided by T as usual: the student
+    model is first replaced by `(z - mean(z)) / sqrt(var(z) + 1e-7)` over
+    the classes (population variance), then divided by T as usual: the student
     matches the teacher's ranking and relative gaps, not the logits'
     offset or scale, which a smaller network cannot always reach.
 
@@ -1455,14 +1455,15 @@ def distillation_loss(teacher_logits, student_logits, temperature=4.0,
 
 def _standardize(logits):
     mean = ops.mean(logits, axis=-1, keepdims=True)
-    return (logits - mean) / (ops.std(logits, axis=-1, keepdims=True) + _EPSILON)
+    # sqrt(var + eps), not std + eps: the gradient stays finite where all logits are equal
+    return (logits - mean) / ops.sqrt(ops.var(logits, axis=-1, keepdims=True) + _EPSILON)
 
 
 def _pearson(a, b, axis):
     a = a - ops.mean(a, axis=axis, keepdims=True)
     b = b - ops.mean(b, axis=axis, keepdims=True)
-    norms = ops.sqrt(ops.sum(a * a, axis=axis) * ops.sum(b * b, axis=axis))
-    return ops.sum(a * b, axis=axis) / (norms + 1e-12)
+    norms = ops.sqrt(ops.sum(a * a, axis=axis) * ops.sum(b * b, axis=axis) + 1e-20)
+    return ops.sum(a * b, axis=axis) / norms
 
 
 @keras.saving.register_keras_serializable(package="utils")
