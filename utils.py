@@ -1324,6 +1324,164 @@ class PatchStream(keras.utils.PyDataset):
         self._lock = threading.Lock()
 
 
+MIXES = ("cutmix", "mixup")
+"""The batch mixes `ConsistentCropSequence` can apply."""
+
+
+class ConsistentCropSequence(keras.utils.PyDataset):
+    """Strongly augmented crops for consistent teaching: teacher and student see one batch.
+
+    "Knowledge distillation: a good teacher is patient and consistent" (Beyer
+    et al., CVPR 2022): distillation pays when the teacher predicts on
+    exactly the augmented image the student sees, with aggressive
+    augmentation and long training. This draws `n_patches` crops per epoch
+    from anywhere in the whole images, each at a random scale `s`
+    (log-uniform in `scale`): a window of side `round(patch_size * s)`
+    (capped at the image's smaller side) resized to `patch_size`, images
+    bilinear, labels nearest (so labels stay class indices or
+    `IGNORE_INDEX`); then one of the 8 symmetries of the square; then, with
+    probability `mix_probability`, mixes each crop with another crop of its
+    batch:
+
+    - "cutmix": a box of the other crop (area a uniform fraction of the
+      crop) is pasted in, its labels with it;
+    - "mixup": `w * this + (1 - w) * other`, `w` uniform in [0, 1], rounded
+      to uint8; the labels are those of the crop with the larger weight
+      (a hard-label approximation: the teacher's soft targets carry the
+      mix, the label loss sees the dominant image).
+
+    Every draw comes from `(seed, epoch)` alone (as in `RandomCropSequence`),
+    so a resumed run replays it. Augmentation happens here, on the host:
+    train with a student built with `build_unet(augment=False)` and a
+    teacher that runs live on each batch (a `Distiller` fed plain images,
+    no cached logits), as `fit_segmentation(sampling="consistent")` does.
+    Batches are `(uint8 images (B, P, P, 3), labels (B, P, P))`.
+
+    Args:
+        images: list of uint8 images `(H, W, 3)` (`AerialDataset.whole_images`).
+        labels: list of labels `(H, W)`, the same sizes.
+        patch_size: side of the crops.
+        n_patches: crops per epoch.
+        batch_size: crops per batch.
+        seed: seed of the draws.
+        scale: `(low, high)` range of the window side over `patch_size`.
+        symmetry: apply a random symmetry of the square to each crop.
+        mix: "cutmix", "mixup" or `None`.
+        mix_probability: probability that a crop is mixed.
+
+    Example:
+
+    >>> images, labels = data.whole_images("train")
+    >>> sequence = ConsistentCropSequence(images, labels, 256, len(data.x_train),
+    ...                                   mix="cutmix")
+    """
+
+    def __init__(self, images, labels, patch_size, n_patches, batch_size=16, seed=0,
+                 scale=(0.5, 2.0), symmetry=True, mix="cutmix", mix_probability=0.5,
+                 **kwargs):
+        super().__init__(**kwargs)
+        _check_crop_sources(images, labels, patch_size)
+        if n_patches < 1 or batch_size < 1:
+            raise ValueError(f"n_patches and batch_size must be >= 1, got {n_patches} and "
+                             f"{batch_size}.")
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+            raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {scale!r}.")
+        if mix not in (*MIXES, None):
+            raise ValueError(f"mix must be one of {MIXES} or None, got {mix!r}.")
+        if not 0 <= mix_probability <= 1:
+            raise ValueError(f"mix_probability must be in [0, 1], got {mix_probability!r}.")
+        self.images, self.labels = images, labels
+        self.patch_size, self.n_patches = patch_size, n_patches
+        self.batch_size, self.seed = batch_size, seed
+        self.scale, self.symmetry = (float(scale[0]), float(scale[1])), bool(symmetry)
+        self.mix, self.mix_probability = mix, float(mix_probability)
+        self._sizes = np.array([image.shape[:2] for image in images])
+        positions = (self._sizes - patch_size + 1).prod(1).astype(np.float64)
+        self._weights = positions / positions.sum()
+        self.set_epoch(0)
+
+    def __len__(self):
+        return math.ceil(self.n_patches / self.batch_size)
+
+    def __getitem__(self, index):
+        rows = range(index * self.batch_size, min((index + 1) * self.batch_size, self.n_patches))
+        crops = [self._crop(k) for k in rows]
+        x = np.stack([c for c, _ in crops])
+        y = np.stack([c for _, c in crops])
+        if self.mix is None or len(rows) < 2:
+            return x, y
+        x_mixed, y_mixed = x.copy(), y.copy()
+        p = self.patch_size
+        for j, k in enumerate(rows):
+            if not self._mixed[k]:
+                continue
+            other = (j + 1 + self._partner[k] % (len(rows) - 1)) % len(rows)
+            weight = self._weight[k]
+            if self.mix == "cutmix":  # a box of area (1 - weight) from the other crop
+                side = int(round(p * math.sqrt(1.0 - weight)))
+                top, left = np.floor(self._box[k] * (p - side + 1)).astype(int)
+                box = (slice(top, top + side), slice(left, left + side))
+                x_mixed[j][box], y_mixed[j][box] = x[other][box], y[other][box]
+            else:
+                blend = weight * x[j].astype(np.float32) + (1 - weight) * x[other]
+                x_mixed[j] = np.clip(np.round(blend), 0, 255).astype(x.dtype)
+                y_mixed[j] = y[j] if weight >= 0.5 else y[other]
+        return x_mixed, y_mixed
+
+    def _crop(self, k):
+        i, row, col, side, code = self.crops[k]
+        p = self.patch_size
+        image = self.images[i][row : row + side, col : col + side]
+        label = self.labels[i][row : row + side, col : col + side]
+        if side != p:
+            image = np.asarray(Image.fromarray(image).resize((p, p), Image.BILINEAR))
+            nearest = np.minimum(((np.arange(p) + 0.5) * side / p).astype(int), side - 1)
+            label = label[nearest][:, nearest]
+        if code & 1:
+            image, label = image.transpose(1, 0, 2), label.T
+        if code & 2:
+            image, label = image[::-1], label[::-1]
+        if code & 4:
+            image, label = image[:, ::-1], label[:, ::-1]
+        return np.ascontiguousarray(image), np.ascontiguousarray(label)
+
+    def set_epoch(self, epoch):
+        """Draws the crops and mixes of `epoch`: the same for a seed, whatever came before.
+
+        Sets `crops`, one row `(image, row, column, side, symmetry code)` per crop.
+        """
+        self.epoch = epoch
+        n, rng = self.n_patches, np.random.default_rng([self.seed, epoch])
+        which = rng.choice(len(self.images), n, p=self._weights)
+        s = np.exp(rng.uniform(np.log(self.scale[0]), np.log(self.scale[1]), n))
+        sides = np.minimum(np.round(self.patch_size * s).astype(np.int64),
+                           self._sizes[which].min(1))
+        corners = np.floor(rng.uniform(size=(n, 2)) * (self._sizes[which] - sides[:, None] + 1))
+        codes = rng.integers(0, 8, n) if self.symmetry else np.zeros(n, np.int64)
+        self.crops = np.column_stack([which, corners.astype(np.int64), sides, codes])
+        self._mixed = rng.uniform(size=n) < (self.mix_probability if self.mix else 0.0)
+        self._partner = rng.integers(0, 2**31, n)
+        self._weight = rng.uniform(size=n)
+        self._box = rng.uniform(size=(n, 2))
+
+    def on_epoch_end(self):
+        self.set_epoch(self.epoch + 1)
+
+def _check_crop_sources(images, labels, patch_size):
+    if len(images) != len(labels) or not images:
+        raise ValueError(
+            f"images and labels must be non-empty lists of the same length; got "
+            f"{len(images)} and {len(labels)}."
+        )
+    for i, (image, label) in enumerate(zip(images, labels)):
+        if image.shape[:2] != label.shape[:2]:
+            raise ValueError(f"Image {i} is {image.shape[:2]} but its labels are "
+                             f"{label.shape[:2]}; they must match pixel for pixel.")
+        if min(image.shape[:2]) < patch_size:
+            raise ValueError(f"Image {i} is {image.shape[:2]}, smaller than one "
+                             f"{patch_size}x{patch_size} crop.")
+
+
 def make_tiny_dataset(
     path,
     tile_sizes=((150, 136), (200, 170), (136, 200)),
@@ -1881,12 +2039,14 @@ class SegmentationLoss(keras.losses.Loss):
                 "n_classes": self.n_classes}
 
 
-KD_KINDS = ("pixel", "channel")
+KD_KINDS = ("pixel", "channel", "dist")
 """The kinds of `distillation_loss`."""
+
+_EPSILON = 1e-7
 
 
 def distillation_loss(teacher_logits, student_logits, temperature=4.0,
-                      kind="pixel"):
+                      kind="pixel", standardize=False):
     """Knowledge-distillation loss for dense prediction, from logits.
 
     - `kind="pixel"` (Hinton et al., 2015, at every pixel): softmax of
@@ -1896,16 +2056,34 @@ def distillation_loss(teacher_logits, student_logits, temperature=4.0,
       for each class channel, softmax of `logits / T` over the **spatial
       positions**, KL(teacher || student) per channel summed over
       positions, averaged over channels and images, times T^2.
+    - `kind="dist"` (Huang et al., NeurIPS 2022, DIST, for segmentation):
+      every pixel (annotated or not) is a sample with probabilities
+      `p = softmax(logits / T)` over the classes. The inter-class term is
+      1 - Pearson correlation of teacher and student `p` over the classes
+      of a pixel, averaged over pixels; the intra-class term is 1 - Pearson
+      correlation over all `N * H * W` pixels of a class, averaged over
+      classes. The loss is `T^2 * (inter + intra)` (DIST's beta and gamma
+      fixed at 1). It asks the student to match the teacher's *relations*,
+      not its exact probabilities: it is 0 for a student whose
+      probabilities are a positive affine map of the teacher's.
 
-    The T^2 factor keeps the gradients' scale independent of T. Both take
+    The T^2 factor keeps the gradients' scale independent of T. All take
     logits: applying them to probabilities (as the seed project did) gives a
     near-zero loss that teaches nothing.
+
+    With `standardize=True` (Sun et al., CVPR 2024, "Logit Standardization
+    in Knowledge Distillation"), each pixel's logit vector `z` of either
+    model is first replaced by `(z - mean(z)) / sqrt(var(z) + 1e-7)` over
+    the classes (population variance), then divided by T as usual: the student
+    matches the teacher's ranking and relative gaps, not the logits'
+    offset or scale, which a smaller network cannot always reach.
 
     Args:
         teacher_logits: `(N, H, W, C)` teacher logits.
         student_logits: `(N, H, W, C)` student logits.
         temperature: softening temperature T > 0.
-        kind: "pixel" or "channel".
+        kind: "pixel", "channel" or "dist".
+        standardize: standardize each pixel's logits over the classes first.
 
     Returns:
         Scalar loss.
@@ -1915,20 +2093,46 @@ def distillation_loss(teacher_logits, student_logits, temperature=4.0,
     >>> t = np.random.randn(2, 8, 8, 6)
     >>> float(distillation_loss(t, t))  # identical logits
     0.0
+    >>> float(distillation_loss(t, 2 * t + 1, kind="pixel", standardize=True))
+    0.0
     """
     _check_kd_arguments(temperature, kind)
-    t = ops.cast(teacher_logits, "float32") / temperature
-    s = ops.cast(student_logits, "float32") / temperature
+    if not isinstance(standardize, bool):
+        raise ValueError(f"standardize must be True or False, got {standardize!r}.")
+    t = ops.cast(teacher_logits, "float32")
+    s = ops.cast(student_logits, "float32")
     if len(t.shape) != 4 or tuple(t.shape) != tuple(s.shape):
         raise ValueError(
             f"teacher and student logits must have the same (N, H, W, C) "
             f"shape, got {tuple(t.shape)} and {tuple(s.shape)}."
         )
+    if standardize:
+        t, s = _standardize(t), _standardize(s)
+    t, s = t / temperature, s / temperature
+    if kind == "dist":
+        p_t = ops.reshape(ops.softmax(t, axis=-1), (-1, t.shape[-1]))
+        p_s = ops.reshape(ops.softmax(s, axis=-1), (-1, s.shape[-1]))
+        inter = 1.0 - ops.mean(_pearson(p_t, p_s, axis=1))
+        intra = 1.0 - ops.mean(_pearson(p_t, p_s, axis=0))
+        return (inter + intra) * temperature**2
     axis = (1, 2) if kind == "channel" else -1  # positions, or classes
     log_p_t = t - ops.logsumexp(t, axis=axis, keepdims=True)
     log_p_s = s - ops.logsumexp(s, axis=axis, keepdims=True)
     kl = ops.sum(ops.exp(log_p_t) * (log_p_t - log_p_s), axis=axis)
     return ops.mean(kl) * temperature**2
+
+
+def _standardize(logits):
+    mean = ops.mean(logits, axis=-1, keepdims=True)
+    # sqrt(var + eps), not std + eps: the gradient stays finite where all logits are equal
+    return (logits - mean) / ops.sqrt(ops.var(logits, axis=-1, keepdims=True) + _EPSILON)
+
+
+def _pearson(a, b, axis):
+    a = a - ops.mean(a, axis=axis, keepdims=True)
+    b = b - ops.mean(b, axis=axis, keepdims=True)
+    norms = ops.sqrt(ops.sum(a * a, axis=axis) * ops.sum(b * b, axis=axis) + 1e-20)
+    return ops.sum(a * b, axis=axis) / norms
 
 
 @keras.saving.register_keras_serializable(package="utils")
@@ -1942,32 +2146,39 @@ class SegmentationKD(keras.distillation.DistillationLoss):
 
     Args:
         temperature: softening temperature.
-        kind: "pixel" or "channel".
+        kind: "pixel", "channel" or "dist".
+        standardize: standardize each pixel's logits first (Sun et al.).
 
     Example:
 
     >>> kd = keras.distillation.Distiller(teacher, student, SegmentationKD(2.0))
     """
 
-    def __init__(self, temperature=4.0, kind="pixel"):
+    def __init__(self, temperature=4.0, kind="pixel", standardize=False):
         _check_kd_arguments(temperature, kind)
         self.temperature = float(temperature)
         self.kind = kind
+        self.standardize = bool(standardize)
         self.teacher_layer_name = self.student_layer_name = None
 
     def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
         return distillation_loss(teacher_outputs, student_outputs,
-                                 self.temperature, self.kind)
+                                 self.temperature, self.kind, self.standardize)
 
     def validate_outputs(self, teacher_outputs, student_outputs):
         pass  # `distillation_loss` checks the shapes
 
     def get_config(self):
-        return {"temperature": self.temperature, "kind": self.kind}
+        return {"temperature": self.temperature, "kind": self.kind,
+                "standardize": self.standardize}
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+BOTTLENECK_LAYER = "bottleneck_conv2"
+"""Name of the deepest layer of `build_unet`, whose output the feature term matches."""
 
 
 @keras.saving.register_keras_serializable(package="utils")
@@ -1977,12 +2188,29 @@ class Distiller(keras.Model):
     The student is trained on `alpha * student_loss + (1 - alpha) * KD`,
     where `student_loss` is the loss given to `compile` (e.g.
     `SegmentationLoss()`, which ignores unannotated pixels) and KD is
-    `distillation_loss` (pixel-wise or channel-wise) over **every** pixel:
-    where the annotators painted nothing the teacher's prediction is the
-    only target there is, so the KD term teaches there too. The teacher is
-    frozen and runs in inference mode. The history records `student_loss`,
-    `distillation_loss` and `total_loss` (the same as `loss`), and their
-    `val_` twins, next to the compiled metrics.
+    `distillation_loss` (pixel-wise, channel-wise or DIST) over **every**
+    pixel: where the annotators painted nothing the teacher's prediction is
+    the only target there is, so the KD term teaches there too. The teacher
+    is frozen and runs in inference mode. The history records
+    `student_loss`, `distillation_loss` and `total_loss` (the same as
+    `loss`), `feature_loss` when the feature term is on, and their `val_`
+    twins, next to the compiled metrics.
+
+    `alpha` is held in a non-trainable `keras.Variable`, read inside the
+    compiled step, so a callback may change it between epochs
+    (`KDWeightSchedule`); `distiller.alpha` reads and sets it as a float.
+
+    With `feature_weight > 0` a bottleneck term (FitNets, Romero et al.
+    2015) is added: `feature_weight * MSE(adapter(f_s), f_t)`, where `f_s`
+    and `f_t` are the outputs of the student's and the teacher's
+    `BOTTLENECK_LAYER` ("bottleneck_conv2" of `build_unet`) and the adapter
+    is a trainable 1x1 convolution owned by the distiller, from the
+    student's channels to the teacher's. The student's features are mapped
+    back through its augmentation (`UndoSymmetry`) so they line up with
+    the teacher's. This term needs the teacher to run at every step:
+    cached teacher logits are then used for nothing (`fit_segmentation`
+    does not cache them). The student's logits of the loss come from the
+    same forward pass as its features.
 
     It is the design of `keras.distillation.Distiller` reduced to one logits
     term, with two additions: it serializes whole (`get_config`,
@@ -1995,11 +2223,16 @@ class Distiller(keras.Model):
     training, use and save `distiller.student` on its own.
 
     Args:
-        teacher: trained model returning logits `(N, H, W, C)`.
+        teacher: trained model returning logits `(N, H, W, C)`, e.g. from
+            `build_teacher`, `symmetry_ensemble` or `ensemble_teacher`.
         student: model with the same input and output shapes.
         alpha: weight in [0, 1] of the student's own loss.
         temperature: KD temperature, > 0.
-        kind: "pixel" (Hinton) or "channel" (Shu et al.).
+        kind: "pixel" (Hinton), "channel" (Shu et al.) or "dist" (Huang et al.).
+        standardize: standardize each pixel's logits before the softmax
+            (Sun et al., see `distillation_loss`).
+        feature_weight: weight >= 0 of the bottleneck feature term; 0 (the
+            default) turns it off.
 
     Example:
 
@@ -2010,25 +2243,50 @@ class Distiller(keras.Model):
     """
 
     def __init__(self, teacher, student, alpha=0.5, temperature=4.0,
-                 kind="pixel", name="distiller", **kwargs):
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) \
-                or not 0 <= alpha <= 1:
-            raise ValueError(
-                f"alpha is the weight of the student's own loss and must be "
-                f"in [0, 1], got {alpha!r}."
-            )
+                 kind="pixel", standardize=False, feature_weight=0.0,
+                 name="distiller", **kwargs):
+        _check_alpha(alpha)
         _check_kd_arguments(temperature, kind)
+        if not isinstance(standardize, bool):
+            raise ValueError(f"standardize must be True or False, got {standardize!r}.")
+        if isinstance(feature_weight, bool) or not isinstance(feature_weight, (int, float)) \
+                or not feature_weight >= 0:
+            raise ValueError(f"feature_weight must be a number >= 0 (0 turns the feature "
+                             f"term off), got {feature_weight!r}.")
         _check_teacher_and_student(teacher, student)
         super().__init__(name=name, **kwargs)
         self.teacher = teacher
         self.student = student
         self.teacher.trainable = False
-        self.alpha = float(alpha)
+        self._alpha = keras.Variable(float(alpha), trainable=False, dtype="float32",
+                                     name="alpha")
         self.temperature = float(temperature)
         self.kind = kind
+        self.standardize = standardize
+        self.feature_weight = float(feature_weight)
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
         self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
         self.total_loss_tracker = keras.metrics.Mean(name="total_loss")
+        if self.feature_weight:
+            self._teacher_features = _features_model(teacher, "teacher")
+            self._student_features = _features_model(student, "student")
+            self.feature_adapter = layers.Conv2D(
+                self._teacher_features.output[0].shape[-1], 1, dtype="float32",
+                name="feature_adapter")
+            # built now, so a reloaded distiller's optimizer finds its weights
+            self.feature_adapter.build(self._student_features.output[0].shape)
+            self.feature_loss_tracker = keras.metrics.Mean(name="feature_loss")
+
+    @property
+    def alpha(self):
+        """The weight of the student's own loss, a float (held in a float32 variable)."""
+        # the shortest decimal of the float32: 0.3, not 0.30000001192092896
+        return float(str(np.float32(ops.convert_to_numpy(self._alpha))))
+
+    @alpha.setter
+    def alpha(self, value):
+        _check_alpha(value)
+        self._alpha.assign(float(value))
 
     def call(self, inputs, training=None):
         images = inputs[0] if isinstance(inputs, (tuple, list)) else inputs
@@ -2036,16 +2294,29 @@ class Distiller(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
                      training=True):
-        if y_pred is None:
-            y_pred = self(x, training=training)
+        images = x[0] if isinstance(x, (tuple, list)) else x
+        if self.feature_weight:  # one pass of each model gives features and logits
+            student_features, y_pred = self._student_features(images, training=training)
+            teacher_features, teacher_logits = self._teacher_features(images, training=False)
+            adapted = self.feature_adapter(ops.cast(student_features, "float32"))
+            feature_loss = ops.mean(ops.square(
+                adapted - ops.cast(teacher_features, "float32")))
+        else:
+            if y_pred is None:
+                y_pred = self(x, training=training)
+            if isinstance(x, (tuple, list)):  # (images, the teacher's logits)
+                teacher_logits = x[1]
+            else:
+                teacher_logits = self.teacher(x, training=False)
         student_loss = super().compute_loss(x, y, y_pred, sample_weight,
                                             training=training)
-        if isinstance(x, (tuple, list)):  # (images, the teacher's logits)
-            teacher_logits = x[1]
-        else:
-            teacher_logits = self.teacher(x, training=False)
-        kd = distillation_loss(teacher_logits, y_pred, self.temperature, self.kind)
-        total = self.alpha * student_loss + (1.0 - self.alpha) * kd
+        kd = distillation_loss(teacher_logits, y_pred, self.temperature, self.kind,
+                               self.standardize)
+        alpha = ops.cast(self._alpha, "float32")
+        total = alpha * ops.cast(student_loss, "float32") + (1.0 - alpha) * kd
+        if self.feature_weight:
+            total = total + self.feature_weight * feature_loss
+            self.feature_loss_tracker.update_state(feature_loss)
         self.student_loss_tracker.update_state(student_loss)
         self.distillation_loss_tracker.update_state(kd)
         self.total_loss_tracker.update_state(total)
@@ -2059,6 +2330,8 @@ class Distiller(keras.Model):
             "alpha": self.alpha,
             "temperature": self.temperature,
             "kind": self.kind,
+            "standardize": self.standardize,
+            "feature_weight": self.feature_weight,
         }
 
     @classmethod
@@ -2067,6 +2340,131 @@ class Distiller(keras.Model):
         for role in ("teacher", "student"):
             config[role] = keras.saving.deserialize_keras_object(config[role])
         return cls(**config)
+
+
+def _check_alpha(alpha):
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) \
+            or not 0 <= alpha <= 1:
+        raise ValueError(
+            f"alpha is the weight of the student's own loss and must be "
+            f"in [0, 1], got {alpha!r}."
+        )
+
+
+def _features_model(model, role):
+    """`model`'s bottleneck features and logits in one pass, features undone of augmentation."""
+    names = [layer.name for layer in model.layers]
+    if BOTTLENECK_LAYER not in names:
+        raise ValueError(
+            f"The feature term matches the outputs of the layers named "
+            f"{BOTTLENECK_LAYER!r} (the U-Net bottleneck of build_unet), but the "
+            f"{role} {model.name!r} has none. Use a build_unet model as {role}, or "
+            f"feature_weight=0 (an ensemble teacher has no single bottleneck).")
+    features = model.get_layer(BOTTLENECK_LAYER).output
+    if "augment" in names:  # map the features back, as UndoSymmetry does the logits
+        symmetry = model.get_layer("augment").output[1]
+        features = UndoSymmetry(name=f"{role}_features_undo")([features, symmetry])
+    return keras.Model(model.input, [features, model.output], name=f"{role}_features")
+
+
+class KDWeightSchedule(keras.callbacks.Callback):
+    """Sets a `Distiller`'s `alpha` at the start of every epoch from a schedule.
+
+    `alpha` weighs the student's own (label) loss; `1 - alpha` the KD term.
+    The distiller holds it in a variable read inside the compiled step, so
+    the change takes effect from the epoch's first batch. The alpha of each
+    epoch is also written to the logs (`alpha`), hence to the history.
+
+    Args:
+        schedule: function of the epoch (0-based) returning alpha in [0, 1].
+
+    Example:
+
+    >>> schedule = KDWeightSchedule(KDWeightSchedule.warmup(5, 0.1))
+    >>> distiller.fit(x, y, epochs=50, callbacks=[schedule])
+    """
+
+    def __init__(self, schedule):
+        super().__init__()
+        if not callable(schedule):
+            raise TypeError(f"schedule must map an epoch to alpha, got {schedule!r}.")
+        self.schedule = schedule
+
+    @staticmethod
+    def warmup(epochs, alpha):
+        """Labels first, then mostly KD: alpha 1 for `epochs` epochs, then `alpha`."""
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"warmup epochs must be an int >= 0, got {epochs!r}.")
+        _check_alpha(alpha)
+        return lambda epoch: 1.0 if epoch < epochs else float(alpha)
+
+    @staticmethod
+    def parse(text):
+        """The schedule of a flag "warmup:K:ALPHA" (see `warmup`)."""
+        parts = str(text).split(":")
+        try:
+            if parts[0] != "warmup" or len(parts) != 3:
+                raise ValueError
+            return KDWeightSchedule.warmup(int(parts[1]), float(parts[2]))
+        except ValueError:
+            raise ValueError(f"A KD schedule reads 'warmup:K:ALPHA' (alpha 1 for K epochs, "
+                             f"then ALPHA), e.g. 'warmup:5:0.1'; got {text!r}.") from None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not isinstance(self.model, Distiller):
+            raise TypeError(f"KDWeightSchedule sets a Distiller's alpha, but the model "
+                            f"trained is a {type(self.model).__name__}.")
+        self.model.alpha = self.schedule(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["alpha"] = self.model.alpha
+
+
+def ensemble_teacher(models, name="teacher_ensemble"):
+    """A teacher that averages the logits of several models.
+
+    Teachers of different seeds err in different places; their mean logits
+    are a stronger, better calibrated target than any one of them. The
+    result is a functional model (the members inside it, under the names
+    `member0`, `member1`, ...) that saves and loads with `keras.saving`
+    and serves wherever a teacher does (`Distiller`, `predict_logits`).
+    It runs every member at every step.
+
+    Args:
+        models: non-empty sequence of models with the same input and output
+            shapes, returning logits.
+        name: name of the ensemble model.
+
+    Returns:
+        A functional `keras.Model` mapping images to the members' mean logits.
+
+    Example:
+
+    >>> teacher = ensemble_teacher([teacher_s0, teacher_s1, teacher_s2])
+    >>> Distiller(teacher=teacher, student=build_student())
+    """
+    models = list(models)
+    if not models:
+        raise ValueError("ensemble_teacher needs at least one model, got none.")
+    for i, model in enumerate(models):
+        if not isinstance(model, keras.Model):
+            raise TypeError(f"Member {i} must be a keras.Model, got {type(model)}.")
+        for what in ("input", "output"):
+            first, this = tuple(getattr(models[0], what).shape), tuple(getattr(model, what).shape)
+            if this != first:
+                raise ValueError(
+                    f"All members must have the same {what} shape: member 0 has {first}, "
+                    f"member {i} has {this}. Ensemble models of one architecture and "
+                    f"class count.")
+    inputs = keras.Input(models[0].input.shape[1:], name="image")
+    outputs = [keras.Model(m.input, m.output, name=f"member{i}")(inputs)
+               for i, m in enumerate(models)]
+    if len(outputs) == 1:
+        logits = layers.Identity(name="mean_logits")(outputs[0])
+    else:
+        logits = layers.Average(name="mean_logits", dtype="float32")(outputs)
+    return keras.Model(inputs, logits, name=name)
 
 
 def _check_kd_arguments(temperature, kind):
@@ -2194,8 +2592,9 @@ def _check_labelled_classes(labelled_classes, n_classes):
     return labelled
 
 
-SAMPLINGS = ("grid", "random")
-"""Training inputs `fit_segmentation` can draw: the fixed patches or random crops."""
+SAMPLINGS = ("grid", "random", "consistent")
+"""Training inputs `fit_segmentation` can draw: the fixed patches, random crops, or
+scaled, flipped and mixed crops for consistent teaching (`ConsistentCropSequence`)."""
 
 
 def _check_sampling(sampling):
@@ -2217,6 +2616,8 @@ def fit_segmentation(
     callbacks=(),
     cache_teacher=True,
     sampling="grid",
+    mix="cutmix",
+    mix_probability=0.5,
 ):
     """Trains a compiled model or `Distiller`, checkpointing every epoch.
 
@@ -2250,14 +2651,22 @@ def fit_segmentation(
             logits with the images, instead of running the teacher at every
             step. The targets are the same (the teacher is frozen and sees the
             images unaugmented); the host holds them (`N * P * P * C` float32).
-            With `sampling="random"` only the validation logits are cached:
-            the training crops are new every epoch, so the teacher runs at
-            every step.
+            With `sampling="random"` or `"consistent"` only the validation
+            logits are cached: the training crops are new every epoch, so the
+            teacher runs at every step. With the `Distiller`'s feature term
+            on, nothing is cached (a warning says so): the teacher's features
+            are needed at every step.
         sampling: "grid" trains on the fixed patches `data.x_train`;
             "random" on `len(data.x_train)` crops per epoch drawn anywhere
             in the whole images of `data.files["train"]`
-            (`RandomCropSequence`). Validation always uses the fixed
-            patches.
+            (`RandomCropSequence`); "consistent" on as many crops at random
+            scales, symmetries and mixes (`ConsistentCropSequence`), for
+            consistent teaching: the teacher (if any) runs on exactly the
+            batch the student sees, so the model's own augmentation must be
+            off (`build_unet(augment=False)`; an error says so otherwise).
+            Validation always uses the fixed patches.
+        mix, mix_probability: the batch mix of `sampling="consistent"`
+            ("cutmix", "mixup" or `None`) and its probability per crop.
 
     Returns:
         The history as a dict of lists, over all epochs including resumed
@@ -2279,6 +2688,12 @@ def fit_segmentation(
         raise ValueError("The dataset has no validation patches: set "
                          "val_per_tile >= 1 in load_dataset.")
     _check_sampling(sampling)
+    if sampling == "consistent":
+        _check_no_model_augmentation(model)
+    if cache_teacher and getattr(model, "feature_weight", 0):
+        warnings.warn("cache_teacher=True is ignored: the Distiller's feature term needs "
+                      "the teacher's bottleneck features, so the teacher runs at every step.")
+        cache_teacher = False
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     train_logits, val_x = None, data.x_val
@@ -2289,6 +2704,10 @@ def fit_segmentation(
     if sampling == "random":
         train = RandomCropSequence(*data.whole_images("train"), data.patch_size,
                                    len(data.x_train), batch_size, seed)
+    elif sampling == "consistent":
+        train = ConsistentCropSequence(*data.whole_images("train"), data.patch_size,
+                                       len(data.x_train), batch_size, seed, mix=mix,
+                                       mix_probability=mix_probability)
     else:
         train = PatchSequence(data.x_train, data.y_train, batch_size, seed,
                               teacher_logits=train_logits)
@@ -2343,6 +2762,16 @@ def fit_segmentation(
             f"Training stopped: the loss became {loss} in epoch {epoch}; {kept}. "
             f"Lower the learning rate or check the data for bad values.")
     return history
+
+
+def _check_no_model_augmentation(model):
+    trained = getattr(model, "student", model)
+    if any(isinstance(layer, RandomSymmetry) for layer in trained.layers):
+        raise ValueError(
+            f"sampling='consistent' augments the batch on the host, so that a teacher "
+            f"sees exactly what the student sees, but the model {trained.name!r} also "
+            f"augments inside itself (RandomSymmetry). Build it with "
+            f"build_unet(augment=False) (build_student(augment=False)).")
 
 
 class _SyncEpoch(keras.callbacks.Callback):
@@ -2490,7 +2919,8 @@ def with_dtype_policy(model, policy):
     for layer in config["layers"]:
         if layer["class_name"] != "InputLayer":
             # the logits and the symmetry layers stay float32 in mixed precision
-            keep = layer["config"]["name"] in ("logits", "augment", "augment_undo")
+            keep = layer["config"]["name"] in ("logits", "augment", "augment_undo",
+                                               "mean_logits")
             layer["config"]["dtype"] = "float32" if keep else policy
     copy = keras.Model.from_config(config)
     copy.set_weights(model.get_weights())
@@ -4048,8 +4478,9 @@ def write_run_record(profile, name, **settings):
 
 
 def train_model(model, data, profile, *, name, teacher=None, alpha=0.5, temperature=4.0,
-                kind="pixel", epochs=None, seed=None, precision=None, callbacks=(),
-                verbose="auto"):
+                kind="pixel", standardize=False, feature_weight=0.0, kd_schedule=None,
+                sampling=None, mix="cutmix", mix_probability=0.5, epochs=None, seed=None,
+                precision=None, callbacks=(), verbose="auto"):
     """Compiles and trains one model of the series, the way the notebooks do.
 
     Casts `model` to `precision`, wraps it in a `Distiller` when a `teacher`
@@ -4065,8 +4496,15 @@ def train_model(model, data, profile, *, name, teacher=None, alpha=0.5, temperat
         data: the `AerialDataset`.
         profile: the `Profile` (budget and folders).
         name: file stem of the saved model, history and record.
-        teacher: trained teacher, to distil `model` from it.
-        alpha, temperature, kind: the `Distiller`'s settings.
+        teacher: trained teacher, to distil `model` from it (e.g. an
+            `ensemble_teacher`).
+        alpha, temperature, kind, standardize, feature_weight: the
+            `Distiller`'s settings.
+        kd_schedule: `None`, or "warmup:K:ALPHA": alpha 1 for the first K
+            epochs, then ALPHA (`KDWeightSchedule`), replacing `alpha`.
+        sampling: overrides `profile.sampling`; with "consistent" build
+            `model` with `augment=False` (see `fit_segmentation`).
+        mix, mix_probability: the batch mix of `sampling="consistent"`.
         epochs: overrides `profile.epochs`.
         seed: seed of the batch order; `profile.seed` if `None`.
         precision: Keras dtype policy; `mixed_precision_policy()` if `None`.
@@ -4086,21 +4524,36 @@ def train_model(model, data, profile, *, name, teacher=None, alpha=0.5, temperat
     seed = profile.seed if seed is None else seed
     precision = precision or mixed_precision_policy()
     model = with_dtype_policy(model, precision)
+    sampling = profile.sampling if sampling is None else sampling
     settings = {"kind": "none"}
+    callbacks = list(callbacks)
     if teacher is not None:
         model = Distiller(teacher=with_dtype_policy(teacher, precision), student=model,
-                          alpha=alpha, temperature=temperature, kind=kind)
+                          alpha=alpha, temperature=temperature, kind=kind,
+                          standardize=standardize, feature_weight=feature_weight)
         settings = {"kind": kind, "alpha": alpha, "temperature": temperature}
+        settings.update({k: v for k, v in (("standardize", standardize),
+                                           ("feature_weight", feature_weight),
+                                           ("kd_schedule", kd_schedule)) if v})
+        if kd_schedule is not None:
+            callbacks.append(KDWeightSchedule(KDWeightSchedule.parse(kd_schedule)))
+    elif kd_schedule is not None:
+        raise ValueError(f"kd_schedule={kd_schedule!r} weighs a distillation, but no "
+                         f"teacher was given.")
     steps = math.ceil(len(data.x_train) / profile.batch_size)
     compile_segmentation(model, profile.learning_rate_schedule(epochs, steps),
                          steps_per_execution=profile.steps_per_execution)
     start = time.perf_counter()
     fit_segmentation(model, data, epochs=epochs, output_dir=profile.models_dir, name=name,
                      batch_size=profile.batch_size, seed=seed, verbose=verbose,
-                     sampling=profile.sampling, callbacks=callbacks)
+                     sampling=sampling, mix=mix, mix_probability=mix_probability,
+                     callbacks=callbacks, cache_teacher=not feature_weight)
+    inputs = {"sampling": sampling}
+    if sampling == "consistent":
+        inputs.update(mix=mix, mix_probability=mix_probability)
     write_run_record(profile, name, epochs=epochs, seed=seed, precision=precision,
                      distillation=settings, learning_rate=profile.learning_rate,
-                     train_seconds=time.perf_counter() - start)
+                     train_seconds=time.perf_counter() - start, **inputs)
     return load_run(profile.models_dir / f"{name}.keras")
 
 

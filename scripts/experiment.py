@@ -19,6 +19,16 @@ either), and leaves the chosen runs, their entries and `distillation.json` as th
 a baseline from the same machine and backend as a tagged or distilled run, since a seed
 fixes the initial weights and augmentation only within one backend.
 
+The recipes of issue #27 go with `--tag` (they change the students, not the folder's
+budget): `--kind dist`, `--standardize` (logit standardisation), `--feature-weight W`
+(bottleneck feature term), `--teacher-models teacher teacher_s1 teacher_s2` (distil from
+the mean logits of these finished teachers), `--kd-schedule warmup:K:ALPHA` (labels only
+for K epochs, then alpha ALPHA), and `--sampling consistent --mix cutmix
+--mix-probability 0.5` (consistent teaching: scaled, flipped, mixed crops that teacher
+and student both see; the students are built without their own augmentation). With
+`--scratch`, `--sampling consistent` trains the baseline on the same input path.
+Each run records its recipe in its `_run.json` and its `metrics.json` entry.
+
     KERAS_BACKEND=jax python scripts/experiment.py --profile full --output results
     python scripts/experiment.py --profile tiny --output /tmp/experiment   # a dry run
 
@@ -35,6 +45,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+import keras  # noqa: E402
 import runs  # noqa: E402
 import utils  # noqa: E402
 
@@ -50,6 +61,21 @@ def main(argv=None):
                              "teacher of the profile's seed")
     parser.add_argument("--epochs", type=int, help="overrides the profile's epochs")
     parser.add_argument("--kind", choices=utils.KD_KINDS)
+    parser.add_argument("--standardize", action="store_true", default=None,
+                        help="with --tag: standardise each pixel's logits before the KD "
+                             "softmax (Sun et al., CVPR 2024)")
+    parser.add_argument("--feature-weight", type=float,
+                        help="with --tag: weight of the bottleneck feature term (0: off)")
+    parser.add_argument("--teacher-models", nargs="+", metavar="NAME",
+                        help="with --tag: distil from the mean logits of these finished "
+                             "models of the output folder, e.g. teacher teacher_s1 teacher_s2")
+    parser.add_argument("--kd-schedule", metavar="warmup:K:ALPHA",
+                        help="with --tag: alpha 1 (labels only) for K epochs, then ALPHA")
+    parser.add_argument("--mix", choices=("cutmix", "mixup", "none"),
+                        help="with --sampling consistent: the batch mix (default cutmix)")
+    parser.add_argument("--mix-probability", type=float,
+                        help="with --sampling consistent: probability a crop is mixed "
+                             "(default 0.5)")
     parser.add_argument("--alpha", type=float)
     parser.add_argument("--temperature", type=float)
     parser.add_argument("--sweep", action="store_true",
@@ -77,9 +103,11 @@ def main(argv=None):
                              "in the output folder, else utils.mixed_precision_policy())")
     parser.add_argument("--schedule", choices=("constant", "cosine"))
     parser.add_argument("--steps-per-execution", type=int)
-    parser.add_argument("--sampling", choices=("grid", "random"),
+    parser.add_argument("--sampling", choices=utils.SAMPLINGS,
                         help="training inputs: the fixed patches (default) or as many random "
-                             "crops per epoch from the whole training images")
+                             "crops per epoch from the whole training images; 'consistent' "
+                             "(with --tag, for the students only): scaled, flipped and mixed "
+                             "crops that the teacher sees too")
     args = parser.parse_args(argv)
     if args.tag is not None and not re.fullmatch(r"[A-Za-z0-9_]+", args.tag):
         parser.error(f"--tag becomes part of file names: use ASCII letters, digits and _, "
@@ -87,6 +115,37 @@ def main(argv=None):
     if args.tag is not None and (args.sweep or args.teacher_seeds):
         parser.error("--tag trains only the tagged distilled students; run --sweep and "
                      "--teacher-seeds without it")
+    recipe = {k: v for k, v in (("standardize", args.standardize),
+                                 ("feature_weight", args.feature_weight),
+                                 ("kd_schedule", args.kd_schedule),
+                                 ("teacher_models", args.teacher_models)) if v is not None}
+    inputs = {}
+    if args.sampling == "consistent":  # the students' input path, not the folder's budget
+        inputs = {"sampling": "consistent", "mix": args.mix or "cutmix",
+                  "mix_probability": (0.5 if args.mix_probability is None
+                                      else args.mix_probability)}
+        if inputs["mix"] == "none":
+            inputs["mix"] = None
+        args.sampling = None
+        if args.tag is None:
+            parser.error("--sampling consistent trains students of another recipe: use it "
+                         "with --tag (and --scratch for their baseline)")
+    elif args.mix is not None or args.mix_probability is not None:
+        parser.error("--mix and --mix-probability go with --sampling consistent")
+    if recipe and args.tag is None:
+        parser.error("--standardize, --feature-weight, --teacher-models and --kd-schedule "
+                     "train students of another recipe: use them with --tag")
+    if args.kd_schedule is not None:
+        try:
+            utils.KDWeightSchedule.parse(args.kd_schedule)
+        except ValueError as error:
+            parser.error(str(error))
+    if args.feature_weight and args.teacher_models:
+        parser.error("--feature-weight matches one teacher's bottleneck, and an ensemble of "
+                     "--teacher-models has none: use one of them, or drop --feature-weight")
+    if args.scratch and recipe:
+        parser.error("a student from scratch has no teacher: drop --standardize, "
+                     "--feature-weight, --teacher-models and --kd-schedule")
     if args.scratch and args.tag is None:
         parser.error("--scratch goes with --tag: name the baseline, e.g. --tag tf --scratch")
     if args.scratch and any(v is not None for v in (args.kind, args.alpha, args.temperature,
@@ -104,7 +163,8 @@ def main(argv=None):
                  for field in runs.OVERRIDABLE  # flags are named as the fields
                  if field != "precision" and (value := getattr(args, field)) is not None}
     if args.tag is not None:
-        _check_tag(parser, profile, overrides, need_teacher=not args.scratch)
+        _check_tag(parser, profile, overrides,
+                   need_teacher=not args.scratch and not args.teacher_models)
         if args.precision and args.precision != runs.load_precision(profile):
             parser.error(f"--tag compares a recipe with the chosen runs at their budget: drop "
                          f"--precision (the runs in {profile.output_dir} train with "
@@ -128,10 +188,16 @@ def main(argv=None):
 
     if args.tag is not None:  # another recipe, next to the chosen runs
         if args.scratch:
-            model_name, kwargs = f"student_scratch_{args.tag}", {}
+            model_name, kwargs = f"student_scratch_{args.tag}", {**inputs}
         else:
-            teacher, _ = train("teacher", build=utils.build_teacher, seed=profile.seed)
-            model_name, kwargs = f"student_distilled_{args.tag}", {"teacher": teacher, **config}
+            if args.teacher_models:
+                teacher = utils.ensemble_teacher(
+                    [_load_finished(parser, profile, n) for n in args.teacher_models])
+            else:
+                teacher, _ = train("teacher", build=utils.build_teacher, seed=profile.seed)
+            config.update(recipe)
+            model_name, kwargs = (f"student_distilled_{args.tag}",
+                                  {"teacher": teacher, **config, **inputs})
             print(f"Distilling {model_name} with {config}", flush=True)
         for seed in args.seeds:
             student, _ = train(f"{model_name}_s{seed}", seed=seed, **kwargs)
@@ -166,6 +232,14 @@ def main(argv=None):
             model, _ = train(f"teacher_s{seed}", build=utils.build_teacher, seed=seed)
             metrics.record("teacher", f"teacher_s{seed}", model, seed)
     metrics.print_summary()
+
+
+def _load_finished(parser, profile, name):
+    path = profile.models_dir / f"{name}.keras"
+    if not (profile.models_dir / f"{name}_run.json").exists() or not path.exists():
+        parser.error(f"--teacher-models: there is no finished model {name!r} in "
+                     f"{profile.models_dir}; train it first (e.g. --teacher-seeds)")
+    return keras.models.load_model(path)
 
 
 def _save_chosen_settings(profile, config, changed):
@@ -205,7 +279,8 @@ class Metrics:
             "epochs": run["epochs"], "train_seconds": run["train_seconds"],
             "config": {**run["distillation"],
                        **{k: run[k] for k in ("batch_size", "learning_rate", "schedule",
-                                              "patch_size", "precision", "sampling")}},
+                                              "patch_size", "precision", "sampling")},
+                       **{k: run[k] for k in ("mix", "mix_probability") if k in run}},
             **{k: run[k] for k in ("backend", "keras", "device", "date", "profile")},
             "split": {"test": data.sources["test"], "val": data.sources["val"]},
         }

@@ -97,8 +97,10 @@ def _saved_overrides(profile):
 
 
 def train(name, profile, data, *, build=utils.build_student, teacher=None, alpha=None,
-          temperature=None, kind=None, teacher_ensemble=None, seed=None, epochs=None,
-          precision=None, retrain=False, load_model=True, callbacks=()):
+          temperature=None, kind=None, teacher_ensemble=None, standardize=None,
+          feature_weight=None, kd_schedule=None, teacher_models=None, sampling=None,
+          mix="cutmix", mix_probability=0.5, seed=None, epochs=None, precision=None,
+          retrain=False, load_model=True, callbacks=()):
     """Trains one run of the experiment with `utils.train_model`, or reuses it.
 
     `build` makes the model (`utils.build_teacher` or `utils.build_student`),
@@ -124,6 +126,16 @@ def train(name, profile, data, *, build=utils.build_student, teacher=None, alpha
             `DEFAULT_DISTILLATION`).
         teacher_ensemble: distil from `symmetry_ensemble(teacher)`, the
             teacher's logits averaged over the 8 flips and rotations.
+        standardize, feature_weight, kd_schedule: the recipes of issue #27
+            (`utils.train_model`); recorded in the run's `distillation`
+            settings only where they are on, so older runs stay finished.
+        teacher_models: names of the saved models that `teacher` (an
+            `utils.ensemble_teacher`) averages, for the record.
+        sampling: overrides `profile.sampling` for this run; "consistent"
+            builds the model with `augment=False` and records `mix` and
+            `mix_probability` in the run.
+        mix, mix_probability: the batch mix of `sampling="consistent"`
+            ("cutmix", "mixup" or `None`), ignored otherwise.
         seed: overrides `profile.seed`.
         epochs: overrides `profile.epochs`.
         precision: Keras dtype policy of training; `load_precision(profile)`
@@ -138,7 +150,8 @@ def train(name, profile, data, *, build=utils.build_student, teacher=None, alpha
         `(model, history)`: the best model by validation mIoU5, reloaded
         from its checkpoint, and the history dict.
     """
-    utils._check_sampling(profile.sampling)  # before a wrong value moves finished runs aside
+    sampling = profile.sampling if sampling is None else sampling
+    utils._check_sampling(sampling)  # before a wrong value moves finished runs aside
     seed = profile.seed if seed is None else seed
     epochs = profile.epochs if epochs is None else epochs
     precision = precision or load_precision(profile)
@@ -148,11 +161,22 @@ def train(name, profile, data, *, build=utils.build_student, teacher=None, alpha
         config.update({k: v for k, v in (("alpha", alpha), ("temperature", temperature),
                                          ("kind", kind), ("teacher_ensemble", teacher_ensemble))
                        if v is not None})
+        config.update({k: v for k, v in (("standardize", standardize),
+                                         ("feature_weight", feature_weight),
+                                         ("kd_schedule", kd_schedule),
+                                         ("teacher_models", teacher_models)) if v})
+    elif any((standardize, feature_weight, kd_schedule, teacher_models)):
+        raise ValueError(f"Run {name!r} has no teacher, so standardize, feature_weight, "
+                         f"kd_schedule and teacher_models don't apply to it.")
     wanted = {"seed": seed, "epochs": epochs, "distillation": config,
               "batch_size": profile.batch_size, "patch_size": profile.patch_size,
               "learning_rate": profile.learning_rate, "schedule": profile.schedule,
-              "precision": precision, "sampling": profile.sampling,
+              "precision": precision, "sampling": sampling,
               "teacher_sha1": None if teacher is None else weights_fingerprint(teacher)}
+    inputs = {}
+    if sampling == "consistent":
+        inputs = {"mix": mix, "mix_probability": mix_probability}
+        wanted.update(inputs)
     finished = profile.models_dir / f"{name}_run.json"
     started = profile.models_dir / f"{name}_started.json"
     if finished.exists() and not retrain:
@@ -172,15 +196,19 @@ def train(name, profile, data, *, build=utils.build_student, teacher=None, alpha
     profile.models_dir.mkdir(parents=True, exist_ok=True)
     started.write_text(json.dumps(wanted))
     keras.utils.set_random_seed(seed)
-    model = build()
+    # consistent teaching augments on the host: the model must not augment again
+    model = build(augment=False) if sampling == "consistent" else build()
     settings = {}
     if teacher is not None:
         if config["teacher_ensemble"]:
             teacher = utils.symmetry_ensemble(utils.with_dtype_policy(teacher, precision))
         settings = {k: config[k] for k in ("alpha", "temperature", "kind")}
+        settings.update({k: config[k] for k in ("standardize", "feature_weight",
+                                                "kd_schedule") if k in config})
     model, history, record = utils.train_model(
         model, data, profile, name=name, teacher=teacher, epochs=epochs, seed=seed,
-        precision=precision, callbacks=callbacks, verbose=2, **settings)
+        precision=precision, callbacks=callbacks, verbose=2, sampling=sampling, **inputs,
+        **settings)
     info = {**utils.run_info(profile), **wanted, "train_seconds": record["train_seconds"]}
     finished.write_text(json.dumps(info, indent=1))
     started.unlink()

@@ -191,3 +191,84 @@ def test_importing_utils_touches_no_network():
     import sys
 
     assert "kagglehub" not in sys.modules
+
+
+# --- ConsistentCropSequence (issue #27) ---------------------------------------
+
+
+def _two_flat_scenes():
+    """Image 0 is colour 10 with label 1, image 1 colour 200 with label 2."""
+    images = [np.full((40, 48, 3), 10, np.uint8), np.full((44, 40, 3), 200, np.uint8)]
+    labels = [np.full((40, 48), 1, np.uint8), np.full((44, 40), 2, np.uint8)]
+    return images, labels
+
+
+def test_consistent_crops_are_the_same_for_a_seed_and_epoch(tiny_data):
+    images, labels = tiny_data.whole_images("train")
+    a = utils.ConsistentCropSequence(images, labels, 32, 12, batch_size=4, seed=3)
+    b = utils.ConsistentCropSequence(images, labels, 32, 12, batch_size=4, seed=3)
+    b.set_epoch(2)
+    b.set_epoch(1)
+    a.set_epoch(1)
+    for index in range(len(a)):
+        for u, v in zip(a[index], b[index]):
+            np.testing.assert_array_equal(u, v)
+    b.set_epoch(2)
+    assert not np.array_equal(a[0][0], b[0][0])
+
+
+@pytest.mark.parametrize("mix", ["cutmix", "mixup", None])
+def test_consistent_crops_keep_labels_in_the_valid_set(tiny_data, mix):
+    images, labels = tiny_data.whole_images("train")
+    sequence = utils.ConsistentCropSequence(images, labels, 32, 16, batch_size=8,
+                                            mix=mix, mix_probability=1.0)
+    allowed = set(np.unique(np.concatenate([l.ravel() for l in labels])))
+    for index in range(len(sequence)):
+        x, y = sequence[index]
+        assert x.shape == (8, 32, 32, 3) and x.dtype == np.uint8 and y.shape == (8, 32, 32)
+        assert set(np.unique(y)) <= allowed
+
+
+def test_a_consistent_crop_at_scale_one_without_symmetry_or_mix_is_the_window(tiny_data):
+    images, labels = tiny_data.whole_images("train")
+    sequence = utils.ConsistentCropSequence(images, labels, 32, 8, batch_size=8,
+                                            scale=(1.0, 1.0), symmetry=False, mix=None)
+    x, y = sequence[0]
+    for k, (i, row, col, side, code) in enumerate(sequence.crops):
+        assert (side, code) == (32, 0)
+        np.testing.assert_array_equal(x[k], images[i][row : row + 32, col : col + 32])
+        np.testing.assert_array_equal(y[k], labels[i][row : row + 32, col : col + 32])
+
+
+def test_cutmix_pastes_the_other_images_labels_with_its_pixels():
+    images, labels = _two_flat_scenes()
+    sequence = utils.ConsistentCropSequence(images, labels, 16, 64, batch_size=4,
+                                            mix="cutmix", mix_probability=1.0)
+    mixed = 0
+    for index in range(len(sequence)):
+        x, y = sequence[index]
+        np.testing.assert_array_equal(x[..., 0] == 200, y == 2)  # labels moved with pixels
+        mixed += sum(len(np.unique(y_i)) == 2 for y_i in y)
+    assert mixed > 0
+
+
+def test_mixup_keeps_the_labels_of_the_heavier_image():
+    images, labels = _two_flat_scenes()
+    sequence = utils.ConsistentCropSequence(images, labels, 16, 64, batch_size=4,
+                                            mix="mixup", mix_probability=1.0)
+    for index in range(len(sequence)):
+        x, y = sequence[index]
+        for x_i, y_i in zip(x, y):
+            assert len(np.unique(y_i)) == 1  # one image's labels, never a blend
+            colour = int(x_i[0, 0, 0])  # w * own + (1 - w) * other
+            assert (y_i[0, 0] == 1) == (colour <= 105)  # 105: the 50/50 blend
+
+
+def test_consistent_crops_reject_bad_arguments(tiny_data):
+    images, labels = tiny_data.whole_images("train")
+    with pytest.raises(ValueError, match="mix must be one of"):
+        utils.ConsistentCropSequence(images, labels, 32, 8, mix="blend")
+    with pytest.raises(ValueError, match="scale must be"):
+        utils.ConsistentCropSequence(images, labels, 32, 8, scale=(2.0, 0.5))
+    with pytest.raises(ValueError, match="mix_probability"):
+        utils.ConsistentCropSequence(images, labels, 32, 8, mix_probability=1.5)

@@ -197,20 +197,24 @@ def test_a_saved_compiled_distiller_reloads_and_goes_on_training(tmp_path):
     teacher, student = _teacher_student()
     distiller = utils.compile_segmentation(
         utils.Distiller(teacher=teacher, student=student, alpha=0.3, temperature=2.0,
-                        kind="channel"))
+                        kind="channel", standardize=True, feature_weight=0.5))
     x = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3)).astype("uint8")
     y = np.random.default_rng(1).integers(0, 6, (4, 16, 16)).astype("uint8")
     distiller.fit(x, y, batch_size=2, epochs=1, verbose=0)
     config = distiller.get_config()
     rebuilt = utils.Distiller.from_config(config)
     assert (rebuilt.alpha, rebuilt.temperature, rebuilt.kind) == (0.3, 2.0, "channel")
+    assert (rebuilt.standardize, rebuilt.feature_weight) == (True, 0.5)
     distiller.save(tmp_path / "distiller.keras")
     reloaded = keras.saving.load_model(tmp_path / "distiller.keras")
     assert reloaded.compiled and int(reloaded.optimizer.iterations) == 2
     for a, b in zip(distiller.student.get_weights(), reloaded.student.get_weights()):
         np.testing.assert_array_equal(a, b)
-    np.testing.assert_allclose(reloaded.compute_loss(x, y, reloaded(x)),
-                               distiller.compute_loss(x, y, distiller(x)), rtol=1e-5)
+    np.testing.assert_array_equal(reloaded.feature_adapter.get_weights()[0],
+                                  distiller.feature_adapter.get_weights()[0])
+    np.testing.assert_allclose(reloaded.compute_loss(x, y, reloaded(x), training=False),
+                               distiller.compute_loss(x, y, distiller(x), training=False),
+                               rtol=1e-5)
     history = reloaded.fit(x, y, batch_size=2, epochs=1, verbose=0).history
     assert int(reloaded.optimizer.iterations) == 4 and np.isfinite(history["loss"][0])
 
@@ -220,3 +224,140 @@ def test_segmentation_kd_round_trips_for_keras_own_distiller():
     again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(kd))
     assert isinstance(again, utils.SegmentationKD)
     assert (again.temperature, again.kind) == (3.0, "channel")
+
+
+# --- DIST, logit standardisation (issue #27) ---------------------------------
+
+
+def _dist_by_hand(t, s, T):
+    """DIST with numpy's corrcoef: each pixel a sample, classes and pixels correlated."""
+    p = _softmax(t / T, -1).reshape(-1, t.shape[-1])
+    q = _softmax(s / T, -1).reshape(-1, s.shape[-1])
+    inter = np.mean([1 - np.corrcoef(p[i], q[i])[0, 1] for i in range(len(p))])
+    intra = np.mean([1 - np.corrcoef(p[:, k], q[:, k])[0, 1] for k in range(p.shape[1])])
+    return T**2 * (inter + intra)
+
+
+def test_dist_kd_matches_a_hand_computation_with_corrcoef():
+    t, s, T = random_logits(SHAPE, 1), random_logits(SHAPE, 2), 2.0
+    got = float(utils.distillation_loss(t, s, temperature=T, kind="dist"))
+    assert got == pytest.approx(_dist_by_hand(t, s, T), rel=1e-4)
+
+
+def test_dist_kd_is_zero_for_identical_logits():
+    t = random_logits(SHAPE, 3)
+    assert float(utils.distillation_loss(t, t, kind="dist")) == pytest.approx(0, abs=1e-5)
+
+
+def test_dist_inter_class_term_ignores_a_positive_affine_map_of_probabilities():
+    # A student whose probabilities at each pixel are 0.5 * p + 0.5 / C (a positive
+    # affine map that still sums to 1): correlation 1 at every pixel and every class.
+    t, T = random_logits(SHAPE, 4), 1.0
+    p = _softmax(t / T, -1)
+    s = np.log(0.5 * p + 0.5 / SHAPE[-1]).astype("float32")
+    assert float(utils.distillation_loss(t, s, temperature=T, kind="dist")) == \
+        pytest.approx(0, abs=1e-5)
+    assert float(utils.distillation_loss(t, s, temperature=T)) > 1e-3  # KL is not 0
+
+
+def _standardized(z):
+    return (z - z.mean(-1, keepdims=True)) / np.sqrt(z.var(-1, keepdims=True) + 1e-7)
+
+
+@pytest.mark.parametrize("kind", utils.KD_KINDS)
+def test_standardized_kd_is_plain_kd_of_standardized_logits(kind):
+    t, s = random_logits(SHAPE, 5), random_logits(SHAPE, 6)
+    got = float(utils.distillation_loss(t, s, 2.0, kind, standardize=True))
+    plain = float(utils.distillation_loss(_standardized(t), _standardized(s), 2.0, kind))
+    assert got == pytest.approx(plain, rel=1e-4)
+
+
+def test_standardized_kd_ignores_a_shift_and_a_positive_scale_of_the_student():
+    t, s = random_logits(SHAPE, 7), random_logits(SHAPE, 8)
+    base = float(utils.distillation_loss(t, s, 2.0, standardize=True))
+    for moved in (s + 5.0, 3.0 * s, 0.2 * s - 1.0):
+        got = float(utils.distillation_loss(t, moved.astype("float32"), 2.0, standardize=True))
+        assert got == pytest.approx(base, rel=1e-4)
+    assert float(utils.distillation_loss(t, 3.0 * s, 2.0)) != pytest.approx(base, rel=1e-2)
+
+
+def test_segmentation_kd_serializes_standardize():
+    kd = utils.SegmentationKD(temperature=3.0, kind="dist", standardize=True)
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(kd))
+    assert (again.kind, again.standardize) == ("dist", True)
+
+
+# --- KD-weight schedule, ensemble teacher, feature term (issue #27) ----------
+
+
+def test_kd_weight_schedule_switches_which_term_drives_the_loss(tiny_data):
+    teacher, student = _pixelwise("teacher", 4.0), _pixelwise("student", 0.1)
+    distiller = utils.Distiller(teacher=teacher, student=student, alpha=0.5)
+    distiller.compile(optimizer=keras.optimizers.Adam(0.01), loss=utils.SegmentationLoss())
+    schedule = utils.KDWeightSchedule(utils.KDWeightSchedule.warmup(1, 0.0))
+    x, y = tiny_data.x_train[:8], tiny_data.y_train[:8]
+    history = distiller.fit(x, y, batch_size=4, epochs=2, verbose=0,
+                            callbacks=[schedule]).history
+    assert history["alpha"] == [1.0, 0.0]
+    assert history["total_loss"][0] == pytest.approx(history["student_loss"][0], rel=1e-5)
+    assert history["total_loss"][1] == pytest.approx(history["distillation_loss"][1],
+                                                     rel=1e-5)
+    assert distiller.alpha == 0.0
+
+
+def test_kd_weight_schedule_parses_warmup_and_rejects_other_text():
+    schedule = utils.KDWeightSchedule.parse("warmup:2:0.1")
+    assert [schedule(e) for e in range(4)] == [1.0, 1.0, 0.1, 0.1]
+    for bad in ("warmup:2", "cosine:1:0.1", "warmup:x:0.1", "warmup:2:1.5"):
+        with pytest.raises(ValueError):
+            utils.KDWeightSchedule.parse(bad)
+
+
+def test_ensemble_of_one_model_equals_it_and_of_two_the_mean(tmp_path):
+    a, b = _pixelwise("a", 1.0), _pixelwise("bb", 2.0)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    la, lb = (keras.ops.convert_to_numpy(m(x)) for m in (a, b))
+    np.testing.assert_allclose(utils.ensemble_teacher([a])(x), la, rtol=1e-6)
+    pair = utils.ensemble_teacher([a, b])
+    np.testing.assert_allclose(pair(x), (la + lb) / 2, rtol=1e-5, atol=1e-6)
+    pair.save(tmp_path / "pair.keras")
+    reloaded = keras.saving.load_model(tmp_path / "pair.keras")
+    np.testing.assert_allclose(reloaded(x), (la + lb) / 2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(utils.predict_logits(reloaded, x), (la + lb) / 2, rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_ensemble_teacher_rejects_members_of_other_shapes():
+    with pytest.raises(ValueError, match="same output shape"):
+        utils.ensemble_teacher([utils.build_unet(2), utils.build_unet(2, n_classes=5)])
+    with pytest.raises(ValueError, match="at least one model"):
+        utils.ensemble_teacher([])
+
+
+def test_feature_term_adds_the_adapted_bottleneck_mse(tiny_data):
+    teacher, student = utils.build_unet(4, name="t"), utils.build_unet(2, name="s")
+    distiller = utils.Distiller(teacher=teacher, student=student, alpha=0.5,
+                                feature_weight=2.0)
+    distiller.compile(optimizer="adam", loss=utils.SegmentationLoss())
+    x, y = tiny_data.x_train[:2], tiny_data.y_train[:2]
+    total = float(distiller.compute_loss(x, y, training=False))
+    f_s = keras.Model(student.input, student.get_layer("bottleneck_conv2").output)(x)
+    f_t = keras.Model(teacher.input, teacher.get_layer("bottleneck_conv2").output)(x)
+    adapted = keras.ops.convert_to_numpy(distiller.feature_adapter(f_s))
+    assert adapted.shape[-1] == 64 and f_s.shape[-1] == 32
+    feature = np.mean((adapted - keras.ops.convert_to_numpy(f_t)) ** 2)
+    logits_s, logits_t = student(x), teacher(x)
+    expected = (0.5 * float(utils.SegmentationLoss()(y, logits_s))
+                + 0.5 * float(utils.distillation_loss(logits_t, logits_s)) + 2.0 * feature)
+    assert total == pytest.approx(expected, rel=1e-5)
+    history = distiller.fit(x, y, batch_size=2, epochs=1, verbose=0).history
+    assert "feature_loss" in history
+
+
+def test_feature_term_needs_a_bottleneck_layer():
+    teacher = utils.ensemble_teacher([utils.build_unet(2, name="t")])
+    with pytest.raises(ValueError, match="bottleneck_conv2"):
+        utils.Distiller(teacher=teacher, student=utils.build_unet(2), feature_weight=1.0)
+    with pytest.raises(ValueError, match="feature_weight must be"):
+        utils.Distiller(teacher=utils.build_unet(2), student=utils.build_unet(2),
+                        feature_weight=-1.0)

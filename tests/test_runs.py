@@ -58,7 +58,7 @@ def test_random_crops_are_another_run(tiny_data, tmp_path, capsys):
     assert "moved to" in capsys.readouterr().out
     assert json.loads(run_path.read_text())["sampling"] == "random"
     assert history["loss"] != grid["loss"]  # other inputs, same initial weights
-    with pytest.raises(ValueError, match=r"sampling must be one of \('grid', 'random'\), got 'grid2'"):
+    with pytest.raises(ValueError, match=r"sampling must be one of \('grid', 'random', 'consistent'\), got 'grid2'"):
         utils.fit_segmentation(_fresh(), data, epochs=1, output_dir=tmp_path, name="m",
                                sampling="grid2")
     # a wrong value is refused before the finished run is moved aside
@@ -224,6 +224,60 @@ def test_experiment_records_its_runs_and_retrains_only_what_changed(tmp_path, ca
     out = capsys.readouterr().out
     assert "Distilling" not in out
     assert "`student_distilled_x8` minus `student_scratch_tf`" in out
+
+
+def test_experiment_records_the_recipes_of_issue_27(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(utils.REPO_ROOT / "scripts"))
+    import experiment
+
+    common = ["--profile", "tiny", "--output", str(tmp_path), "--seeds", "0", "--epochs", "1",
+              "--batch-size", "8"]
+    profile = runs.save_profile_overrides(dataclasses.replace(
+        runs.load_profile("tiny", output_dir=tmp_path), epochs=1, batch_size=8))
+    data = utils.profile_dataset(profile)
+    for name, seed in (("teacher", 0), ("teacher_s1", 1)):  # finished teachers of 2 seeds
+        runs.train(name, profile, data, build=utils.build_teacher, seed=seed)
+    experiment.main([*common, "--tag", "c27", "--teacher-models", "teacher", "teacher_s1",
+                     "--kind", "dist", "--standardize",
+                     "--kd-schedule", "warmup:1:0.2", "--sampling", "consistent",
+                     "--mix", "mixup", "--mix-probability", "0.8"])
+    experiment.main([*common, "--tag", "c27", "--scratch", "--sampling", "consistent"])
+    experiment.main([*common, "--tag", "f27", "--feature-weight", "0.5"])
+    distilled, scratch, features = json.loads((tmp_path / "metrics.json").read_text())
+    assert distilled["model"] == "student_distilled_c27"
+    assert {k: distilled["config"][k] for k in (
+        "kind", "standardize", "kd_schedule", "teacher_models", "sampling",
+        "mix", "mix_probability")} == {
+        "kind": "dist", "standardize": True,
+        "kd_schedule": "warmup:1:0.2", "teacher_models": ["teacher", "teacher_s1"],
+        "sampling": "consistent", "mix": "mixup", "mix_probability": 0.8}
+    assert scratch["model"] == "student_scratch_c27"
+    assert {k: scratch["config"].get(k) for k in ("kind", "sampling", "mix")} == {
+        "kind": "none", "sampling": "consistent", "mix": "cutmix"}
+    student = keras.models.load_model(profile.models_dir / "student_scratch_c27_s0.keras")
+    assert not any(isinstance(layer, utils.RandomSymmetry) for layer in student.layers)
+    assert (features["model"], features["config"]["feature_weight"]) == (
+        "student_distilled_f27", 0.5)
+    assert "mix" not in features["config"] and "standardize" not in features["config"]
+    assert "student_distilled_c27" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--standardize"], "use them with --tag"),
+    (["--tag", "a", "--sampling", "grid", "--mix", "cutmix"], "go with --sampling consistent"),
+    (["--tag", "a", "--scratch", "--kd-schedule", "warmup:1:0.1"], "has no teacher"),
+    (["--tag", "a", "--kd-schedule", "cosine"], "warmup:K:ALPHA"),
+    (["--tag", "a", "--teacher-models", "nobody"], "no finished model 'nobody'"),
+    (["--tag", "a", "--teacher-models", "t", "--feature-weight", "1"], "ensemble"),
+])
+def test_experiment_refuses_recipe_flags_out_of_place(tmp_path, capsys, monkeypatch, flags,
+                                                      message):
+    monkeypatch.syspath_prepend(str(utils.REPO_ROOT / "scripts"))
+    import experiment
+
+    with pytest.raises(SystemExit):
+        experiment.main(["--profile", "tiny", "--output", str(tmp_path), *flags])
+    assert message in capsys.readouterr().err
 
 
 def test_seed_summary_gives_mean_and_sample_std_per_model():

@@ -218,3 +218,34 @@ def test_float16_training_gets_loss_scaling_and_bfloat16_does_not():
 
 def test_precision_follows_the_device_and_is_exact_on_a_cpu():
     assert utils.mixed_precision_policy() == "float32"  # CI and this machine have no GPU
+
+
+# --- consistent teaching, the feature term (issue #27) -----------------------
+
+
+def test_consistent_sampling_refuses_a_model_that_augments_itself(tiny_data, tmp_path):
+    with pytest.raises(ValueError, match=r"augment=False"):
+        utils.fit_segmentation(_fresh(distil=True), _small_data(tiny_data), epochs=1,
+                               output_dir=tmp_path, name="m", sampling="consistent")
+
+
+def test_consistent_sampling_trains_a_distiller_with_the_teacher_live(tiny_data, tmp_path):
+    keras.utils.set_random_seed(0)
+    distiller = utils.compile_segmentation(utils.Distiller(
+        teacher=utils.build_unet(2, name="t"), student=utils.build_unet(2, augment=False)))
+    history = utils.fit_segmentation(distiller, _small_data(tiny_data), epochs=1,
+                                     output_dir=tmp_path, name="m", batch_size=8, verbose=0,
+                                     sampling="consistent", mix="mixup", mix_probability=1.0)
+    assert np.isfinite(history["distillation_loss"][0]) and (tmp_path / "m.keras").exists()
+
+
+def test_feature_term_trains_without_cached_teacher_logits_and_says_so(tiny_data, tmp_path):
+    keras.utils.set_random_seed(0)
+    distiller = utils.compile_segmentation(utils.Distiller(
+        teacher=utils.build_unet(4, name="t"), student=utils.build_unet(2, name="s"),
+        feature_weight=1.0))
+    with pytest.warns(UserWarning, match="cache_teacher=True is ignored"):
+        history = utils.fit_segmentation(distiller, _small_data(tiny_data), epochs=1,
+                                         output_dir=tmp_path, name="m", batch_size=8,
+                                         verbose=0, cache_teacher=True)
+    assert np.isfinite(history["feature_loss"][0]) and "val_feature_loss" in history
