@@ -94,7 +94,7 @@ def test_colour_outside_the_palette(root):
     rgb = np.asarray(Image.open(mask).convert("RGB")).copy()
     rgb[:2, :2] = (1, 2, 3)
     Image.fromarray(rgb).save(mask)
-    with pytest.raises(ValueError, match=r"image_part_002\.png: colours outside the palette: \{'#010203': 4\}"):
+    with pytest.raises(ValueError, match=r"image_part_002\.png: colours outside the classes: \{'#010203': 4\}"):
         _load(root)
 
 
