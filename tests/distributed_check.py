@@ -51,9 +51,12 @@ def tiny_data(n, seed):
 
 
 def unet(seed):
+    """A two-layer segmenter (a U-Net's first and last layers): quick to compile."""
     keras.utils.set_random_seed(seed)
-    return utils.build_unet(2, n_classes=3, input_shape=(16, 16, 3), augment=False,
-                            dropout=(0.0,) * 5)
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(x)
+    return keras.Model(inputs, keras.layers.Conv2D(3, 1, name="logits")(x))
 
 
 def build(kind):
