@@ -59,9 +59,21 @@ def unet(seed):
     return keras.Model(inputs, keras.layers.Conv2D(3, 1, name="logits")(x))
 
 
+def augmented(seed):
+    """The segmenter with the U-Net's random draws: symmetries and dropout."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((16, 16, 3))
+    x, symmetry = utils.RandomSymmetry(name="augment")(inputs)
+    x = keras.layers.Rescaling(1 / 255)(x)
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(x)
+    x = keras.layers.Dropout(0.3)(x)
+    logits = keras.layers.Conv2D(3, 1, name="logits")(x)
+    return keras.Model(inputs, utils.UndoSymmetry()([logits, symmetry]))
+
+
 def build(kind):
-    model = unet(1)
-    if kind != "plain":
+    model = augmented(1) if kind == "augmented" else unet(1)
+    if kind in ("cached", "live"):
         model = utils.Distiller(unet(2), model, alpha=0.3, temperature=2.0)
     return utils.compile_segmentation(model, learning_rate=1e-2, labelled_classes=CLASSES)
 
@@ -133,7 +145,7 @@ def main():
     x_val, y_val = tiny_data(7, 1)  # a split the devices do not divide
     data = types.SimpleNamespace(x_train=x, y_train=y, x_val=x_val, y_val=y_val)
     results = {"replicas": replicas, "backend": keras.backend.backend()}
-    for kind in ("plain", "cached", "live"):
+    for kind in ("plain", "cached", "live", "augmented"):
         print(kind, file=sys.stderr)
         results[kind] = compare_training(kind, x, y)
     print("evaluation", file=sys.stderr)

@@ -57,6 +57,15 @@ def test_two_devices_report_the_losses_and_metrics_of_one(two_devices, kind):
     assert max(history.values()) < TOLERANCE, history
 
 
+def test_augmentation_and_dropout_on_two_jax_devices_draw_as_one(two_devices):
+    if two_devices["backend"] != "jax":
+        pytest.skip("on TensorFlow each replica draws from the same seed state "
+                    "(see utils.data_parallel)")
+    result = two_devices["augmented"]
+    assert result["moved"] > 1e-2
+    assert result["weights"] < TOLERANCE
+
+
 def test_evaluation_of_a_split_the_devices_do_not_divide_counts_every_patch_once(
         two_devices):
     result = two_devices["evaluation"]
