@@ -21,6 +21,7 @@ Sections:
 """
 
 import collections
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -1081,9 +1082,13 @@ class PatchSequence(keras.utils.PyDataset):
         teacher_logits: optional `(N, P, P, C)` logits of a frozen teacher
             for the same patches; batches are then `((x, logits), y)`, which
             `Distiller` uses instead of running the teacher.
+        drop_remainder: whether to leave out the epoch's last batch when it
+            is partial (the patches left out change with the order), so that
+            every batch has `batch_size` patches, as `data_parallel` needs.
     """
 
-    def __init__(self, x, y, batch_size=16, seed=0, teacher_logits=None, **kwargs):
+    def __init__(self, x, y, batch_size=16, seed=0, teacher_logits=None,
+                 drop_remainder=False, **kwargs):
         super().__init__(**kwargs)
         if len(x) != len(y) or len(x) == 0:
             raise ValueError(
@@ -1099,9 +1104,15 @@ class PatchSequence(keras.utils.PyDataset):
         self.teacher_logits = teacher_logits
         self.batch_size = batch_size
         self.seed = seed
+        self.drop_remainder = drop_remainder
+        if drop_remainder and len(x) < batch_size:
+            raise ValueError(f"drop_remainder=True leaves no batch: {len(x)} patches are "
+                             f"fewer than batch_size={batch_size}.")
         self.set_epoch(0)
 
     def __len__(self):
+        if self.drop_remainder:
+            return len(self.x) // self.batch_size
         return math.ceil(len(self.x) / self.batch_size)
 
     def __getitem__(self, index):
@@ -2022,12 +2033,24 @@ class SegmentationLoss(keras.losses.Loss):
             ce = keras.losses.categorical_crossentropy(
                 onehot, logits, from_logits=True)
         pixel_weight = ops.sum(onehot * weights, axis=-1)
-        loss = ops.sum(ce * pixel_weight) / ops.maximum(ops.sum(valid), 1.0)
+        # Every term is a ratio of sums over the whole batch. Under
+        # `data_parallel` on TensorFlow each replica holds a share of the batch:
+        # summing the sums over the replicas, in one all-reduce (the replicas
+        # must run their collectives in the same order), makes every replica's
+        # loss the whole batch's. On JAX the step sees the whole batch.
+        sums = [ops.sum(ce * pixel_weight)[None], ops.sum(valid)[None]]
         if self.dice_weight:
+            # Keras' `dice(axis=0)` over the pixels, from summed parts
             probs = ops.softmax(logits, axis=-1) * valid[..., None]
-            per_class = keras.losses.dice(
-                ops.reshape(onehot, (-1, self.n_classes)),
-                ops.reshape(probs, (-1, self.n_classes)), axis=0)
+            pixel_axes = tuple(range(len(probs.shape) - 1))
+            sums += [ops.sum(onehot * probs, axis=pixel_axes),
+                     ops.sum(onehot, axis=pixel_axes) + ops.sum(probs, axis=pixel_axes)]
+        sums = _sum_over_replicas(ops.concatenate(sums))
+        loss = sums[0] / ops.maximum(sums[1], 1.0)
+        if self.dice_weight:
+            intersection = sums[2 : 2 + self.n_classes]
+            total = sums[2 + self.n_classes :]
+            per_class = 1.0 - 2.0 * intersection / (total + keras.backend.epsilon())
             loss += self.dice_weight * ops.sum(per_class * weights) / ops.sum(weights)
         # Keras reduces per-sample losses; a batch-wide scalar is broadcast.
         return ops.ones_like(logits[:, 0, 0, 0]) * loss
@@ -2312,14 +2335,18 @@ class Distiller(keras.Model):
                                             training=training)
         kd = distillation_loss(teacher_logits, y_pred, self.temperature, self.kind,
                                self.standardize)
+        # Under tf.distribute, Keras divides a compiled loss by the number of
+        # replicas (their gradients are summed); divide the KD and feature terms
+        # alike, and track the undivided values. 1 on one device and on JAX.
+        replicas = _replicas_in_sync()
         alpha = ops.cast(self._alpha, "float32")
-        total = alpha * ops.cast(student_loss, "float32") + (1.0 - alpha) * kd
+        total = alpha * ops.cast(student_loss, "float32") + (1.0 - alpha) * kd / replicas
         if self.feature_weight:
-            total = total + self.feature_weight * feature_loss
+            total = total + self.feature_weight * feature_loss / replicas
             self.feature_loss_tracker.update_state(feature_loss)
-        self.student_loss_tracker.update_state(student_loss)
+        self.student_loss_tracker.update_state(student_loss * replicas)
         self.distillation_loss_tracker.update_state(kd)
-        self.total_loss_tracker.update_state(total)
+        self.total_loss_tracker.update_state(total * replicas)
         return total
 
     def get_config(self):
@@ -2694,6 +2721,7 @@ def fit_segmentation(
         warnings.warn("cache_teacher=True is ignored: the Distiller's feature term needs "
                       "the teacher's bottleneck features, so the teacher runs at every step.")
         cache_teacher = False
+    replicas = _check_replica_batch(model, batch_size, len(data.x_train))
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     train_logits, val_x = None, data.x_val
@@ -2701,16 +2729,20 @@ def fit_segmentation(
         val_x = (data.x_val, predict_logits(model.teacher, data.x_val, batch_size))
         if sampling == "grid":
             train_logits = predict_logits(model.teacher, data.x_train, batch_size)
+    n_crops = len(data.x_train)  # for random and consistent crops
+    if replicas > 1:  # whole batches only
+        n_crops -= n_crops % batch_size
     if sampling == "random":
         train = RandomCropSequence(*data.whole_images("train"), data.patch_size,
-                                   len(data.x_train), batch_size, seed)
+                                   n_crops, batch_size, seed)
     elif sampling == "consistent":
         train = ConsistentCropSequence(*data.whole_images("train"), data.patch_size,
-                                       len(data.x_train), batch_size, seed, mix=mix,
+                                       n_crops, batch_size, seed, mix=mix,
                                        mix_probability=mix_probability)
     else:
         train = PatchSequence(data.x_train, data.y_train, batch_size, seed,
-                              teacher_logits=train_logits)
+                              teacher_logits=train_logits, drop_remainder=replicas > 1)
+    val_x, val_y = _pad_to_replicas(val_x, data.y_val, replicas)
     csv_path = output_dir / f"{name}_history.csv"
     backup_dir = output_dir / f"backup_{name}"
     resuming = backup_dir.exists()
@@ -2720,7 +2752,8 @@ def fit_segmentation(
     # Build model, metrics and optimizer on one validation patch now: fit would
     # otherwise pull a training batch to do it, which shifts the batch order of
     # the first epoch of a resumed run. BackupAndRestore needs them built too.
-    model.test_on_batch(data.x_val[:1], data.y_val[:1])
+    # (one patch per device: a device given none breaks the summed loss)
+    model.test_on_batch(*_pad_to_replicas(data.x_val[:1], data.y_val[:1], replicas))
     # Keras prefetches batches before the callbacks' on_epoch_begin, so the
     # sequence must know a resumed run's epoch before fit starts: our own
     # record of finished epochs, kept in the backup folder beside Keras' backup
@@ -2736,7 +2769,7 @@ def fit_segmentation(
         # would reorder its batches again from Python's global `random`, which
         # a resumed run cannot replay.
         shuffle=False,
-        validation_data=(val_x, data.y_val),
+        validation_data=(val_x, val_y),
         validation_batch_size=batch_size,
         epochs=epochs,
         callbacks=[
@@ -2772,6 +2805,34 @@ def _check_no_model_augmentation(model):
             f"sees exactly what the student sees, but the model {trained.name!r} also "
             f"augments inside itself (RandomSymmetry). Build it with "
             f"build_unet(augment=False) (build_student(augment=False)).")
+
+
+def _check_replica_batch(model, batch_size, n_train):
+    """The number of devices `model` trains on; checks they divide `batch_size`."""
+    replicas = _data_parallel_size(model)
+    if replicas > 1 and (batch_size % replicas or batch_size > n_train):
+        raise ValueError(
+            f"Under data_parallel on {replicas} devices, batch_size must be a multiple "
+            f"of {replicas} and at most the {n_train} training patches (every batch is "
+            f"split evenly), got batch_size={batch_size}: pass e.g. "
+            f"batch_size={max(replicas, batch_size - batch_size % replicas)}.")
+    return replicas
+
+
+def _pad_to_replicas(x, y, replicas):
+    """Pads validation patches to a multiple of `replicas`: black, unannotated.
+
+    The padding's labels are `IGNORE_INDEX`, so the metrics and
+    `SegmentationLoss` leave it out (a padded batch still counts as a full one
+    in the mean loss, and a `Distiller`'s KD term sees the padding).
+    """
+    extra = -len(y) % replicas
+    if not extra:
+        return x, y
+    pad = lambda a, value=0: np.concatenate(  # noqa: E731
+        [a, np.full((extra, *a.shape[1:]), value, a.dtype)])
+    x = tuple(pad(a) for a in x) if isinstance(x, tuple) else pad(x)
+    return x, pad(y, IGNORE_INDEX)
 
 
 class _SyncEpoch(keras.callbacks.Callback):
@@ -2937,6 +2998,200 @@ def read_history(path):
     return {key: [float(r[key]) for r in rows] for key in rows[0]}
 
 
+# -----------------------------------------------------------------------------
+# Data-parallel training
+# -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParallel:
+    """What `data_parallel` trains on: the backend, the devices, their number."""
+
+    backend: str
+    devices: tuple
+    num_replicas: int
+    strategy: object = dataclasses.field(repr=False, compare=False)
+
+
+@contextlib.contextmanager
+def data_parallel(devices=None):
+    """Trains the models built, compiled and fitted inside it on several devices.
+
+    Each batch is split evenly over the devices, each device runs the model on
+    its share, and the gradients are summed, so a step on N devices with a
+    batch of B patches is the step one device takes with the same B patches:
+    the losses of this module (`SegmentationLoss`, `Distiller`) give the same
+    value and gradient, to float rounding, on any number of devices. Under
+    it, `fit_segmentation` drops an epoch's last, partial training batch (so
+    use a `batch_size` the devices divide), and `predict_logits` (and so
+    `evaluate_segmentation`) pads a batch the devices do not divide and drops
+    the padding's outputs, so every patch counts exactly once.
+
+    Random draws (`augment=True`, dropout) are the one difference: on JAX
+    they are drawn for the whole batch, as on one device, but on TensorFlow
+    every replica draws for its share from the same seed state, so training
+    does not end with one device's weights (measured on a small U-Net after 4
+    steps: 0.07 apart on TensorFlow, 1e-6 on JAX). Validation pads
+    its split with unannotated black patches: the metrics (and the best
+    checkpoint) are exact, the mean `val_loss` counts a padded batch as a
+    full one, and a `Distiller`'s KD term sees the padding.
+
+    On TensorFlow it enters a `tf.distribute.MirroredStrategy` scope (a
+    `TPUStrategy` on a TPU); on JAX it sets a `keras.distribution.DataParallel`
+    with `keras.distribution.set_distribution`, and puts back the previous
+    distribution on exit. Build, compile and fit the model inside the block.
+
+    Args:
+        devices: `None` for every visible accelerator (GPUs or TPU cores; on a
+            machine without any, every visible CPU device); an int for the
+            first that many of them; or a list of device names as the backend
+            spells them ("/gpu:0" on TensorFlow, "gpu:0" on JAX).
+
+    Returns:
+        A context manager yielding a `DataParallel`: `.num_replicas` (the
+        number of devices), `.devices`, `.backend`, and `.strategy` (the
+        `tf.distribute` strategy or the `keras.distribution` object).
+
+    Example:
+
+    >>> with data_parallel() as parallel:
+    ...     model = compile_segmentation(build_teacher())
+    ...     fit_segmentation(model, data, epochs=40, output_dir="runs", name="teacher",
+    ...                      batch_size=16 * parallel.num_replicas)
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        parallel = _tensorflow_data_parallel(devices)
+        with parallel.strategy.scope():
+            yield parallel
+    elif backend == "jax":
+        names = _pick_devices(devices, keras.distribution.list_devices())
+        distribution = keras.distribution.DataParallel(devices=names)
+        previous = keras.distribution.distribution()
+        keras.distribution.set_distribution(distribution)
+        try:
+            yield DataParallel("jax", tuple(names), len(names), distribution)
+        finally:
+            keras.distribution.set_distribution(previous)
+    else:
+        raise ValueError(
+            f"data_parallel supports the TensorFlow and JAX backends, and Keras runs "
+            f"on {backend!r}: set KERAS_BACKEND=tensorflow or KERAS_BACKEND=jax "
+            f"before importing keras.")
+
+
+def _tensorflow_data_parallel(devices):
+    import tensorflow as tf
+
+    if devices is None or isinstance(devices, int):
+        tpu = _connect_tpu() if not tf.config.list_logical_devices("GPU") else None
+        if tpu is not None:
+            strategy = tf.distribute.TPUStrategy(tpu)
+            names = [d.name for d in tf.config.list_logical_devices("TPU")]
+            if devices is not None and devices != len(names):
+                raise ValueError(f"On a TPU, data_parallel trains on all {len(names)} "
+                                 f"cores; got devices={devices}. Pass devices=None.")
+            return DataParallel("tensorflow", tuple(names), strategy.num_replicas_in_sync,
+                                strategy)
+        visible = (tf.config.list_logical_devices("GPU")
+                   or tf.config.list_logical_devices("CPU"))
+        names = _pick_devices(devices, [d.name for d in visible])
+    else:
+        names = _pick_devices(devices, None)
+    strategy = _mirrored_strategy(tuple(names))
+    return DataParallel("tensorflow", tuple(names), strategy.num_replicas_in_sync, strategy)
+
+
+@functools.lru_cache(maxsize=None)
+def _mirrored_strategy(names):
+    """One `MirroredStrategy` per set of devices for the whole process.
+
+    A second strategy over the same devices numbers its all-reduces from the
+    same start as the first, and a model trained under it after one trained
+    under the first aborts with "Shape mismatch in the collective instance".
+    """
+    import tensorflow as tf
+
+    return tf.distribute.MirroredStrategy(list(names))
+
+
+def _connect_tpu():
+    """The TPU's cluster resolver when this machine has one, else `None`."""
+    if not (os.environ.get("TPU_NAME") or os.environ.get("COLAB_TPU_ADDR")
+            or os.path.exists("/dev/accel0") or os.path.exists("/dev/vfio/0")):
+        return None
+    import tensorflow as tf
+
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError):
+        return None
+    return resolver
+
+
+def _pick_devices(devices, visible):
+    if devices is None:
+        return list(visible)
+    if isinstance(devices, bool) or not isinstance(devices, (int, list, tuple)):
+        raise TypeError(f"devices must be None, an int or a list of device names, "
+                        f"got {devices!r}.")
+    if isinstance(devices, int):
+        if visible is None or not 1 <= devices <= len(visible):
+            raise ValueError(f"devices={devices} asks for more devices than the "
+                             f"{len(visible or [])} visible ({visible}): pass at most "
+                             f"{len(visible or [])}, or None for all.")
+        return list(visible[:devices])
+    if not devices:
+        raise ValueError("devices is an empty list: pass None for every visible device.")
+    return [str(d) for d in devices]
+
+
+def _replicas_in_sync():
+    """How many `tf.distribute` replicas each compute a share of the loss (else 1).
+
+    On JAX a `keras.distribution` step is one program over the whole batch, so
+    the loss is already the global one and this is 1.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def _sum_over_replicas(value):
+    """`value` summed over the `tf.distribute` replicas (itself elsewhere).
+
+    Differentiable: the gradient of an all-reduced sum is the all-reduced sum of
+    the replicas' gradients, so a loss built from it is the global loss on
+    every replica.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return value
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def _data_parallel_size(model=None):
+    """The number of devices a batch is split over when `model` trains now."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        strategy = (model.distribute_strategy if model is not None
+                    else tf.distribute.get_strategy())
+        return strategy.num_replicas_in_sync
+    distribution = keras.distribution.distribution() if keras.backend.backend() == "jax" else None
+    if isinstance(distribution, keras.distribution.DataParallel):
+        return int(np.prod(distribution.device_mesh.shape))
+    return 1
+
+
 # =============================================================================
 # 5. Evaluation
 # =============================================================================
@@ -2968,10 +3223,33 @@ def predict_logits(model, images, batch_size=16):
                            for i in range(0, len(images), batch_size)])
 
 
+def _replicated_predictor(model, replicas):
+    """`model`'s prediction of a batch split over `replicas` devices.
+
+    Under `tf.distribute`, `predict_on_batch` gives every replica the whole
+    batch and returns their outputs end to end (N times the batch), and on JAX
+    `predict` raises on a batch the devices do not divide; so the batch is
+    padded with black images to a multiple of `replicas`, split by `predict`,
+    and the padding's outputs are dropped.
+    """
+
+    def predict(batch):
+        batch = np.asarray(batch, "float32")
+        extra = -len(batch) % replicas
+        padded = np.concatenate([batch, np.zeros((extra, *batch.shape[1:]), "float32")])
+        logits = model.predict(padded, batch_size=len(padded), verbose=0)
+        return np.asarray(logits, "float32")[: len(batch)]
+
+    return predict
+
+
 def _batch_predictor(model):
     """A function from a batch to float32 logits: `model` itself, or its `predict_on_batch`."""
     if _is_predict_function(model):
         return model
+    replicas = _data_parallel_size(model)
+    if replicas > 1:
+        return _replicated_predictor(model, replicas)
     return lambda batch: np.asarray(model.predict_on_batch(np.asarray(batch, "float32")),
                                     dtype=np.float32)
 

@@ -19,6 +19,14 @@ synchronisation) after an untimed, compiling one; student and distillers are
 timed in turn, epoch by epoch, and each figure comes from its fastest epoch
 (every epoch's time is in the JSON).
 Compare figures as ratios within one run: machines are noisy.
+
+`--data-parallel` times instead the training of teacher and student on one
+device and on every visible one (`utils.data_parallel`), each device given the
+last variant's batch (so N devices train on N times the batch), and reports the
+scaling efficiency: images/s on N devices over N times images/s on one.
+
+    KERAS_BACKEND=jax python scripts/benchmark.py --data-parallel --variants bf16_b64 \
+        --train-images 1024 --output $OUT/data_parallel.json
 """
 
 import argparse
@@ -149,6 +157,48 @@ def litert_figures(teacher, student, size, repeats):
     return figures
 
 
+def data_parallel_figures(variant, x, y, epochs, seconds):
+    """Training images/s of teacher and student on one and on every visible device.
+
+    Each device gets `variant["batch"]` patches a step; an epoch keeps the
+    whole batches of `x` on every device count (`data_parallel` needs them).
+
+    Returns:
+        A dict of figures: the device count, images/s on one and on all devices,
+        and the scaling efficiency (images/s on N over N times images/s on one);
+        only the device count when a single device is visible.
+    """
+    with utils.data_parallel() as parallel:
+        n = parallel.num_replicas
+    figures = {"data_parallel_devices": n}
+    if n == 1:
+        print(f"  data parallel: only one device is visible ({parallel.devices[0]}), "
+              f"so there is nothing to scale over; nothing timed.", flush=True)
+        return figures
+    keep = len(x) - len(x) % (variant["batch"] * n)
+    if keep == 0:
+        raise SystemExit(f"--train-images {len(x)} holds no batch of {variant['batch']} "
+                         f"patches on each of {n} devices: pass at least "
+                         f"{variant['batch'] * n}.")
+    x, y = x[:keep], y[:keep]
+    wide = {**variant, "batch": variant["batch"] * n}
+    for role in ("teacher", "student"):
+        rates = images_per_second({f"{role}_1_device": one_epoch(build(role, variant), x, y,
+                                                                 variant)},
+                                  len(x), epochs, seconds)
+        with utils.data_parallel():
+            rates.update(images_per_second(
+                {f"{role}_{n}_devices": one_epoch(build(role, variant), x, y, wide)},
+                len(x), epochs, seconds))
+        one, many = rates[f"{role}_1_device"], rates[f"{role}_{n}_devices"]
+        figures[f"train_{role}_1_device_images_per_s"] = one
+        figures[f"train_{role}_{n}_devices_images_per_s"] = many
+        figures[f"data_parallel_{role}_efficiency"] = many / (n * one)
+        print(f"  {role}: {one:.1f} images/s on 1 device, {many:.1f} on {n} "
+              f"(efficiency {many / (n * one):.2f})", flush=True)
+    return figures
+
+
 def peak_memory():
     """Peak accelerator memory (JAX) or host resident memory, in MB."""
     if keras.backend.backend() == "jax":
@@ -173,6 +223,9 @@ def main(argv=None):
     parser.add_argument("--inference-batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--no-litert", action="store_true", help="skip the LiteRT export")
+    parser.add_argument("--data-parallel", action="store_true",
+                        help="time only the training on one and on every visible device "
+                             "(utils.data_parallel), under the last variant")
     parser.add_argument("--output", help="JSON file to write")
     args = parser.parse_args(argv)
     names = args.variants.split(",")
@@ -192,6 +245,14 @@ def main(argv=None):
             path = pathlib.Path(args.output)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(report(args, names, figures, epoch_seconds), indent=1))
+
+    if args.data_parallel:
+        figures.update(data_parallel_figures(VARIANTS[names[-1]], x, y, args.epochs,
+                                             epoch_seconds))
+        save()
+        if args.output:
+            print(f"Wrote {args.output}")
+        return
 
     for name in names:
         teacher = build("teacher", VARIANTS[name])

@@ -1,0 +1,107 @@
+"""`utils.data_parallel`: training on two devices equals training on one.
+
+The devices are simulated on the CPU (two logical TensorFlow devices, two XLA host
+devices for JAX), which must happen before the backend starts: each backend's
+checks run once, in a fresh process, in `distributed_check.py`, and the tests
+below read its results.
+"""
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import utils
+
+CHECK = pathlib.Path(__file__).with_name("distributed_check.py")
+BACKENDS = ["tensorflow", pytest.param("jax", marks=pytest.mark.skipif(
+    importlib.util.find_spec("jax") is None,
+    reason="JAX is not installed (pip install -r requirements.txt installs it)"))]
+TOLERANCE = 1e-5  # float32 sums in another order; training moves weights by ~4e-2
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def two_devices(request):
+    """The results of `distributed_check.py` on two simulated devices."""
+    env = {**os.environ, "KERAS_BACKEND": request.param}
+    done = subprocess.run([sys.executable, str(CHECK), request.param, "2"], env=env,
+                          capture_output=True, text=True, timeout=1200)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULTS ")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    return json.loads(lines[-1][len("RESULTS "):])
+
+
+def test_data_parallel_uses_every_simulated_device(two_devices):
+    assert two_devices["replicas"] == 2
+
+
+@pytest.mark.parametrize("kind", ["plain", "cached", "live"],
+                         ids=["plain-model", "distiller-cached-logits", "distiller-live-teacher"])
+def test_two_devices_train_to_the_weights_of_one(two_devices, kind):
+    result = two_devices[kind]
+    assert result["moved"] > 1e-2  # training did change the weights
+    assert result["weights"] < TOLERANCE
+
+
+@pytest.mark.parametrize("kind", ["plain", "cached", "live"],
+                         ids=["plain-model", "distiller-cached-logits", "distiller-live-teacher"])
+def test_two_devices_report_the_losses_and_metrics_of_one(two_devices, kind):
+    # a Distiller's student_loss, distillation_loss and total_loss included
+    history = two_devices[kind]["history"]
+    assert max(history.values()) < TOLERANCE, history
+
+
+def test_augmentation_and_dropout_on_two_jax_devices_draw_as_one(two_devices):
+    if two_devices["backend"] != "jax":
+        pytest.skip("on TensorFlow each replica draws from the same seed state "
+                    "(see utils.data_parallel)")
+    result = two_devices["augmented"]
+    assert result["moved"] > 1e-2
+    assert result["weights"] < TOLERANCE
+
+
+def test_evaluation_of_a_split_the_devices_do_not_divide_counts_every_patch_once(
+        two_devices):
+    result = two_devices["evaluation"]
+    assert result["patches"] == 7
+    assert result["confusion"] == 0 and result["miou"] == 0
+
+
+def test_interrupted_fit_segmentation_resumes_under_data_parallel(two_devices):
+    result = two_devices["resumed_fit"]
+    assert result["interrupted"]  # the backup was there to resume from
+    assert result["epochs"] == [0, 1]
+
+
+def test_fit_segmentation_on_two_devices_saves_the_model_of_one(two_devices):
+    result = two_devices["resumed_fit"]
+    assert result["weights"] < TOLERANCE
+    assert result["val_miou"] == 0  # the padded validation split scores the same
+
+
+def test_data_parallel_names_the_backends_it_supports(monkeypatch):
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    with pytest.raises(ValueError, match="supports the TensorFlow and JAX backends.*'torch'"):
+        with utils.data_parallel():
+            pass
+
+
+def test_data_parallel_refuses_more_devices_than_are_visible():
+    if keras.backend.backend() not in ("tensorflow", "jax"):
+        pytest.skip("data_parallel runs on TensorFlow and JAX")
+    with pytest.raises(ValueError, match="devices=99 asks for more devices"):
+        with utils.data_parallel(99):
+            pass
+
+
+def test_patch_sequence_can_drop_the_last_partial_batch():
+    x, y = np.zeros((10, 4, 4, 3), "uint8"), np.zeros((10, 4, 4), "uint8")
+    sequence = utils.PatchSequence(x, y, batch_size=4, drop_remainder=True)
+    assert len(sequence) == 2
+    assert all(len(sequence[i][0]) == 4 for i in range(len(sequence)))
