@@ -1161,18 +1161,7 @@ class RandomCropSequence(keras.utils.PyDataset):
     def __init__(self, images, labels, patch_size, n_patches, batch_size=16, seed=0,
                  **kwargs):
         super().__init__(**kwargs)
-        if len(images) != len(labels) or not images:
-            raise ValueError(
-                f"images and labels must be non-empty lists of the same length; got "
-                f"{len(images)} and {len(labels)}."
-            )
-        for i, (image, label) in enumerate(zip(images, labels)):
-            if image.shape[:2] != label.shape[:2]:
-                raise ValueError(f"Image {i} is {image.shape[:2]} but its labels are "
-                                 f"{label.shape[:2]}; they must match pixel for pixel.")
-            if min(image.shape[:2]) < patch_size:
-                raise ValueError(f"Image {i} is {image.shape[:2]}, smaller than one "
-                                 f"{patch_size}x{patch_size} crop.")
+        _check_crop_sources(images, labels, patch_size)
         if n_patches < 1 or batch_size < 1:
             raise ValueError(f"n_patches and batch_size must be >= 1, got {n_patches} and "
                              f"{batch_size}.")
@@ -1477,6 +1466,7 @@ class ConsistentCropSequence(keras.utils.PyDataset):
 
     def on_epoch_end(self):
         self.set_epoch(self.epoch + 1)
+
 
 def _check_crop_sources(images, labels, patch_size):
     if len(images) != len(labels) or not images:
