@@ -162,8 +162,8 @@ def child(args):
     import utils
 
     model = keras.saving.load_model(args.model)
-    utils.fast_predict(model, np.zeros((args.batch_size, args.tile_size,
-                                        args.tile_size, 3), np.uint8))
+    utils.predict_logits(model, np.zeros((args.batch_size, args.tile_size,
+                                          args.tile_size, 3), np.uint8))  # warm-up
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
     scene = pathlib.Path(args.scenes)
     if args.child == "segment_scene":
