@@ -21,6 +21,7 @@ Sections:
 """
 
 import collections
+import concurrent.futures
 import contextlib
 import csv
 import dataclasses
@@ -3730,15 +3731,18 @@ def predict_image(model, image, *, tile_size=256, overlap=None, batch_size=8,
     overlap = _check_tiling(tile_size, overlap)
     height, width = image.shape[:2]
     labels = np.empty((height, width), np.uint8)
-    logits = None
-    for top, band in _blend_tiles(model, lambda start, stop: image[start:stop],
-                                  height, width, tile_size, overlap, batch_size):
+    logits = []
+
+    def consume(top, band):
         labels[top : top + len(band)] = band.argmax(-1)
         if return_logits:
-            if logits is None:
-                logits = np.empty((height, width, band.shape[-1]), np.float32)
-            logits[top : top + len(band)] = band
-    return (labels, logits) if return_logits else labels
+            if not logits:
+                logits.append(np.empty((height, width, band.shape[-1]), np.float32))
+            logits[0][top : top + len(band)] = band
+
+    _blend_tiles(model, lambda start, stop: image[start:stop], height, width,
+                 tile_size, overlap, batch_size, consume)
+    return (labels, logits[0]) if return_logits else labels
 
 
 def _check_tiling(tile_size, overlap):
@@ -3753,8 +3757,9 @@ def _check_tiling(tile_size, overlap):
     return overlap
 
 
-def _blend_tiles(model, read_rows, height, width, tile_size, overlap, batch_size):
-    """Yields `(top, logits)` bands of blended logits, top to bottom.
+def _blend_tiles(model, read_rows, height, width, tile_size, overlap, batch_size,
+                 consume):
+    """Blends overlapping tiles; calls `consume(top, logits)` for each band, top to bottom.
 
     The one tiling of `predict_image` and `segment_scene`. `read_rows(start,
     stop)` returns the image rows `[start, stop)`, all columns, `(rows,
@@ -3765,6 +3770,12 @@ def _blend_tiles(model, read_rows, height, width, tile_size, overlap, batch_size
     and their weighted logits are summed in the same order as over a whole
     padded array, so the bands are bit-identical to it; only the `tile_size`
     rows under the current row of tiles are held.
+
+    The model runs in the calling thread (so its device, distribution and
+    dtype scopes apply); the blending and `consume` run in one worker
+    thread, in order, at most two batches behind, so they overlap with the
+    model's next batches (numpy, TensorFlow, JAX and GDAL release the GIL).
+    An error in either thread is raised here.
     """
     stride = tile_size - overlap
     padded_h = tile_size + max(0, math.ceil((height - tile_size) / stride)) * stride
@@ -3787,34 +3798,72 @@ def _blend_tiles(model, read_rows, height, width, tile_size, overlap, batch_size
                                mode="symmetric")
         return strips[y]
 
-    def finished(rows):  # the blended rows [top, top + rows) inside the image
-        rows = min(rows, height - top)
-        return (total[:rows] / norm[:rows])[:, :width]
+    blend = _TileBlender(tile_size, stride, padded_w, height, width, weight, consume)
+    failed = threading.Event()
 
-    total = None
-    norm = np.zeros((tile_size, padded_w, 1), np.float32)
-    top = 0  # padded row of total[0]: the top of the current row of tiles
-    for start in range(0, len(corners), batch_size):
-        batch = corners[start : start + batch_size]
-        for y in list(strips):
-            if y < batch[0][0]:
-                del strips[y]
-        tiles = np.stack([strip(y)[:, x : x + tile_size] for y, x in batch])
-        logits = predict(tiles)
-        if total is None:
-            total = np.zeros((tile_size, padded_w, logits.shape[-1]), np.float32)
-        for (y, x), tile_logits in zip(batch, logits):
-            if y > top:  # a new row of tiles: rows above it get nothing more
-                if top < height:
-                    yield top, finished(y - top)
-                for array in (total, norm):
-                    array[: tile_size - stride] = array[stride:].copy()
-                    array[tile_size - stride :] = 0
-                top = y
-            total[y - top : y - top + tile_size, x : x + tile_size] += tile_logits * weight
-            norm[y - top : y - top + tile_size, x : x + tile_size] += weight
-    if top < height:
-        yield top, finished(tile_size)
+    def run(step, *args):  # in the worker; after an error, nothing more runs
+        if failed.is_set():
+            return
+        try:
+            step(*args)
+        except BaseException:
+            failed.set()
+            raise
+
+    with concurrent.futures.ThreadPoolExecutor(1, "blend_tiles") as worker:
+        pending = collections.deque()
+        try:
+            for start in range(0, len(corners), batch_size):
+                batch = corners[start : start + batch_size]
+                for y in list(strips):
+                    if y < batch[0][0]:
+                        del strips[y]
+                tiles = np.stack([strip(y)[:, x : x + tile_size] for y, x in batch])
+                pending.append(worker.submit(run, blend.add, batch, predict(tiles)))
+                while len(pending) > 2 or (pending and failed.is_set()):
+                    pending.popleft().result()
+            pending.append(worker.submit(run, blend.finish))
+            while pending:
+                pending.popleft().result()
+        except BaseException:
+            failed.set()  # an error here (or Ctrl+C): the worker stops too
+            raise
+
+
+class _TileBlender:
+    """The running sums of `_blend_tiles` over the `tile_size` rows of one row of tiles."""
+
+    def __init__(self, tile_size, stride, padded_w, height, width, weight, consume):
+        self.tile_size, self.stride = tile_size, stride
+        self.height, self.width = height, width
+        self.weight, self.consume = weight, consume
+        self.total = None
+        self.norm = np.zeros((tile_size, padded_w, 1), np.float32)
+        self.top = 0  # padded row of total[0]: the top of the current row of tiles
+
+    def add(self, corners, logits):
+        if self.total is None:
+            self.total = np.zeros((*self.norm.shape[:2], logits.shape[-1]), np.float32)
+        size = self.tile_size
+        for (y, x), tile_logits in zip(corners, logits):
+            if y > self.top:  # a new row of tiles: rows above it get nothing more
+                self._emit(y - self.top)
+                for array in (self.total, self.norm):
+                    array[: size - self.stride] = array[self.stride :].copy()
+                    array[size - self.stride :] = 0
+                self.top = y
+            top = y - self.top
+            self.total[top : top + size, x : x + size] += tile_logits * self.weight
+            self.norm[top : top + size, x : x + size] += self.weight
+
+    def finish(self):
+        self._emit(self.tile_size)
+
+    def _emit(self, rows):  # the blended rows [top, top + rows) inside the image
+        rows = min(rows, self.height - self.top)
+        if rows > 0:
+            self.consume(self.top, self.total[:rows, : self.width]
+                         / self.norm[:rows, : self.width])
 
 
 def segment_scene(model, src_path, dst_path, *, tile_size=256, overlap=None,
@@ -3837,7 +3886,8 @@ def segment_scene(model, src_path, dst_path, *, tile_size=256, overlap=None,
     JPEG and PNG images work too; their output has no CRS.
 
     Args:
-        model: model returning logits; must accept `tile_size` inputs.
+        model: model returning logits; must accept `tile_size` inputs. Or
+            the function `make_predict_function` makes of it.
         src_path: the scene, any raster rasterio reads (GeoTIFF, JPEG, PNG).
         dst_path: the label GeoTIFF to write (folders are created).
         tile_size: tile side, a multiple of 16.
@@ -3852,7 +3902,7 @@ def segment_scene(model, src_path, dst_path, *, tile_size=256, overlap=None,
         class_names: one name per model output class.
         palette: `(classes, 3)` uint8 colours for the colour map.
         progress: optional `callable(rows_done, height)`, called after each
-            band is written.
+            band is written (from the worker thread that writes them).
 
     Returns:
         dict with `path` (the label raster), `height`, `width`,
@@ -3874,7 +3924,7 @@ def segment_scene(model, src_path, dst_path, *, tile_size=256, overlap=None,
                                 f"of a GeoTIFF, JPEG or PNG scene.")
     if dst_path.resolve() == src_path.resolve():
         raise ValueError(f"dst_path must differ from src_path, got {dst_path} for both.")
-    n_classes = model.output_shape[-1]
+    n_classes = getattr(model, "model", model).output_shape[-1]
     if len(class_names) != n_classes:
         raise ValueError(f"class_names must name the model's {n_classes} classes, "
                          f"got {len(class_names)}: {list(class_names)}.")
@@ -3902,17 +3952,21 @@ def segment_scene(model, src_path, dst_path, *, tile_size=256, overlap=None,
                 dst.update_tags(CLASS_NAMES=json.dumps(list(class_names)),
                                 **{f"CLASS_{i}": name for i, name in enumerate(class_names)})
                 dst.set_band_description(1, "class index")
-                read = functools.partial(_read_window, src, bands, rescale)
-                for top, logits in _blend_tiles(model, read, height, width,
-                                                tile_size, overlap, batch_size):
+                def consume(top, logits):  # in _blend_tiles' worker thread
                     labels = logits.argmax(-1).astype(np.uint8)
-                    valid = _read_valid(src, bands, top, top + len(labels))
+                    valid = _read_valid(masks, bands, top, top + len(labels))
                     labels[~valid] = IGNORE_INDEX
                     window = rasterio.windows.Window(0, top, width, len(labels))
                     dst.write(labels, 1, window=window)
-                    counts += np.bincount(labels.ravel(), minlength=256)
+                    counts[:] += np.bincount(labels.ravel(), minlength=256)
                     if progress is not None:
                         progress(top + len(labels), height)
+
+                # A second handle for the masks: the worker thread reads them
+                # while this one reads the pixels (a GDAL handle is not shared).
+                with rasterio.open(src_path) as masks:
+                    _blend_tiles(model, functools.partial(_read_window, src, bands, rescale),
+                                 height, width, tile_size, overlap, batch_size, consume)
     return {"path": str(dst_path), "height": height, "width": width,
             "class_pixels": {name: int(counts[i]) for i, name in enumerate(class_names)},
             "nodata_pixels": int(counts[IGNORE_INDEX]),

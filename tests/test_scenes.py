@@ -2,6 +2,7 @@
 
 import json
 import re
+import threading
 import warnings
 
 import keras
@@ -217,6 +218,40 @@ def test_segment_scene_reads_png_and_jpeg_without_a_georeference(
             decoded = np.moveaxis(photo.read(), 0, -1)
     np.testing.assert_array_equal(labels, utils.predict_image(conv_model, decoded,
                                                               tile_size=32))
+
+
+def test_segment_scene_runs_the_model_in_the_calling_thread(tmp_path, conv_model):
+    # The blending and writing overlap with the model in a worker thread, but
+    # the model itself runs in the caller's thread, where its device,
+    # distribution and dtype scopes are.
+    threads = []
+
+    def predict(batch):
+        threads.append(threading.get_ident())
+        return np.asarray(conv_model.predict_on_batch(np.asarray(batch, "float32")))
+
+    predict.model = conv_model
+    scene = _write_rgb(tmp_path / "scene.tif", _image(150, 90))
+    utils.segment_scene(predict, scene, tmp_path / "a.tif", tile_size=32, batch_size=3)
+    assert set(threads) == {threading.get_ident()}
+    utils.segment_scene(conv_model, scene, tmp_path / "b.tif", tile_size=32,
+                        batch_size=3)
+    np.testing.assert_array_equal(_read(tmp_path / "a.tif")[0],
+                                  _read(tmp_path / "b.tif")[0])
+
+
+def test_segment_scene_raises_an_error_of_its_writer_thread(tmp_path, conv_model):
+    scene = _write_rgb(tmp_path / "scene.tif", _image(300, 60))
+    bands = []
+
+    def progress(rows, height):
+        bands.append(rows)
+        raise KeyboardInterrupt("stopped by the user")
+
+    with pytest.raises(KeyboardInterrupt, match="stopped by the user"):
+        utils.segment_scene(conv_model, scene, tmp_path / "labels.tif", tile_size=32,
+                            batch_size=2, progress=progress)
+    assert len(bands) == 1  # nothing ran on after the error
 
 
 def test_segment_scene_rejects_bad_inputs_naming_them(tmp_path, conv_model):
