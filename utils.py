@@ -1739,9 +1739,51 @@ def build_unet(
 def _conv_block(x, filters, rate, name):
     x = layers.Conv2D(filters, 3, padding="same", activation="relu",
                       kernel_initializer="he_normal", name=f"{name}_conv1")(x)
-    x = layers.Dropout(rate, name=f"{name}_dropout")(x)
+    x = DeviceInvariantDropout(rate, name=f"{name}_dropout")(x)
     return layers.Conv2D(filters, 3, padding="same", activation="relu",
                          kernel_initializer="he_normal", name=f"{name}_conv2")(x)
+
+
+@keras.saving.register_keras_serializable(package="utils")
+class DeviceInvariantDropout(layers.Dropout):
+    """`keras.layers.Dropout` whose draws do not depend on how many devices share a batch.
+
+    On one device it is `keras.layers.Dropout`, draw for draw. Under a
+    `tf.distribute` strategy with several replicas (`data_parallel` on
+    TensorFlow), Keras' `Dropout` draws every replica's mask from the same
+    seed state, so the replicas repeat each other's draws and training does
+    not follow one device's. This layer draws the mask of the whole batch
+    on every replica and keeps the replica's own rows, so N devices drop the
+    units one device drops (on JAX one program draws for the whole batch
+    already). `noise_shape` is not supported.
+
+    Args:
+        rate: fraction of the units to drop, in `[0, 1)`.
+        **kwargs: `seed`, `name`, ... as for `keras.layers.Dropout`.
+
+    Example:
+
+    >>> layer = DeviceInvariantDropout(0.3, seed=0)
+    >>> layer(np.ones((2, 4)), training=True).shape
+    (2, 4)
+    """
+
+    def __init__(self, rate, **kwargs):
+        if kwargs.get("noise_shape") is not None:
+            raise ValueError("DeviceInvariantDropout does not support noise_shape; "
+                             "use keras.layers.Dropout for it.")
+        super().__init__(rate, **kwargs)
+
+    def call(self, inputs, training=False):
+        if not training or self.rate == 0 or _replicas_in_sync() == 1:
+            return super().call(inputs, training=training)
+        # tf.nn.experimental.stateless_dropout's arithmetic, as Keras' Dropout
+        # runs it on TensorFlow, over this replica's rows of the batch's draw.
+        draws = _replica_rows(lambda shape: keras.random.uniform(
+            shape, dtype=inputs.dtype, seed=self.seed_generator), ops.shape(inputs))
+        kept = inputs * ops.cast(1 / (1 - self.rate), inputs.dtype)
+        return ops.where(draws >= ops.cast(self.rate, inputs.dtype), kept,
+                         ops.zeros_like(inputs))
 
 
 @keras.saving.register_keras_serializable(package="utils")
@@ -1753,7 +1795,9 @@ class RandomSymmetry(layers.Layer):
     each with or without a mirror). Returns the images and the `(N, 3)`
     draws, which `UndoSymmetry` uses to map the predictions back. Outside
     training it returns the images unchanged and zero draws. Runs in the
-    compiled step, on the device; the draws come from a Keras `SeedGenerator`.
+    compiled step, on the device; the draws come from a Keras `SeedGenerator`,
+    and are those of one device however many share the batch (see
+    `DeviceInvariantDropout`).
 
     Args:
         seed: seed of the draws.
@@ -1780,7 +1824,8 @@ class RandomSymmetry(layers.Layer):
                 f"Random flips and rotations need square training patches, "
                 f"got {height}x{width}."
             )
-        symmetry = keras.random.randint((batch, 3), 0, 2, seed=self.seed_generator)
+        symmetry = _replica_rows(lambda shape: keras.random.randint(
+            shape, 0, 2, seed=self.seed_generator), (batch, 3))
         return apply_symmetry(images, symmetry), symmetry
 
     def compute_output_spec(self, images, training=None):
@@ -3018,11 +3063,11 @@ def data_parallel(devices=None):
     `evaluate_segmentation`) pads a batch the devices do not divide and drops
     the padding's outputs, so every patch counts exactly once.
 
-    Random draws (`augment=True`, dropout) are the one difference: on JAX
-    they are drawn for the whole batch, as on one device, but on TensorFlow
-    every replica draws for its share from the same seed state, so training
-    does not end with one device's weights (measured on a small U-Net after 4
-    steps: 0.07 apart on TensorFlow, 1e-6 on JAX). Validation pads
+    Random draws are the same too: on JAX one program draws for the whole
+    batch, and on TensorFlow the U-Net's `RandomSymmetry` and
+    `DeviceInvariantDropout` draw the whole batch's values on every replica
+    and keep the replica's rows (Keras' own `Dropout` and random layers
+    would repeat one replica's draws on the others). Validation pads
     its split with unannotated black patches: the metrics (and the best
     checkpoint) are exact, the mean `val_loss` counts a padded batch as a
     full one, and a `Distiller`'s KD term sees the padding.
@@ -3050,25 +3095,78 @@ def data_parallel(devices=None):
     ...     fit_segmentation(model, data, epochs=40, output_dir="runs", name="teacher",
     ...                      batch_size=16 * parallel.num_replicas)
     """
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        parallel = _tensorflow_data_parallel(devices)
+    parallel = _make_data_parallel(devices)
+    if parallel.backend == "tensorflow":
         with parallel.strategy.scope():
             yield parallel
-    elif backend == "jax":
-        names = _pick_devices(devices, keras.distribution.list_devices())
-        distribution = keras.distribution.DataParallel(devices=names)
+    else:
         previous = keras.distribution.distribution()
-        keras.distribution.set_distribution(distribution)
+        keras.distribution.set_distribution(parallel.strategy)
         try:
-            yield DataParallel("jax", tuple(names), len(names), distribution)
+            yield parallel
         finally:
             keras.distribution.set_distribution(previous)
+
+
+def use_all_devices():
+    """Makes the models built from here on train on every visible accelerator.
+
+    The notebooks' one call for several devices: where the runtime has more
+    than one GPU (Kaggle's "GPU T4 x2", a multi-GPU machine) or a TPU (or,
+    without accelerators, more than one CPU device, as the tests make), it
+    sets what `data_parallel()` enters for the rest of the session
+    (`tf.distribute.experimental_set_strategy` on TensorFlow,
+    `keras.distribution.set_distribution` on JAX), so the cells below build,
+    compile, fit and predict as usual, each batch split evenly over the
+    devices (see `data_parallel` for what equals one device's training).
+    With one device, or none, it changes nothing. Either way it prints what
+    it found.
+
+    Returns:
+        A `DataParallel`: `.num_replicas` is 1 when nothing changed.
+
+    Example:
+
+    >>> parallel = use_all_devices()
+    1 device (/device:CPU:0): training runs on it as usual.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_logical_devices("GPU")
+        visible = [d.name for d in gpus or tf.config.list_logical_devices("CPU")]
+        several = len(visible) > 1 or (not gpus and _connect_tpu() is not None)
     else:
-        raise ValueError(
-            f"data_parallel supports the TensorFlow and JAX backends, and Keras runs "
-            f"on {backend!r}: set KERAS_BACKEND=tensorflow or KERAS_BACKEND=jax "
-            f"before importing keras.")
+        visible = [str(d) for d in keras.distribution.list_devices()]
+        several = len(visible) > 1
+    if not several:
+        print(f"1 device ({visible[0] if visible else backend}): training runs on it "
+              f"as usual.")
+        return DataParallel(backend, tuple(visible[:1]), 1, None)
+    parallel = _make_data_parallel(None)
+    if backend == "tensorflow":
+        tf.distribute.experimental_set_strategy(parallel.strategy)
+    else:
+        keras.distribution.set_distribution(parallel.strategy)
+    print(f"{parallel.num_replicas} devices ({', '.join(parallel.devices)}): the models "
+          f"built from here on train data-parallel, each batch split evenly over them.")
+    return parallel
+
+
+def _make_data_parallel(devices):
+    """The `DataParallel` of `devices` on this backend, not yet in use."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return _tensorflow_data_parallel(devices)
+    if backend == "jax":
+        names = _pick_devices(devices, keras.distribution.list_devices())
+        distribution = keras.distribution.DataParallel(devices=names)
+        return DataParallel("jax", tuple(names), len(names), distribution)
+    raise ValueError(
+        f"data_parallel supports the TensorFlow and JAX backends, and Keras runs "
+        f"on {backend!r}: set KERAS_BACKEND=tensorflow or KERAS_BACKEND=jax "
+        f"before importing keras.")
 
 
 def _tensorflow_data_parallel(devices):
@@ -3106,8 +3204,9 @@ def _mirrored_strategy(names):
     return tf.distribute.MirroredStrategy(list(names))
 
 
+@functools.lru_cache(maxsize=None)
 def _connect_tpu():
-    """The TPU's cluster resolver when this machine has one, else `None`."""
+    """The TPU's cluster resolver when this machine has one, else `None` (once a process)."""
     if not (os.environ.get("TPU_NAME") or os.environ.get("COLAB_TPU_ADDR")
             or os.path.exists("/dev/accel0") or os.path.exists("/dev/vfio/0")):
         return None
@@ -3150,6 +3249,34 @@ def _replicas_in_sync():
     import tensorflow as tf
 
     return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def _replica_rows(draw, shape):
+    """`draw(shape)` for a batch, as one device would draw it, whatever the replicas.
+
+    `draw(shape)` must draw from a seed state every replica holds alike (a
+    Keras `SeedGenerator`). Under `tf.distribute` with several replicas it is
+    called with the whole batch's shape on each replica, and the replica's
+    own rows are returned: the draws one device takes for the same batch.
+    Elsewhere it is `draw(shape)`.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return draw(shape)
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return draw(shape)
+    replicas, replica = context.num_replicas_in_sync, context.replica_id_in_sync_group
+    rows = tf.cast(shape[0], tf.int32)
+    # Every replica's row count, by summing one-hot vectors (replicas may differ
+    # by one in the last, uneven batch of plain `fit`).
+    sizes = tf.cast(context.all_reduce(
+        tf.distribute.ReduceOp.SUM,
+        tf.one_hot(replica, replicas) * tf.cast(rows, tf.float32)), tf.int32)
+    offset = tf.reduce_sum(tf.where(tf.range(replicas) < replica, sizes, 0))
+    batch = tf.stack([tf.reduce_sum(sizes), *[tf.cast(d, tf.int32) for d in shape[1:]]])
+    return draw(batch)[offset : offset + rows]
 
 
 def _sum_over_replicas(value):

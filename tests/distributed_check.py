@@ -66,7 +66,7 @@ def augmented(seed):
     x, symmetry = utils.RandomSymmetry(name="augment")(inputs)
     x = keras.layers.Rescaling(1 / 255)(x)
     x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(x)
-    x = keras.layers.Dropout(0.3)(x)
+    x = utils.DeviceInvariantDropout(0.3)(x)
     logits = keras.layers.Conv2D(3, 1, name="logits")(x)
     return keras.Model(inputs, utils.UndoSymmetry()([logits, symmetry]))
 
@@ -138,6 +138,24 @@ def compare_resumed_fit(data, folder):
             "val_miou": max(abs(a - b) for a, b in zip(one["val_miou3"], many["val_miou3"]))}
 
 
+def compare_use_all_devices(x, y):
+    """`use_all_devices` (session-wide, as the notebooks call it) against one device."""
+    _, one, _ = train("plain", x, y)
+    one_logits = utils.predict_logits(unet(3), x, BATCH)
+    parallel = utils.use_all_devices()
+    try:
+        _, many, _ = train("plain", x, y)
+        many_logits = utils.predict_logits(unet(3), x, BATCH)
+        replicas = utils._data_parallel_size(build("plain"))
+    finally:  # back to one device for anything after this check
+        if BACKEND == "tensorflow":
+            tf.distribute.experimental_set_strategy(None)
+        else:
+            keras.distribution.set_distribution(None)
+    return {"replicas": parallel.num_replicas, "model_replicas": replicas,
+            "weights": max_diff(one, many), "logits": max_diff([one_logits], [many_logits])}
+
+
 def main():
     with utils.data_parallel() as parallel:
         replicas = parallel.num_replicas
@@ -148,11 +166,16 @@ def main():
     for kind in ("plain", "cached", "live", "augmented"):
         print(kind, file=sys.stderr)
         results[kind] = compare_training(kind, x, y)
+    if BACKEND == "tensorflow":  # plain fit splits a last batch of 3 as 2 + 1
+        print("augmented, uneven last batch", file=sys.stderr)
+        results["augmented_uneven"] = compare_training("augmented", x[:7], y[:7])
     print("evaluation", file=sys.stderr)
     results["evaluation"] = compare_evaluation(x_val, y_val)
     print("resumed_fit", file=sys.stderr)
     with tempfile.TemporaryDirectory() as folder:
         results["resumed_fit"] = compare_resumed_fit(data, pathlib.Path(folder))
+    print("use_all_devices", file=sys.stderr)
+    results["use_all_devices"] = compare_use_all_devices(x, y)
     print("RESULTS " + json.dumps(results))
 
 

@@ -57,11 +57,15 @@ def test_two_devices_report_the_losses_and_metrics_of_one(two_devices, kind):
     assert max(history.values()) < TOLERANCE, history
 
 
-def test_augmentation_and_dropout_on_two_jax_devices_draw_as_one(two_devices):
-    if two_devices["backend"] != "jax":
-        pytest.skip("on TensorFlow each replica draws from the same seed state "
-                    "(see utils.data_parallel)")
-    result = two_devices["augmented"]
+@pytest.mark.parametrize("kind", ["augmented", "augmented_uneven"])
+def test_augmentation_and_dropout_on_two_devices_draw_as_one(two_devices, kind):
+    # RandomSymmetry and DeviceInvariantDropout: on TensorFlow every replica
+    # draws for the whole batch and keeps its rows, also when the replicas'
+    # shares of a batch differ.
+    if kind not in two_devices:
+        pytest.skip("JAX cannot split a batch the devices do not divide "
+                    "(fit_segmentation drops it)")
+    result = two_devices[kind]
     assert result["moved"] > 1e-2
     assert result["weights"] < TOLERANCE
 
@@ -105,3 +109,18 @@ def test_patch_sequence_can_drop_the_last_partial_batch():
     sequence = utils.PatchSequence(x, y, batch_size=4, drop_remainder=True)
     assert len(sequence) == 2
     assert all(len(sequence[i][0]) == 4 for i in range(len(sequence)))
+
+
+def test_use_all_devices_trains_every_model_built_after_it_data_parallel(two_devices):
+    # The notebooks' call: session-wide, no `with` block around the cells.
+    result = two_devices["use_all_devices"]
+    assert result["replicas"] == result["model_replicas"] == 2
+    assert result["weights"] < TOLERANCE
+    assert result["logits"] < TOLERANCE
+
+
+def test_use_all_devices_changes_nothing_on_one_device(capsys):
+    parallel = utils.use_all_devices()
+    assert parallel.num_replicas == 1
+    assert "1 device" in capsys.readouterr().out
+    assert utils._data_parallel_size() == 1

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from keras import ops
 
 import utils
 
@@ -112,3 +113,31 @@ def test_symmetry_ensemble_is_equivariant_and_exact_for_a_pixelwise_model():
     np.testing.assert_allclose(ensemble.predict_on_batch(turned),
                                np.rot90(ensemble.predict_on_batch(x), 1, axes=(1, 2)), atol=1e-4)
     utils.Distiller(teacher=ensemble, student=utils.build_unet(2))  # a valid teacher
+
+
+def test_device_invariant_dropout_is_keras_dropout_on_one_device():
+    x = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype("float32")
+    ours = utils.DeviceInvariantDropout(0.3, seed=7)
+    keras_dropout = keras.layers.Dropout(0.3, seed=7)
+    for _ in range(2):  # the seed state moves on alike
+        dropped = ops.convert_to_numpy(ours(x, training=True))
+        np.testing.assert_array_equal(
+            dropped, ops.convert_to_numpy(keras_dropout(x, training=True)))
+    assert 0.2 < np.mean(dropped == 0) < 0.4
+    np.testing.assert_array_equal(ops.convert_to_numpy(ours(x, training=False)), x)
+
+
+def test_device_invariant_dropout_serializes_and_refuses_a_noise_shape():
+    layer = utils.DeviceInvariantDropout(0.2, seed=3, name="drop")
+    copy = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(copy) is utils.DeviceInvariantDropout
+    assert (copy.rate, copy.seed, copy.name) == (0.2, 3, "drop")
+    with pytest.raises(ValueError, match="noise_shape"):
+        utils.DeviceInvariantDropout(0.2, noise_shape=(None, 1, 1, 3))
+
+
+def test_unet_dropout_is_device_invariant():
+    model = utils.build_unet(4, input_shape=(32, 32, 3))
+    dropouts = [layer for layer in model.layers if "dropout" in layer.name]
+    assert len(dropouts) == 9
+    assert all(type(layer) is utils.DeviceInvariantDropout for layer in dropouts)
