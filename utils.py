@@ -4041,6 +4041,7 @@ def segment_scene(model, src_path, dst_path, *, tile_size=256, overlap=None,
     >>> result["class_pixels"]["Building"]
     """
     rasterio = _import_rasterio()
+    from rasterio.enums import MaskFlags
     from rasterio.errors import NotGeoreferencedWarning
 
     started = time.perf_counter()
@@ -4081,14 +4082,18 @@ def segment_scene(model, src_path, dst_path, *, tile_size=256, overlap=None,
                 dst.set_band_description(1, "class index")
                 def consume(top, logits):  # in _blend_tiles' worker thread
                     labels = logits.argmax(-1).astype(np.uint8)
-                    valid = _read_valid(masks, bands, top, top + len(labels))
-                    labels[~valid] = IGNORE_INDEX
+                    if not all_valid:
+                        valid = _read_valid(masks, bands, top, top + len(labels))
+                        labels[~valid] = IGNORE_INDEX
                     window = rasterio.windows.Window(0, top, width, len(labels))
                     dst.write(labels, 1, window=window)
                     counts[:] += np.bincount(labels.ravel(), minlength=256)
                     if progress is not None:
                         progress(top + len(labels), height)
 
+                # GDAL's all_valid flag: no nodata value, mask or alpha band.
+                all_valid = all(src.mask_flag_enums[b - 1] == [MaskFlags.all_valid]
+                                for b in bands)
                 # A second handle for the masks: the worker thread reads them
                 # while this one reads the pixels (a GDAL handle is not shared).
                 with rasterio.open(src_path) as masks:

@@ -12,6 +12,7 @@ the `baseline` column (peak before the scene) shows.
 
     python benchmarks/scenes.py --sizes 4000 8000 20000
     python benchmarks/scenes.py --sizes 4000 --compare-sizes 4000 --baseline-commit 8717172
+    python benchmarks/scenes.py --sizes 4000 8000 --compare-sizes 4000 8000 --repeats 5
 
 `--baseline-commit` also times `predict_image` as `utils.py` of that commit
 had it (before `segment_scene`'s shared, band-by-band blending), for the
@@ -24,6 +25,7 @@ import json
 import os
 import pathlib
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,6 +50,9 @@ def main(argv=None):
                         help="folder for the synthetic scenes (kept for reruns)")
     parser.add_argument("--tile-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="measure each function this many times, in alternating "
+                        "order, and print the medians (default: 1)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -74,14 +79,34 @@ def main(argv=None):
             runs.append(("predict_image", None))
             if baseline_utils:
                 runs.append((f"predict_image@{args.baseline_commit}", baseline_utils))
-        for function, utils_path in runs:
-            row = measure(args, scene, size, function, utils_path)
-            rows.append(row)
-            print(f"{size:>5}x{size:<5} {function:<26} {row['seconds']:8.1f} "
-                  f"{row['mpx_per_s']:6.2f} {row['peak_rss_gib']:7.2f} G "
-                  f"{row['baseline_rss_gib']:7.2f} G", flush=True)
+        for repeat in range(args.repeats):
+            # alternate the order, so neither function always runs first
+            for function, utils_path in runs[:: 1 if repeat % 2 == 0 else -1]:
+                row = measure(args, scene, size, function, utils_path)
+                rows.append(row)
+                print(f"{size:>5}x{size:<5} {function:<26} {row['seconds']:8.1f} "
+                      f"{row['mpx_per_s']:6.2f} {row['peak_rss_gib']:7.2f} G "
+                      f"{row['baseline_rss_gib']:7.2f} G", flush=True)
     print("load average (1, 5, 15 min) at the end: %.1f %.1f %.1f" % os.getloadavg())
+    if args.repeats > 1:
+        summarize(rows)
     return rows
+
+
+def summarize(rows):
+    """Median Mpx/s of each function and size, and segment_scene's ratio to each."""
+    print("\nmedians of the repeats, and segment_scene's median speed over each:")
+    for size in sorted({row["size"] for row in rows}):
+        speeds = {}
+        for row in rows:
+            if row["size"] == size:
+                speeds.setdefault(row["function"], []).append(row["mpx_per_s"])
+        ours = statistics.median(speeds["segment_scene"])
+        for function, values in speeds.items():
+            median = statistics.median(values)
+            print(f"{size:>5}x{size:<5} {function:<26} {median:6.2f} Mpx/s "
+                  f"(n={len(values)}, {min(values):.2f}-{max(values):.2f}); "
+                  f"segment_scene / it: {ours / median:.2f}")
 
 
 def machine():

@@ -134,13 +134,23 @@ def test_segment_scene_reads_at_most_one_tile_of_rows_at_a_time(
             return original(src, bands, *args)
 
         monkeypatch.setattr(utils, name, record)
-    scene = _write_rgb(tmp_path / "scene.tif", _image(1000, 40))
+    scene = _write_rgb(tmp_path / "scene.tif", _image(1000, 40), nodata=0)
     utils.segment_scene(conv_model, scene, tmp_path / "labels.tif", tile_size=32,
                         overlap=8)
     assert max(reads) <= 32
-    # 1000 rows at stride 24: 42 rows of tiles, each read once, and 42 bands of masks.
+    # 1000 rows at stride 24: 42 rows of tiles, each read once, and, the scene
+    # having nodata, 42 bands of masks.
     assert len(reads) == 42 + 42
     assert set(caches) == {64 * 2**20}
+
+
+def test_segment_scene_reads_no_masks_of_a_scene_without_nodata(
+        tmp_path, conv_model, monkeypatch):
+    read = []
+    monkeypatch.setattr(utils, "_read_valid", lambda *args: read.append(args))
+    scene = _write_rgb(tmp_path / "scene.tif", _image(100, 40))
+    result = utils.segment_scene(conv_model, scene, tmp_path / "labels.tif", tile_size=32)
+    assert read == [] and result["nodata_pixels"] == 0
 
 
 def test_segment_scene_writes_the_nodata_value_as_255(tmp_path, conv_model):
