@@ -124,3 +124,28 @@ def test_use_all_devices_changes_nothing_on_one_device(capsys):
     assert parallel.num_replicas == 1
     assert "1 device" in capsys.readouterr().out
     assert utils._data_parallel_size() == 1
+
+
+def test_the_distillation_notebook_trains_on_two_simulated_devices(tmp_path,
+                                                                     monkeypatch):
+    # 04_distill trains all three kinds of model on the tiny profile (teacher,
+    # scratch student, Distiller); a kernel whose CPU is split in two before
+    # TensorFlow starts must find both devices and run every cell.
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    startup = tmp_path / "ipython" / "profile_default" / "startup"
+    startup.mkdir(parents=True)
+    (startup / "00-two-devices.py").write_text(
+        "import tensorflow as tf\n"
+        "tf.config.set_logical_device_configuration(\n"
+        "    tf.config.list_physical_devices('CPU')[0],\n"
+        "    [tf.config.LogicalDeviceConfiguration()] * 2)\n")
+    path = utils.REPO_ROOT / "notebooks" / "04_distill.ipynb"
+    notebook = nbformat.read(path, as_version=4)
+    for name, value in {"IPYTHONDIR": tmp_path / "ipython", "KERAS_BACKEND": "tensorflow",
+                        "SSSI_PROFILE": "tiny", "SSSI_OUTPUT": tmp_path / "outputs"}.items():
+        monkeypatch.setenv(name, str(value))  # the kernel inherits them
+    nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}}).execute()
+    setup = "".join(output.get("text", "") for output in notebook.cells[3].outputs)
+    assert "2 devices" in setup, setup
