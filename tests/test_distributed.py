@@ -126,11 +126,12 @@ def test_use_all_devices_changes_nothing_on_one_device(capsys):
     assert utils._data_parallel_size() == 1
 
 
-def test_the_distillation_notebook_trains_on_two_simulated_devices(tmp_path,
-                                                                     monkeypatch):
+@pytest.mark.parametrize("name", ["04_distill", "07_your_data"])
+def test_training_notebooks_run_on_two_simulated_devices(name, tmp_path, monkeypatch):
     # 04_distill trains all three kinds of model on the tiny profile (teacher,
-    # scratch student, Distiller); a kernel whose CPU is split in two before
-    # TensorFlow starts must find both devices and run every cell.
+    # scratch student, Distiller), 07_your_data a student with plain Keras on
+    # streamed batches; in a kernel whose CPU is split in two before
+    # TensorFlow starts, each must find both devices and run every cell.
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     startup = tmp_path / "ipython" / "profile_default" / "startup"
@@ -140,7 +141,7 @@ def test_the_distillation_notebook_trains_on_two_simulated_devices(tmp_path,
         "tf.config.set_logical_device_configuration(\n"
         "    tf.config.list_physical_devices('CPU')[0],\n"
         "    [tf.config.LogicalDeviceConfiguration()] * 2)\n")
-    path = utils.REPO_ROOT / "notebooks" / "04_distill.ipynb"
+    path = utils.REPO_ROOT / "notebooks" / f"{name}.ipynb"
     notebook = nbformat.read(path, as_version=4)
     for name, value in {"IPYTHONDIR": tmp_path / "ipython", "KERAS_BACKEND": "tensorflow",
                         "SSSI_PROFILE": "tiny", "SSSI_OUTPUT": tmp_path / "outputs"}.items():
