@@ -100,7 +100,7 @@ def train(name, profile, data, *, build=utils.build_student, teacher=None, alpha
           temperature=None, kind=None, teacher_ensemble=None, standardize=None,
           feature_weight=None, kd_schedule=None, teacher_models=None, sampling=None,
           mix="cutmix", mix_probability=0.5, seed=None, epochs=None, precision=None,
-          retrain=False, load_model=True, callbacks=()):
+          retrain=False, load_model=True, callbacks=(), record=None):
     """Trains one run of the experiment with `utils.train_model`, or reuses it.
 
     `build` makes the model (`utils.build_teacher` or `utils.build_student`),
@@ -145,6 +145,8 @@ def train(name, profile, data, *, build=utils.build_student, teacher=None, alpha
             without reading its model (e.g. for a sweep, where only the
             history matters).
         callbacks: extra Keras callbacks for `fit_segmentation`.
+        record: more settings of the run to keep in its `_run.json` (e.g. the
+            labelled images or the width), compared like the others.
 
     Returns:
         `(model, history)`: the best model by validation mIoU5, reloaded
@@ -172,7 +174,8 @@ def train(name, profile, data, *, build=utils.build_student, teacher=None, alpha
               "batch_size": profile.batch_size, "patch_size": profile.patch_size,
               "learning_rate": profile.learning_rate, "schedule": profile.schedule,
               "precision": precision, "sampling": sampling,
-              "teacher_sha1": None if teacher is None else weights_fingerprint(teacher)}
+              "teacher_sha1": None if teacher is None else weights_fingerprint(teacher),
+              **(record or {})}
     inputs = {}
     if sampling == "consistent":
         inputs = {"mix": mix, "mix_probability": mix_probability}
