@@ -26,6 +26,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+import aerialkd  # noqa: E402
 import utils  # noqa: E402
 
 DEFAULT_DISTILLATION = {"alpha": 0.5, "temperature": 4.0, "kind": "pixel",
@@ -153,7 +154,7 @@ def train(name, profile, data, *, build=utils.build_student, teacher=None, alpha
         from its checkpoint, and the history dict.
     """
     sampling = profile.sampling if sampling is None else sampling
-    utils._check_sampling(sampling)  # before a wrong value moves finished runs aside
+    aerialkd.training.check_sampling(sampling)  # before a wrong value moves finished runs aside
     seed = profile.seed if seed is None else seed
     epochs = profile.epochs if epochs is None else epochs
     precision = precision or load_precision(profile)

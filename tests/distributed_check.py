@@ -34,6 +34,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+import aerialkd  # noqa: E402
 import utils  # noqa: E402
 
 CLASSES = (0, 1, 2)
@@ -146,7 +147,7 @@ def compare_use_all_devices(x, y):
     try:
         _, many, _ = train("plain", x, y)
         many_logits = utils.predict_logits(unet(3), x, BATCH)
-        replicas = utils._data_parallel_size(build("plain"))
+        replicas = aerialkd.devices.data_parallel_size(build("plain"))
     finally:  # back to one device for anything after this check
         if BACKEND == "tensorflow":
             tf.distribute.experimental_set_strategy(None)

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import pytest
 
+import aerialkd
 import utils
 
 CHECK = pathlib.Path(__file__).with_name("distributed_check.py")
@@ -123,7 +124,7 @@ def test_use_all_devices_changes_nothing_on_one_device(capsys):
     parallel = utils.use_all_devices()
     assert parallel.num_replicas == 1
     assert "1 device" in capsys.readouterr().out
-    assert utils._data_parallel_size() == 1
+    assert aerialkd.devices.data_parallel_size() == 1
 
 
 @pytest.mark.parametrize("name", ["04_distill", "07_your_data"])

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+import aerialkd
 import utils
 
 
@@ -201,7 +202,7 @@ def test_the_readme_example_runs_and_scores_the_saved_best_student(tiny_root, tm
 
 def test_best_checkpoint_refuses_an_epoch_whose_loss_is_not_finite(tmp_path, small_unet):
     # It does not rely on _StopOnNaN running first: the callbacks' order is free.
-    best = utils._BestModelCheckpoint(tmp_path / "m.keras", monitor="val_miou5")
+    best = aerialkd.callbacks.BestModelCheckpoint(tmp_path / "m.keras", monitor="val_miou5")
     best.set_model(small_unet)
     best.on_train_begin()
     best.on_epoch_end(0, {"loss": float("nan"), "val_miou5": 0.9})

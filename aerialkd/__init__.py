@@ -1,0 +1,281 @@
+"""aerialkd: segment aerial imagery with a U-Net, and distil it into a smaller one.
+
+The package behind the notebook series, one topic per module, each importing only
+the modules above it in this list:
+
+- `classes`: class names, mask palettes and the mapping between mask colours and labels.
+- `devices`: devices and precision: data-parallel training, replicas, the dtype policy of a device.
+- `files`: dataset files: the Kaggle and flat layouts, image/mask pairs, reading and cutting them.
+- `batches`: batches for `fit`: patches in memory, random crops, patches streamed from files,
+- `datasets`: `load_dataset` and `SegmentationDataset`: a dataset's patches, split by source image.
+- `synthetic`: small synthetic datasets: the tiny Kaggle-layout one CI trains on, and a flat one
+- `layers`: layers of the U-Net: on-device symmetry augmentation and device-invariant dropout.
+- `models`: the U-Net teacher and student, ensembles of them, their size, FLOPs and precision.
+- `losses`: the segmentation loss and the knowledge-distillation losses, from logits.
+- `distiller`: `Distiller`: a Keras model that trains a student on labels and a teacher's logits.
+- `metrics`: scores of predicted labels and logits: IoU, precision and recall, calibration.
+- `prediction`: running a model over batches of images: logits, a fast predict function, latency.
+- `tiling`: whole images of any size, segmented with overlapping, blended tiles.
+- `export`: exporting a model to LiteRT (`.tflite`) and running the exported file.
+- `callbacks`: the callbacks of `fit_segmentation`: resumable randomness, best checkpoint, NaN stop.
+- `training`: compiling and fitting a segmentation model or `Distiller`: one way to train.
+- `evaluation`: evaluating models on patches, and comparing their size, speed and scores.
+- `scenes`: raster scenes of any size: a georeferenced label GeoTIFF, and its polygons.
+- `plots`: figures and tables of the notebooks.
+- `notebook`: the notebooks' conveniences: profiles, the Colab setup, runs that are loaded or trained.
+
+Everything public is re-exported here (and by the top-level `utils.py` of the
+notebooks), so `aerialkd.Distiller` is `aerialkd.distiller.Distiller`.
+"""
+
+from .classes import (  # noqa: F401
+    CLASSES,
+    PALETTE,
+    LABELLED_CLASSES,
+    IGNORE_INDEX,
+    IGNORE_COLORS,
+    hex_to_rgb,
+    rgb_to_hex,
+    read_classes,
+    mask_to_labels,
+    labels_to_rgb,
+)
+from .devices import (  # noqa: F401
+    DataParallel,
+    data_parallel,
+    use_all_devices,
+    mixed_precision_policy,
+)
+from .files import (  # noqa: F401
+    DATASET_DIRNAME,
+    KAGGLE_HANDLE,
+    IMAGE_SUFFIXES,
+    FLAT_LAYOUTS,
+    find_dataset_root,
+    find_pairs,
+    read_pair,
+    cut_patches,
+    download_dataset,
+)
+from .batches import (  # noqa: F401
+    PatchSequence,
+    RandomCropSequence,
+    PatchStream,
+    MIXES,
+    ConsistentCropSequence,
+)
+from .datasets import (  # noqa: F401
+    TEST_PARTS,
+    SPLITS,
+    SegmentationDataset,
+    dataset_overview,
+    class_shares,
+    load_dataset,
+)
+from .synthetic import (  # noqa: F401
+    make_tiny_dataset,
+    make_custom_dataset,
+)
+from .layers import (  # noqa: F401
+    DeviceInvariantDropout,
+    RandomSymmetry,
+    UndoSymmetry,
+    apply_symmetry,
+)
+from .models import (  # noqa: F401
+    TEACHER_FILTERS,
+    STUDENT_FILTERS,
+    build_unet,
+    symmetry_ensemble,
+    build_teacher,
+    build_student,
+    ensemble_teacher,
+    count_flops,
+    model_summary,
+    with_dtype_policy,
+    save_model,
+)
+from .losses import (  # noqa: F401
+    SegmentationLoss,
+    KD_KINDS,
+    distillation_loss,
+    SegmentationKD,
+)
+from .distiller import (  # noqa: F401
+    BOTTLENECK_LAYER,
+    Distiller,
+    KDWeightSchedule,
+)
+from .metrics import (  # noqa: F401
+    AnnotatedPixelAccuracy,
+    miou_name,
+    iou_scores,
+    segmentation_metrics,
+    calibration,
+    error_overlap,
+)
+from .prediction import (  # noqa: F401
+    predict_logits,
+    make_predict_function,
+    measure_latency,
+)
+from .tiling import (  # noqa: F401
+    predict_image,
+)
+from .export import (  # noqa: F401
+    export_litert,
+    load_litert,
+)
+from .training import (  # noqa: F401
+    compile_segmentation,
+    SAMPLINGS,
+    fit_segmentation,
+    read_history,
+)
+from .evaluation import (  # noqa: F401
+    evaluate_segmentation,
+    compare_models,
+)
+from .scenes import (  # noqa: F401
+    segment_scene,
+    polygonize,
+)
+from .plots import (  # noqa: F401
+    save_figure,
+    plot_segmentations,
+    LABELS,
+    plot_history,
+    plot_pr_curves,
+    plot_confusion_matrix,
+    plot_class_shares,
+    plot_sweep,
+    markdown_table,
+)
+from .notebook import (  # noqa: F401
+    GITHUB_REPOSITORY,
+    REPO_ROOT,
+    COMMITTED_MODELS,
+    DRIVE_ROOT,
+    PROFILES,
+    Profile,
+    in_colab,
+    load_profile,
+    setup_notebook,
+    run_info,
+    profile_dataset,
+    saved_model_path,
+    load_run,
+    saved_history,
+    describe_run,
+    write_run_record,
+    train_model,
+    load_or_train,
+)
+
+__all__ = [
+    "CLASSES",
+    "PALETTE",
+    "LABELLED_CLASSES",
+    "IGNORE_INDEX",
+    "IGNORE_COLORS",
+    "hex_to_rgb",
+    "rgb_to_hex",
+    "read_classes",
+    "mask_to_labels",
+    "labels_to_rgb",
+    "DataParallel",
+    "data_parallel",
+    "use_all_devices",
+    "mixed_precision_policy",
+    "DATASET_DIRNAME",
+    "KAGGLE_HANDLE",
+    "IMAGE_SUFFIXES",
+    "FLAT_LAYOUTS",
+    "find_dataset_root",
+    "find_pairs",
+    "read_pair",
+    "cut_patches",
+    "download_dataset",
+    "PatchSequence",
+    "RandomCropSequence",
+    "PatchStream",
+    "MIXES",
+    "ConsistentCropSequence",
+    "TEST_PARTS",
+    "SPLITS",
+    "SegmentationDataset",
+    "dataset_overview",
+    "class_shares",
+    "load_dataset",
+    "make_tiny_dataset",
+    "make_custom_dataset",
+    "DeviceInvariantDropout",
+    "RandomSymmetry",
+    "UndoSymmetry",
+    "apply_symmetry",
+    "TEACHER_FILTERS",
+    "STUDENT_FILTERS",
+    "build_unet",
+    "symmetry_ensemble",
+    "build_teacher",
+    "build_student",
+    "ensemble_teacher",
+    "count_flops",
+    "model_summary",
+    "with_dtype_policy",
+    "save_model",
+    "SegmentationLoss",
+    "KD_KINDS",
+    "distillation_loss",
+    "SegmentationKD",
+    "BOTTLENECK_LAYER",
+    "Distiller",
+    "KDWeightSchedule",
+    "AnnotatedPixelAccuracy",
+    "miou_name",
+    "iou_scores",
+    "segmentation_metrics",
+    "calibration",
+    "error_overlap",
+    "predict_logits",
+    "make_predict_function",
+    "measure_latency",
+    "predict_image",
+    "export_litert",
+    "load_litert",
+    "compile_segmentation",
+    "SAMPLINGS",
+    "fit_segmentation",
+    "read_history",
+    "evaluate_segmentation",
+    "compare_models",
+    "segment_scene",
+    "polygonize",
+    "save_figure",
+    "plot_segmentations",
+    "LABELS",
+    "plot_history",
+    "plot_pr_curves",
+    "plot_confusion_matrix",
+    "plot_class_shares",
+    "plot_sweep",
+    "markdown_table",
+    "GITHUB_REPOSITORY",
+    "REPO_ROOT",
+    "COMMITTED_MODELS",
+    "DRIVE_ROOT",
+    "PROFILES",
+    "Profile",
+    "in_colab",
+    "load_profile",
+    "setup_notebook",
+    "run_info",
+    "profile_dataset",
+    "saved_model_path",
+    "load_run",
+    "saved_history",
+    "describe_run",
+    "write_run_record",
+    "train_model",
+    "load_or_train",
+]

@@ -1,0 +1,121 @@
+"""The callbacks of `fit_segmentation`: resumable randomness, best checkpoint, NaN stop."""
+
+import json
+import pathlib
+import re
+
+import keras
+import numpy as np
+from keras import ops
+
+from .models import save_model
+
+
+class SyncEpoch(keras.callbacks.Callback):
+    """Makes each epoch's randomness a function of the epoch number alone.
+
+    Sets the training sequence's epoch (batch order, crops) and moves every seed
+    generator (augmentation, dropout) to its initial state plus `[epoch, 0]`, so a run
+    resumed by `BackupAndRestore` (which restores weights and optimizer, not
+    seed states) draws exactly what an uninterrupted run draws. Must come
+    before `BackupAndRestore` to record the states before any restore.
+    """
+
+    def __init__(self, sequence):
+        super().__init__()
+        self.sequence = sequence
+        self._initial = {}
+
+    def _seed_states(self):
+        return [v for v in self.model.non_trainable_variables
+                if v.path.endswith("seed_generator_state")]
+
+    def on_train_begin(self, logs=None):
+        self._initial = {v.path: ops.convert_to_numpy(v) for v in self._seed_states()}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.sequence.set_epoch(epoch)
+        for v in self._seed_states():
+            start = self._initial[v.path]
+            v.assign(start + np.array([epoch, 0], dtype=start.dtype))
+
+
+def monitored_miou(model):
+    names = [n for n in model.get_metrics_result() if re.fullmatch(r"miou\d+", n)]
+    if len(names) != 1:
+        raise ValueError(
+            f"fit_segmentation selects the best epoch by the validation mean IoU "
+            f"(a metric named like 'miou5'), but the model's metrics are "
+            f"{sorted(model.get_metrics_result())}: compile it with "
+            f"compile_segmentation.")
+    return f"val_{names[0]}"
+
+
+class EpochRecord(keras.callbacks.Callback):
+    """Records how many epochs have finished, for a resumed run's first batches."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = pathlib.Path(path)
+
+    def read(self):
+        return json.loads(self.path.read_text())["epochs_done"] if self.path.exists() else 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps({"epochs_done": epoch + 1}))
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Stops training on a non-finite epoch loss, and says where.
+
+    Checks once per epoch, not per batch like `keras.callbacks.TerminateOnNaN`:
+    reading a batch's loss would make the host wait for the device at every
+    step. One NaN batch makes the epoch's mean loss NaN. `BestModelCheckpoint`
+    refuses an epoch with a non-finite loss by itself, so the order of the two
+    callbacks does not matter.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.stopped = None  # (epoch, loss) once stopped
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if self.stopped is None and loss is not None and not np.isfinite(loss):
+            self.model.stop_training = True
+            self.stopped = (epoch + 1, loss)
+
+
+class BestModelCheckpoint(keras.callbacks.Callback):
+    """Saves the best model by a monitored metric: a Distiller's student alone.
+
+    `keras.callbacks.ModelCheckpoint(save_best_only=True, mode="max")` would
+    save the whole model it trains, which for a `Distiller` is the teacher,
+    the student and the optimizer; this saves the student, float32, without
+    optimizer (`save_model`), keeps the best score in `<path>.best.json` so a
+    resumed run goes on comparing with it, and never saves an epoch whose
+    loss is not finite.
+    """
+
+    def __init__(self, path, monitor):
+        super().__init__()
+        self.path, self.monitor = pathlib.Path(path), monitor
+        self.best = -np.inf
+
+    def on_train_begin(self, logs=None):
+        state = self.path.with_suffix(".best.json")
+        if state.exists() and self.path.exists():  # resuming this run
+            self.best = json.loads(state.read_text())["best"]
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        value, loss = logs.get(self.monitor), logs.get("loss", 0.0)
+        if (value is None or not np.isfinite(value) or not np.isfinite(loss)
+                or value <= self.best):
+            return
+        self.best = float(value)
+        save_model(getattr(self.model, "student", self.model), self.path)
+        self.path.with_suffix(".best.json").write_text(
+            json.dumps({"best": self.best, "epoch": epoch + 1,
+                        "monitor": self.monitor}))

@@ -1,0 +1,443 @@
+"""`load_dataset` and `SegmentationDataset`: a dataset's patches, split by source image."""
+
+import dataclasses
+
+import numpy as np
+from PIL import Image
+
+from .classes import CLASSES, ColorTable, IGNORE_COLORS, PALETTE, code_to_hex, hex_to_rgb, read_classes, rgb_code, rgb_to_hex, warn_extra_colors
+from .files import cut_patches, dataset_layout, decode_pair, find_pairs, read_image_sizes
+from .batches import PatchStream
+
+
+TEST_PARTS = ("image_part_008", "image_part_009")
+"""Images held out for testing in every tile (the project's fixed test set)."""
+
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass
+class SegmentationDataset:
+    """Patches of a segmentation dataset, split by source image.
+
+    Attributes:
+        x_train, x_val, x_test: uint8 images, `(N, P, P, 3)`; `None` for a
+            dataset loaded with `in_memory=False` (read it with `stream`).
+        y_train, y_val, y_test: uint8 labels, `(N, P, P)`, with
+            `IGNORE_INDEX` for unannotated pixels; `None` likewise.
+        sources: dict mapping "train", "val", "test" to the source images
+            (names like "Tile 1/image_part_001", or file stems) of that split.
+        files: dict mapping the same keys to `(image_path, mask_path)`
+            pairs, to read whole images (e.g. for `predict_image`).
+        patch_size: side of the patches.
+        color_counts: dict "#RRGGBB" -> pixel count over all loaded masks
+            (empty when not in memory: the masks are read batch by batch).
+        extra_color_sources: dict "#RRGGBB" -> {source: pixel count} for
+            colours outside the classes (those of `ignore_colors`).
+        classes: class names, in label order.
+        palette: uint8 array `(n_classes, 3)`, the classes' mask colours.
+        labelled_classes: indices of the classes the mean IoU scores (all but
+            an "Unlabeled"-like class).
+        ignore_colors: the mask colours read as `IGNORE_INDEX`.
+        image_sizes: dict split -> list of `(height, width)` of its images.
+        resize_masks: whether masks of another size than their image are
+            rescaled to it.
+        resized_masks: how many masks were rescaled.
+        extra_colors: the deprecated `extra_colors` policy, if one was given.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    sources: dict
+    files: dict
+    patch_size: int
+    color_counts: dict
+    extra_color_sources: dict
+    classes: tuple = CLASSES
+    palette: np.ndarray = dataclasses.field(default_factory=PALETTE.copy)
+    labelled_classes: tuple = (0, 1, 2, 3, 4)
+    ignore_colors: tuple = IGNORE_COLORS
+    image_sizes: dict = dataclasses.field(default_factory=dict)
+    resize_masks: bool = False
+    resized_masks: int = 0
+    extra_colors: dict = None
+
+    @property
+    def n_classes(self):
+        """Number of classes (the models' output channels)."""
+        return len(self.classes)
+
+    @property
+    def in_memory(self):
+        """Whether the patches are held as arrays (`x_train`, ...)."""
+        return self.x_train is not None
+
+    def patch_count(self, split):
+        """Number of patches of `split` ("train", "val" or "test")."""
+        _check_split(split, self.files)
+        if split in self.image_sizes:
+            p = self.patch_size
+            return sum((h // p) * (w // p) for h, w in self.image_sizes[split])
+        return len(getattr(self, f"x_{split}"))
+
+    def whole_images(self, split="train"):
+        """Reads the split's whole images and labels again, for `RandomCropSequence`.
+
+        The files are `files[split]`, read with the same classes and
+        `ignore_colors`, so unannotated pixels are `IGNORE_INDEX` as in the
+        patches.
+
+        Args:
+            split: "train", "val" or "test".
+
+        Returns:
+            `(images, labels)`: lists of uint8 `(H, W, 3)` and `(H, W)`
+            arrays, in the order of `sources[split]`.
+
+        Example:
+
+        >>> images, labels = data.whole_images("train")
+        >>> images[0].shape[:2] == labels[0].shape
+        True
+        """
+        _check_split(split, self.files)
+        table = self._color_table()
+        pairs = [decode_pair(image, mask, table, self.resize_masks)
+                 for image, mask in self.files[split]]
+        return [image for image, _ in pairs], [labels for _, labels in pairs]
+
+    def stream(self, split="train", batch_size=16, *, shuffle=None, seed=0, cache_size=16,
+               **kwargs):
+        """A `PatchStream` of the split: batches read from the files as needed.
+
+        Args:
+            split: "train", "val" or "test".
+            batch_size: patches per batch.
+            shuffle: a new order every epoch; by default for "train" only.
+            seed: seed of the order.
+            cache_size: decoded images kept in memory.
+            **kwargs: passed to `keras.utils.PyDataset` (`workers`, ...).
+
+        Returns:
+            A `PatchStream` yielding `(images, labels)` batches.
+
+        Example:
+
+        >>> model.fit(data.stream("train"), validation_data=data.stream("val"))
+        """
+        _check_split(split, self.files)
+        if not self.files[split]:
+            raise ValueError(f"The {split} split holds no images; change the split "
+                             f"arguments of load_dataset.")
+        return PatchStream(
+            self.files[split], self.patch_size, batch_size, palette=self.palette,
+            ignore_colors=self.ignore_colors, resize_masks=self.resize_masks,
+            shuffle=split == "train" if shuffle is None else shuffle, seed=seed,
+            cache_size=cache_size, extra_colors=self.extra_colors, **kwargs)
+
+    def summary(self):
+        """Returns a short text: patches and source images per split."""
+        lines = [f"Patches of {self.patch_size}x{self.patch_size}"
+                 f"{'' if self.in_memory else ' (streamed from the files)'}:"]
+        for split in SPLITS:
+            lines.append(
+                f"  {split:5s} {self.patch_count(split):5d} patches from "
+                f"{len(self.sources[split])} source images"
+            )
+        return "\n".join(lines)
+
+    def _color_table(self):
+        return ColorTable(self.palette, self.ignore_colors, self.extra_colors)
+
+
+def _check_split(split, files):
+    if split not in files:
+        raise ValueError(f"split must be one of {sorted(files)}, got {split!r}.")
+
+
+def dataset_overview(data):
+    """Rows describing each tile: images per split, image sizes, patches.
+
+    Args:
+        data: a `SegmentationDataset`. A flat layout has one row, "images".
+
+    Returns:
+        List of dicts, one per tile, for `markdown_table`.
+    """
+    rows = {}
+    for split in SPLITS:
+        for name, (image_path, _) in zip(data.sources[split], data.files[split]):
+            tile = name.split("/")[0] if "/" in name else "images"
+            with Image.open(image_path) as image:
+                width, height = image.size
+            row = rows.setdefault(tile, {"tile": tile, "train": 0, "val": 0, "test": 0,
+                                         "sizes": set(), "patches": 0})
+            row[split] += 1
+            row["sizes"].add(f"{width}x{height}")
+            row["patches"] += (width // data.patch_size) * (height // data.patch_size)
+    return [{**r, "sizes": ", ".join(sorted(r["sizes"]))} for r in rows.values()]
+
+
+def class_shares(labels, n_classes=len(CLASSES)):
+    """Share of each class among the annotated pixels of `labels`."""
+    counts = np.bincount(np.asarray(labels).ravel(), minlength=256)[:n_classes]
+    return counts / max(counts.sum(), 1)
+
+
+def load_dataset(
+    root,
+    patch_size=256,
+    *,
+    classes=None,
+    ignore_colors=None,
+    unlabeled="Unlabeled",
+    resize_masks=False,
+    test_parts=None,
+    val_per_tile=None,
+    test_images=None,
+    val_fraction=None,
+    test_fraction=None,
+    seed=0,
+    in_memory=True,
+    extra_colors=None,
+):
+    """Loads a segmentation dataset as patches, split by source image.
+
+    Reads the Kaggle tile layout of the Dubai dataset or a flat one
+    (`images/` + `masks/`, or `image/` + `mask/`), images and masks paired
+    by file stem (see `find_pairs`). Masks are RGB images whose colours are
+    the classes' (`classes`); a colour that is neither a class colour nor in
+    `ignore_colors` is an error naming the file and the colour. Each image
+    is cropped to multiples of `patch_size` (top-left corner kept) and cut
+    into non-overlapping patches. The split is by *source image*, never by
+    patch, so no test patch shares an image with a training patch:
+
+    - Kaggle tiles: in every tile, the images named in `test_parts` go to
+      test, then `val_per_tile` of the remaining images, drawn with `seed`,
+      go to validation, the rest to training. On the real data at 256 this
+      gives 1305 patches, 290 of them in the default test set.
+    - Flat folders: the images named in `test_images` (or a `test_fraction`
+      of all images, drawn with `seed`) go to test, then a `val_fraction` of
+      all images, drawn with `seed` from the rest, to validation.
+
+    With `in_memory=False` no pixel is read now (only the files' headers):
+    `data.stream(split)` reads batches from the files as training asks for
+    them, so the dataset may be larger than memory.
+
+    Args:
+        root: dataset folder (see `find_dataset_root`).
+        patch_size: side of the square patches, a multiple of 16.
+        classes: `None` for the Dubai classes and palette; a dict
+            `{name: "#rrggbb"}` in label order; or the path of a
+            Supervisely-style `classes.json` (see `read_classes`).
+        ignore_colors: mask colours that mean "not annotated" and become
+            `IGNORE_INDEX`; `None` for `IGNORE_COLORS` (black) unless black
+            is a class colour; `()` to make every unknown colour an error.
+        unlabeled: name of a class the mean IoU leaves out, as the Dubai
+            "Unlabeled" (any case); `None`, or a name no class has, to score
+            every class. Gives `labelled_classes`.
+        resize_masks: rescale masks of another size than their image to it,
+            with nearest-neighbour sampling (never a blended colour), and
+            print how many; otherwise such a pair is an error naming both
+            sizes.
+        test_parts: Kaggle layout: image names (without extension) held out
+            for testing in every tile; `TEST_PARTS` by default.
+        val_per_tile: Kaggle layout: validation images drawn in every tile;
+            1 by default.
+        test_images: flat layout: stems of the images held out for testing.
+        val_fraction: flat layout: share of the images drawn for
+            validation; 0.1 by default (at least one image if > 0).
+        test_fraction: flat layout: share of the images drawn for testing
+            when `test_images` is not given; 0.1 by default.
+        seed: seed of the validation (and test fraction) draw.
+        in_memory: hold every patch as arrays (`x_train`, ...); `False` to
+            read batches from the files (`SegmentationDataset.stream`).
+        extra_colors: deprecated; a dict "#RRGGBB" -> label, see
+            `mask_to_labels`.
+
+    Returns:
+        A `SegmentationDataset`.
+
+    Example:
+
+    >>> data = load_dataset(make_tiny_dataset("/tmp/tiny"), patch_size=64)
+    >>> data.x_train.dtype, data.y_train.shape[1:], data.n_classes
+    (dtype('uint8'), (64, 64), 6)
+    >>> mine = load_dataset("my_data", 256, classes={"Field": "#C8A050",
+    ...                     "Water": "#1E64C8"}, test_fraction=0.2)
+    """
+    if not isinstance(patch_size, int) or patch_size < 16 or patch_size % 16:
+        raise ValueError(
+            f"patch_size must be a multiple of 16 (the U-Net halves it four "
+            f"times), at least 16; got {patch_size!r}."
+        )
+    names, palette = read_classes(classes)
+    if extra_colors is not None:
+        warn_extra_colors()
+    table = ColorTable(palette, ignore_colors, extra_colors)
+    labelled = _labelled_classes(names, unlabeled)
+    root, folders = dataset_layout(root)
+    pairs = find_pairs(root)
+    stems = [name for name, _, _ in pairs]
+    if folders is None:
+        split_of = _split_tiles(root, stems, test_parts, val_per_tile, test_images,
+                                val_fraction, test_fraction, seed)
+    else:
+        split_of = _split_flat(root, stems, test_parts, val_per_tile, test_images,
+                               val_fraction, test_fraction, seed)
+    sizes, resized = read_image_sizes(pairs, patch_size, resize_masks)
+    if resized:
+        print(f"resize_masks: rescaled {resized} of {len(pairs)} masks to the size of "
+              f"their images (nearest neighbour).")
+    sources = {s: [] for s in SPLITS}
+    files = {s: [] for s in SPLITS}
+    image_sizes = {s: [] for s in SPLITS}
+    for (name, image_path, mask_path), size in zip(pairs, sizes):
+        split = split_of[name]
+        sources[split].append(name)
+        files[split].append((image_path, mask_path))
+        image_sizes[split].append(size)
+    stacked = {f"{a}_{s}": None for s in SPLITS for a in "xy"}
+    color_counts, extra_sources = {}, {}
+    if in_memory:
+        stacked = _read_patches(pairs, split_of, patch_size, table, resize_masks,
+                                color_counts, extra_sources)
+    return SegmentationDataset(
+        **stacked,
+        sources=sources,
+        files=files,
+        patch_size=patch_size,
+        color_counts=dict(sorted(color_counts.items())),
+        extra_color_sources=extra_sources,
+        classes=names,
+        palette=palette,
+        labelled_classes=labelled,
+        ignore_colors=table.ignore_colors,
+        image_sizes=image_sizes,
+        resize_masks=bool(resize_masks),
+        resized_masks=resized,
+        extra_colors=None if extra_colors is None else dict(extra_colors),
+    )
+
+
+def _labelled_classes(names, unlabeled):
+    if unlabeled is None:
+        return tuple(range(len(names)))
+    labelled = tuple(i for i, name in enumerate(names)
+                     if name.lower() != str(unlabeled).lower())
+    if not labelled:
+        raise ValueError(f"unlabeled={unlabeled!r} leaves no class to score in "
+                         f"{names}; pass unlabeled=None.")
+    return labelled
+
+
+def _read_patches(pairs, split_of, patch_size, table, resize_masks, color_counts,
+                  extra_sources):
+    arrays = {s: ([], []) for s in SPLITS}
+    palette_colors = {rgb_to_hex(c) for c in table.palette}
+    extra_codes = {rgb_code(np.array(hex_to_rgb(c))): c for c in table.lookup
+                   if c not in palette_colors}
+    for name, image_path, mask_path in pairs:
+        image, labels = decode_pair(image_path, mask_path, table, resize_masks)
+        _count_colors(mask_path, name, extra_codes, color_counts, extra_sources)
+        split = split_of[name]
+        arrays[split][0].append(cut_patches(image, patch_size))
+        arrays[split][1].append(cut_patches(labels, patch_size))
+    stacked = {}
+    for split, (xs, ys) in arrays.items():
+        empty_x = np.zeros((0, patch_size, patch_size, 3), np.uint8)
+        empty_y = np.zeros((0, patch_size, patch_size), np.uint8)
+        stacked[f"x_{split}"] = np.concatenate(xs) if xs else empty_x
+        stacked[f"y_{split}"] = np.concatenate(ys) if ys else empty_y
+    return stacked
+
+
+def _split_tiles(root, names, test_parts, val_per_tile, test_images, val_fraction,
+                 test_fraction, seed):
+    given = {k: v for k, v in (("test_images", test_images), ("val_fraction", val_fraction),
+                               ("test_fraction", test_fraction)) if v is not None}
+    if given:
+        raise ValueError(
+            f"{root} is in the Kaggle tile layout, split by test_parts and "
+            f"val_per_tile; {sorted(given)} apply to flat layouts (images/ + masks/). "
+            f"Leave them out, or pass test_parts=... and val_per_tile=... instead.")
+    test_parts = TEST_PARTS if test_parts is None else test_parts
+    val_per_tile = 1 if val_per_tile is None else val_per_tile
+    if val_per_tile < 0:
+        raise ValueError(f"val_per_tile must be >= 0, got {val_per_tile}.")
+    return _split_by_source(names, test_parts, val_per_tile, seed)
+
+
+def _split_by_source(names, test_parts, val_per_tile, seed):
+    rng = np.random.default_rng(seed)
+    split_of = {}
+    by_tile = {}
+    for name in names:
+        by_tile.setdefault(name.split("/")[0], []).append(name)
+    for tile, members in by_tile.items():
+        rest = [n for n in members if n.split("/")[1] not in test_parts]
+        for n in members:
+            if n not in rest:
+                split_of[n] = "test"
+        chosen = set(rng.choice(rest, size=min(val_per_tile, len(rest)),
+                                replace=False)) if rest else set()
+        for n in rest:
+            split_of[n] = "val" if n in chosen else "train"
+    return split_of
+
+
+def _split_flat(root, names, test_parts, val_per_tile, test_images, val_fraction,
+                test_fraction, seed):
+    given = {k: v for k, v in (("test_parts", test_parts), ("val_per_tile", val_per_tile))
+             if v is not None}
+    if given:
+        raise ValueError(
+            f"{root} is a flat layout (no 'Tile N' folders); {sorted(given)} apply to "
+            f"the Kaggle tiles. Use test_images=[stems], test_fraction=... and "
+            f"val_fraction=... instead.")
+    if test_images is not None and test_fraction is not None:
+        raise ValueError("Pass test_images (the test stems) or test_fraction, not both.")
+    val_fraction = 0.1 if val_fraction is None else val_fraction
+    test_fraction = (0.0 if test_images is not None else
+                     0.1 if test_fraction is None else test_fraction)
+    for label, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+            raise ValueError(f"{label} must be a number in [0, 1), got {fraction!r}.")
+    rng = np.random.default_rng(seed)
+    if test_images is not None:
+        test_images = [test_images] if isinstance(test_images, str) else list(test_images)
+        unknown = sorted(set(test_images) - set(names))
+        if unknown:
+            raise ValueError(
+                f"test_images names {unknown[:5]}, not images of {root} (the stems "
+                f"there are like {names[:3]}); give file names without extension.")
+        test = set(test_images)
+    else:
+        test = set(rng.permutation(names)[: _fraction_count(test_fraction, len(names))])
+    rest = [n for n in names if n not in test]
+    n_val = _fraction_count(val_fraction, len(names))
+    if len(rest) - n_val < 1:
+        raise ValueError(
+            f"{root} holds {len(names)} images: {len(test)} for test and {n_val} for "
+            f"validation leave none for training. Lower test_fraction or val_fraction.")
+    val = set(rng.permutation(rest)[:n_val]) if n_val else set()
+    return {n: "test" if n in test else "val" if n in val else "train" for n in names}
+
+
+def _fraction_count(fraction, n):
+    return 0 if fraction == 0 else max(1, int(round(fraction * n)))
+
+
+def _count_colors(mask_path, name, extra_codes, color_counts, extra_sources):
+    mask = np.asarray(Image.open(mask_path).convert("RGB"))
+    codes, counts = np.unique(rgb_code(mask), return_counts=True)
+    for code, count in zip(codes, counts):
+        color = code_to_hex(code)
+        color_counts[color] = color_counts.get(color, 0) + int(count)
+        if int(code) in extra_codes:
+            extra_sources.setdefault(color, {})[name] = int(count)

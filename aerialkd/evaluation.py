@@ -1,0 +1,71 @@
+"""Evaluating models on patches, and comparing their size, speed and scores."""
+
+
+
+from .classes import CLASSES, LABELLED_CLASSES
+from .models import model_summary
+from .metrics import segmentation_metrics
+from .prediction import measure_latency, predict_logits
+
+
+def evaluate_segmentation(model, x, y, *, batch_size=16, max_pr_pixels=2_000_000,
+                          seed=0, class_names=CLASSES, labelled_classes=LABELLED_CLASSES):
+    """Evaluates a segmentation model on patches.
+
+    Predicts the logits of `x` and scores them with `segmentation_metrics`:
+    IoU per class and their means, pixel accuracy, precision, recall, F1 and
+    precision-recall curves. Unannotated pixels (`IGNORE_INDEX`) are left
+    out.
+
+    Args:
+        model: Keras model returning logits.
+        x: uint8 images `(N, H, W, 3)`.
+        y: labels `(N, H, W)`.
+        batch_size: prediction batch size.
+        max_pr_pixels: pixel sample size for PR curves and AP.
+        seed: seed of the pixel sample.
+        class_names: names of the classes, in label order.
+        labelled_classes: classes of the headline mean IoU.
+
+    Returns:
+        The dict of `segmentation_metrics`.
+
+    Example:
+
+    >>> results = evaluate_segmentation(student, data.x_test, data.y_test)
+    >>> results["miou5"]
+    """
+    logits = predict_logits(model, x, batch_size)
+    return segmentation_metrics(y, logits, max_pr_pixels=max_pr_pixels, seed=seed,
+                                class_names=class_names,
+                                labelled_classes=labelled_classes)
+
+
+def compare_models(models, results=None, paths=None):
+    """Rows of a comparison table: size, FLOPs, accuracy and latency.
+
+    Latency is the median of batch-1 forward passes at 256x256 on this
+    machine's default device, models interleaved (`measure_latency`).
+
+    Args:
+        models: dict name -> model.
+        results: optional dict name -> `evaluate_segmentation` output, to
+            add its mean IoUs and pixel accuracy.
+        paths: optional dict name -> the model's `.keras` file, to add its
+            size.
+
+    Returns:
+        List of dicts, one per model, for `markdown_table`.
+
+    Example:
+
+    >>> print(markdown_table(compare_models({"teacher": teacher, "student": student})))
+    """
+    latency = measure_latency(models, input_size=256)
+    rows = []
+    for name, model in models.items():
+        scores = {k: v for k, v in (results or {}).get(name, {}).items()
+                  if k.startswith("miou") or k == "pixel_acc"}
+        rows.append({"model": name, **model_summary(model, (paths or {}).get(name)),
+                     **scores, "latency_ms": 1000 * latency[name]})
+    return rows

@@ -1,0 +1,330 @@
+"""Dataset files: the Kaggle and flat layouts, image/mask pairs, reading and cutting them."""
+
+import pathlib
+import zipfile
+
+import numpy as np
+from PIL import Image
+
+from .classes import ColorTable, warn_extra_colors
+
+
+DATASET_DIRNAME = "Semantic segmentation dataset"
+
+
+KAGGLE_HANDLE = "humansintheloop/semantic-segmentation-of-aerial-imagery"
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+"""File extensions of images and masks the loaders read, in any case."""
+
+
+FLAT_LAYOUTS = (("images", "masks"), ("image", "mask"))
+"""Folder pairs of a flat dataset: images and masks paired by file stem."""
+
+
+def find_dataset_root(path):
+    """Finds the folder of a dataset at or below `path`.
+
+    Two layouts are recognised: the Kaggle tiles (`Tile N/images`,
+    `Tile N/masks`, under `Semantic segmentation dataset`) and flat folders
+    (`images/` with `masks/`, or `image/` with `mask/`; see `FLAT_LAYOUTS`).
+
+    Args:
+        path: the dataset folder itself, or any folder above it (as
+            `kagglehub` or an unpacked zip leave it).
+
+    Returns:
+        `pathlib.Path` of the folder that holds the `Tile N` folders, or the
+        image and mask folders.
+    """
+    return dataset_layout(path)[0]
+
+
+def dataset_layout(path):
+    """`(root, folders)`: folders is `None` for the tiles, else `(images, masks)`."""
+    path = pathlib.Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"Dataset folder {str(path)!r} does not exist. Download the "
+            f"dataset with `download_dataset()` or pass the folder "
+            f"that holds '{DATASET_DIRNAME}/Tile 1/images', or your own folder "
+            f"holding 'images/' and 'masks/'."
+        )
+    if not path.is_dir():
+        raise NotADirectoryError(
+            f"{str(path)!r} is a file, not a folder. For a zip archive use "
+            f"`download_dataset(source=...)`, which unpacks it."
+        )
+    if any(path.glob("Tile */images")):
+        return path, None
+    for folders in FLAT_LAYOUTS:
+        if all((path / f).is_dir() for f in folders):
+            return path, folders
+    candidates = sorted(
+        p.parent.parent for p in path.glob("**/Tile */images") if p.is_dir()
+    )
+    if candidates:
+        return candidates[0], None
+    for folders in FLAT_LAYOUTS:
+        below = sorted(p for p in path.iterdir()
+                       if p.is_dir() and all((p / f).is_dir() for f in folders))
+        if below:
+            return below[0], folders
+    found = sorted(p.name for p in path.iterdir())[:10]
+    raise FileNotFoundError(
+        f"No dataset found in {str(path)!r}: expected the Kaggle layout "
+        f"'{DATASET_DIRNAME}/Tile N/images/*.jpg' and "
+        f"'{DATASET_DIRNAME}/Tile N/masks/*.png', or a flat layout "
+        f"'images/' + 'masks/' (or 'image/' + 'mask/') with files paired by "
+        f"name; found {found if found else 'an empty folder'}."
+    )
+
+
+def find_pairs(root):
+    """Lists the (image, mask) file pairs of a dataset, paired by file stem.
+
+    Images and masks may be `.jpg`, `.jpeg`, `.png`, `.tif` or `.tiff`, in
+    any case (`IMAGE_SUFFIXES`); other files are skipped. An image without a
+    mask, or a mask without an image, is an error naming it.
+
+    Args:
+        root: dataset folder (see `find_dataset_root`).
+
+    Returns:
+        List of `(name, image_path, mask_path)`. In the Kaggle layout names
+        look like "Tile 1/image_part_001", sorted by tile number and name; in
+        a flat layout a name is the file stem, and the list is sorted by it.
+
+    Example:
+
+    >>> [name for name, _, _ in find_pairs("my_data")][:2]  # my_data/images, my_data/masks
+    ['field_001', 'field_002']
+    """
+    root, folders = dataset_layout(root)
+    if folders is not None:
+        pairs = [(stem, image, mask) for stem, image, mask in
+                 _pair_by_stem(root / folders[0], root / folders[1], root.name)]
+        if not pairs:
+            raise FileNotFoundError(
+                f"{root / folders[0]} holds no images: expected files ending in "
+                f"{', '.join(IMAGE_SUFFIXES)} (any case), with masks of the same "
+                f"names in {root / folders[1]}.")
+        return pairs
+    pairs = []
+    tiles = sorted(
+        (p for p in root.glob("Tile *") if p.is_dir()), key=_tile_number
+    )
+    for tile in tiles:
+        for stem, image, mask in _pair_by_stem(tile / "images", tile / "masks", tile.name):
+            pairs.append((f"{tile.name}/{stem}", image, mask))
+    if not pairs:
+        raise FileNotFoundError(
+            f"{root} holds 'Tile N' folders but no image/mask pairs: expected "
+            f"'Tile N/images/*.jpg' with matching 'Tile N/masks/*.png'."
+        )
+    return pairs
+
+
+def _pair_by_stem(image_dir, mask_dir, where):
+    images, masks = _files_by_stem(image_dir), _files_by_stem(mask_dir)
+    missing_masks = sorted(set(images) - set(masks))
+    missing_images = sorted(set(masks) - set(images))
+    if missing_masks:
+        raise FileNotFoundError(
+            f"{images[missing_masks[0]]} has no mask: expected a file named "
+            f"'{missing_masks[0]}' with one of the extensions {IMAGE_SUFFIXES} in "
+            f"{mask_dir} ({len(missing_masks)} image(s) without a mask in {where}). "
+            f"Add the mask or remove the image."
+        )
+    if missing_images:
+        raise FileNotFoundError(
+            f"{masks[missing_images[0]]} has no image: expected a file named "
+            f"'{missing_images[0]}' with one of the extensions {IMAGE_SUFFIXES} in "
+            f"{image_dir} ({len(missing_images)} mask(s) without an image in {where}). "
+            f"Add the image or remove the mask."
+        )
+    return [(stem, images[stem], masks[stem]) for stem in sorted(images)]
+
+
+def _files_by_stem(folder):
+    files = {}
+    if not folder.is_dir():
+        return files
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+            continue
+        if path.stem in files:
+            raise ValueError(
+                f"{files[path.stem]} and {path} have the same name; images and masks "
+                f"are paired by name, so keep one of them."
+            )
+        files[path.stem] = path
+    return files
+
+
+def _tile_number(path):
+    digits = "".join(c for c in path.name if c.isdigit())
+    return (int(digits) if digits else 0, path.name)
+
+
+def read_pair(image_path, mask_path, palette=None, ignore_colors=None, *,
+              resize_masks=False, extra_colors=None):
+    """Reads one image and its mask as arrays, checking that they agree.
+
+    Palette ("P") and opaque RGBA masks are converted to RGB; greyscale and
+    semi-transparent masks are refused, since their colours can't be trusted
+    to be the palette's.
+
+    Args:
+        image_path: path of the image.
+        mask_path: path of the mask.
+        palette: class colours, see `mask_to_labels`.
+        ignore_colors: colours that become `IGNORE_INDEX`, see
+            `mask_to_labels`.
+        resize_masks: rescale a mask whose size differs from its image's to
+            the image, with nearest-neighbour sampling (no new colours);
+            otherwise such a pair is an error.
+        extra_colors: deprecated, see `mask_to_labels`.
+
+    Returns:
+        `(image, labels)`: uint8 `(H, W, 3)` and uint8 `(H, W)`.
+
+    Example:
+
+    >>> image, labels = read_pair(*data.files["test"][0])
+    """
+    if extra_colors is not None:
+        warn_extra_colors()
+    table = ColorTable(palette, ignore_colors, extra_colors)
+    return decode_pair(image_path, mask_path, table, resize_masks)
+
+
+def decode_pair(image_path, mask_path, table, resize_masks=False):
+    image = _read_image(image_path).convert("RGB")
+    mask = _read_image(mask_path)
+    if mask.mode in ("L", "LA", "I", "I;16", "F", "1"):
+        raise ValueError(
+            f"{mask_path}: mask is greyscale (mode {mask.mode}); masks must be "
+            f"RGB images in the dataset palette. Re-export it in colour."
+        )
+    if mask.mode in ("RGBA", "PA") or "transparency" in mask.info:
+        rgba = np.asarray(mask.convert("RGBA"))
+        if (rgba[..., 3] != 255).any():
+            raise ValueError(
+                f"{mask_path}: mask has transparent pixels "
+                f"({int((rgba[..., 3] != 255).sum())} of them); masks must be "
+                f"opaque. Flatten it onto the right class colours."
+            )
+    mask = mask.convert("RGB")
+    if image.size != mask.size:
+        if not resize_masks:
+            raise _size_mismatch(image_path, image.size, mask_path, mask.size)
+        mask = mask.resize(image.size, Image.NEAREST)
+    return np.asarray(image), table.labels(np.asarray(mask), str(mask_path))
+
+
+def _size_mismatch(image_path, image_size, mask_path, mask_size):
+    return ValueError(
+        f"Image {image_path} is {image_size[0]}x{image_size[1]} but its mask "
+        f"{mask_path} is {mask_size[0]}x{mask_size[1]} (width x height). They must "
+        f"match pixel for pixel; pass resize_masks=True to rescale such masks to "
+        f"their images (nearest neighbour, no new colours)."
+    )
+
+
+def _read_image(path):
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValueError(
+            f"Cannot read {path}: {error}. The file is truncated or not an "
+            f"image; download the dataset again or remove this pair."
+        ) from error
+    return image
+
+
+def read_image_sizes(pairs, patch_size, resize_masks):
+    """Heights and widths of the images from their headers; checks the masks' sizes."""
+    sizes, resized = [], 0
+    for _, image_path, mask_path in pairs:
+        try:
+            with Image.open(image_path) as image, Image.open(mask_path) as mask:
+                image_size, mask_size = image.size, mask.size
+        except (OSError, SyntaxError, ValueError):
+            _read_image(image_path)  # raises, naming the file
+            _read_image(mask_path)
+            raise
+        if image_size != mask_size:
+            if not resize_masks:
+                raise _size_mismatch(image_path, image_size, mask_path, mask_size)
+            resized += 1
+        if min(image_size) < patch_size:
+            raise ValueError(
+                f"{image_path} is {image_size[0]}x{image_size[1]}, smaller "
+                f"than one {patch_size}x{patch_size} patch. Use a smaller "
+                f"patch_size or remove this image."
+            )
+        sizes.append((image_size[1], image_size[0]))
+    return sizes, resized
+
+
+def cut_patches(array, patch_size):
+    """Crops to multiples of `patch_size` and cuts non-overlapping patches.
+
+    The crop keeps the top-left corner.
+
+    Args:
+        array: array of shape `(H, W, ...)`.
+        patch_size: side of the square patches.
+
+    Returns:
+        Array of shape `(N, patch_size, patch_size, ...)`, rows first.
+    """
+    rows, cols = array.shape[0] // patch_size, array.shape[1] // patch_size
+    cropped = array[: rows * patch_size, : cols * patch_size]
+    patches = cropped.reshape(
+        rows, patch_size, cols, patch_size, *array.shape[2:]
+    ).swapaxes(1, 2)
+    return patches.reshape(rows * cols, patch_size, patch_size, *array.shape[2:])
+
+
+def download_dataset(destination="data", source=None):
+    """Gets the dataset and returns its root folder.
+
+    With no `source`, downloads it from Kaggle through `kagglehub` (the
+    dataset is public; kagglehub reads credentials, where needed, from
+    Colab secrets or the `KAGGLE_USERNAME` / `KAGGLE_KEY` environment
+    variables, never from this repository). With `source`, uses a folder or
+    unpacks a zip archive into `destination`. Nothing touches the network
+    before this function is called.
+
+    Args:
+        destination: folder that a zip `source` is unpacked into.
+        source: optional path of a folder or zip holding the dataset.
+
+    Returns:
+        `pathlib.Path` of the dataset root, ready for `load_dataset`.
+
+    Example:
+
+    >>> root = download_dataset(source="/content/drive/MyDrive/aerial.zip")
+    """
+    if source is None:
+        import kagglehub  # Imported here: only this path needs the network.
+
+        return find_dataset_root(kagglehub.dataset_download(KAGGLE_HANDLE))
+    source = pathlib.Path(source).expanduser()
+    if source.is_file() and zipfile.is_zipfile(source):
+        destination = pathlib.Path(destination)
+        destination.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(source) as archive:
+            archive.extractall(destination)
+        return find_dataset_root(destination)
+    if source.is_file():
+        raise ValueError(
+            f"{source} is neither a folder nor a zip archive. Pass the "
+            f"dataset folder or the zip downloaded from Kaggle."
+        )
+    return find_dataset_root(source)

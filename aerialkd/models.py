@@ -1,0 +1,288 @@
+"""The U-Net teacher and student, ensembles of them, their size, FLOPs and precision."""
+
+import os
+
+import keras
+import numpy as np
+from keras import layers
+
+from .classes import CLASSES
+from .layers import DeviceInvariantDropout, RandomSymmetry, SymmetryAverage, UndoSymmetry
+
+
+TEACHER_FILTERS = 16
+
+
+STUDENT_FILTERS = 8
+
+
+def build_unet(
+    base_filters=16,
+    n_classes=len(CLASSES),
+    input_shape=(None, None, 3),
+    dropout=(0.1, 0.1, 0.2, 0.2, 0.3),
+    augment=True,
+    seed=None,
+    name=None,
+):
+    """Builds the classic 4-level U-Net that outputs logits.
+
+    Four levels down and four up, two 3x3 ReLU convolutions per level with
+    dropout between them, max pooling down, 2x2 transposed convolutions up,
+    skip connections by concatenation, filters doubling from `base_filters`
+    to `16 * base_filters` at the bottleneck. Inputs are uint8-range RGB
+    images, rescaled inside the model; the last layer is a 1x1 convolution
+    with no activation, so the model returns **logits** (distillation needs
+    them; apply softmax for probabilities).
+
+    With `augment=True`, training draws one of the 8 symmetries of the square
+    per image (`RandomSymmetry`) and maps the logits back (`UndoSymmetry`),
+    on the device and inside the compiled step: the labels are untouched,
+    and since the losses sum over pixels, this is training on transformed
+    images and labels. At inference both layers pass their input through.
+
+    Args:
+        base_filters: filters of the first level (16 for the teacher, 8 for
+            the student).
+        n_classes: number of output classes.
+        input_shape: `(H, W, 3)`; H and W may be `None` (any size divisible
+            by 16).
+        dropout: dropout rates of the five depths, top to bottleneck.
+        augment: whether training applies random flips and rotations.
+        seed: seed of the augmentation draws.
+        name: model name.
+
+    Returns:
+        A functional `keras.Model` mapping `(N, H, W, 3)` to logits
+        `(N, H, W, n_classes)`.
+
+    Example:
+
+    >>> model = build_unet(8)
+    >>> model(np.zeros((1, 64, 64, 3))).shape
+    (1, 64, 64, 6)
+    """
+    if not isinstance(base_filters, int) or base_filters < 1:
+        raise ValueError(f"base_filters must be a positive int, got {base_filters!r}.")
+    if not isinstance(n_classes, int) or n_classes < 2:
+        raise ValueError(f"n_classes must be an int >= 2, got {n_classes!r}.")
+    if len(dropout) != 5:
+        raise ValueError(f"dropout needs 5 rates, one per depth; got {dropout!r}.")
+    for size in input_shape[:2]:
+        if size is not None and size % 16:
+            raise ValueError(
+                f"Input height and width must be divisible by 16, got "
+                f"input_shape={input_shape}."
+            )
+    inputs = keras.Input(input_shape, name="image")
+    x = inputs
+    if augment:
+        x, symmetry = RandomSymmetry(seed=seed, name="augment")(x)
+    x = layers.Rescaling(1.0 / 255, name="rescale")(x)
+    skips = []
+    for depth in range(4):
+        x = _conv_block(x, base_filters * 2**depth, dropout[depth], f"down{depth}")
+        skips.append(x)
+        x = layers.MaxPooling2D(name=f"down{depth}_pool")(x)
+    x = _conv_block(x, base_filters * 16, dropout[4], "bottleneck")
+    for depth in reversed(range(4)):
+        filters = base_filters * 2**depth
+        x = layers.Conv2DTranspose(
+            filters, 2, strides=2, padding="same", name=f"up{depth}_upsample"
+        )(x)
+        x = layers.Concatenate(name=f"up{depth}_skip")([x, skips[depth]])
+        x = _conv_block(x, filters, dropout[depth], f"up{depth}")
+    logits = layers.Conv2D(n_classes, 1, dtype="float32", name="logits")(x)
+    if augment:
+        logits = UndoSymmetry(name="augment_undo")([logits, symmetry])
+    return keras.Model(inputs, logits, name=name or f"unet{base_filters}")
+
+
+def _conv_block(x, filters, rate, name):
+    x = layers.Conv2D(filters, 3, padding="same", activation="relu",
+                      kernel_initializer="he_normal", name=f"{name}_conv1")(x)
+    x = DeviceInvariantDropout(rate, name=f"{name}_dropout")(x)
+    return layers.Conv2D(filters, 3, padding="same", activation="relu",
+                         kernel_initializer="he_normal", name=f"{name}_conv2")(x)
+
+
+def symmetry_ensemble(model):
+    """Wraps a model to average its logits over the 8 symmetries of the square.
+
+    Each image is transposed and flipped in all 8 ways, the model predicts
+    each, the predictions are mapped back and their logits averaged: test-time
+    augmentation, and a stronger, smoother teacher for distillation (8x the
+    forward passes). The wrapper shares the model's weights.
+
+    Args:
+        model: a model mapping square images `(N, S, S, 3)` to logits.
+
+    Returns:
+        A functional model with the same input and output shapes.
+
+    Example:
+
+    >>> teacher8 = symmetry_ensemble(teacher)
+    >>> Distiller(teacher=teacher8, student=build_student())
+    """
+    inputs = keras.Input(model.input.shape[1:], name="image")
+    logits = SymmetryAverage(model, name="symmetry_average")(inputs)
+    return keras.Model(inputs, logits, name=f"{model.name}_x8")
+
+
+def build_teacher(**kwargs):
+    """The teacher: `build_unet(16)`, about 1.94 M parameters."""
+    kwargs.setdefault("name", "teacher")
+    return build_unet(TEACHER_FILTERS, **kwargs)
+
+
+def build_student(**kwargs):
+    """The student: half width, `build_unet(8)`, about 0.49 M parameters."""
+    kwargs.setdefault("name", "student")
+    return build_unet(STUDENT_FILTERS, **kwargs)
+
+
+def count_flops(model, input_size=256):
+    """Counts the floating-point operations of one forward pass.
+
+    Counts multiply-adds of convolutions and transposed convolutions as two
+    operations each (the convention behind "GFLOPs" in papers); pooling,
+    activations and dropout are negligible and left out.
+
+    Args:
+        model: a model from `build_unet` (or any stack of 2D convolutions).
+        input_size: side of the square input.
+
+    Returns:
+        FLOPs as an int.
+
+    Example:
+
+    >>> count_flops(build_teacher()) / 1e9  # about 6.1
+    """
+    shapes = _layer_output_shapes(model, input_size)
+    flops = 0
+    for layer in model.layers:
+        if isinstance(layer, layers.Conv2DTranspose):
+            h, w = shapes[layer.name][1:3]
+            c_in = layer.input.shape[-1]
+            k = np.prod(layer.kernel_size)
+            flops += 2 * k * c_in * layer.filters * (h // layer.strides[0]) * (
+                w // layer.strides[1])
+        elif isinstance(layer, layers.Conv2D):
+            h, w = shapes[layer.name][1:3]
+            k = np.prod(layer.kernel_size)
+            flops += 2 * k * layer.input.shape[-1] * layer.filters * h * w
+    return int(flops)
+
+
+def _layer_output_shapes(model, input_size):
+    shapes, size = {}, input_size
+    for layer in model.layers:
+        if isinstance(layer, layers.MaxPooling2D):
+            size //= 2
+        elif isinstance(layer, layers.Conv2DTranspose):
+            size *= layer.strides[0]
+        shapes[layer.name] = (None, size, size)
+    return shapes
+
+
+def model_summary(model, path=None, input_size=256):
+    """Returns parameters, FLOPs and (if `path` is given) file size in MB."""
+    info = {
+        "parameters": int(model.count_params()),
+        "gflops": count_flops(model, input_size) / 1e9,
+    }
+    if path is not None:
+        info["size_mb"] = os.path.getsize(path) / 1e6
+    return info
+
+
+def ensemble_teacher(models, name="teacher_ensemble"):
+    """A teacher that averages the logits of several models.
+
+    Teachers of different seeds err in different places; their mean logits
+    are a stronger, better calibrated target than any one of them. The
+    result is a functional model (the members inside it, under the names
+    `member0`, `member1`, ...) that saves and loads with `keras.saving`
+    and serves wherever a teacher does (`Distiller`, `predict_logits`).
+    It runs every member at every step.
+
+    Args:
+        models: non-empty sequence of models with the same input and output
+            shapes, returning logits.
+        name: name of the ensemble model.
+
+    Returns:
+        A functional `keras.Model` mapping images to the members' mean logits.
+
+    Example:
+
+    >>> teacher = ensemble_teacher([teacher_s0, teacher_s1, teacher_s2])
+    >>> Distiller(teacher=teacher, student=build_student())
+    """
+    models = list(models)
+    if not models:
+        raise ValueError("ensemble_teacher needs at least one model, got none.")
+    for i, model in enumerate(models):
+        if not isinstance(model, keras.Model):
+            raise TypeError(f"Member {i} must be a keras.Model, got {type(model)}.")
+        for what in ("input", "output"):
+            first, this = tuple(getattr(models[0], what).shape), tuple(getattr(model, what).shape)
+            if this != first:
+                raise ValueError(
+                    f"All members must have the same {what} shape: member 0 has {first}, "
+                    f"member {i} has {this}. Ensemble models of one architecture and "
+                    f"class count.")
+    inputs = keras.Input(models[0].input.shape[1:], name="image")
+    outputs = [keras.Model(m.input, m.output, name=f"member{i}")(inputs)
+               for i, m in enumerate(models)]
+    if len(outputs) == 1:
+        logits = layers.Identity(name="mean_logits")(outputs[0])
+    else:
+        logits = layers.Average(name="mean_logits", dtype="float32")(outputs)
+    return keras.Model(inputs, logits, name=name)
+
+
+def save_model(model, path):
+    """Saves a model for inference: float32, architecture and weights, no optimizer.
+
+    A `.keras` file of a compiled model also holds the optimizer's state
+    (Adam: two more copies of the weights); this one does not, so it is about
+    3x smaller. A model trained in mixed precision is saved with float32
+    layers, to run anywhere (bfloat16 is slow on most CPUs). It loads with
+    `keras.models.load_model` once `aerialkd` (or `utils`) is imported (which registers the
+    augmentation layers, identities at inference).
+
+    Args:
+        model: a functional Keras model.
+        path: the `.keras` file to write.
+    """
+    if any(layer.dtype_policy.name != "float32" for layer in model.layers):
+        model = with_dtype_policy(model, "float32")
+    keras.Model(model.input, model.output, name=model.name).save(path)
+
+
+def with_dtype_policy(model, policy):
+    """A copy of a functional model whose layers all use dtype `policy`.
+
+    Args:
+        model: a functional Keras model.
+        policy: a Keras dtype policy name, e.g. "float32" or "mixed_bfloat16".
+
+    Returns:
+        A new model with the same architecture and (float32) weights, not
+        compiled; with "mixed_float16", `compile` wraps its optimizer in
+        Keras' `LossScaleOptimizer`.
+    """
+    config = model.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"] != "InputLayer":
+            # the logits and the symmetry layers stay float32 in mixed precision
+            keep = layer["config"]["name"] in ("logits", "augment", "augment_undo",
+                                               "mean_logits")
+            layer["config"]["dtype"] = "float32" if keep else policy
+    copy = keras.Model.from_config(config)
+    copy.set_weights(model.get_weights())
+    copy.dtype_policy = policy  # compile adds loss scaling for "mixed_float16"
+    return copy

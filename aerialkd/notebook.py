@@ -1,0 +1,408 @@
+"""The notebooks' conveniences: profiles, the Colab setup, runs that are loaded or trained."""
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import platform
+import sys
+import time
+
+import keras
+
+from .devices import accelerator_names, mixed_precision_policy
+from .files import DATASET_DIRNAME, download_dataset
+from .datasets import load_dataset
+from .synthetic import make_tiny_dataset
+from .models import with_dtype_policy
+from .distiller import Distiller, KDWeightSchedule
+from .training import compile_segmentation, fit_segmentation
+
+
+GITHUB_REPOSITORY = "sssi-project/aerial-distillation"
+"""`owner/name` of the repository on GitHub (Colab badges and clone)."""
+
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+"""The repository: the folder above this package."""
+
+
+COMMITTED_MODELS = REPO_ROOT / "results" / "models"
+"""The models of the rendered notebooks, committed with the repository."""
+
+
+DRIVE_ROOT = pathlib.Path("/content/drive")
+
+
+PROFILES = {
+    "tiny": dict(patch_size=64, epochs=3, batch_size=4, learning_rate=5e-3,
+                 sweep_alphas=(0.5,), sweep_temperatures=(2.0,),
+                 sweep_kinds=("pixel", "channel"), sweep_epochs=1),
+    "full": dict(patch_size=256, epochs=100, batch_size=16, learning_rate=1e-3,
+                 steps_per_execution=8, sweep_alphas=(0.1, 0.5),
+                 sweep_temperatures=(1.5, 4.0), sweep_kinds=("pixel",), sweep_epochs=20),
+}
+"""The recipe of the notebook series: `tiny` (synthetic data, seconds, for
+CI) and `full` (the real data, for a GPU; the committed models were trained
+with it, in mixed precision)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """The recipe and folders of one run of the notebook series.
+
+    Attributes:
+        name: "tiny" or "full".
+        patch_size, epochs, batch_size, learning_rate: training budget, the
+            same for the teacher, the scratch student and the distilled one.
+        seed: seed of weights, shuffling and augmentation.
+        schedule: learning rate over training, "constant" or "cosine"
+            (cosine decay to 0 over all epochs).
+        steps_per_execution: training steps per call from Python (fewer
+            host round trips on a GPU; results do not change).
+        sampling: training inputs, "grid" (the fixed patches) or "random"
+            (as many crops per epoch from anywhere in the training images;
+            see `fit_segmentation`).
+        sweep_alphas, sweep_temperatures, sweep_kinds, sweep_epochs: the
+            grid of `06_sweep`.
+        output_dir: where models, histories and results go.
+        pictures_dir: where figures go (`pictures/` for the full profile).
+    """
+
+    name: str
+    patch_size: int
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    sweep_alphas: tuple
+    sweep_temperatures: tuple
+    sweep_kinds: tuple
+    sweep_epochs: int
+    output_dir: pathlib.Path
+    pictures_dir: pathlib.Path
+    seed: int = 0
+    schedule: str = "cosine"
+    steps_per_execution: int = 1
+    sampling: str = "grid"
+
+    @property
+    def models_dir(self):
+        return self.output_dir / "models"
+
+    def learning_rate_schedule(self, epochs=None, steps_per_epoch=1):
+        """Adam's learning rate: the constant, or Keras' cosine decay to 0 over `epochs`."""
+        if self.schedule == "constant":
+            return self.learning_rate
+        if self.schedule == "cosine":
+            return keras.optimizers.schedules.CosineDecay(
+                self.learning_rate, (epochs or self.epochs) * steps_per_epoch)
+        raise ValueError(f"Unknown schedule {self.schedule!r}: use 'constant' or 'cosine'.")
+
+
+def in_colab():
+    """Whether this runs in Google Colab."""
+    return "google.colab" in sys.modules
+
+
+def load_profile(name=None, output_dir=None):
+    """Returns the `Profile` chosen by `name` or the environment.
+
+    The profile is `name`, else `$SSSI_PROFILE`, else "full" in Colab and
+    "tiny" elsewhere. The output folder is `output_dir`, else
+    `$SSSI_OUTPUT`, else `outputs/<profile>` in the repository. The recipe is
+    `PROFILES[name]`, nothing else: change it there or with
+    `dataclasses.replace`, in view.
+
+    Example:
+
+    >>> load_profile("tiny").epochs
+    3
+    """
+    name = name or os.environ.get("SSSI_PROFILE") or ("full" if in_colab() else "tiny")
+    if name not in PROFILES:
+        raise ValueError(
+            f"Unknown profile {name!r} (from SSSI_PROFILE?): choose one of "
+            f"{sorted(PROFILES)}."
+        )
+    output_dir = pathlib.Path(
+        output_dir or os.environ.get("SSSI_OUTPUT") or REPO_ROOT / "outputs" / name
+    )
+    pictures_dir = REPO_ROOT / "pictures" if name == "full" else output_dir / "pictures"
+    return Profile(name=name, output_dir=output_dir, pictures_dir=pictures_dir,
+                   **PROFILES[name])
+
+
+def setup_notebook(profile=None, mount_drive=False):
+    """Prepares a notebook: profile, optional Google Drive, device report.
+
+    In Colab with `mount_drive=True`, outputs go to Google Drive
+    (`MyDrive/sssi/<profile>`), so models and checkpoints survive a
+    disconnect. Prints the profile, backend, devices and output folder.
+
+    Args:
+        profile: profile name, or `None` for `load_profile`'s choice.
+        mount_drive: in Colab, keep outputs on Google Drive.
+
+    Returns:
+        The `Profile`.
+    """
+    output_dir = None
+    if mount_drive and in_colab():
+        from google.colab import drive
+
+        drive.mount(str(DRIVE_ROOT))
+        output_dir = DRIVE_ROOT / "MyDrive" / "sssi" / (
+            profile or load_profile().name)
+    profile = load_profile(profile, output_dir)
+    profile.models_dir.mkdir(parents=True, exist_ok=True)
+    info = run_info(profile)
+    print(f"Profile {profile.name!r}: {profile.epochs} epochs, batch "
+          f"{profile.batch_size}, patches {profile.patch_size}px, {profile.schedule} "
+          f"learning rate from {profile.learning_rate:g}, seed {profile.seed}")
+    print(f"Keras {info['keras']} on {info['backend']}; device: {info['device']}; "
+          f"training precision: {mixed_precision_policy()}")
+    print(f"Outputs: {profile.output_dir}")
+    return profile
+
+
+def run_info(profile=None):
+    """Where a number comes from: backend, versions, device, date, budget."""
+    devices = accelerator_names()
+    info = {
+        "backend": keras.backend.backend(),
+        "keras": keras.__version__,
+        "device": ", ".join(devices) if devices else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    if profile is not None:
+        info.update(profile=profile.name, epochs=profile.epochs,
+                    batch_size=profile.batch_size, patch_size=profile.patch_size,
+                    seed=profile.seed, schedule=profile.schedule,
+                    sampling=profile.sampling)
+    return info
+
+
+def profile_dataset(profile):
+    """Loads the dataset of a profile.
+
+    `tiny` writes the synthetic dataset into the output folder (once).
+    `full` reads `$SSSI_DATA` if set, else `data/` in the repository, else
+    downloads from Kaggle into it.
+    """
+    if profile.name == "tiny":
+        root = profile.output_dir / "data" / DATASET_DIRNAME
+        if not root.exists():
+            make_tiny_dataset(profile.output_dir / "data")
+    else:
+        candidates = [os.environ.get("SSSI_DATA"), REPO_ROOT / "data"]
+        root = next((c for c in candidates if c and pathlib.Path(c).exists()), None)
+        root = download_dataset(REPO_ROOT / "data") if root is None else root
+    return load_dataset(root, patch_size=profile.patch_size)
+
+
+def saved_model_path(profile, name):
+    """Where the finished model `name` is saved, or `None`.
+
+    This run's models folder first (`profile.models_dir/<name>.keras`), then,
+    for the full profile, the models committed with the repository
+    (`COMMITTED_MODELS`, the ones the rendered notebooks show), so that a
+    notebook opened alone in a fresh Colab runtime can go on from them.
+
+    Args:
+        profile: the `Profile`.
+        name: the model's file stem, e.g. "teacher" or "student_scratch_s0".
+
+    Returns:
+        A `pathlib.Path`, or `None` when neither folder has it.
+
+    Example:
+
+    >>> saved_model_path(load_profile("full"), "teacher")
+    PosixPath('.../results/models/teacher.keras')
+    """
+    folders = [profile.models_dir] + ([COMMITTED_MODELS] if profile.name == "full" else [])
+    return next((f / f"{name}.keras" for f in folders if (f / f"{name}.keras").exists()), None)
+
+
+def load_run(path):
+    """Loads a saved model with its training history and run record.
+
+    Args:
+        path: a `.keras` file saved by `fit_segmentation`; its history is
+            `<stem>_history.json` beside it and its record (where, when and
+            how it was trained) `<stem>_run.json`.
+
+    Returns:
+        `(model, history, record)`; the history and record are `{}` where
+        their file is missing.
+
+    Example:
+
+    >>> teacher, history, record = load_run(saved_model_path(profile, "teacher"))
+    >>> record["device"], max(history["val_miou5"])
+    """
+    path = pathlib.Path(path)
+    extras = [path.with_name(f"{path.stem}_{kind}.json") for kind in ("history", "run")]
+    history, record = (json.loads(p.read_text()) if p.exists() else {} for p in extras)
+    return keras.models.load_model(path), history, record
+
+
+def saved_history(profile, name):
+    """The training history of the run `name`, where `saved_model_path` would look.
+
+    For runs whose history is kept without their model (the sweep's).
+
+    Returns:
+        The history dict, or `None` when no `<name>_history.json` is found.
+    """
+    folders = [profile.models_dir] + ([COMMITTED_MODELS] if profile.name == "full" else [])
+    path = next((f / f"{name}_history.json" for f in folders
+                 if (f / f"{name}_history.json").exists()), None)
+    return None if path is None else json.loads(path.read_text())
+
+
+def describe_run(path, record):
+    """One line on a saved model: which file, and where, when and how it was trained.
+
+    Example:
+
+    >>> print(describe_run(path, record))
+    teacher.keras (committed in results/models): 100 epochs, jax on NVIDIA H200, 2026-11-28, mixed_bfloat16
+    """
+    path = pathlib.Path(path)
+    where = ("committed in results/models" if path.parent == COMMITTED_MODELS
+             else f"in {path.parent}")
+    how = ", ".join(str(record[k]) for k in ("backend", "device", "date", "precision")
+                    if k in record)
+    epochs = f"{record['epochs']} epochs, " if "epochs" in record else ""
+    return f"{path.name} ({where}): {epochs}{how}"
+
+
+def write_run_record(profile, name, **settings):
+    """Writes `<name>_run.json` beside the model: where, when and how it was trained.
+
+    The record holds `run_info(profile)` (backend, Keras, device, date,
+    budget) and the `settings` given, e.g. `precision`, `train_seconds` or
+    the distillation's `alpha` and `temperature`.
+
+    Returns:
+        The path written.
+    """
+    path = profile.models_dir / f"{name}_run.json"
+    path.write_text(json.dumps({**run_info(profile), **settings}, indent=1))
+    return path
+
+
+def train_model(model, data, profile, *, name, teacher=None, alpha=0.5, temperature=4.0,
+                kind="pixel", standardize=False, feature_weight=0.0, kd_schedule=None,
+                sampling=None, mix="cutmix", mix_probability=0.5, epochs=None, seed=None,
+                precision=None, callbacks=(), verbose="auto"):
+    """Compiles and trains one model of the series, the way the notebooks do.
+
+    Casts `model` to `precision`, wraps it in a `Distiller` when a `teacher`
+    is given, compiles it (`compile_segmentation`, Adam with the profile's
+    learning-rate schedule) and fits it (`fit_segmentation`: best checkpoint
+    by validation mean IoU, resumption after an interruption) under
+    `profile.models_dir`, then writes `<name>_run.json` (`write_run_record`).
+    Build `model` after `keras.utils.set_random_seed(seed)` for a
+    reproducible run.
+
+    Args:
+        model: a model from `build_teacher` or `build_student`.
+        data: the `SegmentationDataset`.
+        profile: the `Profile` (budget and folders).
+        name: file stem of the saved model, history and record.
+        teacher: trained teacher, to distil `model` from it (e.g. an
+            `ensemble_teacher`).
+        alpha, temperature, kind, standardize, feature_weight: the
+            `Distiller`'s settings.
+        kd_schedule: `None`, or "warmup:K:ALPHA": alpha 1 for the first K
+            epochs, then ALPHA (`KDWeightSchedule`), replacing `alpha`.
+        sampling: overrides `profile.sampling`; with "consistent" build
+            `model` with `augment=False` (see `fit_segmentation`).
+        mix, mix_probability: the batch mix of `sampling="consistent"`.
+        epochs: overrides `profile.epochs`.
+        seed: seed of the batch order; `profile.seed` if `None`.
+        precision: Keras dtype policy; `mixed_precision_policy()` if `None`.
+        callbacks: extra Keras callbacks.
+        verbose: passed to `fit`.
+
+    Returns:
+        `(model, history, record)` of the best epoch, as `load_run` gives.
+
+    Example:
+
+    >>> keras.utils.set_random_seed(0)
+    >>> student, history, record = train_model(build_student(), data, profile,
+    ...                                        name="student_scratch_s0")
+    """
+    epochs = profile.epochs if epochs is None else epochs
+    seed = profile.seed if seed is None else seed
+    precision = precision or mixed_precision_policy()
+    model = with_dtype_policy(model, precision)
+    sampling = profile.sampling if sampling is None else sampling
+    settings = {"kind": "none"}
+    callbacks = list(callbacks)
+    if teacher is not None:
+        model = Distiller(teacher=with_dtype_policy(teacher, precision), student=model,
+                          alpha=alpha, temperature=temperature, kind=kind,
+                          standardize=standardize, feature_weight=feature_weight)
+        settings = {"kind": kind, "alpha": alpha, "temperature": temperature}
+        settings.update({k: v for k, v in (("standardize", standardize),
+                                           ("feature_weight", feature_weight),
+                                           ("kd_schedule", kd_schedule)) if v})
+        if kd_schedule is not None:
+            callbacks.append(KDWeightSchedule(KDWeightSchedule.parse(kd_schedule)))
+    elif kd_schedule is not None:
+        raise ValueError(f"kd_schedule={kd_schedule!r} weighs a distillation, but no "
+                         f"teacher was given.")
+    steps = math.ceil(len(data.x_train) / profile.batch_size)
+    compile_segmentation(model, profile.learning_rate_schedule(epochs, steps),
+                         steps_per_execution=profile.steps_per_execution)
+    start = time.perf_counter()
+    fit_segmentation(model, data, epochs=epochs, output_dir=profile.models_dir, name=name,
+                     batch_size=profile.batch_size, seed=seed, verbose=verbose,
+                     sampling=sampling, mix=mix, mix_probability=mix_probability,
+                     callbacks=callbacks, cache_teacher=not feature_weight)
+    inputs = {"sampling": sampling}
+    if sampling == "consistent":
+        inputs.update(mix=mix, mix_probability=mix_probability)
+    write_run_record(profile, name, epochs=epochs, seed=seed, precision=precision,
+                     distillation=settings, learning_rate=profile.learning_rate,
+                     train_seconds=time.perf_counter() - start, **inputs)
+    return load_run(profile.models_dir / f"{name}.keras")
+
+
+def load_or_train(profile, data, name, build, *, teacher=None, **settings):
+    """The finished model `name` if one is saved, else one trained here.
+
+    For a notebook opened alone: it looks where `saved_model_path` does (this
+    run's folder, then for the full profile the committed models), and
+    trains the model with `train_model` only where neither has it. It says
+    which it did.
+
+    Args:
+        profile: the `Profile`.
+        data: the `SegmentationDataset`.
+        name: the model's file stem, e.g. "teacher".
+        build: function returning the untrained model, e.g. `build_teacher`.
+        teacher: for a distilled student, its teacher.
+        **settings: the `Distiller`'s settings, for `train_model`.
+
+    Returns:
+        `(model, history, record)`.
+
+    Example:
+
+    >>> teacher, history, record = load_or_train(profile, data, "teacher", build_teacher)
+    """
+    path = saved_model_path(profile, name)
+    if path is not None:
+        model, history, record = load_run(path)
+        print(f"Loaded {describe_run(path, record)}")
+        return model, history, record
+    print(f"No saved {name} in {profile.models_dir}: training it here, {profile.epochs} epochs.")
+    keras.utils.set_random_seed(profile.seed)
+    return train_model(build(), data, profile, name=name, teacher=teacher, verbose=0,
+                       **settings)

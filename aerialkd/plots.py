@@ -1,0 +1,306 @@
+"""Figures and tables of the notebooks."""
+
+import math
+import pathlib
+
+import numpy as np
+
+from .classes import CLASSES, PALETTE, labels_to_rgb
+from .datasets import class_shares
+
+
+def save_figure(fig, path):
+    """Saves `fig` to `path` (creating folders) at 120 dpi; returns `fig`."""
+    if path is not None:
+        path = pathlib.Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def _legend_handles(class_names=CLASSES, palette=PALETTE):
+    from matplotlib.patches import Patch
+
+    return [Patch(color=np.asarray(palette)[i] / 255, label=name)
+            for i, name in enumerate(class_names)]
+
+
+def plot_segmentations(images, truths, predictions, path=None, *, class_names=None,
+                       palette=None):
+    """Draws rows of image / ground truth / one column per model.
+
+    Args:
+        images: uint8 images `(N, H, W, 3)`.
+        truths: labels `(N, H, W)`.
+        predictions: dict mapping a column title (e.g. "Teacher") to labels
+            `(N, H, W)`.
+        path: optional file to save the figure to.
+        class_names: names of the legend; `CLASSES` if `None`.
+        palette: uint8 `(n_classes, 3)` colours of the labels; `PALETTE` if
+            `None`.
+
+    Returns:
+        The matplotlib `Figure`.
+
+    Example:
+
+    >>> fig = plot_segmentations(x[:3], y[:3], {"Teacher": teacher_labels})
+    """
+    import matplotlib.pyplot as plt
+
+    columns = {"Image": None, "Ground truth": truths, **predictions}
+    n = len(images)
+    legend_inches = 0.45
+    fig, axes = plt.subplots(n, len(columns), squeeze=False,
+                             figsize=(2.6 * len(columns), 2.6 * n + legend_inches))
+    for row in range(n):
+        for col, (title, labels) in enumerate(columns.items()):
+            ax = axes[row, col]
+            ax.imshow(images[row] if labels is None else labels_to_rgb(labels[row], palette))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title)
+    class_names = CLASSES if class_names is None else class_names
+    fig.legend(handles=_legend_handles(class_names, PALETTE if palette is None else palette),
+               loc="lower center", ncol=len(class_names), frameon=False)
+    fig.tight_layout(rect=(0, legend_inches / fig.get_figheight(), 1, 1))
+    return save_figure(fig, path)
+
+
+LABELS = {
+    "model": "model", "loss": "loss", "miou5": "mIoU, 5 labelled classes",
+    "miou6": "mIoU, 6 classes", "pixel_acc": "pixel accuracy",
+    "student_loss": "label loss (Dice + cross-entropy)",
+    "distillation_loss": "KD term", "total_loss": "total loss",
+    "parameters": "parameters", "gflops": "GFLOPs (256x256)", "size_mb": "file size (MB)",
+    "latency_ms": "latency (ms, batch 1)",
+}
+"""Readable names of the metrics and table columns, for figures and tables."""
+
+
+def plot_history(histories, keys=("loss",), path=None):
+    """Draws training and validation curves of one or more runs.
+
+    Args:
+        histories: dict mapping a run name to a history dict (as returned by
+            `fit_segmentation`).
+        keys: metrics to draw, one panel each; `val_<key>` is drawn dashed
+            where present.
+        path: optional file to save the figure to.
+
+    Returns:
+        The matplotlib `Figure`.
+
+    Example:
+
+    >>> plot_history({"teacher": history}, keys=("loss", "miou5"))
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, len(keys), squeeze=False,
+                             figsize=(4.5 * len(keys), 3.4))
+    for ax, key in zip(axes[0], keys):
+        for i, (run, history) in enumerate(histories.items()):
+            color = f"C{i}"
+            epochs = np.arange(1, len(history.get(key, [])) + 1)
+            if key in history:
+                ax.plot(epochs, history[key], color=color, label=f"{run} train")
+            if f"val_{key}" in history:
+                ax.plot(epochs, history[f"val_{key}"], "--", color=color,
+                        label=f"{run} val")
+        ax.set_title(LABELS.get(key, key))
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_pr_curves(results, path=None, class_names=CLASSES):
+    """Draws per-class precision-recall curves, one panel per class.
+
+    Args:
+        results: dict mapping a model name to the output of
+            `evaluate_segmentation`.
+        path: optional file to save the figure to.
+        class_names: names of the classes, in label order.
+
+    Returns:
+        The matplotlib `Figure`.
+    """
+    import matplotlib.pyplot as plt
+
+    columns = min(3, len(class_names))
+    rows = math.ceil(len(class_names) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(13 * columns / 3, 4 * rows),
+                             squeeze=False)
+    for ax in axes.flat[len(class_names):]:
+        ax.set_visible(False)
+    for c, (ax, name) in enumerate(zip(axes.flat, class_names)):
+        for model_name, res in results.items():
+            if name in res["pr_curves"]:
+                precision, recall = res["pr_curves"][name]
+                ax.plot(recall, precision,
+                        label=f"{model_name} (AP {res['average_precision'][c]:.3f})")
+        ax.set_title(name)
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_confusion_matrix(confusion_matrix, title="", path=None, class_names=CLASSES):
+    """Draws a confusion matrix normalised by row (recall per true class).
+
+    Args:
+        confusion_matrix: counts, rows = truth, columns = prediction.
+        title: figure title.
+        path: optional file to save the figure to.
+        class_names: names of the classes, in label order.
+
+    Returns:
+        The matplotlib `Figure`.
+    """
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    cm = np.asarray(confusion_matrix, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        normalized = np.nan_to_num(cm / cm.sum(1, keepdims=True))
+    fig, ax = plt.subplots(figsize=(6, 5.2))
+    ConfusionMatrixDisplay(normalized, display_labels=list(class_names)).plot(
+        ax=ax, values_format=".2f", cmap="Blues", colorbar=False,
+        xticks_rotation=45)
+    ax.set_title(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_class_shares(data, path=None):
+    """Bar chart of class shares of annotated pixels in each split.
+
+    Bars in the data's own class colours, named by its classes.
+
+    Args:
+        data: a dataset from `load_dataset`, held in memory.
+        path: optional file to save the figure to.
+
+    Returns:
+        The matplotlib `Figure`.
+    """
+    import matplotlib.pyplot as plt
+
+    names = tuple(getattr(data, "classes", CLASSES))
+    palette = np.asarray(getattr(data, "palette", PALETTE))
+    fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(names)), 3.4))
+    width = 0.27
+    for i, split in enumerate(("train", "val", "test")):
+        shares = class_shares(getattr(data, f"y_{split}"), n_classes=len(names))
+        ax.bar(np.arange(len(names)) + (i - 1) * width, shares, width,
+               label=split, color=palette / 255, edgecolor="black",
+               hatch=("", "//", "..")[i])
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("share of annotated pixels")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_sweep(rows, metric="val_miou5", path=None):
+    """Draws a heatmap of `metric` over alpha x temperature, one per KD kind.
+
+    A row of kind "none" (the scratch student `sweep_distillation` trains as
+    the reference) is not a cell: its score goes in the title, and each cell
+    shows its difference to it under its own value.
+
+    Args:
+        rows: list of dicts with `kind`, `alpha`, `temperature` and `metric`
+            (as returned by `sweep_distillation`).
+        metric: the value to colour by.
+        path: optional file to save the figure to.
+
+    Returns:
+        The matplotlib `Figure`.
+    """
+    import matplotlib.pyplot as plt
+
+    reference = next((r[metric] for r in rows if r["kind"] == "none"), None)
+    rows = [r for r in rows if r["kind"] != "none"]
+    if not rows:
+        raise ValueError("plot_sweep needs at least one distilled setting in `rows`.")
+    kinds = sorted({r["kind"] for r in rows})
+    alphas = sorted({r["alpha"] for r in rows})
+    temps = sorted({r["temperature"] for r in rows})
+    values = np.array([r[metric] for r in rows])
+    fig, axes = plt.subplots(1, len(kinds), squeeze=False, layout="constrained",
+                             figsize=(1.1 * len(temps) * len(kinds) + 3.5,
+                                      0.6 * len(alphas) + 1.8))
+    for ax, kind in zip(axes[0], kinds):
+        grid = np.full((len(alphas), len(temps)), np.nan)
+        for r in rows:
+            if r["kind"] == kind:
+                grid[alphas.index(r["alpha"]), temps.index(r["temperature"])] = r[metric]
+        if reference is None:
+            image = ax.imshow(grid, cmap="viridis", vmin=values.min(),
+                              vmax=values.max(), aspect="auto")
+        else:  # red: worse than the scratch student, blue: better, white: level
+            span = max(np.abs(values - reference).max(), 1e-6)
+            image = ax.imshow(grid - reference, cmap="RdBu", vmin=-span, vmax=span,
+                              aspect="auto")
+        for (i, j), v in np.ndenumerate(grid):
+            if not np.isnan(v):  # a setting the grid did not train stays blank
+                text = f"{v:.3f}" if reference is None else f"{v:.3f}\n({v - reference:+.3f})"
+                shade = image.norm(v if reference is None else v - reference)
+                dark_cell = shade < 0.5 if reference is None else abs(shade - 0.5) > 0.35
+                ax.text(j, i, text, ha="center", va="center", color="w" if dark_cell else "k")
+        ax.set_xticks(range(len(temps)), [f"T={t:g}" for t in temps])
+        ax.set_yticks(range(len(alphas)),
+                      [f"alpha={a:g}" for a in alphas] if ax is axes[0, 0] else [])
+        ax.set_title(f"{kind} KD")
+    name = LABELS.get(metric.removeprefix("val_"), metric)
+    title = f"Validation {name} over alpha x temperature"
+    if reference is not None:
+        title += f"\n(colour and brackets: minus the scratch student's {reference:.3f})"
+    fig.suptitle(title)
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8,
+                 label=None if reference is None else "minus scratch")
+    return save_figure(fig, path)
+
+
+def markdown_table(rows, digits=3, headers=LABELS):
+    """Formats a list of dicts as a Markdown table.
+
+    Args:
+        rows: list of dicts, one per row; the columns are their keys.
+        digits: decimals of floats.
+        headers: readable names of columns (`LABELS` by default); a key
+            without one is shown as it is.
+
+    Returns:
+        The table as text; a cell is "—" where a row lacks a key or has `None`.
+
+    Example:
+
+    >>> print(markdown_table([{"model": "teacher", "miou5": 0.71234}]))
+    | model | mIoU, 5 labelled classes |
+    |---|---|
+    | teacher | 0.712 |
+    """
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    lines = ["| " + " | ".join(headers.get(c, c) for c in columns) + " |",
+             "|" + "---|" * len(columns)]
+    for row in rows:
+        values = [row.get(column, "—") for column in columns]
+        cells = [f"{v:,.{digits}f}" if isinstance(v, float) else
+                 f"{v:,}" if isinstance(v, int) else "—" if v is None else str(v)
+                 for v in values]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

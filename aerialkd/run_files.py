@@ -1,0 +1,96 @@
+"""The files of a training run: one owner for their names."""
+
+import dataclasses
+import pathlib
+import time
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFiles:
+    """Where the files of the training run `name` live in `folder`.
+
+    `fit_segmentation` writes the model, its best score, the history and the
+    backup; the notebooks' helpers add the run record; the experiment scripts
+    add a record of a started run. Every name is spelled here and nowhere else.
+
+    Attributes:
+        folder: the folder of the run's files.
+        name: the run's name, the stem of its files (e.g. "teacher").
+
+    Example:
+
+    >>> files = RunFiles("runs", "teacher")
+    >>> files.model.as_posix(), files.history.name, files.record.name
+    ('runs/teacher.keras', 'teacher_history.json', 'teacher_run.json')
+    """
+
+    folder: pathlib.Path
+    name: str
+
+    def __post_init__(self):
+        object.__setattr__(self, "folder", pathlib.Path(self.folder))
+        if not self.name or "/" in self.name or "\\" in self.name:
+            raise ValueError(f"name is the stem of the run's files and must not be empty or "
+                             f"hold a path separator, got {self.name!r}.")
+
+    @classmethod
+    def of_model(cls, path):
+        """The run whose model is the `.keras` file `path`."""
+        path = pathlib.Path(path)
+        return cls(path.parent, path.stem)
+
+    @property
+    def model(self):
+        """The best model by the validation mean IoU (`<name>.keras`)."""
+        return self.folder / f"{self.name}.keras"
+
+    @property
+    def best(self):
+        """The best score and its epoch, for a resumed run (`<name>.best.json`)."""
+        return self.folder / f"{self.name}.best.json"
+
+    @property
+    def history_csv(self):
+        """The history, appended epoch by epoch (`<name>_history.csv`)."""
+        return self.folder / f"{self.name}_history.csv"
+
+    @property
+    def history(self):
+        """The history of all epochs, written when training ends (`<name>_history.json`)."""
+        return self.folder / f"{self.name}_history.json"
+
+    @property
+    def record(self):
+        """Where, when and how the run was trained (`<name>_run.json`)."""
+        return self.folder / f"{self.name}_run.json"
+
+    @property
+    def started(self):
+        """The settings of a run that has started and not finished (`<name>_started.json`)."""
+        return self.folder / f"{self.name}_started.json"
+
+    @property
+    def backup(self):
+        """Keras' `BackupAndRestore` folder of an unfinished run (`backup_<name>`)."""
+        return self.folder / f"backup_{self.name}"
+
+    def existing(self):
+        """The run's files and folders that exist."""
+        paths = (self.model, self.best, self.history_csv, self.history, self.record,
+                 self.started, self.backup)
+        return [path for path in paths if path.exists()]
+
+    def archive(self):
+        """Moves the run's files to `previous/<name>-<time>/`, so a new run overwrites nothing.
+
+        Returns:
+            The archive folder, or `None` when the run had no files.
+        """
+        paths = self.existing()
+        if not paths:
+            return None
+        archive = self.folder / "previous" / f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        archive.mkdir(parents=True, exist_ok=True)
+        for path in paths:
+            path.rename(archive / path.name)
+        return archive

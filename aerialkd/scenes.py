@@ -1,0 +1,278 @@
+"""Raster scenes of any size: a georeferenced label GeoTIFF, and its polygons."""
+
+import functools
+import json
+import pathlib
+import time
+import warnings
+
+import numpy as np
+
+from .classes import CLASSES, IGNORE_INDEX, PALETTE
+from .tiling import blend_tiles, check_tiling
+
+
+def segment_scene(model, src_path, dst_path, *, tile_size=256, overlap=None,
+                  batch_size=8, bands=(1, 2, 3), rescale=None, class_names=CLASSES,
+                  palette=PALETTE, progress=None):
+    """Segments a raster scene of any size into a georeferenced label GeoTIFF.
+
+    The scene is read band by band (rows of tiles) and blended exactly as
+    `predict_image` does, so the labels are identical to `predict_image` on
+    the same pixels, but memory depends on the width, `tile_size` and
+    `batch_size`, never on the height: a few times `tile_size * width * 4 *
+    classes` bytes (the blended rows under one row of tiles) besides the
+    model, with GDAL's block cache held to the blocks under two rows of
+    tiles (for tiled or striped sources). The output is a single-band uint8
+    GeoTIFF of class indices with the source's CRS, transform and size,
+    tiled and deflate-compressed, with `palette` as its colour map and the
+    class names in its tags (`CLASS_NAMES`, a JSON list, and `CLASS_<i>`).
+    Source pixels that are nodata (the nodata value in every chosen band, an
+    internal mask or an alpha band) are written as 255, the output's nodata.
+    JPEG and PNG images work too; their output has no CRS.
+
+    Args:
+        model: model returning logits; must accept `tile_size` inputs. Or
+            the function `make_predict_function` makes of it.
+        src_path: the scene, any raster rasterio reads (GeoTIFF, JPEG, PNG).
+        dst_path: the label GeoTIFF to write (folders are created).
+        tile_size: tile side, a multiple of 16.
+        overlap: pixels shared by neighbouring tiles; `tile_size // 4` if
+            `None`.
+        batch_size: tiles per forward pass.
+        bands: the three 1-based band indices to read as R, G, B, e.g.
+            `(1, 2, 3)` of an RGBN raster.
+        rescale: `None` for uint8 scenes; `(low, high)` maps other dtypes
+            (e.g. uint16) linearly, `low` to 0 and `high` to 255, rounded and
+            clipped.
+        class_names: one name per model output class.
+        palette: `(classes, 3)` uint8 colours for the colour map.
+        progress: optional `callable(rows_done, height)`, called after each
+            band is written (from the worker thread that writes them).
+
+    Returns:
+        dict with `path` (the label raster), `height`, `width`,
+        `class_pixels` (name -> pixel count), `nodata_pixels` and `seconds`.
+
+    Example:
+
+    >>> result = segment_scene(student, "scene.tif", "labels.tif")
+    >>> result["class_pixels"]["Building"]
+    """
+    rasterio = _import_rasterio()
+    from rasterio.enums import MaskFlags
+    from rasterio.errors import NotGeoreferencedWarning
+
+    started = time.perf_counter()
+    src_path, dst_path = pathlib.Path(src_path), pathlib.Path(dst_path)
+    overlap = check_tiling(tile_size, overlap)
+    if not src_path.is_file():
+        raise FileNotFoundError(f"src_path {src_path} does not exist; pass the path "
+                                f"of a GeoTIFF, JPEG or PNG scene.")
+    if dst_path.resolve() == src_path.resolve():
+        raise ValueError(f"dst_path must differ from src_path, got {dst_path} for both.")
+    n_classes = getattr(model, "model", model).output_shape[-1]
+    if len(class_names) != n_classes:
+        raise ValueError(f"class_names must name the model's {n_classes} classes, "
+                         f"got {len(class_names)}: {list(class_names)}.")
+    palette = np.asarray(palette, np.uint8)
+    if palette.shape != (n_classes, 3):
+        raise ValueError(f"palette must be ({n_classes}, 3) colours, got shape "
+                         f"{palette.shape}.")
+    with warnings.catch_warnings():  # JPEG and PNG scenes have no georeference
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            src = rasterio.open(src_path)
+        except rasterio.errors.RasterioIOError as error:
+            raise ValueError(f"{src_path} is not a raster rasterio can read: "
+                             f"{error}") from error
+        with src:
+            bands = _check_bands(src, src_path, bands, rescale)
+            height, width = src.height, src.width
+            counts = np.zeros(256, np.int64)
+            dst_path.parent.mkdir(parents=True, exist_ok=True)
+            with rasterio.Env(GDAL_CACHEMAX=_cache_bytes(src, tile_size)), \
+                    rasterio.open(dst_path, "w", **_label_profile(src, tile_size)) as dst:
+                dst.write_colormap(1, {**{i: (*map(int, c), 255)
+                                          for i, c in enumerate(palette)},
+                                       IGNORE_INDEX: (0, 0, 0, 0)})
+                dst.update_tags(CLASS_NAMES=json.dumps(list(class_names)),
+                                **{f"CLASS_{i}": name for i, name in enumerate(class_names)})
+                dst.set_band_description(1, "class index")
+                def consume(top, logits):  # in blend_tiles' worker thread
+                    labels = logits.argmax(-1).astype(np.uint8)
+                    if not all_valid:
+                        valid = _read_valid(masks, bands, top, top + len(labels))
+                        labels[~valid] = IGNORE_INDEX
+                    window = rasterio.windows.Window(0, top, width, len(labels))
+                    dst.write(labels, 1, window=window)
+                    counts[:] += np.bincount(labels.ravel(), minlength=256)
+                    if progress is not None:
+                        progress(top + len(labels), height)
+
+                # GDAL's all_valid flag: no nodata value, mask or alpha band.
+                all_valid = all(src.mask_flag_enums[b - 1] == [MaskFlags.all_valid]
+                                for b in bands)
+                # A second handle for the masks: the worker thread reads them
+                # while this one reads the pixels (a GDAL handle is not shared).
+                with rasterio.open(src_path) as masks:
+                    blend_tiles(model, functools.partial(_read_window, src, bands, rescale),
+                                 height, width, tile_size, overlap, batch_size, consume)
+    return {"path": str(dst_path), "height": height, "width": width,
+            "class_pixels": {name: int(counts[i]) for i, name in enumerate(class_names)},
+            "nodata_pixels": int(counts[IGNORE_INDEX]),
+            "seconds": time.perf_counter() - started}
+
+
+def _import_rasterio():
+    try:
+        import rasterio
+        import rasterio.features
+        import rasterio.windows
+    except ImportError as error:
+        raise ImportError("Whole scenes need rasterio: `pip install rasterio` "
+                          "(or `pip install -r requirements.txt`).") from error
+    return rasterio
+
+
+def _check_bands(src, src_path, bands, rescale):
+    """Validates `bands` and `rescale` against the open raster; returns bands."""
+    bands = tuple(int(b) for b in bands)
+    if len(bands) != 3:
+        raise ValueError(f"bands must be three band indices (R, G, B), got {bands}.")
+    if not all(1 <= b <= src.count for b in bands):
+        raise ValueError(
+            f"{src_path} has {src.count} band(s); bands={bands} asks for "
+            f"{'a band it lacks' if src.count >= 3 else 'three'}. Pass 1-based "
+            f"indices of its red, green and blue bands, e.g. bands=(1, 2, 3)."
+        )
+    dtypes = {src.dtypes[b - 1] for b in bands}
+    if rescale is None and dtypes != {"uint8"}:
+        raise ValueError(
+            f"{src_path} has {'/'.join(sorted(dtypes))} pixels; the model takes "
+            f"uint8. Pass rescale=(low, high) to map low..high linearly to 0..255."
+        )
+    if rescale is not None:
+        low, high = rescale
+        if not high > low:
+            raise ValueError(f"rescale must be (low, high) with high > low, got {rescale}.")
+    return bands
+
+
+def _cache_bytes(src, tile_size):
+    """GDAL's block cache for a scene: the blocks under two rows of tiles, >= 64 MiB.
+
+    GDAL's default, 5% of the machine's memory, keeps every block read until
+    it is full, so a process's memory would grow with the scene's area.
+    """
+    block_rows = max(rows for rows, _ in src.block_shapes)
+    return max(64 * 2**20, 2 * (tile_size + block_rows) * src.width * (src.count + 1))
+
+
+def _read_window(src, bands, rescale, start, stop):
+    """Rows `[start, stop)` of `bands`, all columns, as uint8 `(rows, width, 3)`."""
+    from rasterio.windows import Window
+
+    pixels = src.read(list(bands), window=Window(0, start, src.width, stop - start))
+    if rescale is not None:
+        low, high = rescale
+        pixels = (pixels.astype(np.float32) - low) * np.float32(255 / (high - low))
+        pixels = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    return np.moveaxis(pixels, 0, -1)
+
+
+def _read_valid(src, bands, start, stop):
+    """True where any of `bands` holds data in rows `[start, stop)` (GDAL's masks)."""
+    from rasterio.windows import Window
+
+    masks = src.read_masks(list(bands), window=Window(0, start, src.width, stop - start))
+    return masks.any(axis=0)
+
+
+def _label_profile(src, tile_size):
+    profile = {"driver": "GTiff", "dtype": "uint8", "count": 1,
+               "height": src.height, "width": src.width, "nodata": IGNORE_INDEX,
+               "compress": "deflate"}
+    if src.crs is not None:
+        profile.update(crs=src.crs, transform=src.transform)
+    elif not src.transform.is_identity:
+        profile.update(transform=src.transform)
+    if src.height >= tile_size and src.width >= tile_size:
+        profile.update(tiled=True, blockxsize=tile_size, blockysize=tile_size)
+    return profile
+
+
+def polygonize(label_path, dst_path, *, min_area=0, connectivity=4,
+               class_names=CLASSES):
+    """Writes the class regions of a label raster as GeoJSON polygons.
+
+    Each connected region of one class becomes a feature with its `class`
+    index and `name`, in the raster's CRS (coordinates through its
+    transform, the CRS named in the file's `crs` member as
+    `urn:ogc:def:crs:EPSG::<code>`). Nodata pixels (the raster's nodata,
+    255 if it sets none) are left out. Regions smaller than `min_area`
+    pixels are first merged into their largest neighbour
+    (`rasterio.features.sieve`). The raster is read whole (uint8, one byte a
+    pixel).
+
+    Args:
+        label_path: a label raster, e.g. written by `segment_scene`.
+        dst_path: the GeoJSON file to write (folders are created).
+        min_area: smallest region kept, in pixels (multiply by the pixel
+            area for map units); 0 keeps every region.
+        connectivity: 4 or 8, the pixel neighbourhood of a region.
+        class_names: names of the class indices.
+
+    Returns:
+        dict with `path` and `features` (name -> number of polygons).
+
+    Example:
+
+    >>> polygonize("labels.tif", "labels.geojson", min_area=16)["features"]
+    """
+    rasterio = _import_rasterio()
+    from rasterio.errors import NotGeoreferencedWarning
+
+    label_path, dst_path = pathlib.Path(label_path), pathlib.Path(dst_path)
+    if not label_path.is_file():
+        raise FileNotFoundError(f"label_path {label_path} does not exist; pass a "
+                                f"label raster written by segment_scene.")
+    if connectivity not in (4, 8):
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}.")
+    if min_area < 0:
+        raise ValueError(f"min_area must be >= 0 pixels, got {min_area}.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(label_path) as src:
+            if src.count != 1 or src.dtypes[0] != "uint8":
+                raise ValueError(f"{label_path} must be one uint8 band of class "
+                                 f"indices, got {src.count} {src.dtypes[0]} band(s).")
+            labels, crs, transform = src.read(1), src.crs, src.transform
+            nodata = IGNORE_INDEX if src.nodata is None else int(src.nodata)
+    valid = labels != nodata
+    unknown = np.unique(labels[valid & (labels >= len(class_names))])
+    if unknown.size:
+        raise ValueError(f"{label_path} has class indices {unknown.tolist()} beyond "
+                         f"the {len(class_names)} class_names {list(class_names)}.")
+    if min_area > 1:
+        labels = rasterio.features.sieve(labels, size=int(min_area), mask=valid,
+                                         connectivity=connectivity)
+    features = [{"type": "Feature",
+                 "properties": {"class": int(value), "name": class_names[int(value)]},
+                 "geometry": geometry}
+                for geometry, value in rasterio.features.shapes(
+                    labels, mask=valid, connectivity=connectivity, transform=transform)]
+    collection = {"type": "FeatureCollection", "name": dst_path.stem}
+    if crs is not None:
+        collection["crs"] = {"type": "name", "properties": {"name": _crs_name(crs)}}
+    collection["features"] = features
+    dst_path.parent.mkdir(parents=True, exist_ok=True)
+    dst_path.write_text(json.dumps(collection))
+    by_class = [f["properties"]["name"] for f in features]
+    return {"path": str(dst_path),
+            "features": {name: by_class.count(name) for name in class_names}}
+
+
+def _crs_name(crs):
+    epsg = crs.to_epsg()
+    return f"urn:ogc:def:crs:EPSG::{epsg}" if epsg is not None else crs.to_wkt()

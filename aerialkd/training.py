@@ -1,0 +1,290 @@
+"""Compiling and fitting a segmentation model or `Distiller`: one way to train."""
+
+import csv
+import json
+import pathlib
+import warnings
+
+import keras
+import numpy as np
+
+from .classes import IGNORE_INDEX, LABELLED_CLASSES
+from .devices import data_parallel_size
+from .batches import ConsistentCropSequence, PatchSequence, RandomCropSequence
+from .layers import RandomSymmetry
+from .losses import SegmentationLoss
+from .distiller import Distiller
+from .metrics import AnnotatedPixelAccuracy, check_labelled_classes, miou_name
+from .prediction import predict_logits
+from .callbacks import BestModelCheckpoint, EpochRecord, StopOnNaN, SyncEpoch, monitored_miou
+
+
+def compile_segmentation(model, learning_rate=1e-3, loss=None, steps_per_execution=1,
+                         labelled_classes=LABELLED_CLASSES):
+    """Compiles a model (or `Distiller`) with Adam, the loss and mIoU metrics.
+
+    Metrics: `miou<K>`, the mean IoU over the K `labelled_classes` (on the
+    Dubai data `miou5`, without Unlabeled: what model selection monitors),
+    and `pixel_acc`; both ignore unannotated pixels. The number of classes is
+    the model's (its last axis).
+
+    Args:
+        model: a model from `build_unet`, or a `Distiller`.
+        learning_rate: Adam's learning rate, a float or a
+            `keras.optimizers.schedules.LearningRateSchedule`.
+        loss: student loss; `SegmentationLoss(n_classes=...)` if `None`.
+        steps_per_execution: training steps per call from Python.
+        labelled_classes: class indices the mean IoU averages over, e.g. a
+            dataset's `labelled_classes`.
+
+    Returns:
+        The model, compiled.
+
+    Example:
+
+    >>> model = compile_segmentation(build_student(n_classes=3),
+    ...                              labelled_classes=(0, 1, 2))
+    """
+    n_classes = _output_classes(model)
+    labelled = check_labelled_classes(labelled_classes, n_classes)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=loss or SegmentationLoss(n_classes=n_classes),
+        metrics=[
+            keras.metrics.IoU(n_classes, target_class_ids=list(labelled),
+                              sparse_y_pred=False, ignore_class=IGNORE_INDEX,
+                              name=miou_name(labelled)),
+            AnnotatedPixelAccuracy(),
+        ],
+        steps_per_execution=steps_per_execution,
+    )
+    return model
+
+
+def _output_classes(model):
+    return int(getattr(model, "student", model).output.shape[-1])
+
+
+SAMPLINGS = ("grid", "random", "consistent")
+"""Training inputs `fit_segmentation` can draw: the fixed patches, random crops, or
+scaled, flipped and mixed crops for consistent teaching (`ConsistentCropSequence`)."""
+
+
+def check_sampling(sampling):
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r} (from the "
+                         f"profile's profile.json or a --sampling flag?).")
+
+
+def fit_segmentation(
+    model,
+    data,
+    *,
+    epochs,
+    output_dir,
+    name,
+    batch_size=16,
+    seed=0,
+    verbose="auto",
+    callbacks=(),
+    cache_teacher=True,
+    sampling="grid",
+    mix="cutmix",
+    mix_probability=0.5,
+):
+    """Trains a compiled model or `Distiller`, checkpointing every epoch.
+
+    - `BackupAndRestore` under `output_dir/backup_<name>`: rerun after an
+      interruption (a Colab disconnect), training resumes from the last
+      finished epoch;
+    - the best model by the validation mean IoU (`miou5` on Dubai) is saved to
+      `output_dir/<name>.keras` (for a `Distiller`, the student alone);
+    - the history is appended to `output_dir/<name>_history.csv` and written
+      to `output_dir/<name>_history.json`;
+    - a NaN or infinite loss stops training and raises `FloatingPointError`
+      saying which checkpoint was kept (the broken weights never replace it).
+
+    A run resumed after an interruption sees the same batches, augmentation
+    and dropout draws as an uninterrupted one, so it ends with the same
+    weights (on a deterministic backend and device). Augmentation is part of
+    the model (`build_unet(augment=True)`).
+
+    Args:
+        model: compiled model (see `compile_segmentation`) or `Distiller`.
+        data: a `SegmentationDataset` (train and val splits are used).
+        epochs: total number of epochs.
+        output_dir: folder for checkpoints and histories.
+        name: file stem of the saved model and history.
+        batch_size: patches per batch.
+        seed: seed of the batch order.
+        verbose: passed to `fit`.
+        callbacks: extra Keras callbacks.
+        cache_teacher: for a `Distiller`, run its teacher once over the
+            training and validation patches before training and feed those
+            logits with the images, instead of running the teacher at every
+            step. The targets are the same (the teacher is frozen and sees the
+            images unaugmented); the host holds them (`N * P * P * C` float32).
+            With `sampling="random"` or `"consistent"` only the validation
+            logits are cached: the training crops are new every epoch, so the
+            teacher runs at every step. With the `Distiller`'s feature term
+            on, nothing is cached (a warning says so): the teacher's features
+            are needed at every step.
+        sampling: "grid" trains on the fixed patches `data.x_train`;
+            "random" on `len(data.x_train)` crops per epoch drawn anywhere
+            in the whole images of `data.files["train"]`
+            (`RandomCropSequence`); "consistent" on as many crops at random
+            scales, symmetries and mixes (`ConsistentCropSequence`), for
+            consistent teaching: the teacher (if any) runs on exactly the
+            batch the student sees, so the model's own augmentation must be
+            off (`build_unet(augment=False)`; an error says so otherwise).
+            Validation always uses the fixed patches.
+        mix, mix_probability: the batch mix of `sampling="consistent"`
+            ("cutmix", "mixup" or `None`) and its probability per crop.
+
+    Returns:
+        The history as a dict of lists, over all epochs including resumed
+        ones.
+    """
+    if not model.compiled:
+        raise ValueError(
+            "Compile the model before training it, e.g. "
+            "`compile_segmentation(model)`."
+        )
+    if getattr(data, "x_train", None) is None:
+        raise ValueError(
+            "fit_segmentation trains on a dataset held in memory, and this one is "
+            "streamed (load_dataset(..., in_memory=False)): train with "
+            "`model.fit(data.stream('train'), validation_data=data.stream('val'))`, "
+            "or load it with in_memory=True."
+        )
+    if len(data.x_val) == 0:
+        raise ValueError("The dataset has no validation patches: set "
+                         "val_per_tile >= 1 in load_dataset.")
+    check_sampling(sampling)
+    if sampling == "consistent":
+        _check_no_model_augmentation(model)
+    if cache_teacher and getattr(model, "feature_weight", 0):
+        warnings.warn("cache_teacher=True is ignored: the Distiller's feature term needs "
+                      "the teacher's bottleneck features, so the teacher runs at every step.")
+        cache_teacher = False
+    replicas = _check_replica_batch(model, batch_size, len(data.x_train))
+    output_dir = pathlib.Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    train_logits, val_x = None, data.x_val
+    if cache_teacher and isinstance(model, Distiller):
+        val_x = (data.x_val, predict_logits(model.teacher, data.x_val, batch_size))
+        if sampling == "grid":
+            train_logits = predict_logits(model.teacher, data.x_train, batch_size)
+    n_crops = len(data.x_train)  # for random and consistent crops
+    if replicas > 1:  # whole batches only
+        n_crops -= n_crops % batch_size
+    if sampling == "random":
+        train = RandomCropSequence(*data.whole_images("train"), data.patch_size,
+                                   n_crops, batch_size, seed)
+    elif sampling == "consistent":
+        train = ConsistentCropSequence(*data.whole_images("train"), data.patch_size,
+                                       n_crops, batch_size, seed, mix=mix,
+                                       mix_probability=mix_probability)
+    else:
+        train = PatchSequence(data.x_train, data.y_train, batch_size, seed,
+                              teacher_logits=train_logits, drop_remainder=replicas > 1)
+    val_x, val_y = _pad_to_replicas(val_x, data.y_val, replicas)
+    csv_path = output_dir / f"{name}_history.csv"
+    backup_dir = output_dir / f"backup_{name}"
+    resuming = backup_dir.exists()
+    if not resuming:  # a fresh run: forget what an older run of this name left
+        for stale in (csv_path, output_dir / f"{name}.best.json"):
+            stale.unlink(missing_ok=True)
+    # Build model, metrics and optimizer on one validation patch now: fit would
+    # otherwise pull a training batch to do it, which shifts the batch order of
+    # the first epoch of a resumed run. BackupAndRestore needs them built too.
+    # (one patch per device: a device given none breaks the summed loss)
+    model.test_on_batch(*_pad_to_replicas(data.x_val[:1], data.y_val[:1], replicas))
+    # Keras prefetches batches before the callbacks' on_epoch_begin, so the
+    # sequence must know a resumed run's epoch before fit starts: our own
+    # record of finished epochs, kept in the backup folder beside Keras' backup
+    # (and deleted with it when training ends).
+    epochs_done = EpochRecord(backup_dir / "epochs_done.json")
+    train.set_epoch(epochs_done.read())
+    monitor = monitored_miou(model)
+    best = BestModelCheckpoint(output_dir / f"{name}.keras", monitor=monitor)
+    stop_on_nan = StopOnNaN()
+    model.fit(
+        train,
+        # The sequence shuffles itself, seeded per epoch. Keras' own shuffle
+        # would reorder its batches again from Python's global `random`, which
+        # a resumed run cannot replay.
+        shuffle=False,
+        validation_data=(val_x, val_y),
+        validation_batch_size=batch_size,
+        epochs=epochs,
+        callbacks=[
+            SyncEpoch(train),
+            keras.callbacks.BackupAndRestore(str(backup_dir)),
+            epochs_done,
+            stop_on_nan,
+            best,
+            keras.callbacks.CSVLogger(str(csv_path), append=True),
+            *callbacks,
+        ],
+        verbose=verbose,
+    )
+    history = read_history(csv_path)
+    with open(output_dir / f"{name}_history.json", "w") as f:
+        json.dump(history, f, indent=1)
+    if stop_on_nan.stopped:
+        epoch, loss = stop_on_nan.stopped
+        kept = (f"the best checkpoint so far ({best.monitor} {best.best:.4f}) is kept "
+                f"at {best.path}" if best.path.exists() else
+                "no checkpoint had been saved yet")
+        raise FloatingPointError(
+            f"Training stopped: the loss became {loss} in epoch {epoch}; {kept}. "
+            f"Lower the learning rate or check the data for bad values.")
+    return history
+
+
+def _check_no_model_augmentation(model):
+    trained = getattr(model, "student", model)
+    if any(isinstance(layer, RandomSymmetry) for layer in trained.layers):
+        raise ValueError(
+            f"sampling='consistent' augments the batch on the host, so that a teacher "
+            f"sees exactly what the student sees, but the model {trained.name!r} also "
+            f"augments inside itself (RandomSymmetry). Build it with "
+            f"build_unet(augment=False) (build_student(augment=False)).")
+
+
+def _check_replica_batch(model, batch_size, n_train):
+    """The number of devices `model` trains on; checks they divide `batch_size`."""
+    replicas = data_parallel_size(model)
+    if replicas > 1 and (batch_size % replicas or batch_size > n_train):
+        raise ValueError(
+            f"Under data_parallel on {replicas} devices, batch_size must be a multiple "
+            f"of {replicas} and at most the {n_train} training patches (every batch is "
+            f"split evenly), got batch_size={batch_size}: pass e.g. "
+            f"batch_size={max(replicas, batch_size - batch_size % replicas)}.")
+    return replicas
+
+
+def _pad_to_replicas(x, y, replicas):
+    """Pads validation patches to a multiple of `replicas`: black, unannotated.
+
+    The padding's labels are `IGNORE_INDEX`, so the metrics and
+    `SegmentationLoss` leave it out (a padded batch still counts as a full one
+    in the mean loss, and a `Distiller`'s KD term sees the padding).
+    """
+    extra = -len(y) % replicas
+    if not extra:
+        return x, y
+    pad = lambda a, value=0: np.concatenate(  # noqa: E731
+        [a, np.full((extra, *a.shape[1:]), value, a.dtype)])
+    x = tuple(pad(a) for a in x) if isinstance(x, tuple) else pad(x)
+    return x, pad(y, IGNORE_INDEX)
+
+
+def read_history(path):
+    """Reads a history CSV (from `fit_segmentation`) into a dict of lists."""
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return {}
+    return {key: [float(r[key]) for r in rows] for key in rows[0]}
