@@ -1,31 +1,34 @@
 """aerialkd: segment aerial imagery with a U-Net, and distil it into a smaller one.
 
-The package behind the notebook series, one topic per module, each importing only
-the modules above it in this list:
+The package behind the notebook series, on Keras 3 (TensorFlow or JAX). One
+topic per module; a module imports only modules above it in this list:
 
-- `classes`: class names, mask palettes and the mapping between mask colours and labels.
-- `devices`: devices and precision: data-parallel training, replicas, the dtype policy of a device.
-- `files`: dataset files: the Kaggle and flat layouts, image/mask pairs, reading and cutting them.
-- `batches`: batches for `fit`: patches in memory, random crops, patches streamed from files,
-- `datasets`: `load_dataset` and `SegmentationDataset`: a dataset's patches, split by source image.
-- `synthetic`: small synthetic datasets: the tiny Kaggle-layout one CI trains on, and a flat one
-- `layers`: layers of the U-Net: on-device symmetry augmentation and device-invariant dropout.
-- `models`: the U-Net teacher and student, ensembles of them, their size, FLOPs and precision.
-- `losses`: the segmentation loss and the knowledge-distillation losses, from logits.
-- `distiller`: `Distiller`: a Keras model that trains a student on labels and a teacher's logits.
-- `metrics`: scores of predicted labels and logits: IoU, precision and recall, calibration.
-- `prediction`: running a model over batches of images: logits, a fast predict function, latency.
-- `tiling`: whole images of any size, segmented with overlapping, blended tiles.
-- `export`: exporting a model to LiteRT (`.tflite`) and running the exported file.
-- `callbacks`: the callbacks of `fit_segmentation`: resumable randomness, best checkpoint, NaN stop.
-- `training`: compiling and fitting a segmentation model or `Distiller`: one way to train.
-- `evaluation`: evaluating models on patches, and comparing their size, speed and scores.
-- `scenes`: raster scenes of any size: a georeferenced label GeoTIFF, and its polygons.
-- `plots`: figures and tables of the notebooks.
-- `notebook`: the notebooks' conveniences: profiles, the Colab setup, runs that are loaded or trained.
+- `classes`: class names, mask palettes, mask colours to labels and back.
+- `devices`: data-parallel training on several devices, replicas, precision.
+- `run_files`: the files of a training run (`RunFiles`), one owner for their names.
+- `files`: dataset layouts on disk, image/mask pairs, reading and cutting them.
+- `batches`: batches for `fit`: patches in memory or streamed, random and
+  consistent crops.
+- `datasets`: `load_dataset` and `SegmentationDataset`, split by source image.
+- `synthetic`: small synthetic datasets (the tiny one CI trains on).
+- `layers`: on-device symmetry augmentation and device-invariant dropout.
+- `models`: the U-Net teacher and student, ensembles, size and FLOPs, precision.
+- `losses`: the segmentation loss and the knowledge-distillation losses.
+- `distiller`: `Distiller`, a Keras model that trains a student from a teacher.
+- `metrics`: IoU, precision and recall, calibration, error overlap.
+- `prediction`: logits of batches, a fast predict function, latency.
+- `tiling`: whole images of any size, with overlapping blended tiles.
+- `export`: LiteRT export and inference.
+- `callbacks`: the callbacks of `fit_segmentation`.
+- `training`: `compile_segmentation` and `fit_segmentation`: one way to train.
+- `evaluation`: scores on patches; size, speed and scores side by side.
+- `scenes`: raster scenes of any size to label GeoTIFFs and polygons.
+- `plots`: the figures and tables of the notebooks.
+- `notebook`: the notebooks' conveniences: profiles, Colab setup, load or train.
 
-Everything public is re-exported here (and by the top-level `utils.py` of the
-notebooks), so `aerialkd.Distiller` is `aerialkd.distiller.Distiller`.
+Everything public is re-exported here with `__all__` (and by the top-level
+`utils.py` the notebooks import): `aerialkd.Distiller` is
+`aerialkd.distiller.Distiller`.
 """
 
 from .classes import (  # noqa: F401
@@ -45,6 +48,9 @@ from .devices import (  # noqa: F401
     data_parallel,
     use_all_devices,
     mixed_precision_policy,
+)
+from .run_files import (  # noqa: F401
+    RunFiles,
 )
 from .files import (  # noqa: F401
     DATASET_DIRNAME,
@@ -173,6 +179,7 @@ from .notebook import (  # noqa: F401
 )
 
 __all__ = [
+    "RunFiles",
     "CLASSES",
     "PALETTE",
     "LABELLED_CLASSES",

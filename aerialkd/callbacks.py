@@ -9,6 +9,7 @@ import numpy as np
 from keras import ops
 
 from .models import save_model
+from .run_files import RunFiles
 
 
 class SyncEpoch(keras.callbacks.Callback):
@@ -93,9 +94,13 @@ class BestModelCheckpoint(keras.callbacks.Callback):
     `keras.callbacks.ModelCheckpoint(save_best_only=True, mode="max")` would
     save the whole model it trains, which for a `Distiller` is the teacher,
     the student and the optimizer; this saves the student, float32, without
-    optimizer (`save_model`), keeps the best score in `<path>.best.json` so a
-    resumed run goes on comparing with it, and never saves an epoch whose
+    optimizer (`save_model`), keeps the best score beside it (`RunFiles.best`)
+    so a resumed run goes on comparing with it, and never saves an epoch whose
     loss is not finite.
+
+    Args:
+        path: the `.keras` file to write.
+        monitor: the logged metric to maximise, e.g. "val_miou5".
     """
 
     def __init__(self, path, monitor):
@@ -104,7 +109,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         self.best = -np.inf
 
     def on_train_begin(self, logs=None):
-        state = self.path.with_suffix(".best.json")
+        state = RunFiles.of_model(self.path).best
         if state.exists() and self.path.exists():  # resuming this run
             self.best = json.loads(state.read_text())["best"]
 
@@ -116,6 +121,6 @@ class BestModelCheckpoint(keras.callbacks.Callback):
             return
         self.best = float(value)
         save_model(getattr(self.model, "student", self.model), self.path)
-        self.path.with_suffix(".best.json").write_text(
+        RunFiles.of_model(self.path).best.write_text(
             json.dumps({"best": self.best, "epoch": epoch + 1,
                         "monitor": self.monitor}))

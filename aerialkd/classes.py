@@ -1,5 +1,6 @@
 """Class names, mask palettes and the mapping between mask colours and labels."""
 
+import colorsys
 import json
 import os
 import pathlib
@@ -54,6 +55,52 @@ outside the classes raises an error naming the file. The loaders take
 `ignore_colors=()` to make black an error too; a class whose colour is black
 keeps it (the default leaves class colours alone).
 """
+
+
+def generic_classes(n_classes):
+    """Names and mask colours for `n_classes` classes that have none of their own.
+
+    What the scoring and plotting functions use when they are given a class
+    count (from a model's output) but no class names: "class 0", "class 1",
+    ..., and distinct colours (hues spread by the golden ratio).
+
+    Args:
+        n_classes: number of classes, >= 1.
+
+    Returns:
+        `(names, palette)`: a tuple of names and a uint8 array `(n_classes, 3)`.
+
+    Example:
+
+    >>> names, palette = generic_classes(3)
+    >>> names, palette.shape
+    (('class 0', 'class 1', 'class 2'), (3, 3))
+    """
+    if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) \
+            or n_classes < 1:
+        raise ValueError(f"n_classes must be an int >= 1, got {n_classes!r}.")
+    names = tuple(f"class {i}" for i in range(n_classes))
+    hues = (np.arange(n_classes) * 0.618033988749895) % 1.0
+    palette = np.array([colorsys.hsv_to_rgb(h, 0.65, 0.9) for h in hues]) * 255
+    return names, np.round(palette).astype(np.uint8)
+
+
+def class_names_for(n_classes, class_names=None):
+    """`class_names` as a tuple, checked against `n_classes`; generic names if `None`.
+
+    Example:
+
+    >>> class_names_for(2)
+    ('class 0', 'class 1')
+    """
+    if class_names is None:
+        return generic_classes(n_classes)[0]
+    names = tuple(str(name) for name in class_names)
+    if len(names) != n_classes:
+        raise ValueError(f"class_names must name the {n_classes} classes (the model's "
+                         f"outputs), got {len(names)}: {list(names)}. Pass your "
+                         f"dataset's `classes`.")
+    return names
 
 
 def hex_to_rgb(color):

@@ -183,8 +183,14 @@ def dataset_overview(data):
     return [{**r, "sizes": ", ".join(sorted(r["sizes"]))} for r in rows.values()]
 
 
-def class_shares(labels, n_classes=len(CLASSES)):
-    """Share of each class among the annotated pixels of `labels`."""
+def class_shares(labels, n_classes):
+    """Share of each of `n_classes` classes among the annotated pixels of `labels`.
+
+    Example:
+
+    >>> class_shares(np.array([0, 1, 1, 255]), n_classes=3).tolist()  # 255: unannotated
+    [0.3333333333333333, 0.6666666666666666, 0.0]
+    """
     counts = np.bincount(np.asarray(labels).ravel(), minlength=256)[:n_classes]
     return counts / max(counts.sum(), 1)
 

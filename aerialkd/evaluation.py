@@ -1,21 +1,20 @@
 """Evaluating models on patches, and comparing their size, speed and scores."""
 
-
-
-from .classes import CLASSES, LABELLED_CLASSES
 from .models import model_summary
 from .metrics import segmentation_metrics
 from .prediction import measure_latency, predict_logits
 
 
 def evaluate_segmentation(model, x, y, *, batch_size=16, max_pr_pixels=2_000_000,
-                          seed=0, class_names=CLASSES, labelled_classes=LABELLED_CLASSES):
+                          seed=0, class_names=None, labelled_classes=None):
     """Evaluates a segmentation model on patches.
 
     Predicts the logits of `x` and scores them with `segmentation_metrics`:
     IoU per class and their means, pixel accuracy, precision, recall, F1 and
     precision-recall curves. Unannotated pixels (`IGNORE_INDEX`) are left
-    out.
+    out. The number of classes is the model's; name them and choose the
+    classes of the headline mean IoU with a dataset's `classes` and
+    `labelled_classes` (on the Dubai data, `miou5` leaves Unlabeled out).
 
     Args:
         model: Keras model returning logits.
@@ -24,16 +23,21 @@ def evaluate_segmentation(model, x, y, *, batch_size=16, max_pr_pixels=2_000_000
         batch_size: prediction batch size.
         max_pr_pixels: pixel sample size for PR curves and AP.
         seed: seed of the pixel sample.
-        class_names: names of the classes, in label order.
-        labelled_classes: classes of the headline mean IoU.
+        class_names: names of the model's classes, in label order;
+            "class 0", ... if `None`.
+        labelled_classes: classes of the headline mean IoU; every class if
+            `None`.
 
     Returns:
         The dict of `segmentation_metrics`.
 
     Example:
 
-    >>> results = evaluate_segmentation(student, data.x_test, data.y_test)
-    >>> results["miou5"]
+    >>> results = evaluate_segmentation(student, data.x_test, data.y_test,
+    ...                                 class_names=data.classes,
+    ...                                 labelled_classes=data.labelled_classes)
+    >>> sorted(k for k in results if k.startswith("miou"))
+    ['miou5', 'miou6']
     """
     logits = predict_logits(model, x, batch_size)
     return segmentation_metrics(y, logits, max_pr_pixels=max_pr_pixels, seed=seed,

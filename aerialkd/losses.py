@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from .classes import CLASSES, IGNORE_INDEX
+from .classes import IGNORE_INDEX
 from .devices import sum_over_replicas
 
 
@@ -23,23 +23,26 @@ class SegmentationLoss(keras.losses.Loss):
         class_weights: optional sequence of one weight per class, applied to
             the cross-entropy per pixel and to the Dice average per class.
         gamma: focusing parameter of the focal loss.
-        n_classes: number of classes.
+        n_classes: number of classes; `None` takes it from the logits' last
+            axis.
 
     Example:
 
     >>> loss = SegmentationLoss()
-    >>> loss(np.zeros((1, 4, 4)), np.zeros((1, 4, 4, 6)))
+    >>> round(float(loss(np.zeros((1, 4, 4)), np.zeros((1, 4, 4, 3)))), 4)  # ln 3 + 5/6
+    1.9319
     """
 
     def __init__(self, kind="cross_entropy", dice_weight=1.0,
-                 class_weights=None, gamma=2.0, n_classes=len(CLASSES),
+                 class_weights=None, gamma=2.0, n_classes=None,
                  name="segmentation_loss", **kwargs):
         super().__init__(name=name, **kwargs)
         if kind not in ("cross_entropy", "focal"):
             raise ValueError(
                 f"kind must be 'cross_entropy' or 'focal', got {kind!r}."
             )
-        if class_weights is not None and len(class_weights) != n_classes:
+        if class_weights is not None and n_classes is not None \
+                and len(class_weights) != n_classes:
             raise ValueError(
                 f"class_weights needs {n_classes} weights, one per class; "
                 f"got {len(class_weights)}."
@@ -49,15 +52,23 @@ class SegmentationLoss(keras.losses.Loss):
         self.class_weights = (None if class_weights is None
                               else [float(w) for w in class_weights])
         self.gamma = float(gamma)
-        self.n_classes = n_classes
+        self.n_classes = None if n_classes is None else int(n_classes)
 
     def call(self, y_true, y_pred):
         logits = ops.cast(y_pred, "float32")
         labels = ops.cast(y_true, "int32")
+        n_classes = self.n_classes or logits.shape[-1]
+        if logits.shape[-1] is not None and logits.shape[-1] != n_classes:
+            raise ValueError(f"SegmentationLoss(n_classes={n_classes}) got logits of "
+                             f"{logits.shape[-1]} classes; pass n_classes=None to take "
+                             f"the number from the logits.")
+        if self.class_weights is not None and len(self.class_weights) != n_classes:
+            raise ValueError(f"class_weights needs {n_classes} weights, one per class; "
+                             f"got {len(self.class_weights)}.")
         valid = ops.cast(ops.not_equal(labels, IGNORE_INDEX), "float32")
         onehot = ops.one_hot(ops.where(labels == IGNORE_INDEX, 0, labels),
-                             self.n_classes) * valid[..., None]
-        weights = (ops.ones((self.n_classes,)) if self.class_weights is None
+                             n_classes) * valid[..., None]
+        weights = (ops.ones((n_classes,)) if self.class_weights is None
                    else ops.convert_to_tensor(self.class_weights, "float32"))
         if self.kind == "focal":
             ce = keras.losses.categorical_focal_crossentropy(
@@ -81,8 +92,8 @@ class SegmentationLoss(keras.losses.Loss):
         sums = sum_over_replicas(ops.concatenate(sums))
         loss = sums[0] / ops.maximum(sums[1], 1.0)
         if self.dice_weight:
-            intersection = sums[2 : 2 + self.n_classes]
-            total = sums[2 + self.n_classes :]
+            intersection = sums[2 : 2 + n_classes]
+            total = sums[2 + n_classes :]
             per_class = 1.0 - 2.0 * intersection / (total + keras.backend.epsilon())
             loss += self.dice_weight * ops.sum(per_class * weights) / ops.sum(weights)
         # Keras reduces per-sample losses; a batch-wide scalar is broadcast.

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from .classes import CLASSES, IGNORE_INDEX, LABELLED_CLASSES
+from .classes import IGNORE_INDEX, class_names_for
 
 
 @keras.saving.register_keras_serializable(package="utils")
@@ -27,6 +27,9 @@ def miou_name(labelled_classes):
 
 
 def check_labelled_classes(labelled_classes, n_classes):
+    """`labelled_classes` as a tuple of ints, checked; every class if `None`."""
+    if labelled_classes is None:
+        return tuple(range(n_classes))
     labelled = tuple(int(c) for c in labelled_classes)
     if not labelled or len(set(labelled)) != len(labelled) or any(
             not 0 <= c < n_classes for c in labelled):
@@ -38,8 +41,7 @@ def check_labelled_classes(labelled_classes, n_classes):
     return labelled
 
 
-def iou_scores(y_true, y_pred, *, n_classes=len(CLASSES),
-               labelled_classes=LABELLED_CLASSES):
+def iou_scores(y_true, y_pred, *, n_classes, labelled_classes=None):
     """Confusion matrix, IoUs and pixel accuracy of predicted labels.
 
     Pixels labelled `IGNORE_INDEX` are left out. The confusion matrix is
@@ -51,8 +53,10 @@ def iou_scores(y_true, y_pred, *, n_classes=len(CLASSES),
     Args:
         y_true: labels, any shape.
         y_pred: predicted labels, the same shape.
-        n_classes: number of classes.
-        labelled_classes: classes of the headline mean IoU.
+        n_classes: number of classes (a model's outputs, or a dataset's
+            `n_classes`).
+        labelled_classes: classes of the headline mean IoU (a dataset's
+            `labelled_classes`); every class if `None`.
 
     Returns:
         A dict with `confusion_matrix` (rows: truth, columns: prediction),
@@ -61,7 +65,7 @@ def iou_scores(y_true, y_pred, *, n_classes=len(CLASSES),
 
     Example:
 
-    >>> iou_scores(np.array([0, 1, 1]), np.array([0, 1, 0]))["per_class_iou"][:2]
+    >>> iou_scores(np.array([0, 1, 1]), np.array([0, 1, 0]), n_classes=2)["per_class_iou"]
     [0.5, 0.5]
     """
     from sklearn import metrics
@@ -97,7 +101,7 @@ def _pixel_sample(n, max_pixels, seed):
 
 
 def segmentation_metrics(y_true, logits, *, max_pr_pixels=2_000_000, seed=0,
-                         class_names=CLASSES, labelled_classes=LABELLED_CLASSES):
+                         class_names=None, labelled_classes=None):
     """Scores logits against labels: IoU, precision, recall, PR curves.
 
     Unannotated pixels (`IGNORE_INDEX`) are left out. IoUs come from
@@ -111,14 +115,17 @@ def segmentation_metrics(y_true, logits, *, max_pr_pixels=2_000_000, seed=0,
 
     Args:
         y_true: labels `(...)`.
-        logits: logits `(..., C)`, C = `len(class_names)`.
+        logits: logits `(..., C)`: C classes.
         max_pr_pixels: pixel sample size for PR curves and AP.
         seed: seed of the pixel sample.
-        class_names: names of the classes, in label order.
-        labelled_classes: classes of the headline mean IoU.
+        class_names: names of the C classes, in label order (a dataset's
+            `classes`); "class 0", ... if `None`.
+        labelled_classes: classes of the headline mean IoU (a dataset's
+            `labelled_classes`); every class if `None`.
 
     Returns:
-        The dict of `iou_scores` plus `precision`, `recall`, `f1`, `support`,
+        The dict of `iou_scores` plus `class_names`, `precision`, `recall`,
+        `f1`, `support`,
         `average_precision` (lists in class order), `pr_curves` ({class:
         (precision, recall)}) and `report` (scikit-learn's classification
         report as text).
@@ -133,8 +140,9 @@ def segmentation_metrics(y_true, logits, *, max_pr_pixels=2_000_000, seed=0,
 
     y_true = np.asarray(y_true).reshape(-1)
     logits = np.asarray(logits)
-    n_classes = len(class_names)
-    if logits.shape[-1] != n_classes or logits.size // n_classes != y_true.size:
+    n_classes = logits.shape[-1] if logits.ndim else 0
+    class_names = class_names_for(n_classes, class_names)
+    if logits.size // max(n_classes, 1) != y_true.size:
         raise ValueError(
             f"logits of shape {logits.shape} don't match {y_true.size} labels "
             f"and {n_classes} classes."
@@ -161,6 +169,7 @@ def segmentation_metrics(y_true, logits, *, max_pr_pixels=2_000_000, seed=0,
             ap.append(float("nan"))
     return {
         **scores,
+        "class_names": list(class_names),
         "precision": precision.tolist(),
         "recall": recall.tolist(),
         "f1": f1.tolist(),
@@ -248,7 +257,7 @@ def calibration(logits, y_true, temperatures=(1.0,), *, n_bins=15,
     return rows
 
 
-def error_overlap(y_true, pred_a, pred_b, by_class=False, class_names=CLASSES):
+def error_overlap(y_true, pred_a, pred_b, by_class=False, class_names=None):
     """Where two models are right and wrong, as shares of annotated pixels.
 
     What a teacher can teach a student shows here: `only_a_right` (a = the
@@ -262,7 +271,8 @@ def error_overlap(y_true, pred_a, pred_b, by_class=False, class_names=CLASSES):
         pred_a: predicted labels of model a, the same shape.
         pred_b: predicted labels of model b, the same shape.
         by_class: also give the shares among the pixels of each class.
-        class_names: names of the classes, in label order, for `by_class`.
+        class_names: names of the classes, in label order, for `by_class`
+            (a dataset's `classes`); "class 0", ... if `None`.
 
     Returns:
         A dict with the shares `both_right`, `only_a_right`,
@@ -297,6 +307,9 @@ def error_overlap(y_true, pred_a, pred_b, by_class=False, class_names=CLASSES):
 
     result = shares(np.ones_like(a))
     if by_class:
-        result["by_class"] = {name: shares(truth == c) for c, name in enumerate(class_names)
-                              if np.any(truth == c)}
+        present = np.unique(truth)
+        n_classes = int(present.max()) + 1 if class_names is None else len(class_names)
+        names = class_names_for(n_classes, class_names)
+        result["by_class"] = {names[c]: shares(truth == c) for c in present
+                              if c < n_classes}
     return result

@@ -1,6 +1,7 @@
 """The U-Net teacher and student, ensembles of them, their size, FLOPs and precision."""
 
 import os
+import pathlib
 
 import keras
 import numpy as np
@@ -256,11 +257,15 @@ def save_model(model, path):
 
     Args:
         model: a functional Keras model.
-        path: the `.keras` file to write.
+        path: the `.keras` file to write; it is written whole or not at all
+            (to a temporary file first, then renamed).
     """
     if any(layer.dtype_policy.name != "float32" for layer in model.layers):
         model = with_dtype_policy(model, "float32")
-    keras.Model(model.input, model.output, name=model.name).save(path)
+    path = pathlib.Path(path)
+    partial = path.with_name(f".{path.stem}.partial.keras")  # Keras wants the suffix
+    keras.Model(model.input, model.output, name=model.name).save(partial)
+    partial.replace(path)  # a reader never finds a half-written file
 
 
 def with_dtype_policy(model, policy):

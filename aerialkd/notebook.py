@@ -16,7 +16,8 @@ from .files import DATASET_DIRNAME, download_dataset
 from .datasets import load_dataset
 from .synthetic import make_tiny_dataset
 from .models import with_dtype_policy
-from .distiller import Distiller, KDWeightSchedule
+from .distiller import Distiller
+from .run_files import RunFiles
 from .training import compile_segmentation, fit_segmentation
 
 
@@ -218,20 +219,27 @@ def saved_model_path(profile, name):
 
     Example:
 
-    >>> saved_model_path(load_profile("full"), "teacher")
-    PosixPath('.../results/models/teacher.keras')
+    >>> saved_model_path(load_profile("full"), "teacher").relative_to(REPO_ROOT).as_posix()
+    'results/models/teacher.keras'
     """
+    files = _saved_run(profile, name, lambda f: f.model)
+    return None if files is None else files.model
+
+
+def _saved_run(profile, name, wanted):
+    """The `RunFiles` of `name` in the first folder that holds `wanted(files)`."""
     folders = [profile.models_dir] + ([COMMITTED_MODELS] if profile.name == "full" else [])
-    return next((f / f"{name}.keras" for f in folders if (f / f"{name}.keras").exists()), None)
+    return next((RunFiles(f, name) for f in folders if wanted(RunFiles(f, name)).exists()),
+                None)
 
 
 def load_run(path):
     """Loads a saved model with its training history and run record.
 
     Args:
-        path: a `.keras` file saved by `fit_segmentation`; its history is
-            `<stem>_history.json` beside it and its record (where, when and
-            how it was trained) `<stem>_run.json`.
+        path: a `.keras` file saved by `fit_segmentation`; its history and
+            its record (where, when and how it was trained) are beside it
+            (`RunFiles.history`, `RunFiles.record`).
 
     Returns:
         `(model, history, record)`; the history and record are `{}` where
@@ -239,13 +247,14 @@ def load_run(path):
 
     Example:
 
-    >>> teacher, history, record = load_run(saved_model_path(profile, "teacher"))
-    >>> record["device"], max(history["val_miou5"])
+    >>> teacher, history, record = load_run(COMMITTED_MODELS / "teacher.keras")
+    >>> record["device"], round(max(history["val_miou5"]), 3)
+    ('NVIDIA H200', 0.702)
     """
-    path = pathlib.Path(path)
-    extras = [path.with_name(f"{path.stem}_{kind}.json") for kind in ("history", "run")]
-    history, record = (json.loads(p.read_text()) if p.exists() else {} for p in extras)
-    return keras.models.load_model(path), history, record
+    files = RunFiles.of_model(path)
+    history, record = (json.loads(p.read_text()) if p.exists() else {}
+                       for p in (files.history, files.record))
+    return keras.models.load_model(files.model), history, record
 
 
 def saved_history(profile, name):
@@ -254,12 +263,15 @@ def saved_history(profile, name):
     For runs whose history is kept without their model (the sweep's).
 
     Returns:
-        The history dict, or `None` when no `<name>_history.json` is found.
+        The history dict, or `None` when no history of `name` is found.
+
+    Example:
+
+    >>> len(saved_history(load_profile("full"), "sweep_scratch")["val_miou5"])
+    20
     """
-    folders = [profile.models_dir] + ([COMMITTED_MODELS] if profile.name == "full" else [])
-    path = next((f / f"{name}_history.json" for f in folders
-                 if (f / f"{name}_history.json").exists()), None)
-    return None if path is None else json.loads(path.read_text())
+    files = _saved_run(profile, name, lambda f: f.history)
+    return None if files is None else json.loads(files.history.read_text())
 
 
 def describe_run(path, record):
@@ -267,8 +279,9 @@ def describe_run(path, record):
 
     Example:
 
-    >>> print(describe_run(path, record))
-    teacher.keras (committed in results/models): 100 epochs, jax on NVIDIA H200, 2026-11-28, mixed_bfloat16
+    >>> _, _, record = load_run(COMMITTED_MODELS / "teacher.keras")
+    >>> print(describe_run(COMMITTED_MODELS / "teacher.keras", record))
+    teacher.keras (committed in results/models): 100 epochs, jax, NVIDIA H200, 2026-11-28, mixed_bfloat16
     """
     path = pathlib.Path(path)
     where = ("committed in results/models" if path.parent == COMMITTED_MODELS
@@ -280,107 +293,97 @@ def describe_run(path, record):
 
 
 def write_run_record(profile, name, **settings):
-    """Writes `<name>_run.json` beside the model: where, when and how it was trained.
+    """Writes the record of the run `name`: where, when and how it was trained.
 
-    The record holds `run_info(profile)` (backend, Keras, device, date,
-    budget) and the `settings` given, e.g. `precision`, `train_seconds` or
-    the distillation's `alpha` and `temperature`.
+    The record (`RunFiles.record`, `<name>_run.json` beside the model) holds
+    `run_info(profile)` (backend, Keras, device, date, budget) and the
+    `settings` given, e.g. `precision`, `train_seconds` or the distillation's
+    `alpha` and `temperature`.
 
     Returns:
         The path written.
     """
-    path = profile.models_dir / f"{name}_run.json"
+    path = RunFiles(profile.models_dir, name).record
     path.write_text(json.dumps({**run_info(profile), **settings}, indent=1))
     return path
 
 
-def train_model(model, data, profile, *, name, teacher=None, alpha=0.5, temperature=4.0,
-                kind="pixel", standardize=False, feature_weight=0.0, kd_schedule=None,
-                sampling=None, mix="cutmix", mix_probability=0.5, epochs=None, seed=None,
-                precision=None, callbacks=(), verbose="auto"):
-    """Compiles and trains one model of the series, the way the notebooks do.
+def train_model(model, data, profile, *, name, epochs=None, seed=None, callbacks=(),
+                verbose="auto", **fit_options):
+    """Compiles and fits one model of the series with the profile's recipe, and records it.
 
-    Casts `model` to `precision`, wraps it in a `Distiller` when a `teacher`
-    is given, compiles it (`compile_segmentation`, Adam with the profile's
-    learning-rate schedule) and fits it (`fit_segmentation`: best checkpoint
-    by validation mean IoU, resumption after an interruption) under
-    `profile.models_dir`, then writes `<name>_run.json` (`write_run_record`).
-    Build `model` after `keras.utils.set_random_seed(seed)` for a
-    reproducible run.
+    The notebooks' shorthand for the two library steps: `compile_segmentation`
+    (Adam with the profile's learning-rate schedule, the dataset's mean IoU)
+    and `fit_segmentation` (best checkpoint by validation mean IoU,
+    resumption after an interruption) under `profile.models_dir`, then
+    `write_run_record` with the precision, the distillation settings and the
+    training time. Build `model` (cast with `with_dtype_policy`, wrapped in a
+    `Distiller` for distillation) after `keras.utils.set_random_seed(seed)`
+    for a reproducible run.
 
     Args:
-        model: a model from `build_teacher` or `build_student`.
+        model: an uncompiled model from `build_unet`, or a `Distiller`.
         data: the `SegmentationDataset`.
         profile: the `Profile` (budget and folders).
         name: file stem of the saved model, history and record.
-        teacher: trained teacher, to distil `model` from it (e.g. an
-            `ensemble_teacher`).
-        alpha, temperature, kind, standardize, feature_weight: the
-            `Distiller`'s settings.
-        kd_schedule: `None`, or "warmup:K:ALPHA": alpha 1 for the first K
-            epochs, then ALPHA (`KDWeightSchedule`), replacing `alpha`.
-        sampling: overrides `profile.sampling`; with "consistent" build
-            `model` with `augment=False` (see `fit_segmentation`).
-        mix, mix_probability: the batch mix of `sampling="consistent"`.
         epochs: overrides `profile.epochs`.
         seed: seed of the batch order; `profile.seed` if `None`.
-        precision: Keras dtype policy; `mixed_precision_policy()` if `None`.
-        callbacks: extra Keras callbacks.
+        callbacks: extra Keras callbacks (e.g. a `KDWeightSchedule`).
         verbose: passed to `fit`.
+        **fit_options: more arguments of `fit_segmentation` (`sampling`,
+            `mix`, `mix_probability`, `cache_teacher`); `sampling` defaults
+            to `profile.sampling`. They are recorded too.
 
     Returns:
         `(model, history, record)` of the best epoch, as `load_run` gives.
 
     Example:
 
-    >>> keras.utils.set_random_seed(0)
+    >>> profile = load_profile("tiny", output_dir=tmp)
+    >>> data = profile_dataset(profile)
     >>> student, history, record = train_model(build_student(), data, profile,
-    ...                                        name="student_scratch_s0")
+    ...                                        name="student", epochs=1, verbose=0)
+    >>> record["epochs"], record["distillation"]
+    (1, {'kind': 'none'})
     """
     epochs = profile.epochs if epochs is None else epochs
     seed = profile.seed if seed is None else seed
-    precision = precision or mixed_precision_policy()
-    model = with_dtype_policy(model, precision)
-    sampling = profile.sampling if sampling is None else sampling
-    settings = {"kind": "none"}
-    callbacks = list(callbacks)
-    if teacher is not None:
-        model = Distiller(teacher=with_dtype_policy(teacher, precision), student=model,
-                          alpha=alpha, temperature=temperature, kind=kind,
-                          standardize=standardize, feature_weight=feature_weight)
-        settings = {"kind": kind, "alpha": alpha, "temperature": temperature}
-        settings.update({k: v for k, v in (("standardize", standardize),
-                                           ("feature_weight", feature_weight),
-                                           ("kd_schedule", kd_schedule)) if v})
-        if kd_schedule is not None:
-            callbacks.append(KDWeightSchedule(KDWeightSchedule.parse(kd_schedule)))
-    elif kd_schedule is not None:
-        raise ValueError(f"kd_schedule={kd_schedule!r} weighs a distillation, but no "
-                         f"teacher was given.")
+    fit_options.setdefault("sampling", profile.sampling)
     steps = math.ceil(len(data.x_train) / profile.batch_size)
     compile_segmentation(model, profile.learning_rate_schedule(epochs, steps),
-                         steps_per_execution=profile.steps_per_execution)
+                         steps_per_execution=profile.steps_per_execution,
+                         labelled_classes=data.labelled_classes)
     start = time.perf_counter()
     fit_segmentation(model, data, epochs=epochs, output_dir=profile.models_dir, name=name,
                      batch_size=profile.batch_size, seed=seed, verbose=verbose,
-                     sampling=sampling, mix=mix, mix_probability=mix_probability,
-                     callbacks=callbacks, cache_teacher=not feature_weight)
-    inputs = {"sampling": sampling}
-    if sampling == "consistent":
-        inputs.update(mix=mix, mix_probability=mix_probability)
-    write_run_record(profile, name, epochs=epochs, seed=seed, precision=precision,
-                     distillation=settings, learning_rate=profile.learning_rate,
-                     train_seconds=time.perf_counter() - start, **inputs)
-    return load_run(profile.models_dir / f"{name}.keras")
+                     callbacks=callbacks, **fit_options)
+    trained = getattr(model, "student", model)
+    write_run_record(profile, name, epochs=epochs, seed=seed,
+                     precision=trained.dtype_policy.name,
+                     distillation=_distillation_settings(model),
+                     learning_rate=profile.learning_rate,
+                     train_seconds=time.perf_counter() - start, **fit_options)
+    return load_run(RunFiles(profile.models_dir, name).model)
 
 
-def load_or_train(profile, data, name, build, *, teacher=None, **settings):
+def _distillation_settings(model):
+    if not isinstance(model, Distiller):
+        return {"kind": "none"}
+    settings = {"kind": model.kind, "alpha": model.alpha, "temperature": model.temperature}
+    settings.update({k: v for k, v in (("standardize", model.standardize),
+                                       ("feature_weight", model.feature_weight)) if v})
+    return settings
+
+
+def load_or_train(profile, data, name, build, *, teacher=None, **distiller_settings):
     """The finished model `name` if one is saved, else one trained here.
 
     For a notebook opened alone: it looks where `saved_model_path` does (this
-    run's folder, then for the full profile the committed models), and
-    trains the model with `train_model` only where neither has it. It says
-    which it did.
+    run's folder, then for the full profile the committed models). Where
+    neither has it, it seeds Keras with `profile.seed`, builds the model in
+    the device's precision (`mixed_precision_policy`), wraps it in a
+    `Distiller` when a `teacher` is given, and trains it with `train_model`.
+    It says which it did.
 
     Args:
         profile: the `Profile`.
@@ -388,14 +391,16 @@ def load_or_train(profile, data, name, build, *, teacher=None, **settings):
         name: the model's file stem, e.g. "teacher".
         build: function returning the untrained model, e.g. `build_teacher`.
         teacher: for a distilled student, its teacher.
-        **settings: the `Distiller`'s settings, for `train_model`.
+        **distiller_settings: `alpha`, `temperature`, ... of the `Distiller`.
 
     Returns:
         `(model, history, record)`.
 
     Example:
 
-    >>> teacher, history, record = load_or_train(profile, data, "teacher", build_teacher)
+    >>> teacher, history, record = load_or_train(load_profile("full"), None, "teacher",
+    ...                                          build_teacher)
+    Loaded teacher.keras (committed in results/models): 100 epochs, jax, NVIDIA H200, 2026-11-28, mixed_bfloat16
     """
     path = saved_model_path(profile, name)
     if path is not None:
@@ -404,5 +409,12 @@ def load_or_train(profile, data, name, build, *, teacher=None, **settings):
         return model, history, record
     print(f"No saved {name} in {profile.models_dir}: training it here, {profile.epochs} epochs.")
     keras.utils.set_random_seed(profile.seed)
-    return train_model(build(), data, profile, name=name, teacher=teacher, verbose=0,
-                       **settings)
+    precision = mixed_precision_policy()
+    model = with_dtype_policy(build(), precision)
+    if teacher is not None:
+        model = Distiller(teacher=with_dtype_policy(teacher, precision), student=model,
+                          **distiller_settings)
+    elif distiller_settings:
+        raise ValueError(f"{sorted(distiller_settings)} are settings of a distillation, "
+                         f"but no teacher was given.")
+    return train_model(model, data, profile, name=name, verbose=0)

@@ -5,7 +5,7 @@ import pathlib
 
 import numpy as np
 
-from .classes import CLASSES, PALETTE, labels_to_rgb
+from .classes import IGNORE_INDEX, class_names_for, generic_classes, labels_to_rgb
 from .datasets import class_shares
 
 
@@ -18,11 +18,26 @@ def save_figure(fig, path):
     return fig
 
 
-def _legend_handles(class_names=CLASSES, palette=PALETTE):
+def _legend_handles(class_names, palette):
     from matplotlib.patches import Patch
 
     return [Patch(color=np.asarray(palette)[i] / 255, label=name)
             for i, name in enumerate(class_names)]
+
+
+def _names_and_palette(label_maps, class_names, palette):
+    """Class names and colours: those given, else generic ones for the labels' classes."""
+    if class_names is None and palette is None:
+        found = [int(np.max(np.where(m == IGNORE_INDEX, 0, m))) for m in label_maps]
+        n_classes = max(found, default=0) + 1
+    else:
+        n_classes = len(class_names if class_names is not None else palette)
+    names, colours = generic_classes(n_classes)
+    palette = colours if palette is None else np.asarray(palette, np.uint8)
+    if len(palette) != n_classes:
+        raise ValueError(f"palette has {len(palette)} colours for {n_classes} classes: "
+                         f"give one colour per class.")
+    return class_names_for(n_classes, class_names), palette
 
 
 def plot_segmentations(images, truths, predictions, path=None, *, class_names=None,
@@ -35,9 +50,10 @@ def plot_segmentations(images, truths, predictions, path=None, *, class_names=No
         predictions: dict mapping a column title (e.g. "Teacher") to labels
             `(N, H, W)`.
         path: optional file to save the figure to.
-        class_names: names of the legend; `CLASSES` if `None`.
-        palette: uint8 `(n_classes, 3)` colours of the labels; `PALETTE` if
-            `None`.
+        class_names: names of the classes (a dataset's `classes`); "class 0",
+            ... if `None`.
+        palette: uint8 `(n_classes, 3)` colours of the labels (a dataset's
+            `palette`); distinct generic colours if `None`.
 
     Returns:
         The matplotlib `Figure`.
@@ -49,6 +65,8 @@ def plot_segmentations(images, truths, predictions, path=None, *, class_names=No
     import matplotlib.pyplot as plt
 
     columns = {"Image": None, "Ground truth": truths, **predictions}
+    class_names, palette = _names_and_palette(
+        [np.asarray(v) for v in columns.values() if v is not None], class_names, palette)
     n = len(images)
     legend_inches = 0.45
     fig, axes = plt.subplots(n, len(columns), squeeze=False,
@@ -61,8 +79,7 @@ def plot_segmentations(images, truths, predictions, path=None, *, class_names=No
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(title)
-    class_names = CLASSES if class_names is None else class_names
-    fig.legend(handles=_legend_handles(class_names, PALETTE if palette is None else palette),
+    fig.legend(handles=_legend_handles(class_names, palette),
                loc="lower center", ncol=len(class_names), frameon=False)
     fig.tight_layout(rect=(0, legend_inches / fig.get_figheight(), 1, 1))
     return save_figure(fig, path)
@@ -119,19 +136,25 @@ def plot_history(histories, keys=("loss",), path=None):
     return save_figure(fig, path)
 
 
-def plot_pr_curves(results, path=None, class_names=CLASSES):
+def plot_pr_curves(results, path=None, class_names=None):
     """Draws per-class precision-recall curves, one panel per class.
 
     Args:
         results: dict mapping a model name to the output of
             `evaluate_segmentation`.
         path: optional file to save the figure to.
-        class_names: names of the classes, in label order.
+        class_names: the classes to draw, in label order; those the results
+            name if `None`.
 
     Returns:
         The matplotlib `Figure`.
     """
     import matplotlib.pyplot as plt
+
+    if class_names is None:
+        first = next(iter(results.values()))
+        class_names = first.get("class_names") or class_names_for(
+            len(first["average_precision"]))
 
     columns = min(3, len(class_names))
     rows = math.ceil(len(class_names) / columns)
@@ -156,14 +179,15 @@ def plot_pr_curves(results, path=None, class_names=CLASSES):
     return save_figure(fig, path)
 
 
-def plot_confusion_matrix(confusion_matrix, title="", path=None, class_names=CLASSES):
+def plot_confusion_matrix(confusion_matrix, title="", path=None, class_names=None):
     """Draws a confusion matrix normalised by row (recall per true class).
 
     Args:
         confusion_matrix: counts, rows = truth, columns = prediction.
         title: figure title.
         path: optional file to save the figure to.
-        class_names: names of the classes, in label order.
+        class_names: names of the classes, in label order; "class 0", ...
+            if `None`.
 
     Returns:
         The matplotlib `Figure`.
@@ -172,6 +196,7 @@ def plot_confusion_matrix(confusion_matrix, title="", path=None, class_names=CLA
     from sklearn.metrics import ConfusionMatrixDisplay
 
     cm = np.asarray(confusion_matrix, dtype=np.float64)
+    class_names = class_names_for(len(cm), class_names)
     with np.errstate(invalid="ignore", divide="ignore"):
         normalized = np.nan_to_num(cm / cm.sum(1, keepdims=True))
     fig, ax = plt.subplots(figsize=(6, 5.2))
@@ -197,8 +222,7 @@ def plot_class_shares(data, path=None):
     """
     import matplotlib.pyplot as plt
 
-    names = tuple(getattr(data, "classes", CLASSES))
-    palette = np.asarray(getattr(data, "palette", PALETTE))
+    names, palette = tuple(data.classes), np.asarray(data.palette)
     fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(names)), 3.4))
     width = 0.27
     for i, split in enumerate(("train", "val", "test")):

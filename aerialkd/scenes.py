@@ -8,13 +8,13 @@ import warnings
 
 import numpy as np
 
-from .classes import CLASSES, IGNORE_INDEX, PALETTE
+from .classes import IGNORE_INDEX, class_names_for, generic_classes
 from .tiling import blend_tiles, check_tiling
 
 
 def segment_scene(model, src_path, dst_path, *, tile_size=256, overlap=None,
-                  batch_size=8, bands=(1, 2, 3), rescale=None, class_names=CLASSES,
-                  palette=PALETTE, progress=None):
+                  batch_size=8, bands=(1, 2, 3), rescale=None, class_names=None,
+                  palette=None, progress=None):
     """Segments a raster scene of any size into a georeferenced label GeoTIFF.
 
     The scene is read band by band (rows of tiles) and blended exactly as
@@ -45,8 +45,10 @@ def segment_scene(model, src_path, dst_path, *, tile_size=256, overlap=None,
         rescale: `None` for uint8 scenes; `(low, high)` maps other dtypes
             (e.g. uint16) linearly, `low` to 0 and `high` to 255, rounded and
             clipped.
-        class_names: one name per model output class.
-        palette: `(classes, 3)` uint8 colours for the colour map.
+        class_names: one name per model output class (a dataset's
+            `classes`); "class 0", ... if `None`.
+        palette: `(classes, 3)` uint8 colours for the colour map (a
+            dataset's `palette`); distinct generic colours if `None`.
         progress: optional `callable(rows_done, height)`, called after each
             band is written (from the worker thread that writes them).
 
@@ -72,10 +74,9 @@ def segment_scene(model, src_path, dst_path, *, tile_size=256, overlap=None,
     if dst_path.resolve() == src_path.resolve():
         raise ValueError(f"dst_path must differ from src_path, got {dst_path} for both.")
     n_classes = getattr(model, "model", model).output_shape[-1]
-    if len(class_names) != n_classes:
-        raise ValueError(f"class_names must name the model's {n_classes} classes, "
-                         f"got {len(class_names)}: {list(class_names)}.")
-    palette = np.asarray(palette, np.uint8)
+    class_names = class_names_for(n_classes, class_names)
+    palette = generic_classes(n_classes)[1] if palette is None else np.asarray(palette,
+                                                                               np.uint8)
     if palette.shape != (n_classes, 3):
         raise ValueError(f"palette must be ({n_classes}, 3) colours, got shape "
                          f"{palette.shape}.")
@@ -203,7 +204,7 @@ def _label_profile(src, tile_size):
 
 
 def polygonize(label_path, dst_path, *, min_area=0, connectivity=4,
-               class_names=CLASSES):
+               class_names=None):
     """Writes the class regions of a label raster as GeoJSON polygons.
 
     Each connected region of one class becomes a feature with its `class`
@@ -221,7 +222,9 @@ def polygonize(label_path, dst_path, *, min_area=0, connectivity=4,
         min_area: smallest region kept, in pixels (multiply by the pixel
             area for map units); 0 keeps every region.
         connectivity: 4 or 8, the pixel neighbourhood of a region.
-        class_names: names of the class indices.
+        class_names: names of the class indices; if `None`, those the
+            raster's tags hold (`segment_scene` writes them), else "class 0",
+            ....
 
     Returns:
         dict with `path` and `features` (name -> number of polygons).
@@ -249,7 +252,11 @@ def polygonize(label_path, dst_path, *, min_area=0, connectivity=4,
                                  f"indices, got {src.count} {src.dtypes[0]} band(s).")
             labels, crs, transform = src.read(1), src.crs, src.transform
             nodata = IGNORE_INDEX if src.nodata is None else int(src.nodata)
+            tagged = src.tags().get("CLASS_NAMES")
     valid = labels != nodata
+    if class_names is None:
+        class_names = json.loads(tagged) if tagged else class_names_for(
+            int(labels[valid].max()) + 1 if valid.any() else 1)
     unknown = np.unique(labels[valid & (labels >= len(class_names))])
     if unknown.size:
         raise ValueError(f"{label_path} has class indices {unknown.tolist()} beyond "

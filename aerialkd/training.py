@@ -2,13 +2,12 @@
 
 import csv
 import json
-import pathlib
 import warnings
 
 import keras
 import numpy as np
 
-from .classes import IGNORE_INDEX, LABELLED_CLASSES
+from .classes import IGNORE_INDEX
 from .devices import data_parallel_size
 from .batches import ConsistentCropSequence, PatchSequence, RandomCropSequence
 from .layers import RandomSymmetry
@@ -16,11 +15,12 @@ from .losses import SegmentationLoss
 from .distiller import Distiller
 from .metrics import AnnotatedPixelAccuracy, check_labelled_classes, miou_name
 from .prediction import predict_logits
+from .run_files import RunFiles
 from .callbacks import BestModelCheckpoint, EpochRecord, StopOnNaN, SyncEpoch, monitored_miou
 
 
 def compile_segmentation(model, learning_rate=1e-3, loss=None, steps_per_execution=1,
-                         labelled_classes=LABELLED_CLASSES):
+                         labelled_classes=None):
     """Compiles a model (or `Distiller`) with Adam, the loss and mIoU metrics.
 
     Metrics: `miou<K>`, the mean IoU over the K `labelled_classes` (on the
@@ -35,7 +35,8 @@ def compile_segmentation(model, learning_rate=1e-3, loss=None, steps_per_executi
         loss: student loss; `SegmentationLoss(n_classes=...)` if `None`.
         steps_per_execution: training steps per call from Python.
         labelled_classes: class indices the mean IoU averages over, e.g. a
-            dataset's `labelled_classes`.
+            dataset's `labelled_classes` (on the Dubai data, all but
+            Unlabeled: `miou5`); every class if `None`.
 
     Returns:
         The model, compiled.
@@ -94,13 +95,15 @@ def fit_segmentation(
 ):
     """Trains a compiled model or `Distiller`, checkpointing every epoch.
 
+    The run's files are `RunFiles(output_dir, name)`:
+
     - `BackupAndRestore` under `output_dir/backup_<name>`: rerun after an
       interruption (a Colab disconnect), training resumes from the last
       finished epoch;
     - the best model by the validation mean IoU (`miou5` on Dubai) is saved to
       `output_dir/<name>.keras` (for a `Distiller`, the student alone);
     - the history is appended to `output_dir/<name>_history.csv` and written
-      to `output_dir/<name>_history.json`;
+      to `output_dir/<name>_history.json` when training ends;
     - a NaN or infinite loss stops training and raises `FloatingPointError`
       saying which checkpoint was kept (the broken weights never replace it).
 
@@ -168,8 +171,8 @@ def fit_segmentation(
                       "the teacher's bottleneck features, so the teacher runs at every step.")
         cache_teacher = False
     replicas = _check_replica_batch(model, batch_size, len(data.x_train))
-    output_dir = pathlib.Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    files = RunFiles(output_dir, name)
+    files.folder.mkdir(parents=True, exist_ok=True)
     train_logits, val_x = None, data.x_val
     if cache_teacher and isinstance(model, Distiller):
         val_x = (data.x_val, predict_logits(model.teacher, data.x_val, batch_size))
@@ -189,11 +192,8 @@ def fit_segmentation(
         train = PatchSequence(data.x_train, data.y_train, batch_size, seed,
                               teacher_logits=train_logits, drop_remainder=replicas > 1)
     val_x, val_y = _pad_to_replicas(val_x, data.y_val, replicas)
-    csv_path = output_dir / f"{name}_history.csv"
-    backup_dir = output_dir / f"backup_{name}"
-    resuming = backup_dir.exists()
-    if not resuming:  # a fresh run: forget what an older run of this name left
-        for stale in (csv_path, output_dir / f"{name}.best.json"):
+    if not files.backup.exists():  # a fresh run: forget what an older run of this name left
+        for stale in (files.history_csv, files.best):
             stale.unlink(missing_ok=True)
     # Build model, metrics and optimizer on one validation patch now: fit would
     # otherwise pull a training batch to do it, which shifts the batch order of
@@ -204,10 +204,10 @@ def fit_segmentation(
     # sequence must know a resumed run's epoch before fit starts: our own
     # record of finished epochs, kept in the backup folder beside Keras' backup
     # (and deleted with it when training ends).
-    epochs_done = EpochRecord(backup_dir / "epochs_done.json")
+    epochs_done = EpochRecord(files.backup / "epochs_done.json")
     train.set_epoch(epochs_done.read())
     monitor = monitored_miou(model)
-    best = BestModelCheckpoint(output_dir / f"{name}.keras", monitor=monitor)
+    best = BestModelCheckpoint(files.model, monitor=monitor)
     stop_on_nan = StopOnNaN()
     model.fit(
         train,
@@ -220,18 +220,19 @@ def fit_segmentation(
         epochs=epochs,
         callbacks=[
             SyncEpoch(train),
-            keras.callbacks.BackupAndRestore(str(backup_dir)),
+            keras.callbacks.BackupAndRestore(str(files.backup)),
             epochs_done,
             stop_on_nan,
             best,
-            keras.callbacks.CSVLogger(str(csv_path), append=True),
+            keras.callbacks.CSVLogger(str(files.history_csv), append=True),
             *callbacks,
         ],
         verbose=verbose,
     )
-    history = read_history(csv_path)
-    with open(output_dir / f"{name}_history.json", "w") as f:
-        json.dump(history, f, indent=1)
+    history = read_history(files.history_csv)
+    partial = files.history.with_name(f".{files.history.name}.partial")
+    partial.write_text(json.dumps(history, indent=1))
+    partial.replace(files.history)  # never a half-written history
     if stop_on_nan.stopped:
         epoch, loss = stop_on_nan.stopped
         kept = (f"the best checkpoint so far ({best.monitor} {best.best:.4f}) is kept "

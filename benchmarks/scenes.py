@@ -60,12 +60,16 @@ def main(argv=None):
 
     folder = pathlib.Path(args.scenes)
     baseline_utils = None
-    if args.baseline_commit:
+    if args.baseline_commit:  # that commit's utils.py (and package, if it had one)
         baseline_utils = folder / f"utils_{args.baseline_commit}" / "utils.py"
         baseline_utils.parent.mkdir(parents=True, exist_ok=True)
-        baseline_utils.write_bytes(subprocess.run(
-            ["git", "-C", str(REPO), "show", f"{args.baseline_commit}:utils.py"],
-            check=True, capture_output=True).stdout)
+        listed = subprocess.run(["git", "-C", str(REPO), "ls-tree", "--name-only",
+                                 args.baseline_commit, "utils.py", "aerialkd"],
+                                check=True, capture_output=True, text=True).stdout.split()
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", args.baseline_commit,
+                                  *listed], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(baseline_utils.parent)], input=archive,
+                       check=True)
     print(machine())
     print("load average (1, 5, 15 min) at the start: %.1f %.1f %.1f" % os.getloadavg())
     print(f"model {args.model}, tile {args.tile_size}, batch {args.batch_size}")
@@ -161,7 +165,10 @@ def measure(args, scene, size, function, utils_path):
     command = [sys.executable, __file__, "--child", function, "--model", args.model,
                "--scenes", str(scene), "--tile-size", str(args.tile_size),
                "--batch-size", str(args.batch_size)]
-    env = dict(os.environ, SSSI_UTILS=str(utils_path.parent if utils_path else REPO))
+    env = dict(os.environ)
+    if utils_path:  # a baseline commit's code comes first on the child's path
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(utils_path.parent), *filter(None, [os.environ.get("PYTHONPATH")])])
     process = subprocess.Popen(command, stdout=subprocess.PIPE, env=env)
     output = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
@@ -179,8 +186,6 @@ def child(args):
     """One measurement: load the model, warm up, run, print JSON."""
     import resource
 
-    sys.path.insert(0, os.environ["SSSI_UTILS"])
-    sys.path.insert(1, str(REPO))
     import keras
     import numpy as np
 

@@ -29,7 +29,6 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 CLASSES = {"Field": "#C8B464", "Forest": "#1E7832", "Water": "#1E64C8"}
 

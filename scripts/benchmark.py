@@ -34,15 +34,13 @@ import json
 import pathlib
 import platform
 import resource
-import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-import utils  # noqa: E402
+import utils
 
 VARIANTS = {
     "reference": dict(precision="float32", batch=16, host_augment=True, sync=True),
@@ -83,7 +81,8 @@ def build(role, variant, teacher=None):
         model = utils.Distiller(
             teacher=utils.with_dtype_policy(teacher, variant["precision"]), student=model)
     return utils.compile_segmentation(
-        model, steps_per_execution=variant.get("steps_per_execution", 1))
+        model, steps_per_execution=variant.get("steps_per_execution", 1),
+        labelled_classes=utils.LABELLED_CLASSES)
 
 
 def one_epoch(model, x, y, variant, teacher_logits=None):

@@ -39,15 +39,12 @@ are evaluated again, not retrained.
 import argparse
 import dataclasses
 import json
-import pathlib
 import re
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import keras  # noqa: E402
-import runs  # noqa: E402
-import utils  # noqa: E402
+import keras
+import runs
+import utils
 
 
 def main(argv=None):
@@ -235,11 +232,11 @@ def main(argv=None):
 
 
 def _load_finished(parser, profile, name):
-    path = profile.models_dir / f"{name}.keras"
-    if not (profile.models_dir / f"{name}_run.json").exists() or not path.exists():
+    files = utils.RunFiles(profile.models_dir, name)
+    if not files.record.exists() or not files.model.exists():
         parser.error(f"--teacher-models: there is no finished model {name!r} in "
                      f"{profile.models_dir}; train it first (e.g. --teacher-seeds)")
-    return keras.models.load_model(path)
+    return keras.models.load_model(files.model)
 
 
 def _save_chosen_settings(profile, config, changed):
@@ -266,11 +263,11 @@ class Metrics:
     def record(self, model_name, run_name, model, seed, run_file=None):
         """Scores `model` on the test split and replaces the run's entry."""
         profile, data = self.profile, self.data
-        run = json.loads((profile.models_dir / f"{run_file or run_name}_run.json").read_text())
+        run = json.loads(utils.RunFiles(profile.models_dir, run_file or run_name).record.read_text())
         # IoUs and accuracy only: the PR curves of evaluate_segmentation take ~20 s of
         # host time per model, which the GPU machine would sit through idle
         logits = utils.predict_logits(model, data.x_test, profile.batch_size)
-        result = utils.iou_scores(data.y_test, logits.argmax(-1))
+        result = utils.iou_scores(data.y_test, logits.argmax(-1), n_classes=data.n_classes, labelled_classes=data.labelled_classes)
         entry = {
             "model": model_name, "run": run_name, "seed": seed,
             "miou5": result["miou5"], "miou6": result["miou6"],
@@ -303,7 +300,7 @@ def _check_tag(parser, profile, overrides, need_teacher=True):
         parser.error(f"--tag compares a recipe with the chosen runs at their budget, so it "
                      f"can't change it: drop {flag} (it differs from the budget of "
                      f"{profile.output_dir}, see profile.json there)")
-    if need_teacher and not (profile.models_dir / "teacher_run.json").exists():
+    if need_teacher and not utils.RunFiles(profile.models_dir, "teacher").record.exists():
         parser.error(f"--tag distils from the finished teacher in {profile.models_dir}, and "
                      f"there is none: run scripts/experiment.py without --tag first")
 

@@ -14,15 +14,13 @@ int8 is calibrated on 64 training patches (never test patches).
 import argparse
 import json
 import pathlib
-import sys
 import tempfile
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-import utils  # noqa: E402
+import utils
 
 FORMATS = ("keras", "litert_float32", "litert_float16", "litert_int8")
 
@@ -43,7 +41,7 @@ def main(argv=None):
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models:
-            path = profile.models_dir / f"{name}.keras"
+            path = utils.RunFiles(profile.models_dir, name).model
             model = keras.models.load_model(path)
             predictors = {"keras": utils.make_predict_function(model)}
             sizes = {"keras": path.stat().st_size}
@@ -58,7 +56,7 @@ def main(argv=None):
             for key, predict in predictors.items():
                 logits = np.concatenate([predict(data.x_test[i:i + 8])
                                          for i in range(0, len(data.x_test), 8)])
-                scores = utils.iou_scores(data.y_test, logits.argmax(-1))
+                scores = utils.iou_scores(data.y_test, logits.argmax(-1), n_classes=data.n_classes, labelled_classes=data.labelled_classes)
                 rows.append({"model": name, "format": key, "size_mb": sizes[key] / 1e6,
                              "latency_ms": 1000 * latency[key], "miou5": scores["miou5"],
                              "pixel_acc": scores["pixel_acc"]})

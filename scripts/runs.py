@@ -17,17 +17,13 @@ The notebooks use none of this: they build, compile and fit in view with `utils`
 import dataclasses
 import json
 import math
-import pathlib
-import sys
-import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-import aerialkd  # noqa: E402
-import utils  # noqa: E402
+import aerialkd
+import utils
 
 DEFAULT_DISTILLATION = {"alpha": 0.5, "temperature": 4.0, "kind": "pixel",
                         "teacher_ensemble": False}
@@ -181,41 +177,48 @@ def train(name, profile, data, *, build=utils.build_student, teacher=None, alpha
     if sampling == "consistent":
         inputs = {"mix": mix, "mix_probability": mix_probability}
         wanted.update(inputs)
-    finished = profile.models_dir / f"{name}_run.json"
-    started = profile.models_dir / f"{name}_started.json"
-    if finished.exists() and not retrain:
-        info = json.loads(finished.read_text())
+    files = utils.RunFiles(profile.models_dir, name)
+    if files.record.exists() and not retrain:
+        info = json.loads(files.record.read_text())
         if all(info.get(k) == v for k, v in wanted.items()):
             print(f"Loading the finished run {name!r} ({epochs} epochs, seed {seed}, "
                   f"trained on {info['backend']}, {info['device']}, {info['date']}) from "
                   f"{profile.models_dir}; pass retrain=True to train again.")
-            history = json.loads((profile.models_dir / f"{name}_history.json").read_text())
+            history = json.loads(files.history.read_text())
             if not load_model:
                 return None, history
-            return keras.models.load_model(profile.models_dir / f"{name}.keras"), history
-    stale = finished.exists() or (
-        started.exists() and json.loads(started.read_text()) != wanted)
+            return keras.models.load_model(files.model), history
+    stale = files.record.exists() or (
+        files.started.exists() and json.loads(files.started.read_text()) != wanted)
     if stale or retrain:
-        _archive_run(profile.models_dir, name)
+        archive = files.archive()
+        if archive is not None:
+            print(f"Run {name!r} is trained anew (other settings, or retrain=True); the "
+                  f"files of the earlier run were moved to {archive}.")
     profile.models_dir.mkdir(parents=True, exist_ok=True)
-    started.write_text(json.dumps(wanted))
+    files.started.write_text(json.dumps(wanted))
     keras.utils.set_random_seed(seed)
     # consistent teaching augments on the host: the model must not augment again
     model = build(augment=False) if sampling == "consistent" else build()
-    settings = {}
+    callbacks = list(callbacks)
+    if teacher is not None and config["teacher_ensemble"]:
+        teacher = utils.symmetry_ensemble(utils.with_dtype_policy(teacher, precision))
+    model = utils.with_dtype_policy(model, precision)
     if teacher is not None:
-        if config["teacher_ensemble"]:
-            teacher = utils.symmetry_ensemble(utils.with_dtype_policy(teacher, precision))
-        settings = {k: config[k] for k in ("alpha", "temperature", "kind")}
-        settings.update({k: config[k] for k in ("standardize", "feature_weight",
-                                                "kd_schedule") if k in config})
+        model = utils.Distiller(
+            teacher=utils.with_dtype_policy(teacher, precision), student=model,
+            **{k: config[k] for k in ("alpha", "temperature", "kind", "standardize",
+                                      "feature_weight") if k in config})
+        if "kd_schedule" in config:
+            callbacks.append(utils.KDWeightSchedule(
+                utils.KDWeightSchedule.parse(config["kd_schedule"])))
     model, history, record = utils.train_model(
-        model, data, profile, name=name, teacher=teacher, epochs=epochs, seed=seed,
-        precision=precision, callbacks=callbacks, verbose=2, sampling=sampling, **inputs,
-        **settings)
+        model, data, profile, name=name, epochs=epochs, seed=seed, callbacks=callbacks,
+        verbose=2, sampling=sampling, cache_teacher=not config.get("feature_weight"),
+        **inputs)
     info = {**utils.run_info(profile), **wanted, "train_seconds": record["train_seconds"]}
-    finished.write_text(json.dumps(info, indent=1))
-    started.unlink()
+    files.record.write_text(json.dumps(info, indent=1))
+    files.started.unlink()
     return model, history
 
 
@@ -227,24 +230,6 @@ def weights_fingerprint(model):
     for weight in model.get_weights():
         digest.update(np.ascontiguousarray(weight).tobytes())
     return digest.hexdigest()[:16]
-
-
-_RUN_FILES = (".keras", ".best.json", "_history.csv", "_history.json", "_run.json",
-              "_started.json")
-
-
-def _archive_run(folder, name):
-    """Moves a run's files to `previous/<name>-<time>/` instead of overwriting them."""
-    paths = [folder / f"{name}{suffix}" for suffix in _RUN_FILES] + [folder / f"backup_{name}"]
-    paths = [p for p in paths if p.exists()]
-    if not paths:
-        return
-    archive = folder / "previous" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    archive.mkdir(parents=True, exist_ok=True)
-    for path in paths:
-        path.rename(archive / path.name)
-    print(f"Run {name!r} is trained anew (other settings, or retrain=True); the files "
-          f"of the earlier run were moved to {archive}.")
 
 
 SWEEP_CHOICE = "sweep_distillation: the grid's best validation mIoU5"

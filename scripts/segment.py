@@ -13,14 +13,11 @@ class.
 """
 
 import argparse
-import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import keras  # noqa: E402
+import keras
 
-import utils  # noqa: E402
+import utils
 
 
 def main(argv=None):
@@ -52,6 +49,10 @@ def main(argv=None):
     parser.add_argument("--rescale", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         help="map LOW..HIGH linearly to 0..255, for scenes that are "
                         "not uint8 (e.g. uint16)")
+    parser.add_argument("--classes", metavar="classes.json",
+                        help="the model's classes and colours (Supervisely's classes.json); "
+                             "default: the Dubai classes for a six-class model, else "
+                             "generic names")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
@@ -63,9 +64,11 @@ def main(argv=None):
             bars.append(keras.utils.Progbar(height, unit_name="row"))
         bars[0].update(rows)
 
+    names, palette = scene_classes(model, args.classes)
     result = utils.segment_scene(
         model, args.scene, args.output, tile_size=args.tile_size, overlap=args.overlap,
         batch_size=args.batch_size, bands=args.bands, rescale=args.rescale,
+        class_names=names, palette=palette,
         progress=None if args.quiet else progress)
     for line in summary(result, args.scene):
         print(line)
@@ -74,6 +77,24 @@ def main(argv=None):
         print(f"Polygons: {sum(polygons['features'].values())} written to "
               f"{polygons['path']}")
     return result
+
+
+def scene_classes(model, classes):
+    """Class names and colours for the label raster.
+
+    A `classes.json` (or nothing: the Dubai classes, those of the committed models)
+    names them; a model with another number of outputs and no `classes` gets generic
+    names and colours.
+    """
+    n_classes = model.output_shape[-1]
+    if classes is None and n_classes != len(utils.CLASSES):
+        return None, None
+    names, palette = utils.read_classes(classes)
+    if len(names) != n_classes:
+        raise SystemExit(f"{classes or 'The Dubai classes'} name {len(names)} classes, "
+                         f"but the model predicts {n_classes}: pass --classes with its "
+                         f"dataset's classes.json.")
+    return names, palette
 
 
 def summary(result, scene):

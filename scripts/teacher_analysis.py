@@ -32,15 +32,13 @@ Inference only, so it runs on a CPU (a few minutes on 2 cores); writes
 
 import argparse
 import json
-import pathlib
 import re
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import keras  # noqa: E402
+import keras
 
-import utils  # noqa: E402
+import utils
 
 TEMPERATURES = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 8.0)
 
@@ -54,10 +52,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     profile = utils.load_profile(args.profile, output_dir=args.output)
-    if not (profile.models_dir / "teacher.keras").exists():
+    teacher_files = utils.RunFiles(profile.models_dir, "teacher")
+    if not teacher_files.model.exists():
         sys.exit(f"No teacher.keras in {profile.models_dir}: run scripts/experiment.py "
                  f"with --output {args.output} first.")
-    teacher = keras.models.load_model(profile.models_dir / "teacher.keras")
+    teacher = keras.models.load_model(teacher_files.model)
     teachers = {"teacher": teacher, "teacher_x8": utils.symmetry_ensemble(teacher)}
     students = {path.stem: keras.models.load_model(path) for path in sorted(
         profile.models_dir.glob("student_*_s*.keras")) if re.search(r"_s\d+$", path.stem)}
@@ -84,7 +83,7 @@ def main(argv=None):
             del logits
         scores = {name: _score(y, p) for name, p in predictions.items()}
         overlap = {f"{t} vs {s}": utils.error_overlap(y, predictions[t], predictions[s],
-                                                      by_class=True)
+                                                      by_class=True, class_names=data.classes)
                    for t in teachers for s in students if s in predictions}
         report[split] = {"scores": scores, "calibration": calibration, "overlap": overlap}
         if split != "train":
@@ -156,7 +155,8 @@ def ensemble_scores(teacher_x8_logits, students, x, y, batch_size):
 
 
 def _score(y, predictions):
-    return {k: v for k, v in utils.iou_scores(y, predictions).items()
+    return {k: v for k, v in utils.iou_scores(y, predictions, n_classes=len(utils.CLASSES),
+                                              labelled_classes=utils.LABELLED_CLASSES).items()
             if k in ("miou5", "pixel_acc")}
 
 

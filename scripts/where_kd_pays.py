@@ -35,15 +35,13 @@ import itertools
 import json
 import math
 import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-import runs  # noqa: E402
-import utils  # noqa: E402
+import runs
+import utils
 
 PARTS = ("labels", "width4", "width2")
 SEEDS = (0, 1, 2)
@@ -223,7 +221,7 @@ def evaluate(todo, profile, data, subset):
         run = json.loads(record_path.read_text())
         model = keras.models.load_model(profile.models_dir / f"{run_name}.keras")
         logits = utils.predict_logits(model, data.x_test, profile.batch_size)
-        result = utils.iou_scores(data.y_test, logits.argmax(-1))
+        result = utils.iou_scores(data.y_test, logits.argmax(-1), n_classes=data.n_classes, labelled_classes=data.labelled_classes)
         entry = {
             "model": model_name, "run": run_name, "seed": settings["seed"],
             "miou5": result["miou5"], "miou6": result["miou6"],

@@ -2,20 +2,18 @@
 
 import os
 import pathlib
-import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Notebooks under test (pytest --nbmake) write to a fresh folder, never into the
 # outputs/ of a run the user made with the README's main command.
 os.environ.setdefault("SSSI_OUTPUT", tempfile.mkdtemp(prefix="sssi-test-outputs-"))
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import keras
+import numpy as np
+import pytest
 
-import utils  # noqa: E402
+import utils
 
 REAL_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "aerial-dubai"
 

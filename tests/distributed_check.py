@@ -29,13 +29,12 @@ else:
         tf.config.list_physical_devices("CPU")[0],
         [tf.config.LogicalDeviceConfiguration()] * DEVICES)
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-import aerialkd  # noqa: E402
-import utils  # noqa: E402
+import aerialkd
+import utils
 
 CLASSES = (0, 1, 2)
 BATCH = 4

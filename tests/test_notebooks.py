@@ -11,6 +11,7 @@ import types
 import numpy as np
 import pytest
 
+import aerialkd
 import utils
 
 NOTEBOOKS = sorted((utils.REPO_ROOT / "notebooks").glob("*.ipynb"))
@@ -113,7 +114,7 @@ def test_unknown_profile_is_refused(monkeypatch):
 
 
 def test_setup_mounts_drive_for_outputs_in_colab(fake_colab, tmp_path, monkeypatch):
-    monkeypatch.setattr(utils, "DRIVE_ROOT", tmp_path)
+    monkeypatch.setattr(aerialkd.notebook, "DRIVE_ROOT", tmp_path)
     profile = utils.setup_notebook("tiny", mount_drive=True)
     assert fake_colab.mounted == [str(tmp_path)]
     assert profile.output_dir == tmp_path / "MyDrive" / "sssi" / "tiny"

@@ -2,18 +2,15 @@
 
 import dataclasses
 import json
-import sys
 import types
 
 import keras
 import numpy as np
 import pytest
 
+import runs
 import utils
 from test_training import _fresh, _small_data
-
-sys.path.insert(0, str(utils.REPO_ROOT / "scripts"))
-import runs  # noqa: E402
 
 
 def test_mixed_precision_run_saves_a_float32_student(tiny_data, tmp_path):

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+import aerialkd
 import utils
 
 rasterio = pytest.importorskip("rasterio")
@@ -125,7 +126,7 @@ def test_segment_scene_reads_at_most_one_tile_of_rows_at_a_time(
     # every block read.
     reads, caches = [], []
     for name in ("_read_window", "_read_valid"):
-        original = getattr(utils, name)
+        original = getattr(aerialkd.scenes, name)
 
         def record(src, bands, *args, original=original):
             start, stop = args[-2:]
@@ -133,7 +134,7 @@ def test_segment_scene_reads_at_most_one_tile_of_rows_at_a_time(
             caches.append(rasterio.env.get_gdal_config("GDAL_CACHEMAX"))
             return original(src, bands, *args)
 
-        monkeypatch.setattr(utils, name, record)
+        monkeypatch.setattr(aerialkd.scenes, name, record)
     scene = _write_rgb(tmp_path / "scene.tif", _image(1000, 40), nodata=0)
     utils.segment_scene(conv_model, scene, tmp_path / "labels.tif", tile_size=32,
                         overlap=8)
@@ -147,7 +148,7 @@ def test_segment_scene_reads_at_most_one_tile_of_rows_at_a_time(
 def test_segment_scene_reads_no_masks_of_a_scene_without_nodata(
         tmp_path, conv_model, monkeypatch):
     read = []
-    monkeypatch.setattr(utils, "_read_valid", lambda *args: read.append(args))
+    monkeypatch.setattr(aerialkd.scenes, "_read_valid", lambda *args: read.append(args))
     scene = _write_rgb(tmp_path / "scene.tif", _image(100, 40))
     result = utils.segment_scene(conv_model, scene, tmp_path / "labels.tif", tile_size=32)
     assert read == [] and result["nodata_pixels"] == 0
