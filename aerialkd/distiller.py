@@ -69,10 +69,14 @@ class Distiller(keras.Model):
 
     Example:
 
-    >>> distiller = Distiller(teacher=teacher, student=build_student())
+    >>> distiller = Distiller(teacher=teacher, student=build_student(), alpha=0.1)
     >>> distiller.compile(optimizer="adam", loss=SegmentationLoss())
-    >>> distiller.fit(x, y, epochs=1)
-    >>> distiller.student.save("student.keras")
+    >>> history = distiller.fit(data.x_train[:16], data.y_train[:16], epochs=1, verbose=0)
+    >>> sorted(history.history)
+    ['distillation_loss', 'loss', 'student_loss', 'total_loss']
+
+    `fit_segmentation` trains it as it trains any model, and `save_model`
+    saves `distiller.student`.
     """
 
     def __init__(self, teacher, student, alpha=0.5, temperature=4.0,
@@ -120,6 +124,21 @@ class Distiller(keras.Model):
     def alpha(self, value):
         _check_alpha(value)
         self._alpha.assign(float(value))
+
+    def compile(self, optimizer="rmsprop", **kwargs):
+        """Configures training as `keras.Model.compile`, with loss scaling for float16.
+
+        Keras wraps the optimizer of a model whose dtype policy is
+        "mixed_float16" in a `keras.optimizers.LossScaleOptimizer`, so that
+        small float16 gradients do not flush to zero. The Distiller's own
+        policy stays float32 (it only routes its inputs), so it looks at the
+        student's: a student trained in float16 gets the same wrapping.
+        """
+        if _trains_in_float16(self.student):
+            optimizer = keras.optimizers.get(optimizer)
+            if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        super().compile(optimizer=optimizer, **kwargs)
 
     def call(self, inputs, training=None):
         images = inputs[0] if isinstance(inputs, (tuple, list)) else inputs
@@ -179,6 +198,12 @@ class Distiller(keras.Model):
         return cls(**config)
 
 
+def _trains_in_float16(model):
+    """Whether `model` (or any of its layers) computes in float16."""
+    return any(policy.name == "mixed_float16" for policy in
+               (model.dtype_policy, *(layer.dtype_policy for layer in model.layers)))
+
+
 def _check_alpha(alpha):
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) \
             or not 0 <= alpha <= 1:
@@ -217,8 +242,11 @@ class KDWeightSchedule(keras.callbacks.Callback):
 
     Example:
 
+    Pass it to `fit_segmentation(distiller, ..., callbacks=[schedule])`.
+
     >>> schedule = KDWeightSchedule(KDWeightSchedule.warmup(5, 0.1))
-    >>> distiller.fit(x, y, epochs=50, callbacks=[schedule])
+    >>> [schedule.schedule(epoch) for epoch in range(3, 7)]  # labels only for 5 epochs
+    [1.0, 1.0, 0.1, 0.1]
     """
 
     def __init__(self, schedule):
