@@ -102,7 +102,9 @@ class RandomCropSequence(keras.utils.PyDataset):
     Example:
 
     >>> images, labels = data.whole_images("train")
-    >>> sequence = RandomCropSequence(images, labels, 256, len(data.x_train))
+    >>> sequence = RandomCropSequence(images, labels, data.patch_size, len(data.x_train))
+    >>> [array.shape for array in sequence[0]]
+    [(16, 32, 32, 3), (16, 32, 32)]
     """
 
     def __init__(self, images, labels, patch_size, n_patches, batch_size=16, seed=0,
@@ -179,9 +181,11 @@ class PatchStream(keras.utils.PyDataset):
 
     Example:
 
-    >>> data = load_dataset("my_data", 256, classes="my_data/classes.json",
-    ...                     in_memory=False)
-    >>> model.fit(data.stream("train", 16), validation_data=data.stream("val", 16))
+    `SegmentationDataset.stream` makes one for a split; pass it to `model.fit`.
+
+    >>> stream = PatchStream(data.files["train"], patch_size=32, shuffle=True)
+    >>> stream.num_patches, len(stream), [array.shape for array in stream[0]]
+    (420, 27, [(16, 32, 32, 3), (16, 32, 32)])
     """
 
     def __init__(self, files, patch_size, batch_size=16, *, palette=None, ignore_colors=None,
@@ -319,8 +323,10 @@ class ConsistentCropSequence(keras.utils.PyDataset):
     Example:
 
     >>> images, labels = data.whole_images("train")
-    >>> sequence = ConsistentCropSequence(images, labels, 256, len(data.x_train),
-    ...                                   mix="cutmix")
+    >>> sequence = ConsistentCropSequence(images, labels, data.patch_size,
+    ...                                   len(data.x_train), mix="cutmix")
+    >>> [array.shape for array in sequence[0]]
+    [(16, 32, 32, 3), (16, 32, 32)]
     """
 
     def __init__(self, images, labels, patch_size, n_patches, batch_size=16, seed=0,

@@ -128,7 +128,11 @@ class SegmentationDataset:
 
         Example:
 
-        >>> model.fit(data.stream("train"), validation_data=data.stream("val"))
+        Train with `model.fit(data.stream("train"), validation_data=data.stream("val"))`.
+
+        >>> images, labels = data.stream("train", batch_size=8)[0]
+        >>> images.shape, labels.shape
+        ((8, 32, 32, 3), (8, 32, 32))
         """
         _check_split(split, self.files)
         if not self.files[split]:
@@ -271,11 +275,16 @@ def load_dataset(
 
     Example:
 
-    >>> data = load_dataset(make_tiny_dataset("/tmp/tiny"), patch_size=64)
+    >>> data = load_dataset(make_tiny_dataset("tiny"), patch_size=64)
     >>> data.x_train.dtype, data.y_train.shape[1:], data.n_classes
     (dtype('uint8'), (64, 64), 6)
-    >>> mine = load_dataset("my_data", 256, classes={"Field": "#C8A050",
-    ...                     "Water": "#1E64C8"}, test_fraction=0.2)
+    >>> print(data.summary())
+    Patches of 64x64:
+      train    96 patches from 18 source images
+      val      16 patches from 3 source images
+      test     32 patches from 6 source images
+
+    `make_custom_dataset` shows a flat folder with classes of its own.
     """
     if not isinstance(patch_size, int) or patch_size < 16 or patch_size % 16:
         raise ValueError(

@@ -60,10 +60,13 @@ def data_parallel(devices=None):
 
     Example:
 
+    Build and compile inside the block, then fit there too, e.g.
+    `fit_segmentation(model, data, ..., batch_size=16 * parallel.num_replicas)`.
+
     >>> with data_parallel() as parallel:
-    ...     model = compile_segmentation(build_teacher())
-    ...     fit_segmentation(model, data, epochs=40, output_dir="runs", name="teacher",
-    ...                      batch_size=16 * parallel.num_replicas)
+    ...     model = compile_segmentation(build_student())
+    >>> parallel.num_replicas  # one CPU here; the GPUs or TPU cores elsewhere
+    1
     """
     parallel = _make_data_parallel(devices)
     if parallel.backend == "tensorflow":
@@ -97,8 +100,8 @@ def use_all_devices():
 
     Example:
 
-    >>> parallel = use_all_devices()
-    1 device (/device:CPU:0): training runs on it as usual.
+    >>> parallel = use_all_devices()  # doctest: +ELLIPSIS
+    1 device (...): training runs on it as usual.
     """
     backend = keras.backend.backend()
     if backend == "tensorflow":
@@ -295,6 +298,8 @@ def mixed_precision_policy():
 
     Example:
 
+    >>> mixed_precision_policy()  # on a CPU; "mixed_bfloat16" on an A100 or H100
+    'float32'
     >>> model = with_dtype_policy(build_student(), mixed_precision_policy())
     """
     backend = keras.backend.backend()

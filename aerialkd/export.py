@@ -31,10 +31,12 @@ def export_litert(model, path, input_size=256, quantize=None, calibration_images
 
     Example:
 
-    >>> export_litert(student, "student.tflite")
-    >>> export_litert(student, "student_int8.tflite", quantize="int8",
-    ...               calibration_images=data.x_train[:64])
-    >>> predict = load_litert("student.tflite")
+    For int8, add `quantize="int8", calibration_images=data.x_train[:64]`.
+
+    >>> path = export_litert(student, "student.tflite", input_size=data.patch_size)
+    Saved artifact at 'student.tflite'.
+    >>> load_litert(path)(data.x_test[:2]).shape
+    (2, 32, 32, 6)
     """
     if keras.backend.backend() != "tensorflow":
         raise RuntimeError(
@@ -73,6 +75,10 @@ def load_litert(path, num_threads=None):
         path: the `.tflite` file.
         num_threads: CPU threads for the interpreter; all cores if `None`
             (the interpreter's own default is one).
+
+    Returns:
+        A function from images `(N, S, S, 3)` (uint8 or float) to float32
+        logits `(N, S, S, C)`, for `measure_latency` among others.
     """
     try:
         from ai_edge_litert.interpreter import Interpreter

@@ -98,8 +98,9 @@ def find_pairs(root):
 
     Example:
 
-    >>> [name for name, _, _ in find_pairs("my_data")][:2]  # my_data/images, my_data/masks
-    ['field_001', 'field_002']
+    >>> root = make_custom_dataset("my_data")  # my_data/images, my_data/masks
+    >>> [name for name, _, _ in find_pairs(root)][:2]
+    ['scene_001', 'scene_002']
     """
     root, folders = dataset_layout(root)
     if folders is not None:
@@ -193,6 +194,8 @@ def read_pair(image_path, mask_path, palette=None, ignore_colors=None, *,
     Example:
 
     >>> image, labels = read_pair(*data.files["test"][0])
+    >>> image.shape, labels.shape
+    ((136, 150, 3), (136, 150))
     """
     if extra_colors is not None:
         warn_extra_colors()
@@ -309,7 +312,17 @@ def download_dataset(destination="data", source=None):
 
     Example:
 
-    >>> root = download_dataset(source="/content/drive/MyDrive/aerial.zip")
+    With no `source` it downloads from Kaggle (not run here: it needs the
+    network):
+
+    >>> root = download_dataset()  # doctest: +SKIP
+
+    A zip of the dataset, as Kaggle's download button or Google Drive gives it:
+
+    >>> import shutil
+    >>> archive = shutil.make_archive("aerial", "zip", make_tiny_dataset("tiny").parent)
+    >>> print(download_dataset("data", source=archive))
+    data/Semantic segmentation dataset
     """
     if source is None:
         import kagglehub  # Imported here: only this path needs the network.

@@ -132,8 +132,11 @@ def segmentation_metrics(y_true, logits, *, max_pr_pixels=2_000_000, seed=0,
 
     Example:
 
-    >>> results = segmentation_metrics(data.y_test, predict_logits(student, data.x_test))
-    >>> results["miou5"], results["average_precision"]
+    >>> results = segmentation_metrics(data.y_test, predict_logits(student, data.x_test),
+    ...                                class_names=data.classes,
+    ...                                labelled_classes=data.labelled_classes)
+    >>> results["class_names"][:2], len(results["average_precision"]), "miou5" in results
+    (['Building', 'Land'], 6, True)
     """
     from scipy.special import softmax
     from sklearn import metrics
@@ -215,7 +218,10 @@ def calibration(logits, y_true, temperatures=(1.0,), *, n_bins=15,
 
     >>> rows = calibration(predict_logits(teacher, data.x_val), data.y_val,
     ...                    temperatures=(1, 2, 4))
-    >>> min(rows, key=lambda row: row["nll"])["temperature"]
+    >>> [row["temperature"] for row in rows], sorted(rows[0])
+    ([1.0, 2.0, 4.0], ['accuracy', 'confidence', 'ece', 'entropy', 'nll', 'temperature'])
+
+    The best temperature is `min(rows, key=lambda row: row["nll"])["temperature"]`.
     """
     from scipy.special import softmax
     from sklearn import metrics

@@ -59,9 +59,9 @@ def build_unet(
 
     Example:
 
-    >>> model = build_unet(8)
-    >>> model(np.zeros((1, 64, 64, 3))).shape
-    (1, 64, 64, 6)
+    >>> model = build_unet(8, n_classes=3)
+    >>> model.output_shape, model.count_params()  # logits of any size divisible by 16
+    ((None, None, None, 3), 485835)
     """
     if not isinstance(base_filters, int) or base_filters < 1:
         raise ValueError(f"base_filters must be a positive int, got {base_filters!r}.")
@@ -124,7 +124,9 @@ def symmetry_ensemble(model):
     Example:
 
     >>> teacher8 = symmetry_ensemble(teacher)
-    >>> Distiller(teacher=teacher8, student=build_student())
+    >>> distiller = Distiller(teacher=teacher8, student=build_student())
+    >>> teacher8.name, teacher8.output_shape
+    ('teacher_x8', (None, None, None, 6))
     """
     inputs = keras.Input(model.input.shape[1:], name="image")
     logits = SymmetryAverage(model, name="symmetry_average")(inputs)
@@ -159,7 +161,8 @@ def count_flops(model, input_size=256):
 
     Example:
 
-    >>> count_flops(build_teacher()) / 1e9  # about 6.1
+    >>> round(count_flops(build_teacher()) / 1e9, 2)  # GFLOPs at 256x256
+    6.08
     """
     shapes = _layer_output_shapes(model, input_size)
     flops = 0
@@ -219,8 +222,11 @@ def ensemble_teacher(models, name="teacher_ensemble"):
 
     Example:
 
-    >>> teacher = ensemble_teacher([teacher_s0, teacher_s1, teacher_s2])
-    >>> Distiller(teacher=teacher, student=build_student())
+    Three teachers of different seeds (here small untrained stand-ins):
+
+    >>> members = [build_unet(2, name=f"teacher_s{seed}") for seed in range(3)]
+    >>> teacher = ensemble_teacher(members)
+    >>> distiller = Distiller(teacher=teacher, student=build_student())
     """
     models = list(models)
     if not models:

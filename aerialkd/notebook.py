@@ -219,7 +219,8 @@ def saved_model_path(profile, name):
 
     Example:
 
-    >>> saved_model_path(load_profile("full"), "teacher").relative_to(REPO_ROOT).as_posix()
+    >>> profile = load_profile("full", output_dir="outputs")  # nothing trained here yet
+    >>> saved_model_path(profile, "teacher").relative_to(REPO_ROOT).as_posix()
     'results/models/teacher.keras'
     """
     files = _saved_run(profile, name, lambda f: f.model)
@@ -249,7 +250,7 @@ def load_run(path):
 
     >>> teacher, history, record = load_run(COMMITTED_MODELS / "teacher.keras")
     >>> record["device"], round(max(history["val_miou5"]), 3)
-    ('NVIDIA H200', 0.702)
+    ('NVIDIA H200', 0.705)
     """
     files = RunFiles.of_model(path)
     history, record = (json.loads(p.read_text()) if p.exists() else {}
@@ -267,7 +268,8 @@ def saved_history(profile, name):
 
     Example:
 
-    >>> len(saved_history(load_profile("full"), "sweep_scratch")["val_miou5"])
+    >>> history = saved_history(load_profile("full", output_dir="outputs"), "sweep_scratch")
+    >>> len(history["val_miou5"])  # the sweep's epochs
     20
     """
     files = _saved_run(profile, name, lambda f: f.history)
@@ -281,7 +283,9 @@ def describe_run(path, record):
 
     >>> _, _, record = load_run(COMMITTED_MODELS / "teacher.keras")
     >>> print(describe_run(COMMITTED_MODELS / "teacher.keras", record))
-    teacher.keras (committed in results/models): 100 epochs, jax, NVIDIA H200, 2026-11-28, mixed_bfloat16
+    ... # doctest: +NORMALIZE_WHITESPACE
+    teacher.keras (committed in results/models): 100 epochs, jax, NVIDIA H200,
+    2026-11-28, mixed_bfloat16
     """
     path = pathlib.Path(path)
     where = ("committed in results/models" if path.parent == COMMITTED_MODELS
@@ -339,7 +343,7 @@ def train_model(model, data, profile, *, name, epochs=None, seed=None, callbacks
 
     Example:
 
-    >>> profile = load_profile("tiny", output_dir=tmp)
+    >>> profile = load_profile("tiny", output_dir="outputs")
     >>> data = profile_dataset(profile)
     >>> student, history, record = train_model(build_student(), data, profile,
     ...                                        name="student", epochs=1, verbose=0)
@@ -398,9 +402,11 @@ def load_or_train(profile, data, name, build, *, teacher=None, **distiller_setti
 
     Example:
 
-    >>> teacher, history, record = load_or_train(load_profile("full"), None, "teacher",
-    ...                                          build_teacher)
-    Loaded teacher.keras (committed in results/models): 100 epochs, jax, NVIDIA H200, 2026-11-28, mixed_bfloat16
+    >>> profile = load_profile("full", output_dir="outputs")  # nothing trained here yet
+    >>> teacher, history, record = load_or_train(profile, None, "teacher", build_teacher)
+    ... # doctest: +NORMALIZE_WHITESPACE
+    Loaded teacher.keras (committed in results/models): 100 epochs, jax, NVIDIA H200,
+    2026-11-28, mixed_bfloat16
     """
     path = saved_model_path(profile, name)
     if path is not None:

@@ -35,9 +35,9 @@ def predict_image(model, image, *, tile_size=256, overlap=None, batch_size=8,
 
     Example:
 
-    >>> labels = predict_image(student, np.zeros((325, 410, 3), np.uint8))
-    >>> labels.shape
-    (325, 410)
+    >>> images, _ = data.whole_images("test")
+    >>> predict_image(student, images[0]).shape, images[0].shape
+    ((136, 150), (136, 150, 3))
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
