@@ -60,7 +60,9 @@ def plot_segmentations(images, truths, predictions, path=None, *, class_names=No
 
     Example:
 
-    >>> fig = plot_segmentations(x[:3], y[:3], {"Teacher": teacher_labels})
+    >>> teacher_labels = predict_logits(teacher, data.x_test[:3]).argmax(-1)
+    >>> fig = plot_segmentations(data.x_test[:3], data.y_test[:3], {"Teacher": teacher_labels},
+    ...                          class_names=data.classes, palette=data.palette)
     """
     import matplotlib.pyplot as plt
 
@@ -111,7 +113,8 @@ def plot_history(histories, keys=("loss",), path=None):
 
     Example:
 
-    >>> plot_history({"teacher": history}, keys=("loss", "miou5"))
+    >>> _, history, _ = load_run(COMMITTED_MODELS / "teacher.keras")
+    >>> fig = plot_history({"teacher": history}, keys=("loss", "miou5"))
     """
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator

@@ -58,8 +58,10 @@ def segment_scene(model, src_path, dst_path, *, tile_size=256, overlap=None,
 
     Example:
 
-    >>> result = segment_scene(student, "scene.tif", "labels.tif")
-    >>> result["class_pixels"]["Building"]
+    >>> scene, _ = data.files["test"][0]  # a JPEG; a GeoTIFF's CRS would carry over
+    >>> result = segment_scene(student, scene, "labels.tif", class_names=data.classes)
+    >>> result["height"], result["width"], sum(result["class_pixels"].values())
+    (136, 150, 20400)
     """
     rasterio = _import_rasterio()
     from rasterio.enums import MaskFlags
@@ -231,7 +233,10 @@ def polygonize(label_path, dst_path, *, min_area=0, connectivity=4,
 
     Example:
 
-    >>> polygonize("labels.tif", "labels.geojson", min_area=16)["features"]
+    >>> scene, _ = data.files["test"][0]
+    >>> _ = segment_scene(student, scene, "labels.tif", class_names=data.classes)
+    >>> list(polygonize("labels.tif", "labels.geojson", min_area=16)["features"])
+    ['Building', 'Land', 'Road', 'Vegetation', 'Water', 'Unlabeled']
     """
     rasterio = _import_rasterio()
     from rasterio.errors import NotGeoreferencedWarning
