@@ -1,0 +1,241 @@
+"""Writes the results the pages quote, from the committed JSON: one number, one source.
+
+The README's results table and verdict and the tables of `results/README.md` are
+generated here from `results/metrics.json` (test scores of every committed run),
+`benchmarks/cpu_2core.json` and `benchmarks/h200_jax.json` (speed, measured by
+`scripts/benchmark.py`), `results/teacher_analysis.json` (what the teacher can teach)
+and `results/export.json` (LiteRT). Each generated block sits between the markers
+`<!-- report:NAME -->` and `<!-- /report:NAME -->`; the text around it is written by
+hand and quotes no number the block holds. `tests/test_results_docs.py` fails when a
+committed page and this script disagree.
+
+    python scripts/report.py           # rewrite the blocks
+    python scripts/report.py --check   # exit 1 if a page is out of date
+"""
+
+import argparse
+import json
+import pathlib
+import re
+import statistics
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PAGES = {"README.md": ("headline",), "results/README.md": ("runs", "paired", "export")}
+
+#: Model groups of `metrics.json`, as the pages name them, in table order.
+NAMES = {
+    "teacher": "teacher (U-Net 16→256)",
+    "student_scratch_tf": "student from scratch (8→128)",
+    "student_distilled": "student distilled from the teacher",
+    "student_scratch": "student from scratch, JAX on the H200",
+    "student_distilled_x8": "distilled from the teacher's 8-symmetry ensemble",
+    "student_distilled_cwd4": "distilled channel-wise, T = 4",
+    "student_distilled_a01": "distilled mostly from the teacher, alpha = 0.1",
+}
+SCRATCH, DISTILLED = "student_scratch_tf", "student_distilled"
+
+
+def load(path):
+    return json.loads((REPO / path).read_text())
+
+
+def groups(entries):
+    """`{model: {seed: entry}}` from the entries of `metrics.json`."""
+    out = {}
+    for entry in entries:
+        out.setdefault(entry["model"], {})[entry["seed"]] = entry
+    return out
+
+
+def mean_sd(values):
+    """'0.662 ± 0.001' over seeds (sample sd), or '0.693' for one value."""
+    values = list(values)
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def signed_mean_sd(values):
+    values = list(values)
+    return f"{statistics.mean(values):+.3f} ± {statistics.stdev(values):.3f}"
+
+
+def paired(by_model, model, baseline=SCRATCH, key="miou5"):
+    """`{seed: model minus baseline}` over the seeds both have."""
+    a, b = by_model.get(model, {}), by_model.get(baseline, {})
+    return {seed: a[seed][key] - b[seed][key] for seed in sorted(a) if seed in b}
+
+
+def model_sizes():
+    """Parameters and GFLOPs at 256x256 of the teacher and the student."""
+    import aerialkd
+
+    return {role: (build().count_params(), aerialkd.count_flops(build()) / 1e9)
+            for role, build in (("teacher", aerialkd.build_teacher),
+                                ("student", aerialkd.build_student))}
+
+
+def where(entry):
+    backend = {"tensorflow": "TensorFlow", "jax": "JAX"}[entry["backend"]]
+    device = "an NVIDIA H200" if "H200" in entry["device"] else "a 2-core CPU"
+    return f"{backend} on {device}"
+
+
+def headline(metrics, cpu, gpu, analysis, sizes):
+    by = groups(metrics)
+    teacher = by["teacher"][0]
+    scratch = [e["miou5"] for e in by[SCRATCH].values()]
+    distilled = [e["miou5"] for e in by[DISTILLED].values()]
+    gains = list(paired(by, DISTILLED).values())
+    (t_params, t_gflops), (s_params, s_gflops) = sizes["teacher"], sizes["student"]
+    figures, gpu_figures = cpu["figures"], gpu["figures"]
+    alone = [analysis["val"]["overlap"][f"teacher vs {run}"]["only_a_right"]
+             for run in sorted(e["run"] for e in by[SCRATCH].values())]
+    student_where = {where(e) for e in by[SCRATCH].values()} | {
+        where(e) for e in by[DISTILLED].values()}
+    rows = [
+        "| model | parameters | GFLOPs | mIoU5 (test) | seeds |",
+        "|---|---|---|---|---|",
+        f"| {NAMES['teacher']} | {t_params / 1e6:.2f} M | {t_gflops:.2f} | "
+        f"{teacher['miou5']:.3f} | 1 |",
+        f"| {NAMES[SCRATCH]} | {s_params / 1e6:.2f} M | {s_gflops:.2f} | "
+        f"{mean_sd(scratch)} | {len(scratch)} |",
+        f"| {NAMES[DISTILLED]} | {s_params / 1e6:.2f} M | {s_gflops:.2f} | "
+        f"{mean_sd(distilled)} | {len(distilled)} |",
+        f"| distilled minus scratch, paired by seed | | | {signed_mean_sd(gains)} | "
+        f"{len(gains)} |",
+    ]
+    keep = statistics.mean(distilled) / teacher["miou5"]
+    cpu_ratio = figures["latency_teacher_batch1_ms"] / figures["latency_student_batch1_ms"]
+    text = [
+        f"Test split ({len(teacher['split']['test'])} images never used for training or "
+        f"choices, cut into 256×256 patches), mean IoU over the five labelled classes "
+        f"(mIoU5), {teacher['epochs']} epochs with the same recipe for every model, ± the "
+        f"standard deviation over seeds. The teacher was trained with {where(teacher)}; "
+        f"both students with {' and '.join(sorted(student_where))}, paired by seed.",
+        "",
+        *rows,
+        "",
+        f"**Verdict.** The distilled student keeps {keep:.0%} of the teacher's mIoU5 at "
+        f"{s_params / t_params:.0%} of its parameters and {s_gflops / t_gflops:.0%} of its "
+        f"FLOPs, and runs {cpu_ratio:.1f}× faster on a CPU "
+        f"({figures['latency_student_batch1_ms']:.1f} vs "
+        f"{figures['latency_teacher_batch1_ms']:.1f} ms a patch at batch 1, benchmark on an "
+        f"idle 2-core CPU, TensorFlow). On a GPU at batch 1 it is no faster "
+        f"({gpu_figures['latency_student_batch1_ms']:.2f} vs "
+        f"{gpu_figures['latency_teacher_batch1_ms']:.2f} ms on an H200, JAX): both are "
+        f"bound by launching work, not by arithmetic. Distillation did not pay here: "
+        f"paired by seed, the distilled students are level with students trained from "
+        f"scratch ({signed_mean_sd(gains)}, against a target of +0.03). The teacher leads "
+        f"those students by only {teacher['miou5'] - statistics.mean(scratch):.3f} on the "
+        f"test split and is right alone on {statistics.mean(alone):.1%} of the validation "
+        f"pixels, so there is little to pass on.",
+    ]
+    return "\n".join(text)
+
+
+def runs_table(metrics):
+    by = groups(metrics)
+    lines = ["| model | trained with | seeds | mIoU5 | mIoU6 | pixel accuracy |",
+             "|---|---|---|---|---|---|"]
+    for model in NAMES:
+        if model not in by:
+            continue
+        entries = [by[model][s] for s in sorted(by[model])]
+        lines.append(
+            f"| {NAMES[model]} (`{model}`) | {', '.join(sorted({where(e) for e in entries}))} "
+            f"| {', '.join(str(e['seed']) for e in entries)} "
+            f"| {mean_sd(e['miou5'] for e in entries)} | {mean_sd(e['miou6'] for e in entries)} "
+            f"| {mean_sd(e['pixel_acc'] for e in entries)} |")
+    unnamed = sorted(set(by) - set(NAMES))
+    if unnamed:
+        raise SystemExit(f"metrics.json has models the pages do not name: {unnamed}; add "
+                         f"them to NAMES in scripts/report.py")
+    return "\n".join(lines)
+
+
+def paired_table(metrics):
+    by = groups(metrics)
+    models = [m for m in NAMES if m.startswith("student_distilled") and m in by]
+    lines = ["| seed | " + " | ".join(["scratch"] + [NAMES[m] for m in models]) + " |",
+             "|---" * (len(models) + 2) + "|"]
+    for seed in sorted(by[SCRATCH]):
+        cells = [f"{by[SCRATCH][seed]['miou5']:.3f}"]
+        for model in models:
+            entry = by[model].get(seed)
+            cells.append("" if entry is None else
+                         f"{entry['miou5']:.3f} ({entry['miou5'] - by[SCRATCH][seed]['miou5']:+.3f})")
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    gains = paired(by, DISTILLED)
+    lines.append("| mean ± sd | " + mean_sd(e["miou5"] for e in by[SCRATCH].values()) + " | "
+                 + f"{mean_sd(e['miou5'] for e in by[DISTILLED].values())} "
+                   f"({signed_mean_sd(gains.values())})"
+                 + " |" * (len(models) - 1) + " |")
+    return "\n".join(lines)
+
+
+#: The models `scripts/export.py` exported (the seed-0 runs of `results/models`).
+EXPORTED = {"teacher": "teacher", "student_scratch": "student from scratch (JAX, seed 0)",
+            "student_distilled": "distilled student (TensorFlow, seed 0)"}
+
+
+def export_table(export):
+    lines = [f"LiteRT exports, {export['split']} split, latency at batch 1 on "
+             f"{export['device']} ({export['date']}, the formats of a model interleaved):",
+             "",
+             "| model | format | file (MB) | latency (ms) | mIoU5 | minus Keras |",
+             "|---|---|---|---|---|---|"]
+    keras_miou = {r["model"]: r["miou5"] for r in export["rows"] if r["format"] == "keras"}
+    for row in export["rows"]:
+        change = f"{row['miou5'] - keras_miou[row['model']]:+.4f}".replace("-0.0000", "+0.0000")
+        lines.append(f"| {EXPORTED[row['model']]} | {row['format']} | {row['size_mb']:.2f} | "
+                     f"{row['latency_ms']:.1f} | {row['miou5']:.4f} | {change} |")
+    return "\n".join(lines)
+
+
+def blocks():
+    metrics = load("results/metrics.json")
+    return {
+        "headline": headline(metrics, load("benchmarks/cpu_2core.json"),
+                             load("benchmarks/h200_jax.json"),
+                             load("results/teacher_analysis.json"), model_sizes()),
+        "runs": runs_table(metrics),
+        "paired": paired_table(metrics),
+        "export": export_table(load("results/export.json")),
+    }
+
+
+def render(text, name, block):
+    pattern = re.compile(rf"(<!-- report:{name} -->\n)(?:.*?\n)?(<!-- /report:{name} -->)",
+                         re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"no <!-- report:{name} --> ... <!-- /report:{name} --> block")
+    return pattern.sub(lambda m: m.group(1) + block + "\n" + m.group(2), text)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 if a page differs from what this script writes")
+    args = parser.parse_args(argv)
+    generated, stale = blocks(), []
+    for page, names in PAGES.items():
+        path = REPO / page
+        text = path.read_text()
+        new = text
+        for name in names:
+            new = render(new, name, generated[name])
+        if new != text:
+            stale.append(page)
+            if not args.check:
+                path.write_text(new)
+    if args.check and stale:
+        print(f"Out of date: {', '.join(stale)}. Run python scripts/report.py.")
+        return 1
+    print("Rewrote " + ", ".join(stale) if stale else "Every page is up to date.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
