@@ -1,10 +1,15 @@
 """Batches for `fit`: patches in memory, random crops, patches streamed from files,
 and the consistent crops of consistent teaching."""
 
+from __future__ import annotations
+
 import collections
 import math
+import os
 import pathlib
 import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -34,8 +39,16 @@ class PatchSequence(keras.utils.PyDataset):
             every batch has `batch_size` patches, as `data_parallel` needs.
     """
 
-    def __init__(self, x, y, batch_size=16, seed=0, teacher_logits=None,
-                 drop_remainder=False, **kwargs):
+    def __init__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        batch_size: int = 16,
+        seed: int = 0,
+        teacher_logits: np.ndarray | None = None,
+        drop_remainder: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if len(x) != len(y) or len(x) == 0:
             raise ValueError(
@@ -57,12 +70,14 @@ class PatchSequence(keras.utils.PyDataset):
                              f"fewer than batch_size={batch_size}.")
         self.set_epoch(0)
 
-    def __len__(self):
+    def __len__(self) -> int:
         if self.drop_remainder:
             return len(self.x) // self.batch_size
         return math.ceil(len(self.x) / self.batch_size)
 
-    def __getitem__(self, index):
+    def __getitem__(
+        self, index: int
+    ) -> tuple[np.ndarray, np.ndarray] | tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
         rows = np.sort(
             self._order[index * self.batch_size : (index + 1) * self.batch_size]
         )
@@ -70,12 +85,12 @@ class PatchSequence(keras.utils.PyDataset):
             return self.x[rows], self.y[rows]
         return (self.x[rows], self.teacher_logits[rows]), self.y[rows]
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch: int) -> None:
         """Draws the order of `epoch`: the same for a seed, whatever came before."""
         self.epoch = epoch
         self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.x))
 
-    def on_epoch_end(self):
+    def on_epoch_end(self) -> None:
         self.set_epoch(self.epoch + 1)
 
 
@@ -107,8 +122,16 @@ class RandomCropSequence(keras.utils.PyDataset):
     [(16, 32, 32, 3), (16, 32, 32)]
     """
 
-    def __init__(self, images, labels, patch_size, n_patches, batch_size=16, seed=0,
-                 **kwargs):
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        labels: Sequence[np.ndarray],
+        patch_size: int,
+        n_patches: int,
+        batch_size: int = 16,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         _check_crop_sources(images, labels, patch_size)
         if n_patches < 1 or batch_size < 1:
@@ -123,17 +146,17 @@ class RandomCropSequence(keras.utils.PyDataset):
         self._weights = positions / positions.sum()
         self.set_epoch(0)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return math.ceil(self.n_patches / self.batch_size)
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         rows = range(index * self.batch_size, min((index + 1) * self.batch_size, self.n_patches))
         p = self.patch_size
         crops = [(self.images[i][r : r + p, c : c + p], self.labels[i][r : r + p, c : c + p])
                  for i, r, c in (self._crops[k] for k in rows)]
         return np.stack([x for x, _ in crops]), np.stack([y for _, y in crops])
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch: int) -> None:
         """Draws the crops of `epoch`: the same for a seed, whatever came before."""
         self.epoch = epoch
         rng = np.random.default_rng([self.seed, epoch])
@@ -141,7 +164,7 @@ class RandomCropSequence(keras.utils.PyDataset):
         corners = np.floor(rng.uniform(size=(self.n_patches, 2)) * self._room[which])
         self._crops = np.column_stack([which, corners.astype(np.int64)])
 
-    def on_epoch_end(self):
+    def on_epoch_end(self) -> None:
         self.set_epoch(self.epoch + 1)
 
 
@@ -188,9 +211,21 @@ class PatchStream(keras.utils.PyDataset):
     (420, 27, [(16, 32, 32, 3), (16, 32, 32)])
     """
 
-    def __init__(self, files, patch_size, batch_size=16, *, palette=None, ignore_colors=None,
-                 resize_masks=False, shuffle=False, seed=0, cache_size=16, extra_colors=None,
-                 **kwargs):
+    def __init__(
+        self,
+        files: Sequence[tuple[os.PathLike | str, os.PathLike | str]],
+        patch_size: int,
+        batch_size: int = 16,
+        *,
+        palette: np.ndarray | None = None,
+        ignore_colors: str | Sequence[str] | None = None,
+        resize_masks: bool = False,
+        shuffle: bool = False,
+        seed: int = 0,
+        cache_size: int = 16,
+        extra_colors: Mapping[str, int] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         files = [(pathlib.Path(image), pathlib.Path(mask)) for image, mask in files]
         if not files:
@@ -214,10 +249,10 @@ class PatchStream(keras.utils.PyDataset):
         self._lock = threading.Lock()
         self.set_epoch(0)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return math.ceil(len(self._patches) / self.batch_size)
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= index < len(self):
             raise IndexError(f"Batch {index} of a PatchStream of {len(self)} batches.")
         rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
@@ -231,11 +266,11 @@ class PatchStream(keras.utils.PyDataset):
         return x, y
 
     @property
-    def num_patches(self):
+    def num_patches(self) -> int:
         """Number of patches in one epoch."""
         return len(self._patches)
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch: int) -> None:
         """Draws the order of `epoch`: the same for a seed, whatever came before."""
         self.epoch = epoch
         if not self.shuffle:
@@ -250,7 +285,7 @@ class PatchStream(keras.utils.PyDataset):
             order.append(rng.permutation(window))
         self._order = np.concatenate(order)
 
-    def on_epoch_end(self):
+    def on_epoch_end(self) -> None:
         self.set_epoch(self.epoch + 1)
 
     def _load(self, i):
@@ -329,9 +364,20 @@ class ConsistentCropSequence(keras.utils.PyDataset):
     [(16, 32, 32, 3), (16, 32, 32)]
     """
 
-    def __init__(self, images, labels, patch_size, n_patches, batch_size=16, seed=0,
-                 scale=(0.5, 2.0), symmetry=True, mix="cutmix", mix_probability=0.5,
-                 **kwargs):
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        labels: Sequence[np.ndarray],
+        patch_size: int,
+        n_patches: int,
+        batch_size: int = 16,
+        seed: int = 0,
+        scale: tuple[float, float] = (0.5, 2.0),
+        symmetry: bool = True,
+        mix: str | None = "cutmix",
+        mix_probability: float = 0.5,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         _check_crop_sources(images, labels, patch_size)
         if n_patches < 1 or batch_size < 1:
@@ -353,10 +399,10 @@ class ConsistentCropSequence(keras.utils.PyDataset):
         self._weights = positions / positions.sum()
         self.set_epoch(0)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return math.ceil(self.n_patches / self.batch_size)
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         rows = range(index * self.batch_size, min((index + 1) * self.batch_size, self.n_patches))
         crops = [self._crop(k) for k in rows]
         x = np.stack([c for c, _ in crops])
@@ -398,7 +444,7 @@ class ConsistentCropSequence(keras.utils.PyDataset):
             image, label = image[:, ::-1], label[:, ::-1]
         return np.ascontiguousarray(image), np.ascontiguousarray(label)
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch: int) -> None:
         """Draws the crops and mixes of `epoch`: the same for a seed, whatever came before.
 
         Sets `crops`, one row `(image, row, column, side, symmetry code)` per crop.
@@ -417,7 +463,7 @@ class ConsistentCropSequence(keras.utils.PyDataset):
         self._weight = rng.uniform(size=n)
         self._box = rng.uniform(size=(n, 2))
 
-    def on_epoch_end(self):
+    def on_epoch_end(self) -> None:
         self.set_epoch(self.epoch + 1)
 
 

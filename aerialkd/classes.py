@@ -1,10 +1,13 @@
 """Class names, mask palettes and the mapping between mask colours and labels."""
 
+from __future__ import annotations
+
 import colorsys
 import json
 import os
 import pathlib
 import warnings
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -103,7 +106,7 @@ def class_names_for(n_classes, class_names=None):
     return names
 
 
-def hex_to_rgb(color):
+def hex_to_rgb(color: str) -> tuple[int, int, int]:
     """Converts "#RRGGBB" to a tuple of three ints."""
     text = str(color).lstrip("#")
     if len(text) != 6 or any(c not in "0123456789abcdefABCDEF" for c in text):
@@ -111,12 +114,14 @@ def hex_to_rgb(color):
     return tuple(int(text[i : i + 2], 16) for i in (0, 2, 4))
 
 
-def rgb_to_hex(rgb):
+def rgb_to_hex(rgb: Sequence[int]) -> str:
     """Converts three ints to "#RRGGBB"."""
     return "#{:02X}{:02X}{:02X}".format(*(int(c) for c in rgb))
 
 
-def read_classes(classes=None):
+def read_classes(
+    classes: Mapping[str, str] | os.PathLike | str | None = None,
+) -> tuple[tuple[str, ...], np.ndarray]:
     """Class names and palette of a dataset, from a dict or a `classes.json`.
 
     The label of a class is its position: the first class is label 0. Each
@@ -192,8 +197,14 @@ def _read_classes_json(path):
     return classes
 
 
-def mask_to_labels(mask, palette=None, ignore_colors=None, source="mask", *,
-                   extra_colors=None):
+def mask_to_labels(
+    mask: np.ndarray,
+    palette: np.ndarray | None = None,
+    ignore_colors: str | Sequence[str] | None = None,
+    source: str = "mask",
+    *,
+    extra_colors: Mapping[str, int] | None = None,
+) -> np.ndarray:
     """Maps an RGB mask to integer labels through a palette.
 
     Every pixel must carry a colour of `palette` or of `ignore_colors`;
@@ -296,7 +307,7 @@ def code_to_hex(code):
     return rgb_to_hex(((code >> 16) & 255, (code >> 8) & 255, code & 255))
 
 
-def labels_to_rgb(labels, palette=None):
+def labels_to_rgb(labels: np.ndarray, palette: np.ndarray | None = None) -> np.ndarray:
     """Colours a label map with a palette (ignored pixels black).
 
     Args:

@@ -1,6 +1,12 @@
 """`load_dataset` and `SegmentationDataset`: a dataset's patches, split by source image."""
 
+from __future__ import annotations
+
 import dataclasses
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -47,37 +53,37 @@ class SegmentationDataset:
         extra_colors: the deprecated `extra_colors` policy, if one was given.
     """
 
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    sources: dict
-    files: dict
+    x_train: np.ndarray | None
+    y_train: np.ndarray | None
+    x_val: np.ndarray | None
+    y_val: np.ndarray | None
+    x_test: np.ndarray | None
+    y_test: np.ndarray | None
+    sources: dict[str, list[str]]
+    files: dict[str, list[tuple[pathlib.Path, pathlib.Path]]]
     patch_size: int
-    color_counts: dict
-    extra_color_sources: dict
-    classes: tuple = CLASSES
+    color_counts: dict[str, int]
+    extra_color_sources: dict[str, dict[str, int]]
+    classes: tuple[str, ...] = CLASSES
     palette: np.ndarray = dataclasses.field(default_factory=PALETTE.copy)
-    labelled_classes: tuple = (0, 1, 2, 3, 4)
-    ignore_colors: tuple = IGNORE_COLORS
-    image_sizes: dict = dataclasses.field(default_factory=dict)
+    labelled_classes: tuple[int, ...] = (0, 1, 2, 3, 4)
+    ignore_colors: tuple[str, ...] = IGNORE_COLORS
+    image_sizes: dict[str, list[tuple[int, int]]] = dataclasses.field(default_factory=dict)
     resize_masks: bool = False
     resized_masks: int = 0
-    extra_colors: dict = None
+    extra_colors: dict[str, int] | None = None
 
     @property
-    def n_classes(self):
+    def n_classes(self) -> int:
         """Number of classes (the models' output channels)."""
         return len(self.classes)
 
     @property
-    def in_memory(self):
+    def in_memory(self) -> bool:
         """Whether the patches are held as arrays (`x_train`, ...)."""
         return self.x_train is not None
 
-    def patch_count(self, split):
+    def patch_count(self, split: str) -> int:
         """Number of patches of `split` ("train", "val" or "test")."""
         _check_split(split, self.files)
         if split in self.image_sizes:
@@ -85,7 +91,7 @@ class SegmentationDataset:
             return sum((h // p) * (w // p) for h, w in self.image_sizes[split])
         return len(getattr(self, f"x_{split}"))
 
-    def whole_images(self, split="train"):
+    def whole_images(self, split: str = "train") -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Reads the split's whole images and labels again, for `RandomCropSequence`.
 
         The files are `files[split]`, read with the same classes and
@@ -111,8 +117,16 @@ class SegmentationDataset:
                  for image, mask in self.files[split]]
         return [image for image, _ in pairs], [labels for _, labels in pairs]
 
-    def stream(self, split="train", batch_size=16, *, shuffle=None, seed=0, cache_size=16,
-               **kwargs):
+    def stream(
+        self,
+        split: str = "train",
+        batch_size: int = 16,
+        *,
+        shuffle: bool | None = None,
+        seed: int = 0,
+        cache_size: int = 16,
+        **kwargs: Any,
+    ) -> PatchStream:
         """A `PatchStream` of the split: batches read from the files as needed.
 
         Args:
@@ -144,7 +158,7 @@ class SegmentationDataset:
             shuffle=split == "train" if shuffle is None else shuffle, seed=seed,
             cache_size=cache_size, extra_colors=self.extra_colors, **kwargs)
 
-    def summary(self):
+    def summary(self) -> str:
         """Returns a short text: patches and source images per split."""
         lines = [f"Patches of {self.patch_size}x{self.patch_size}"
                  f"{'' if self.in_memory else ' (streamed from the files)'}:"]
@@ -164,7 +178,7 @@ def _check_split(split, files):
         raise ValueError(f"split must be one of {sorted(files)}, got {split!r}.")
 
 
-def dataset_overview(data):
+def dataset_overview(data: SegmentationDataset) -> list[dict[str, Any]]:
     """Rows describing each tile: images per split, image sizes, patches.
 
     Args:
@@ -187,7 +201,7 @@ def dataset_overview(data):
     return [{**r, "sizes": ", ".join(sorted(r["sizes"]))} for r in rows.values()]
 
 
-def class_shares(labels, n_classes):
+def class_shares(labels: np.ndarray, n_classes: int) -> np.ndarray:
     """Share of each of `n_classes` classes among the annotated pixels of `labels`.
 
     Example:
@@ -200,22 +214,22 @@ def class_shares(labels, n_classes):
 
 
 def load_dataset(
-    root,
-    patch_size=256,
+    root: os.PathLike | str,
+    patch_size: int = 256,
     *,
-    classes=None,
-    ignore_colors=None,
-    unlabeled="Unlabeled",
-    resize_masks=False,
-    test_parts=None,
-    val_per_tile=None,
-    test_images=None,
-    val_fraction=None,
-    test_fraction=None,
-    seed=0,
-    in_memory=True,
-    extra_colors=None,
-):
+    classes: Mapping[str, str] | os.PathLike | str | None = None,
+    ignore_colors: str | Sequence[str] | None = None,
+    unlabeled: str | None = "Unlabeled",
+    resize_masks: bool = False,
+    test_parts: Sequence[str] | None = None,
+    val_per_tile: int | None = None,
+    test_images: str | Sequence[str] | None = None,
+    val_fraction: float | None = None,
+    test_fraction: float | None = None,
+    seed: int = 0,
+    in_memory: bool = True,
+    extra_colors: Mapping[str, int] | None = None,
+) -> SegmentationDataset:
     """Loads a segmentation dataset as patches, split by source image.
 
     Reads the Kaggle tile layout of the Dubai dataset or a flat one

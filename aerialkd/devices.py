@@ -1,9 +1,12 @@
 """Devices and precision: data-parallel training, replicas, the dtype policy of a device."""
 
+from __future__ import annotations
+
 import contextlib
 import dataclasses
 import functools
 import os
+from collections.abc import Iterator, Sequence
 
 import keras
 import numpy as np
@@ -11,16 +14,24 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class DataParallel:
-    """What `data_parallel` trains on: the backend, the devices, their number."""
+    """What `data_parallel` trains on: the backend, the devices, their number.
+
+    Attributes:
+        backend: "tensorflow" or "jax".
+        devices: the devices' names, as the backend spells them.
+        num_replicas: the number of devices a batch is split over.
+        strategy: the `tf.distribute` strategy or the `keras.distribution`
+            object; `None` where `use_all_devices` changed nothing.
+    """
 
     backend: str
-    devices: tuple
+    devices: tuple[str, ...]
     num_replicas: int
     strategy: object = dataclasses.field(repr=False, compare=False)
 
 
 @contextlib.contextmanager
-def data_parallel(devices=None):
+def data_parallel(devices: int | Sequence[str] | None = None) -> Iterator[DataParallel]:
     """Trains the models built, compiled and fitted inside it on several devices.
 
     Each batch is split evenly over the devices, each device runs the model on
@@ -81,7 +92,7 @@ def data_parallel(devices=None):
             keras.distribution.set_distribution(previous)
 
 
-def use_all_devices():
+def use_all_devices() -> DataParallel:
     """Makes the models built from here on train on every visible accelerator.
 
     The notebooks' one call for several devices: where the runtime has more
@@ -283,7 +294,7 @@ def data_parallel_size(model=None):
     return 1
 
 
-def mixed_precision_policy():
+def mixed_precision_policy() -> str:
     """The Keras dtype policy for training on this machine's accelerator.
 
     "mixed_bfloat16" where the hardware computes in bfloat16 (NVIDIA

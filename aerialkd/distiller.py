@@ -1,9 +1,15 @@
 """`Distiller`: a Keras model that trains a student on labels and a teacher's logits."""
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
 import keras
 import numpy as np
 from keras import layers
 from keras import ops
+from numpy.typing import ArrayLike
 
 from .devices import replicas_in_sync
 from .layers import UndoSymmetry
@@ -79,9 +85,18 @@ class Distiller(keras.Model):
     saves `distiller.student`.
     """
 
-    def __init__(self, teacher, student, alpha=0.5, temperature=4.0,
-                 kind="pixel", standardize=False, feature_weight=0.0,
-                 name="distiller", **kwargs):
+    def __init__(
+        self,
+        teacher: keras.Model,
+        student: keras.Model,
+        alpha: float = 0.5,
+        temperature: float = 4.0,
+        kind: str = "pixel",
+        standardize: bool = False,
+        feature_weight: float = 0.0,
+        name: str = "distiller",
+        **kwargs: Any,
+    ) -> None:
         _check_alpha(alpha)
         check_kd_arguments(temperature, kind)
         if not isinstance(standardize, bool):
@@ -115,17 +130,18 @@ class Distiller(keras.Model):
             self.feature_loss_tracker = keras.metrics.Mean(name="feature_loss")
 
     @property
-    def alpha(self):
+    def alpha(self) -> float:
         """The weight of the student's own loss, a float (held in a float32 variable)."""
         # the shortest decimal of the float32: 0.3, not 0.30000001192092896
         return float(str(np.float32(ops.convert_to_numpy(self._alpha))))
 
     @alpha.setter
-    def alpha(self, value):
+    def alpha(self, value: float) -> None:
         _check_alpha(value)
         self._alpha.assign(float(value))
 
-    def compile(self, optimizer="rmsprop", **kwargs):
+    def compile(self, optimizer: str | keras.optimizers.Optimizer = "rmsprop",
+                **kwargs: Any) -> None:
         """Configures training as `keras.Model.compile`, with loss scaling for float16.
 
         Keras wraps the optimizer of a model whose dtype policy is
@@ -140,12 +156,19 @@ class Distiller(keras.Model):
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         super().compile(optimizer=optimizer, **kwargs)
 
-    def call(self, inputs, training=None):
+    def call(self, inputs: ArrayLike | tuple[ArrayLike, ArrayLike],
+             training: bool | None = None) -> ArrayLike:
         images = inputs[0] if isinstance(inputs, (tuple, list)) else inputs
         return self.student(images, training=training)
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
-                     training=True):
+    def compute_loss(
+        self,
+        x: ArrayLike | tuple[ArrayLike, ArrayLike] | None = None,
+        y: ArrayLike | None = None,
+        y_pred: ArrayLike | None = None,
+        sample_weight: ArrayLike | None = None,
+        training: bool = True,
+    ) -> ArrayLike:
         images = x[0] if isinstance(x, (tuple, list)) else x
         if self.feature_weight:  # one pass of each model gives features and logits
             student_features, y_pred = self._student_features(images, training=training)
@@ -178,7 +201,7 @@ class Distiller(keras.Model):
         self.total_loss_tracker.update_state(total * replicas)
         return total
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
             "teacher": keras.saving.serialize_keras_object(self.teacher),
@@ -191,7 +214,7 @@ class Distiller(keras.Model):
         }
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> Distiller:
         config = dict(config)
         for role in ("teacher", "student"):
             config[role] = keras.saving.deserialize_keras_object(config[role])
@@ -249,14 +272,14 @@ class KDWeightSchedule(keras.callbacks.Callback):
     [1.0, 1.0, 0.1, 0.1]
     """
 
-    def __init__(self, schedule):
+    def __init__(self, schedule: Callable[[int], float]) -> None:
         super().__init__()
         if not callable(schedule):
             raise TypeError(f"schedule must map an epoch to alpha, got {schedule!r}.")
         self.schedule = schedule
 
     @staticmethod
-    def warmup(epochs, alpha):
+    def warmup(epochs: int, alpha: float) -> Callable[[int], float]:
         """Labels first, then mostly KD: alpha 1 for `epochs` epochs, then `alpha`."""
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"warmup epochs must be an int >= 0, got {epochs!r}.")
@@ -264,7 +287,7 @@ class KDWeightSchedule(keras.callbacks.Callback):
         return lambda epoch: 1.0 if epoch < epochs else float(alpha)
 
     @staticmethod
-    def parse(text):
+    def parse(text: str) -> Callable[[int], float]:
         """The schedule of a flag "warmup:K:ALPHA" (see `warmup`)."""
         parts = str(text).split(":")
         try:
@@ -275,13 +298,13 @@ class KDWeightSchedule(keras.callbacks.Callback):
             raise ValueError(f"A KD schedule reads 'warmup:K:ALPHA' (alpha 1 for K epochs, "
                              f"then ALPHA), e.g. 'warmup:5:0.1'; got {text!r}.") from None
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if not isinstance(self.model, Distiller):
             raise TypeError(f"KDWeightSchedule sets a Distiller's alpha, but the model "
                             f"trained is a {type(self.model).__name__}.")
         self.model.alpha = self.schedule(epoch)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if logs is not None:
             logs["alpha"] = self.model.alpha
 

@@ -1,12 +1,31 @@
 """Evaluating models on patches, and comparing their size, speed and scores."""
 
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
 from .models import model_summary
 from .metrics import segmentation_metrics
 from .prediction import measure_latency, predict_logits
 
+if TYPE_CHECKING:
+    import keras
+    import numpy as np
 
-def evaluate_segmentation(model, x, y, *, batch_size=16, max_pr_pixels=2_000_000,
-                          seed=0, class_names=None, labelled_classes=None):
+
+def evaluate_segmentation(
+    model: keras.Model,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_size: int = 16,
+    max_pr_pixels: int = 2_000_000,
+    seed: int = 0,
+    class_names: Sequence[str] | None = None,
+    labelled_classes: Sequence[int] | None = None,
+) -> dict[str, Any]:
     """Evaluates a segmentation model on patches.
 
     Predicts the logits of `x` and scores them with `segmentation_metrics`:
@@ -45,7 +64,11 @@ def evaluate_segmentation(model, x, y, *, batch_size=16, max_pr_pixels=2_000_000
                                 labelled_classes=labelled_classes)
 
 
-def compare_models(models, results=None, paths=None):
+def compare_models(
+    models: Mapping[str, keras.Model],
+    results: Mapping[str, Mapping[str, Any]] | None = None,
+    paths: Mapping[str, os.PathLike | str] | None = None,
+) -> list[dict[str, Any]]:
     """Rows of a comparison table: size, FLOPs, accuracy and latency.
 
     Latency is the median of batch-1 forward passes at 256x256 on this

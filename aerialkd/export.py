@@ -1,14 +1,23 @@
 """Exporting a model to LiteRT (`.tflite`) and running the exported file."""
 
+from __future__ import annotations
+
 import os
 import pathlib
 import warnings
+from collections.abc import Callable
 
 import keras
 import numpy as np
 
 
-def export_litert(model, path, input_size=256, quantize=None, calibration_images=None):
+def export_litert(
+    model: keras.Model,
+    path: os.PathLike | str,
+    input_size: int = 256,
+    quantize: str | None = None,
+    calibration_images: np.ndarray | None = None,
+) -> pathlib.Path:
     """Exports a model to LiteRT (`.tflite`), to run without Keras.
 
     The export fixes the image size (LiteRT prefers static shapes); the batch
@@ -66,7 +75,9 @@ def export_litert(model, path, input_size=256, quantize=None, calibration_images
     return path
 
 
-def load_litert(path, num_threads=None):
+def load_litert(
+    path: os.PathLike | str, num_threads: int | None = None
+) -> Callable[[np.ndarray], np.ndarray]:
     """Loads a `.tflite` model; returns a function from images to logits.
 
     Uses the `ai_edge_litert` interpreter when installed, else TensorFlow's.

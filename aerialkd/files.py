@@ -1,7 +1,11 @@
 """Dataset files: the Kaggle and flat layouts, image/mask pairs, reading and cutting them."""
 
+from __future__ import annotations
+
+import os
 import pathlib
 import zipfile
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -23,7 +27,7 @@ FLAT_LAYOUTS = (("images", "masks"), ("image", "mask"))
 """Folder pairs of a flat dataset: images and masks paired by file stem."""
 
 
-def find_dataset_root(path):
+def find_dataset_root(path: os.PathLike | str) -> pathlib.Path:
     """Finds the folder of a dataset at or below `path`.
 
     Two layouts are recognised: the Kaggle tiles (`Tile N/images`,
@@ -37,6 +41,11 @@ def find_dataset_root(path):
     Returns:
         `pathlib.Path` of the folder that holds the `Tile N` folders, or the
         image and mask folders.
+
+    Example:
+
+    >>> find_dataset_root(make_tiny_dataset("tiny").parent).as_posix()
+    'tiny/Semantic segmentation dataset'
     """
     return dataset_layout(path)[0]
 
@@ -81,7 +90,7 @@ def dataset_layout(path):
     )
 
 
-def find_pairs(root):
+def find_pairs(root: os.PathLike | str) -> list[tuple[str, pathlib.Path, pathlib.Path]]:
     """Lists the (image, mask) file pairs of a dataset, paired by file stem.
 
     Images and masks may be `.jpg`, `.jpeg`, `.png`, `.tif` or `.tiff`, in
@@ -169,8 +178,15 @@ def _tile_number(path):
     return (int(digits) if digits else 0, path.name)
 
 
-def read_pair(image_path, mask_path, palette=None, ignore_colors=None, *,
-              resize_masks=False, extra_colors=None):
+def read_pair(
+    image_path: os.PathLike | str,
+    mask_path: os.PathLike | str,
+    palette: np.ndarray | None = None,
+    ignore_colors: str | Sequence[str] | None = None,
+    *,
+    resize_masks: bool = False,
+    extra_colors: Mapping[str, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Reads one image and its mask as arrays, checking that they agree.
 
     Palette ("P") and opaque RGBA masks are converted to RGB; greyscale and
@@ -273,7 +289,7 @@ def read_image_sizes(pairs, patch_size, resize_masks):
     return sizes, resized
 
 
-def cut_patches(array, patch_size):
+def cut_patches(array: np.ndarray, patch_size: int) -> np.ndarray:
     """Crops to multiples of `patch_size` and cuts non-overlapping patches.
 
     The crop keeps the top-left corner.
@@ -284,6 +300,11 @@ def cut_patches(array, patch_size):
 
     Returns:
         Array of shape `(N, patch_size, patch_size, ...)`, rows first.
+
+    Example:
+
+    >>> cut_patches(np.zeros((70, 100, 3)), 32).shape  # 2 rows of 3; margins cropped
+    (6, 32, 32, 3)
     """
     rows, cols = array.shape[0] // patch_size, array.shape[1] // patch_size
     cropped = array[: rows * patch_size, : cols * patch_size]
@@ -293,7 +314,10 @@ def cut_patches(array, patch_size):
     return patches.reshape(rows * cols, patch_size, patch_size, *array.shape[2:])
 
 
-def download_dataset(destination="data", source=None):
+def download_dataset(
+    destination: os.PathLike | str = "data",
+    source: os.PathLike | str | None = None,
+) -> pathlib.Path:
     """Gets the dataset and returns its root folder.
 
     With no `source`, downloads it from Kaggle through `kagglehub` (the

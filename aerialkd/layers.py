@@ -1,10 +1,15 @@
 """Layers of the U-Net: on-device symmetry augmentation and device-invariant dropout."""
 
+from __future__ import annotations
+
 import itertools
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 from keras import layers
 from keras import ops
+from numpy.typing import ArrayLike
 
 from .devices import replica_rows, replicas_in_sync
 
@@ -33,13 +38,13 @@ class DeviceInvariantDropout(layers.Dropout):
     [0.0, 2.0]
     """
 
-    def __init__(self, rate, **kwargs):
+    def __init__(self, rate: float, **kwargs: Any) -> None:
         if kwargs.get("noise_shape") is not None:
             raise ValueError("DeviceInvariantDropout does not support noise_shape; "
                              "use keras.layers.Dropout for it.")
         super().__init__(rate, **kwargs)
 
-    def call(self, inputs, training=False):
+    def call(self, inputs: ArrayLike, training: bool = False) -> ArrayLike:
         if not training or self.rate == 0 or replicas_in_sync() == 1:
             return super().call(inputs, training=training)
         # tf.nn.experimental.stateless_dropout's arithmetic, as Keras' Dropout
@@ -75,13 +80,15 @@ class RandomSymmetry(layers.Layer):
     True
     """
 
-    def __init__(self, seed=None, **kwargs):
+    def __init__(self, seed: int | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
-    def call(self, images, training=None):
+    def call(
+        self, images: ArrayLike, training: bool | None = None
+    ) -> tuple[ArrayLike, ArrayLike]:
         batch = ops.shape(images)[0]
         if not training:
             return images, ops.zeros((batch, 3), "int32")
@@ -95,11 +102,13 @@ class RandomSymmetry(layers.Layer):
             shape, 0, 2, seed=self.seed_generator), (batch, 3))
         return apply_symmetry(images, symmetry), symmetry
 
-    def compute_output_spec(self, images, training=None):
+    def compute_output_spec(
+        self, images: keras.KerasTensor, training: bool | None = None
+    ) -> tuple[keras.KerasTensor, keras.KerasTensor]:
         return (keras.KerasTensor(images.shape, self.compute_dtype),
                 keras.KerasTensor((images.shape[0], 3), "int32"))
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "seed": self.seed}
 
 
@@ -107,21 +116,23 @@ class RandomSymmetry(layers.Layer):
 class UndoSymmetry(layers.Layer):
     """Maps predictions of symmetry-transformed images back, in training; see `RandomSymmetry`."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
 
-    def call(self, inputs, training=None):
+    def call(self, inputs: Sequence[ArrayLike], training: bool | None = None) -> ArrayLike:
         outputs, symmetry = inputs
         if not training:
             return outputs
         return apply_symmetry(outputs, symmetry, inverse=True)
 
-    def compute_output_spec(self, inputs, training=None):
+    def compute_output_spec(
+        self, inputs: Sequence[keras.KerasTensor], training: bool | None = None
+    ) -> keras.KerasTensor:
         return keras.KerasTensor(inputs[0].shape, self.compute_dtype)
 
 
-def apply_symmetry(images, symmetry, inverse=False):
+def apply_symmetry(images: ArrayLike, symmetry: ArrayLike, inverse: bool = False) -> ArrayLike:
     """Transposes and flips each image as its row of `symmetry` says.
 
     Args:
@@ -131,6 +142,12 @@ def apply_symmetry(images, symmetry, inverse=False):
 
     Returns:
         The transformed images, same shape.
+
+    Example:
+
+    >>> images = np.arange(4.0).reshape(1, 2, 2, 1)
+    >>> np.asarray(apply_symmetry(images, np.array([[1, 0, 0]])))[0, ..., 0].tolist()
+    [[0.0, 2.0], [1.0, 3.0]]
     """
     for column, transform in reversed(_SYMMETRY_STEPS) if inverse else _SYMMETRY_STEPS:
         chosen = ops.reshape(ops.cast(symmetry[:, column], "bool"), (-1, 1, 1, 1))

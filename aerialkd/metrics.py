@@ -1,8 +1,14 @@
 """Scores of predicted labels and logits: IoU, precision and recall, calibration."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
 import keras
 import numpy as np
 from keras import ops
+from numpy.typing import ArrayLike
 
 from .classes import IGNORE_INDEX, class_names_for
 
@@ -11,18 +17,25 @@ from .classes import IGNORE_INDEX, class_names_for
 class AnnotatedPixelAccuracy(keras.metrics.SparseCategoricalAccuracy):
     """Pixel accuracy over annotated pixels only (labels != `IGNORE_INDEX`)."""
 
-    def __init__(self, name="pixel_acc", **kwargs):
+    def __init__(self, name: str = "pixel_acc", **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
 
-    def update_state(self, y_true, y_pred, sample_weight=None):
+    def update_state(self, y_true: ArrayLike, y_pred: ArrayLike,
+                     sample_weight: ArrayLike | None = None) -> None:
         valid = ops.cast(ops.not_equal(ops.cast(y_true, "int32"), IGNORE_INDEX), "float32")
         if sample_weight is not None:
             valid = valid * ops.cast(sample_weight, "float32")
         return super().update_state(y_true, y_pred, sample_weight=valid)
 
 
-def miou_name(labelled_classes):
-    """Name of the mean IoU over `labelled_classes`: "miou5" for five classes."""
+def miou_name(labelled_classes: Sequence[int]) -> str:
+    """Name of the mean IoU over `labelled_classes`: "miou5" for five classes.
+
+    Example:
+
+    >>> miou_name(data.labelled_classes)  # all but Unlabeled
+    'miou5'
+    """
     return f"miou{len(labelled_classes)}"
 
 
@@ -41,7 +54,13 @@ def check_labelled_classes(labelled_classes, n_classes):
     return labelled
 
 
-def iou_scores(y_true, y_pred, *, n_classes, labelled_classes=None):
+def iou_scores(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    *,
+    n_classes: int,
+    labelled_classes: Sequence[int] | None = None,
+) -> dict[str, Any]:
     """Confusion matrix, IoUs and pixel accuracy of predicted labels.
 
     Pixels labelled `IGNORE_INDEX` are left out. The confusion matrix is
@@ -100,8 +119,15 @@ def _pixel_sample(n, max_pixels, seed):
     return np.random.default_rng(seed).choice(n, max_pixels, replace=False)
 
 
-def segmentation_metrics(y_true, logits, *, max_pr_pixels=2_000_000, seed=0,
-                         class_names=None, labelled_classes=None):
+def segmentation_metrics(
+    y_true: np.ndarray,
+    logits: np.ndarray,
+    *,
+    max_pr_pixels: int = 2_000_000,
+    seed: int = 0,
+    class_names: Sequence[str] | None = None,
+    labelled_classes: Sequence[int] | None = None,
+) -> dict[str, Any]:
     """Scores logits against labels: IoU, precision, recall, PR curves.
 
     Unannotated pixels (`IGNORE_INDEX`) are left out. IoUs come from
@@ -185,8 +211,15 @@ def segmentation_metrics(y_true, logits, *, max_pr_pixels=2_000_000, seed=0,
     }
 
 
-def calibration(logits, y_true, temperatures=(1.0,), *, n_bins=15,
-                max_pixels=2_000_000, seed=0):
+def calibration(
+    logits: np.ndarray,
+    y_true: np.ndarray,
+    temperatures: Sequence[float] = (1.0,),
+    *,
+    n_bins: int = 15,
+    max_pixels: int = 2_000_000,
+    seed: int = 0,
+) -> list[dict[str, float]]:
     """How honestly `softmax(logits / T)` states its own accuracy, per T.
 
     Temperature scaling (Guo et al., ICML 2017) divides the logits by T
@@ -263,7 +296,13 @@ def calibration(logits, y_true, temperatures=(1.0,), *, n_bins=15,
     return rows
 
 
-def error_overlap(y_true, pred_a, pred_b, by_class=False, class_names=None):
+def error_overlap(
+    y_true: np.ndarray,
+    pred_a: np.ndarray,
+    pred_b: np.ndarray,
+    by_class: bool = False,
+    class_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """Where two models are right and wrong, as shares of annotated pixels.
 
     What a teacher can teach a student shows here: `only_a_right` (a = the

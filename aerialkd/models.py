@@ -1,7 +1,11 @@
 """The U-Net teacher and student, ensembles of them, their size, FLOPs and precision."""
 
+from __future__ import annotations
+
 import os
 import pathlib
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -18,14 +22,14 @@ STUDENT_FILTERS = 8
 
 
 def build_unet(
-    base_filters=16,
-    n_classes=len(CLASSES),
-    input_shape=(None, None, 3),
-    dropout=(0.1, 0.1, 0.2, 0.2, 0.3),
-    augment=True,
-    seed=None,
-    name=None,
-):
+    base_filters: int = 16,
+    n_classes: int = len(CLASSES),
+    input_shape: tuple[int | None, int | None, int] = (None, None, 3),
+    dropout: Sequence[float] = (0.1, 0.1, 0.2, 0.2, 0.3),
+    augment: bool = True,
+    seed: int | None = None,
+    name: str | None = None,
+) -> keras.Model:
     """Builds the classic 4-level U-Net that outputs logits.
 
     Four levels down and four up, two 3x3 ReLU convolutions per level with
@@ -107,7 +111,7 @@ def _conv_block(x, filters, rate, name):
                          kernel_initializer="he_normal", name=f"{name}_conv2")(x)
 
 
-def symmetry_ensemble(model):
+def symmetry_ensemble(model: keras.Model) -> keras.Model:
     """Wraps a model to average its logits over the 8 symmetries of the square.
 
     Each image is transposed and flipped in all 8 ways, the model predicts
@@ -133,19 +137,45 @@ def symmetry_ensemble(model):
     return keras.Model(inputs, logits, name=f"{model.name}_x8")
 
 
-def build_teacher(**kwargs):
-    """The teacher: `build_unet(16)`, about 1.94 M parameters."""
+def build_teacher(**kwargs: Any) -> keras.Model:
+    """The teacher: `build_unet(16)`, about 1.94 M parameters.
+
+    Args:
+        **kwargs: arguments of `build_unet` (`n_classes`, `augment`, ...);
+            the name is "teacher" unless one is given.
+
+    Returns:
+        A `keras.Model` returning logits.
+
+    Example:
+
+    >>> build_teacher().count_params()
+    1941190
+    """
     kwargs.setdefault("name", "teacher")
     return build_unet(TEACHER_FILTERS, **kwargs)
 
 
-def build_student(**kwargs):
-    """The student: half width, `build_unet(8)`, about 0.49 M parameters."""
+def build_student(**kwargs: Any) -> keras.Model:
+    """The student: half width, `build_unet(8)`, about 0.49 M parameters.
+
+    Args:
+        **kwargs: arguments of `build_unet` (`n_classes`, `augment`, ...);
+            the name is "student" unless one is given.
+
+    Returns:
+        A `keras.Model` returning logits.
+
+    Example:
+
+    >>> build_student(n_classes=3).count_params()
+    485835
+    """
     kwargs.setdefault("name", "student")
     return build_unet(STUDENT_FILTERS, **kwargs)
 
 
-def count_flops(model, input_size=256):
+def count_flops(model: keras.Model, input_size: int = 256) -> int:
     """Counts the floating-point operations of one forward pass.
 
     Counts multiply-adds of convolutions and transposed convolutions as two
@@ -191,8 +221,24 @@ def _layer_output_shapes(model, input_size):
     return shapes
 
 
-def model_summary(model, path=None, input_size=256):
-    """Returns parameters, FLOPs and (if `path` is given) file size in MB."""
+def model_summary(
+    model: keras.Model, path: os.PathLike | str | None = None, input_size: int = 256
+) -> dict[str, float]:
+    """Returns parameters, FLOPs and (if `path` is given) file size in MB.
+
+    Args:
+        model: a model from `build_unet` (see `count_flops`).
+        path: the model's saved file, for its size.
+        input_size: side of the square input of the FLOPs.
+
+    Returns:
+        A dict with `parameters` (an int), `gflops` and, with `path`, `size_mb`.
+
+    Example:
+
+    >>> model_summary(student)["parameters"]
+    485862
+    """
     info = {
         "parameters": int(model.count_params()),
         "gflops": count_flops(model, input_size) / 1e9,
@@ -202,7 +248,9 @@ def model_summary(model, path=None, input_size=256):
     return info
 
 
-def ensemble_teacher(models, name="teacher_ensemble"):
+def ensemble_teacher(
+    models: Iterable[keras.Model], name: str = "teacher_ensemble"
+) -> keras.Model:
     """A teacher that averages the logits of several models.
 
     Teachers of different seeds err in different places; their mean logits
@@ -251,7 +299,7 @@ def ensemble_teacher(models, name="teacher_ensemble"):
     return keras.Model(inputs, logits, name=name)
 
 
-def save_model(model, path):
+def save_model(model: keras.Model, path: os.PathLike | str) -> None:
     """Saves a model for inference: float32, architecture and weights, no optimizer.
 
     A `.keras` file of a compiled model also holds the optimizer's state
@@ -274,7 +322,7 @@ def save_model(model, path):
     partial.replace(path)  # a reader never finds a half-written file
 
 
-def with_dtype_policy(model, policy):
+def with_dtype_policy(model: keras.Model, policy: str) -> keras.Model:
     """A copy of a functional model whose layers all use dtype `policy`.
 
     Args:

@@ -1,6 +1,9 @@
 """Running a model over batches of images: logits, a fast predict function, latency."""
 
+from __future__ import annotations
+
 import time
+from collections.abc import Callable, Mapping
 
 import keras
 import numpy as np
@@ -9,7 +12,11 @@ from keras import ops
 from .devices import data_parallel_size
 
 
-def predict_logits(model, images, batch_size=16):
+def predict_logits(
+    model: keras.Model | Callable[[np.ndarray], np.ndarray],
+    images: np.ndarray,
+    batch_size: int = 16,
+) -> np.ndarray:
     """Runs `model` on uint8 images in batches; returns float32 logits.
 
     A Keras model runs through its own `predict_on_batch`, which Keras
@@ -66,7 +73,7 @@ def batch_predictor(model):
                                     dtype=np.float32)
 
 
-def make_predict_function(model):
+def make_predict_function(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
     """A fast function from a batch of images to the logits of `model`.
 
     The inference path of `measure_latency`: a `tf.function` on TensorFlow,
@@ -126,7 +133,13 @@ def _compile_inference(model):
     return model.predict_on_batch
 
 
-def measure_latency(models, input_size=256, batch_size=1, repeats=20, warmup=3):
+def measure_latency(
+    models: Mapping[str, keras.Model | Callable[[np.ndarray], np.ndarray]],
+    input_size: int = 256,
+    batch_size: int = 1,
+    repeats: int = 20,
+    warmup: int = 3,
+) -> dict[str, float]:
     """Median wall-clock seconds of one forward pass, models interleaved.
 
     Each repeat runs every model once in turn, so background load on a noisy

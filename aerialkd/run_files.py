@@ -1,6 +1,9 @@
 """The files of a training run: one owner for their names."""
 
+from __future__ import annotations
+
 import dataclasses
+import os
 import pathlib
 import time
 
@@ -14,7 +17,7 @@ class RunFiles:
     add a record of a started run. Every name is spelled here and nowhere else.
 
     Attributes:
-        folder: the folder of the run's files.
+        folder: the folder of the run's files (a `str` becomes a `pathlib.Path`).
         name: the run's name, the stem of its files (e.g. "teacher").
 
     Example:
@@ -34,53 +37,53 @@ class RunFiles:
                              f"hold a path separator, got {self.name!r}.")
 
     @classmethod
-    def of_model(cls, path):
+    def of_model(cls, path: os.PathLike | str) -> RunFiles:
         """The run whose model is the `.keras` file `path`."""
         path = pathlib.Path(path)
         return cls(path.parent, path.stem)
 
     @property
-    def model(self):
+    def model(self) -> pathlib.Path:
         """The best model by the validation mean IoU (`<name>.keras`)."""
         return self.folder / f"{self.name}.keras"
 
     @property
-    def best(self):
+    def best(self) -> pathlib.Path:
         """The best score and its epoch, for a resumed run (`<name>.best.json`)."""
         return self.folder / f"{self.name}.best.json"
 
     @property
-    def history_csv(self):
+    def history_csv(self) -> pathlib.Path:
         """The history, appended epoch by epoch (`<name>_history.csv`)."""
         return self.folder / f"{self.name}_history.csv"
 
     @property
-    def history(self):
+    def history(self) -> pathlib.Path:
         """The history of all epochs, written when training ends (`<name>_history.json`)."""
         return self.folder / f"{self.name}_history.json"
 
     @property
-    def record(self):
+    def record(self) -> pathlib.Path:
         """Where, when and how the run was trained (`<name>_run.json`)."""
         return self.folder / f"{self.name}_run.json"
 
     @property
-    def started(self):
+    def started(self) -> pathlib.Path:
         """The settings of a run that has started and not finished (`<name>_started.json`)."""
         return self.folder / f"{self.name}_started.json"
 
     @property
-    def backup(self):
+    def backup(self) -> pathlib.Path:
         """Keras' `BackupAndRestore` folder of an unfinished run (`backup_<name>`)."""
         return self.folder / f"backup_{self.name}"
 
-    def existing(self):
+    def existing(self) -> list[pathlib.Path]:
         """The run's files and folders that exist."""
         paths = (self.model, self.best, self.history_csv, self.history, self.record,
                  self.started, self.backup)
         return [path for path in paths if path.exists()]
 
-    def archive(self):
+    def archive(self) -> pathlib.Path | None:
         """Moves the run's files to `previous/<name>-<time>/`, so a new run overwrites nothing.
 
         Returns:

@@ -1,8 +1,12 @@
 """Small synthetic datasets: the tiny Kaggle-layout one CI trains on, and a flat one
 with its own classes, as a user's own data may look."""
 
+from __future__ import annotations
+
 import json
+import os
 import pathlib
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -12,11 +16,11 @@ from .files import DATASET_DIRNAME, FLAT_LAYOUTS
 
 
 def make_tiny_dataset(
-    path,
-    tile_sizes=((150, 136), (200, 170), (136, 200)),
-    images_per_tile=9,
-    seed=0,
-):
+    path: os.PathLike | str,
+    tile_sizes: Sequence[tuple[int, int]] = ((150, 136), (200, 170), (136, 200)),
+    images_per_tile: int = 9,
+    seed: int = 0,
+) -> pathlib.Path:
     """Writes a small synthetic dataset in the Kaggle layout and palette.
 
     Each scene is land with roads (strips), buildings (blocks), water and
@@ -93,16 +97,16 @@ def _tiny_scene(height, width, rng):
 
 
 def make_custom_dataset(
-    path,
-    classes=None,
-    n_images=12,
-    size=(256, 192),
-    mask_scale=0.5,
-    folders=("images", "masks"),
-    image_suffix=".JPG",
-    mask_suffix=".PNG",
-    seed=0,
-):
+    path: os.PathLike | str,
+    classes: Mapping[str, str] | None = None,
+    n_images: int = 12,
+    size: tuple[int, int] = (256, 192),
+    mask_scale: float = 0.5,
+    folders: tuple[str, str] = ("images", "masks"),
+    image_suffix: str = ".JPG",
+    mask_suffix: str = ".PNG",
+    seed: int = 0,
+) -> pathlib.Path:
     """Writes a small synthetic dataset in a flat layout, as your own data might be.
 
     Unlike `make_tiny_dataset` (the Kaggle layout and palette), this one is

@@ -1,17 +1,31 @@
 """Whole images of any size, segmented with overlapping, blended tiles."""
 
+from __future__ import annotations
+
 import collections
 import concurrent.futures
 import math
 import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .prediction import batch_predictor
 
+if TYPE_CHECKING:
+    import keras
 
-def predict_image(model, image, *, tile_size=256, overlap=None, batch_size=8,
-                  return_logits=False):
+
+def predict_image(
+    model: keras.Model | Callable[[np.ndarray], np.ndarray],
+    image: np.ndarray,
+    *,
+    tile_size: int = 256,
+    overlap: int | None = None,
+    batch_size: int = 8,
+    return_logits: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Segments a whole image of any size with overlapping tiles.
 
     The image is padded by reflection to cover a grid of `tile_size` tiles

@@ -1,8 +1,13 @@
 """Compiling and fitting a segmentation model or `Distiller`: one way to train."""
 
+from __future__ import annotations
+
 import csv
 import json
+import os
 import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -18,9 +23,17 @@ from .prediction import predict_logits
 from .run_files import RunFiles
 from .callbacks import BestModelCheckpoint, EpochRecord, StopOnNaN, SyncEpoch, monitored_miou
 
+if TYPE_CHECKING:
+    from .datasets import SegmentationDataset
 
-def compile_segmentation(model, learning_rate=1e-3, loss=None, steps_per_execution=1,
-                         labelled_classes=None):
+
+def compile_segmentation(
+    model: keras.Model,
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = 1e-3,
+    loss: keras.losses.Loss | None = None,
+    steps_per_execution: int = 1,
+    labelled_classes: Sequence[int] | None = None,
+) -> keras.Model:
     """Compiles a model (or `Distiller`) with Adam, the loss and mIoU metrics.
 
     Metrics: `miou<K>`, the mean IoU over the K `labelled_classes` (on the
@@ -78,21 +91,21 @@ def check_sampling(sampling):
 
 
 def fit_segmentation(
-    model,
-    data,
+    model: keras.Model,
+    data: SegmentationDataset,
     *,
-    epochs,
-    output_dir,
-    name,
-    batch_size=16,
-    seed=0,
-    verbose="auto",
-    callbacks=(),
-    cache_teacher=True,
-    sampling="grid",
-    mix="cutmix",
-    mix_probability=0.5,
-):
+    epochs: int,
+    output_dir: os.PathLike | str,
+    name: str,
+    batch_size: int = 16,
+    seed: int = 0,
+    verbose: str | int = "auto",
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    cache_teacher: bool = True,
+    sampling: str = "grid",
+    mix: str | None = "cutmix",
+    mix_probability: float = 0.5,
+) -> dict[str, list[float]]:
     """Trains a compiled model or `Distiller`, checkpointing every epoch.
 
     The run's files are `RunFiles(output_dir, name)`:
@@ -282,7 +295,7 @@ def _pad_to_replicas(x, y, replicas):
     return x, pad(y, IGNORE_INDEX)
 
 
-def read_history(path):
+def read_history(path: os.PathLike | str) -> dict[str, list[float]]:
     """Reads a history CSV (from `fit_segmentation`) into a dict of lists."""
     with open(path) as f:
         rows = list(csv.DictReader(f))
