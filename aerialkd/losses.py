@@ -1,7 +1,13 @@
 """The segmentation loss and the knowledge-distillation losses, from logits."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
 import keras
 from keras import ops
+from numpy.typing import ArrayLike
 
 from .classes import IGNORE_INDEX
 from .devices import sum_over_replicas
@@ -33,9 +39,16 @@ class SegmentationLoss(keras.losses.Loss):
     1.9319
     """
 
-    def __init__(self, kind="cross_entropy", dice_weight=1.0,
-                 class_weights=None, gamma=2.0, n_classes=None,
-                 name="segmentation_loss", **kwargs):
+    def __init__(
+        self,
+        kind: str = "cross_entropy",
+        dice_weight: float = 1.0,
+        class_weights: Sequence[float] | None = None,
+        gamma: float = 2.0,
+        n_classes: int | None = None,
+        name: str = "segmentation_loss",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(name=name, **kwargs)
         if kind not in ("cross_entropy", "focal"):
             raise ValueError(
@@ -54,7 +67,7 @@ class SegmentationLoss(keras.losses.Loss):
         self.gamma = float(gamma)
         self.n_classes = None if n_classes is None else int(n_classes)
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: ArrayLike, y_pred: ArrayLike) -> ArrayLike:
         logits = ops.cast(y_pred, "float32")
         labels = ops.cast(y_true, "int32")
         n_classes = self.n_classes or logits.shape[-1]
@@ -99,7 +112,7 @@ class SegmentationLoss(keras.losses.Loss):
         # Keras reduces per-sample losses; a batch-wide scalar is broadcast.
         return ops.ones_like(logits[:, 0, 0, 0]) * loss
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "kind": self.kind,
                 "dice_weight": self.dice_weight,
                 "class_weights": self.class_weights, "gamma": self.gamma,
@@ -113,8 +126,13 @@ KD_KINDS = ("pixel", "channel", "dist")
 _EPSILON = 1e-7
 
 
-def distillation_loss(teacher_logits, student_logits, temperature=4.0,
-                      kind="pixel", standardize=False):
+def distillation_loss(
+    teacher_logits: ArrayLike,
+    student_logits: ArrayLike,
+    temperature: float = 4.0,
+    kind: str = "pixel",
+    standardize: bool = False,
+) -> ArrayLike:
     """Knowledge-distillation loss for dense prediction, from logits.
 
     - `kind="pixel"` (Hinton et al., 2015, at every pixel): softmax of
@@ -224,26 +242,28 @@ class SegmentationKD(keras.distillation.DistillationLoss):
     >>> kd.compile(optimizer="adam", loss=SegmentationLoss())
     """
 
-    def __init__(self, temperature=4.0, kind="pixel", standardize=False):
+    def __init__(self, temperature: float = 4.0, kind: str = "pixel",
+                 standardize: bool = False) -> None:
         check_kd_arguments(temperature, kind)
         self.temperature = float(temperature)
         self.kind = kind
         self.standardize = bool(standardize)
         self.teacher_layer_name = self.student_layer_name = None
 
-    def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
+    def compute_loss(self, teacher_outputs: ArrayLike, student_outputs: ArrayLike,
+                     **kwargs: Any) -> ArrayLike:
         return distillation_loss(teacher_outputs, student_outputs,
                                  self.temperature, self.kind, self.standardize)
 
-    def validate_outputs(self, teacher_outputs, student_outputs):
+    def validate_outputs(self, teacher_outputs: ArrayLike, student_outputs: ArrayLike) -> None:
         pass  # `distillation_loss` checks the shapes
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "kind": self.kind,
                 "standardize": self.standardize}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> SegmentationKD:
         return cls(**config)
 
 

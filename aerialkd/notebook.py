@@ -1,5 +1,7 @@
 """The notebooks' conveniences: profiles, the Colab setup, runs that are loaded or trained."""
 
+from __future__ import annotations
+
 import dataclasses
 import json
 import math
@@ -8,12 +10,14 @@ import pathlib
 import platform
 import sys
 import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 
 from .devices import accelerator_names, mixed_precision_policy
 from .files import DATASET_DIRNAME, download_dataset
-from .datasets import load_dataset
+from .datasets import SegmentationDataset, load_dataset
 from .synthetic import make_tiny_dataset
 from .models import with_dtype_policy
 from .distiller import Distiller
@@ -76,9 +80,9 @@ class Profile:
     epochs: int
     batch_size: int
     learning_rate: float
-    sweep_alphas: tuple
-    sweep_temperatures: tuple
-    sweep_kinds: tuple
+    sweep_alphas: tuple[float, ...]
+    sweep_temperatures: tuple[float, ...]
+    sweep_kinds: tuple[str, ...]
     sweep_epochs: int
     output_dir: pathlib.Path
     pictures_dir: pathlib.Path
@@ -88,10 +92,12 @@ class Profile:
     sampling: str = "grid"
 
     @property
-    def models_dir(self):
+    def models_dir(self) -> pathlib.Path:
         return self.output_dir / "models"
 
-    def learning_rate_schedule(self, epochs=None, steps_per_epoch=1):
+    def learning_rate_schedule(
+        self, epochs: int | None = None, steps_per_epoch: int = 1
+    ) -> float | keras.optimizers.schedules.LearningRateSchedule:
         """Adam's learning rate: the constant, or Keras' cosine decay to 0 over `epochs`."""
         if self.schedule == "constant":
             return self.learning_rate
@@ -101,12 +107,14 @@ class Profile:
         raise ValueError(f"Unknown schedule {self.schedule!r}: use 'constant' or 'cosine'.")
 
 
-def in_colab():
+def in_colab() -> bool:
     """Whether this runs in Google Colab."""
     return "google.colab" in sys.modules
 
 
-def load_profile(name=None, output_dir=None):
+def load_profile(
+    name: str | None = None, output_dir: os.PathLike | str | None = None
+) -> Profile:
     """Returns the `Profile` chosen by `name` or the environment.
 
     The profile is `name`, else `$SSSI_PROFILE`, else "full" in Colab and
@@ -134,7 +142,7 @@ def load_profile(name=None, output_dir=None):
                    **PROFILES[name])
 
 
-def setup_notebook(profile=None, mount_drive=False):
+def setup_notebook(profile: str | None = None, mount_drive: bool = False) -> Profile:
     """Prepares a notebook: profile, optional Google Drive, device report.
 
     In Colab with `mount_drive=True`, outputs go to Google Drive
@@ -167,7 +175,7 @@ def setup_notebook(profile=None, mount_drive=False):
     return profile
 
 
-def run_info(profile=None):
+def run_info(profile: Profile | None = None) -> dict[str, Any]:
     """Where a number comes from: backend, versions, device, date, budget."""
     devices = accelerator_names()
     info = {
@@ -184,7 +192,7 @@ def run_info(profile=None):
     return info
 
 
-def profile_dataset(profile):
+def profile_dataset(profile: Profile) -> SegmentationDataset:
     """Loads the dataset of a profile.
 
     `tiny` writes the synthetic dataset into the output folder (once).
@@ -202,7 +210,7 @@ def profile_dataset(profile):
     return load_dataset(root, patch_size=profile.patch_size)
 
 
-def saved_model_path(profile, name):
+def saved_model_path(profile: Profile, name: str) -> pathlib.Path | None:
     """Where the finished model `name` is saved, or `None`.
 
     This run's models folder first (`profile.models_dir/<name>.keras`), then,
@@ -234,7 +242,9 @@ def _saved_run(profile, name, wanted):
                 None)
 
 
-def load_run(path):
+def load_run(
+    path: os.PathLike | str,
+) -> tuple[keras.Model, dict[str, list[float]], dict[str, Any]]:
     """Loads a saved model with its training history and run record.
 
     Args:
@@ -258,7 +268,7 @@ def load_run(path):
     return keras.models.load_model(files.model), history, record
 
 
-def saved_history(profile, name):
+def saved_history(profile: Profile, name: str) -> dict[str, list[float]] | None:
     """The training history of the run `name`, where `saved_model_path` would look.
 
     For runs whose history is kept without their model (the sweep's).
@@ -276,7 +286,7 @@ def saved_history(profile, name):
     return None if files is None else json.loads(files.history.read_text())
 
 
-def describe_run(path, record):
+def describe_run(path: os.PathLike | str, record: dict[str, Any]) -> str:
     """One line on a saved model: which file, and where, when and how it was trained.
 
     Example:
@@ -296,7 +306,7 @@ def describe_run(path, record):
     return f"{path.name} ({where}): {epochs}{how}"
 
 
-def write_run_record(profile, name, **settings):
+def write_run_record(profile: Profile, name: str, **settings: Any) -> pathlib.Path:
     """Writes the record of the run `name`: where, when and how it was trained.
 
     The record (`RunFiles.record`, `<name>_run.json` beside the model) holds
@@ -312,8 +322,18 @@ def write_run_record(profile, name, **settings):
     return path
 
 
-def train_model(model, data, profile, *, name, epochs=None, seed=None, callbacks=(),
-                verbose="auto", **fit_options):
+def train_model(
+    model: keras.Model,
+    data: SegmentationDataset,
+    profile: Profile,
+    *,
+    name: str,
+    epochs: int | None = None,
+    seed: int | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: str | int = "auto",
+    **fit_options: Any,
+) -> tuple[keras.Model, dict[str, list[float]], dict[str, Any]]:
     """Compiles and fits one model of the series with the profile's recipe, and records it.
 
     The notebooks' shorthand for the two library steps: `compile_segmentation`
@@ -379,7 +399,15 @@ def _distillation_settings(model):
     return settings
 
 
-def load_or_train(profile, data, name, build, *, teacher=None, **distiller_settings):
+def load_or_train(
+    profile: Profile,
+    data: SegmentationDataset | None,
+    name: str,
+    build: Callable[[], keras.Model],
+    *,
+    teacher: keras.Model | None = None,
+    **distiller_settings: Any,
+) -> tuple[keras.Model, dict[str, list[float]], dict[str, Any]]:
     """The finished model `name` if one is saved, else one trained here.
 
     For a notebook opened alone: it looks where `saved_model_path` does (this
