@@ -1,15 +1,25 @@
 """Figures and tables of the notebooks."""
 
+from __future__ import annotations
+
 import math
+import os
 import pathlib
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .classes import IGNORE_INDEX, class_names_for, generic_classes, labels_to_rgb
 from .datasets import class_shares
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-def save_figure(fig, path):
+    from .datasets import SegmentationDataset
+
+
+def save_figure(fig: Figure, path: os.PathLike | str | None) -> Figure:
     """Saves `fig` to `path` (creating folders) at 120 dpi; returns `fig`."""
     if path is not None:
         path = pathlib.Path(path)
@@ -40,8 +50,15 @@ def _names_and_palette(label_maps, class_names, palette):
     return class_names_for(n_classes, class_names), palette
 
 
-def plot_segmentations(images, truths, predictions, path=None, *, class_names=None,
-                       palette=None):
+def plot_segmentations(
+    images: np.ndarray,
+    truths: np.ndarray,
+    predictions: Mapping[str, np.ndarray],
+    path: os.PathLike | str | None = None,
+    *,
+    class_names: Sequence[str] | None = None,
+    palette: np.ndarray | None = None,
+) -> Figure:
     """Draws rows of image / ground truth / one column per model.
 
     Args:
@@ -98,7 +115,11 @@ LABELS = {
 """Readable names of the metrics and table columns, for figures and tables."""
 
 
-def plot_history(histories, keys=("loss",), path=None):
+def plot_history(
+    histories: Mapping[str, Mapping[str, Sequence[float]]],
+    keys: Sequence[str] = ("loss",),
+    path: os.PathLike | str | None = None,
+) -> Figure:
     """Draws training and validation curves of one or more runs.
 
     Args:
@@ -139,7 +160,11 @@ def plot_history(histories, keys=("loss",), path=None):
     return save_figure(fig, path)
 
 
-def plot_pr_curves(results, path=None, class_names=None):
+def plot_pr_curves(
+    results: Mapping[str, Mapping[str, Any]],
+    path: os.PathLike | str | None = None,
+    class_names: Sequence[str] | None = None,
+) -> Figure:
     """Draws per-class precision-recall curves, one panel per class.
 
     Args:
@@ -182,7 +207,12 @@ def plot_pr_curves(results, path=None, class_names=None):
     return save_figure(fig, path)
 
 
-def plot_confusion_matrix(confusion_matrix, title="", path=None, class_names=None):
+def plot_confusion_matrix(
+    confusion_matrix: np.ndarray,
+    title: str = "",
+    path: os.PathLike | str | None = None,
+    class_names: Sequence[str] | None = None,
+) -> Figure:
     """Draws a confusion matrix normalised by row (recall per true class).
 
     Args:
@@ -211,7 +241,7 @@ def plot_confusion_matrix(confusion_matrix, title="", path=None, class_names=Non
     return save_figure(fig, path)
 
 
-def plot_class_shares(data, path=None):
+def plot_class_shares(data: SegmentationDataset, path: os.PathLike | str | None = None) -> Figure:
     """Bar chart of class shares of annotated pixels in each split.
 
     Bars in the data's own class colours, named by its classes.
@@ -241,7 +271,9 @@ def plot_class_shares(data, path=None):
     return save_figure(fig, path)
 
 
-def plot_sweep(rows, metric="val_miou5", path=None):
+def plot_sweep(
+    rows: Sequence[Mapping[str, Any]], metric: str = "val_miou5", path: os.PathLike | str | None = None
+) -> Figure:
     """Draws a heatmap of `metric` over alpha x temperature, one per KD kind.
 
     A row of kind "none" (the scratch student `sweep_distillation` trains as
@@ -302,7 +334,9 @@ def plot_sweep(rows, metric="val_miou5", path=None):
     return save_figure(fig, path)
 
 
-def markdown_table(rows, digits=3, headers=LABELS):
+def markdown_table(
+    rows: Sequence[Mapping[str, Any]], digits: int = 3, headers: Mapping[str, str] = LABELS
+) -> str:
     """Formats a list of dicts as a Markdown table.
 
     Args:
