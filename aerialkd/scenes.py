@@ -1,20 +1,39 @@
 """Raster scenes of any size: a georeferenced label GeoTIFF, and its polygons."""
 
+from __future__ import annotations
+
 import functools
 import json
+import os
 import pathlib
 import time
 import warnings
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .classes import IGNORE_INDEX, class_names_for, generic_classes
 from .tiling import blend_tiles, check_tiling
 
+if TYPE_CHECKING:
+    import keras
 
-def segment_scene(model, src_path, dst_path, *, tile_size=256, overlap=None,
-                  batch_size=8, bands=(1, 2, 3), rescale=None, class_names=None,
-                  palette=None, progress=None):
+
+def segment_scene(
+    model: keras.Model | Callable[[np.ndarray], np.ndarray],
+    src_path: os.PathLike | str,
+    dst_path: os.PathLike | str,
+    *,
+    tile_size: int = 256,
+    overlap: int | None = None,
+    batch_size: int = 8,
+    bands: Sequence[int] = (1, 2, 3),
+    rescale: tuple[float, float] | None = None,
+    class_names: Sequence[str] | None = None,
+    palette: np.ndarray | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
     """Segments a raster scene of any size into a georeferenced label GeoTIFF.
 
     The scene is read band by band (rows of tiles) and blended exactly as
@@ -205,8 +224,14 @@ def _label_profile(src, tile_size):
     return profile
 
 
-def polygonize(label_path, dst_path, *, min_area=0, connectivity=4,
-               class_names=None):
+def polygonize(
+    label_path: os.PathLike | str,
+    dst_path: os.PathLike | str,
+    *,
+    min_area: int = 0,
+    connectivity: int = 4,
+    class_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """Writes the class regions of a label raster as GeoJSON polygons.
 
     Each connected region of one class becomes a feature with its `class`
