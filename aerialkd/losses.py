@@ -221,8 +221,14 @@ def _pearson(a, b, axis):
     return ops.sum(a * b, axis=axis) / norms
 
 
+# Keras' own distillation API (Keras >= 3.12). Without it the package still imports,
+# and only SegmentationKD, which serves that API, says what to install.
+_KERAS_DISTILLATION_LOSS = getattr(getattr(keras, "distillation", None), "DistillationLoss",
+                                   object)
+
+
 @keras.saving.register_keras_serializable(package="utils")
-class SegmentationKD(keras.distillation.DistillationLoss):
+class SegmentationKD(_KERAS_DISTILLATION_LOSS):
     """`keras.distillation` loss wrapping `distillation_loss`.
 
     For users of Keras' own `keras.distillation.Distiller`; this package's
@@ -244,6 +250,9 @@ class SegmentationKD(keras.distillation.DistillationLoss):
 
     def __init__(self, temperature: float = 4.0, kind: str = "pixel",
                  standardize: bool = False) -> None:
+        if _KERAS_DISTILLATION_LOSS is object:
+            raise ImportError(f"SegmentationKD serves keras.distillation, which Keras "
+                              f"{keras.__version__} lacks: pip install 'keras>=3.12'.")
         check_kd_arguments(temperature, kind)
         self.temperature = float(temperature)
         self.kind = kind

@@ -63,7 +63,8 @@ def plot_segmentations(
 
     Args:
         images: uint8 images `(N, H, W, 3)`.
-        truths: labels `(N, H, W)`.
+        truths: labels `(N, H, W)`, or `None` for images without any (then
+            the column is left out).
         predictions: dict mapping a column title (e.g. "Teacher") to labels
             `(N, H, W)`.
         path: optional file to save the figure to.
@@ -83,7 +84,8 @@ def plot_segmentations(
     """
     import matplotlib.pyplot as plt
 
-    columns = {"Image": None, "Ground truth": truths, **predictions}
+    columns = {"Image": None, **({} if truths is None else {"Ground truth": truths}),
+               **predictions}
     class_names, palette = _names_and_palette(
         [np.asarray(v) for v in columns.values() if v is not None], class_names, palette)
     n = len(images)
@@ -110,7 +112,8 @@ LABELS = {
     "student_loss": "label loss (Dice + cross-entropy)",
     "distillation_loss": "KD term", "total_loss": "total loss",
     "parameters": "parameters", "gflops": "GFLOPs (256x256)", "size_mb": "file size (MB)",
-    "latency_ms": "latency (ms, batch 1)",
+    "latency_ms": "latency (ms, batch 1)", "val_loss": "validation loss",
+    "val_miou5": "validation mIoU5", "epoch": "epoch",
 }
 """Readable names of the metrics and table columns, for figures and tables."""
 
@@ -119,6 +122,8 @@ def plot_history(
     histories: Mapping[str, Mapping[str, Sequence[float]]],
     keys: Sequence[str] = ("loss",),
     path: os.PathLike | str | None = None,
+    *,
+    ylim: tuple[float, float] | Mapping[str, tuple[float, float]] | None = None,
 ) -> Figure:
     """Draws training and validation curves of one or more runs.
 
@@ -128,6 +133,11 @@ def plot_history(
         keys: metrics to draw, one panel each; `val_<key>` is drawn dashed
             where present.
         path: optional file to save the figure to.
+        ylim: `(low, high)` of every panel's y-axis, or a dict mapping a
+            key to its `(low, high)`, to zoom on where the curves differ
+            (the first epochs span a far wider range); "tail" fits each
+            panel to the values after the first fifth of the epochs;
+            Matplotlib's limits where `None`.
 
     Returns:
         The matplotlib `Figure`.
@@ -153,9 +163,82 @@ def plot_history(
                         label=f"{run} val")
         ax.set_title(LABELS.get(key, key))
         ax.set_xlabel("epoch")
+        limits = ylim.get(key) if isinstance(ylim, dict) else ylim
+        if isinstance(limits, str):
+            if limits != "tail":
+                raise ValueError(f"ylim must be (low, high), a dict or 'tail', got {limits!r}.")
+            late = [v for history in histories.values() for k in (key, f"val_{key}")
+                    for v in history.get(k, [])[len(history.get(k, [])) // 5:]]
+            low, high = min(late), max(late)
+            limits = (low - 0.05 * (high - low + 1e-9), high + 0.05 * (high - low + 1e-9))
+        if limits is not None:
+            ax.set_ylim(*limits)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_paired_difference(
+    baseline: Mapping[Any, Mapping[str, Sequence[float]]],
+    others: Mapping[str, Mapping[Any, Mapping[str, Sequence[float]]]],
+    key: str = "val_miou5",
+    path: os.PathLike | str | None = None,
+    *,
+    baseline_name: str = "scratch",
+) -> Figure:
+    """Draws, epoch by epoch, how far runs lie above their baseline of the same seed.
+
+    A comparison of students lives in a band of a few hundredths that a plot
+    of the raw curves (which start near 0) flattens. This draws the
+    difference itself: for each group of `others`, `history[key]` minus the
+    baseline's of the same seed, each seed thin and their mean thick, around
+    a zero line.
+
+    Args:
+        baseline: dict mapping a seed to the history of the baseline run.
+        others: dict mapping a group name (e.g. "distilled") to a dict
+            mapping a seed to a history; seeds the baseline lacks are left
+            out.
+        key: the history's metric, e.g. "val_miou5".
+        path: optional file to save the figure to.
+        baseline_name: what the baseline is called in the labels.
+
+    Returns:
+        The matplotlib `Figure`.
+
+    Example:
+
+    >>> scratch = {0: {"val_miou5": [0.5, 0.6]}, 1: {"val_miou5": [0.4, 0.6]}}
+    >>> kd = {0: {"val_miou5": [0.6, 0.6]}, 1: {"val_miou5": [0.5, 0.7]}}
+    >>> fig = plot_paired_difference(scratch, {"distilled": kd})
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.axhline(0.0, color="black", linewidth=1)
+    for i, (group, runs) in enumerate(others.items()):
+        seeds = [seed for seed in runs if seed in baseline]
+        if not seeds:
+            raise ValueError(f"{group!r} shares no seed with the baseline "
+                             f"(seeds {sorted(baseline)}).")
+        epochs = min(min(len(runs[s][key]), len(baseline[s][key])) for s in seeds)
+        differences = np.array([np.asarray(runs[s][key][:epochs])
+                                - np.asarray(baseline[s][key][:epochs]) for s in seeds])
+        x = np.arange(1, epochs + 1)
+        for seed, row in zip(seeds, differences):
+            ax.plot(x, row, color=f"C{i}", linewidth=0.7, alpha=0.45)
+        ax.plot(x, differences.mean(0), color=f"C{i}", linewidth=2.2,
+                label=f"{group} minus {baseline_name}, mean of {len(seeds)} seed(s)")
+    name = LABELS.get(key.removeprefix("val_"), key)
+    ax.set_title(f"{'Validation ' if key.startswith('val_') else ''}{name}: "
+                 f"difference to {baseline_name} (thin: each seed)")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -164,6 +247,7 @@ def plot_pr_curves(
     results: Mapping[str, Mapping[str, Any]],
     path: os.PathLike | str | None = None,
     class_names: Sequence[str] | None = None,
+    labelled_classes: Sequence[int] | None = None,
 ) -> Figure:
     """Draws per-class precision-recall curves, one panel per class.
 
@@ -171,26 +255,29 @@ def plot_pr_curves(
         results: dict mapping a model name to the output of
             `evaluate_segmentation`.
         path: optional file to save the figure to.
-        class_names: the classes to draw, in label order; those the results
+        class_names: names of the classes, in label order; those the results
             name if `None`.
+        labelled_classes: indices of the classes to draw (a dataset's
+            `labelled_classes`, which leaves out a class such as Dubai's
+            rare "Unlabeled", whose curve is noise); every class if `None`.
 
     Returns:
         The matplotlib `Figure`.
     """
     import matplotlib.pyplot as plt
 
-    if class_names is None:
-        first = next(iter(results.values()))
-        class_names = first.get("class_names") or class_names_for(
-            len(first["average_precision"]))
-
-    columns = min(3, len(class_names))
-    rows = math.ceil(len(class_names) / columns)
+    first = next(iter(results.values()))
+    n_classes = len(first["average_precision"])
+    class_names = class_names_for(n_classes, class_names or first.get("class_names"))
+    drawn = list(range(n_classes) if labelled_classes is None else labelled_classes)
+    columns = min(3, len(drawn))
+    rows = math.ceil(len(drawn) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(13 * columns / 3, 4 * rows),
                              squeeze=False)
-    for ax in axes.flat[len(class_names):]:
+    for ax in axes.flat[len(drawn):]:
         ax.set_visible(False)
-    for c, (ax, name) in enumerate(zip(axes.flat, class_names)):
+    for c, ax in zip(drawn, axes.flat):
+        name = class_names[c]
         for model_name, res in results.items():
             if name in res["pr_curves"]:
                 precision, recall = res["pr_curves"][name]
@@ -208,15 +295,19 @@ def plot_pr_curves(
 
 
 def plot_confusion_matrix(
-    confusion_matrix: np.ndarray,
+    confusion_matrix: np.ndarray | Mapping[str, np.ndarray],
     title: str = "",
     path: os.PathLike | str | None = None,
     class_names: Sequence[str] | None = None,
 ) -> Figure:
-    """Draws a confusion matrix normalised by row (recall per true class).
+    """Draws confusion matrices normalised by row (recall per true class), side by side.
+
+    Several models' matrices share one colour scale (0 to 1), so a cell
+    reads the same in every panel.
 
     Args:
-        confusion_matrix: counts, rows = truth, columns = prediction.
+        confusion_matrix: counts, rows = truth, columns = prediction; or a
+            dict mapping a model name to such a matrix, one panel each.
         title: figure title.
         path: optional file to save the figure to.
         class_names: names of the classes, in label order; "class 0", ...
@@ -228,16 +319,24 @@ def plot_confusion_matrix(
     import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    cm = np.asarray(confusion_matrix, dtype=np.float64)
-    class_names = class_names_for(len(cm), class_names)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        normalized = np.nan_to_num(cm / cm.sum(1, keepdims=True))
-    fig, ax = plt.subplots(figsize=(6, 5.2))
-    ConfusionMatrixDisplay(normalized, display_labels=list(class_names)).plot(
-        ax=ax, values_format=".2f", cmap="Blues", colorbar=False,
-        xticks_rotation=45)
-    ax.set_title(title)
-    fig.tight_layout()
+    matrices = confusion_matrix if isinstance(confusion_matrix, dict) else {
+        "": confusion_matrix}
+    fig, axes = plt.subplots(1, len(matrices), squeeze=False, layout="constrained",
+                             figsize=(5.2 * len(matrices) + 0.8, 5.2))
+    for ax, (name, matrix) in zip(axes[0], matrices.items()):
+        cm = np.asarray(matrix, dtype=np.float64)
+        names = class_names_for(len(cm), class_names)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            normalized = np.nan_to_num(cm / cm.sum(1, keepdims=True))
+        display = ConfusionMatrixDisplay(normalized, display_labels=list(names))
+        display.plot(ax=ax, values_format=".2f", cmap="Blues", colorbar=False,
+                     xticks_rotation=45, im_kw={"vmin": 0.0, "vmax": 1.0})
+        ax.set_title(name)
+        if ax is not axes[0, 0]:
+            ax.set_ylabel("")
+    fig.colorbar(display.im_, ax=axes[0].tolist(), shrink=0.8,
+                 label="share of the true class's pixels")
+    fig.suptitle(title)
     return save_figure(fig, path)
 
 
@@ -255,17 +354,20 @@ def plot_class_shares(data: SegmentationDataset, path: os.PathLike | str | None 
     """
     import matplotlib.pyplot as plt
 
+    from matplotlib.patches import Patch
+
     names, palette = tuple(data.classes), np.asarray(data.palette)
     fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(names)), 3.4))
     width = 0.27
     for i, split in enumerate(("train", "val", "test")):
         shares = class_shares(getattr(data, f"y_{split}"), n_classes=len(names))
         ax.bar(np.arange(len(names)) + (i - 1) * width, shares, width,
-               label=split, color=palette / 255, edgecolor="black",
-               hatch=("", "//", "..")[i])
+               color=palette / 255, edgecolor="black", hatch=("", "//", "..")[i])
     ax.set_xticks(range(len(names)), names)
     ax.set_ylabel("share of annotated pixels")
-    ax.legend()
+    # the bars take their class's colour; the legend tells the splits by hatch
+    ax.legend(handles=[Patch(facecolor="white", edgecolor="black", hatch=hatch, label=split)
+                       for split, hatch in zip(("train", "val", "test"), ("", "//", ".."))])
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, path)
@@ -332,6 +434,41 @@ def plot_sweep(
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8,
                  label=None if reference is None else "minus scratch")
     return save_figure(fig, path)
+
+
+def history_rows(
+    history: Mapping[str, Sequence[float]],
+    every: int = 10,
+    keys: Sequence[str] = ("loss", "val_loss", "val_miou5"),
+) -> list[dict[str, Any]]:
+    """A training history as table rows, one every `every` epochs, and the best epoch.
+
+    A compact form of the log Keras prints while fitting, for a run that was
+    loaded rather than trained (`markdown_table` formats it). The last epoch
+    and the epoch of the best validation mean IoU (the one a checkpoint of
+    `fit_segmentation` keeps) are always shown, the latter marked "best".
+
+    Args:
+        history: a history dict, as `fit_segmentation` returns or `load_run` reads.
+        every: the interval between the epochs shown.
+        keys: the history's columns to show, where present.
+
+    Returns:
+        A list of dicts with `epoch` and the `keys`.
+
+    Example:
+
+    >>> history = {"loss": [1.0, 0.8, 0.7], "val_miou5": [0.2, 0.5, 0.4]}
+    >>> [row["epoch"] for row in history_rows(history, every=2)]
+    [1, '2 (best)', 3]
+    """
+    epochs = len(next(iter(history.values()), []))
+    monitor = next((k for k in history if k.startswith("val_miou")), None)
+    best = int(np.argmax(history[monitor])) + 1 if monitor else None
+    shown = sorted({1, epochs, *range(every, epochs + 1, every)} | ({best} if best else set()))
+    return [{"epoch": f"{epoch} (best)" if epoch == best else epoch,
+             **{key: float(history[key][epoch - 1]) for key in keys if key in history}}
+            for epoch in shown if epoch >= 1]
 
 
 def markdown_table(

@@ -12,13 +12,15 @@ it loads), which would otherwise open every rendered notebook.
 import argparse
 import os
 import pathlib
-import tempfile
+import shutil
 import time
 
 import nbformat
 from nbclient import NotebookClient
 
-NOTEBOOKS = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+OUTPUT = REPO / "outputs" / "rendered"
 
 
 def main(argv=None):
@@ -31,7 +33,9 @@ def main(argv=None):
         parser.error("set SSSI_DATA to the folder of the real dataset (aerial-dubai)")
     os.environ["SSSI_PROFILE"] = "full"
     # an empty output folder: the notebooks find only the committed models
-    os.environ["SSSI_OUTPUT"] = tempfile.mkdtemp(prefix="sssi-render-")
+    shutil.rmtree(OUTPUT, ignore_errors=True)
+    OUTPUT.mkdir(parents=True)
+    os.environ["SSSI_OUTPUT"] = str(OUTPUT)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     paths = ([NOTEBOOKS / f"{name}.ipynb" for name in args.names] if args.names
              else sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")))
