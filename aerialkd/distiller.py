@@ -288,7 +288,13 @@ class KDWeightSchedule(keras.callbacks.Callback):
 
     @staticmethod
     def parse(text: str) -> Callable[[int], float]:
-        """The schedule of a flag "warmup:K:ALPHA" (see `warmup`)."""
+        """The schedule of a flag "warmup:K:ALPHA" (see `warmup`).
+
+        Example:
+
+        >>> [KDWeightSchedule.parse("warmup:2:0.1")(epoch) for epoch in range(4)]
+        [1.0, 1.0, 0.1, 0.1]
+        """
         parts = str(text).split(":")
         try:
             if parts[0] != "warmup" or len(parts) != 3:

@@ -294,8 +294,8 @@ def saved_history(profile: Profile, name: str) -> dict[str, list[float]] | None:
 
     Example:
 
-    >>> history = saved_history(load_profile("full", output_dir="outputs"), "sweep_scratch")
-    >>> len(history["val_miou5"])  # the sweep's epochs
+    >>> profile = load_profile("full", output_dir="outputs")  # nothing trained here yet
+    >>> len(saved_history(profile, "sweep_scratch")["val_miou5"])  # the sweep's epochs
     20
     """
     files = _saved_run(profile, name, lambda f: f.history)
