@@ -16,7 +16,8 @@ def _logits_for(labels, confidence=5.0):
 def test_metrics_on_known_arrays():
     y_true = np.array([[0, 0, 1, 1], [2, 2, 5, utils.IGNORE_INDEX]])
     y_pred = np.array([[0, 1, 1, 1], [2, 0, 5, 3]])
-    res = utils.segmentation_metrics(y_true, _logits_for(y_pred))
+    res = utils.segmentation_metrics(y_true, _logits_for(y_pred),
+                                     labelled_classes=utils.LABELLED_CLASSES)
     # Building: TP 1, FP 1 (a Road pixel), FN 1 -> 1/3. Land: TP 2, FP 1 -> 2/3.
     # Road: TP 1, FN 1 -> 1/2. Vegetation and Water: absent -> NaN. Unlabeled: 1.
     iou = res["per_class_iou"]
@@ -34,15 +35,16 @@ def test_iou_scores_match_scikit_learn_and_the_full_metrics():
     y_true[0, :4] = utils.IGNORE_INDEX
     logits = rng.normal(size=(2, 16, 16, 6)) + np.eye(6)[np.minimum(y_true, 5)]
     y_pred = logits.argmax(-1)
-    scores = utils.iou_scores(y_true, y_pred)
+    scores = utils.iou_scores(y_true, y_pred, n_classes=6,
+                              labelled_classes=utils.LABELLED_CLASSES)
     valid = y_true != utils.IGNORE_INDEX
     np.testing.assert_array_equal(scores["confusion_matrix"], metrics.confusion_matrix(
         y_true[valid], y_pred[valid], labels=list(range(6))))
-    full = utils.segmentation_metrics(y_true, logits)
+    full = utils.segmentation_metrics(y_true, logits, labelled_classes=utils.LABELLED_CLASSES)
     assert {k: full[k] for k in ("miou5", "miou6", "pixel_acc", "per_class_iou")} == {
         k: scores[k] for k in ("miou5", "miou6", "pixel_acc", "per_class_iou")}
     with pytest.raises(ValueError, match="labels must lie in"):
-        utils.iou_scores(np.array([0, 7]), np.array([0, 1]))
+        utils.iou_scores(np.array([0, 7]), np.array([0, 1]), n_classes=6)
 
 
 def test_precision_recall_agree_with_scikit_learn():
@@ -62,7 +64,7 @@ def test_pr_curves_come_from_probabilities_not_hard_labels():
     rng = np.random.default_rng(1)
     y_true = rng.integers(0, 6, (2, 16, 16))
     logits = rng.normal(size=(2, 16, 16, 6)) + 1.5 * np.eye(6)[y_true]
-    res = utils.segmentation_metrics(y_true, logits)
+    res = utils.segmentation_metrics(y_true, logits, class_names=utils.CLASSES)
     probs = softmax(logits.reshape(-1, 6), axis=-1)
     expected = metrics.average_precision_score(y_true.ravel() == 2, probs[:, 2])
     assert res["average_precision"][2] == pytest.approx(expected)
@@ -92,7 +94,8 @@ def test_scores_follow_the_class_count_and_the_labelled_classes():
                                      class_names=("a", "b", "c"), labelled_classes=(1, 2))
     assert res["miou2"] == scores["miou2"] and "a" in res["report"]
     with pytest.raises(ValueError, match=r"labelled_classes must be .* \[0, 3\)"):
-        utils.iou_scores(y_true, y_pred, n_classes=3)  # the Dubai default names class 4
+        utils.iou_scores(y_true, y_pred, n_classes=3,  # the Dubai classes name class 4
+                         labelled_classes=utils.LABELLED_CLASSES)
 
 
 def test_the_training_metric_equals_the_evaluation_iou():
@@ -101,10 +104,12 @@ def test_the_training_metric_equals_the_evaluation_iou():
     y_true[0, 0] = utils.IGNORE_INDEX
     logits = rng.normal(size=(2, 8, 8, 6)).astype("float32")
     inputs = keras.Input((8, 8, 6))
-    model = utils.compile_segmentation(keras.Model(inputs, keras.layers.Identity()(inputs)))
+    model = utils.compile_segmentation(keras.Model(inputs, keras.layers.Identity()(inputs)),
+                                       labelled_classes=utils.LABELLED_CLASSES)
     scores = model.evaluate(logits, y_true, verbose=0, return_dict=True)
     assert scores["miou5"] == pytest.approx(
-        utils.iou_scores(y_true, logits.argmax(-1))["miou5"], abs=1e-6)
+        utils.iou_scores(y_true, logits.argmax(-1), n_classes=6,
+                         labelled_classes=utils.LABELLED_CLASSES)["miou5"], abs=1e-6)
 
 
 def test_pr_curve_pixel_sample_is_bounded():
@@ -178,7 +183,8 @@ def test_error_overlap_counts_annotated_pixels():
     shares = utils.error_overlap(y_true, a, b)
     assert shares == {"both_right": 0.25, "only_a_right": 0.25,
                       "only_b_right": 0.25, "both_wrong": 0.25}
-    by_class = utils.error_overlap(y_true, a, b, by_class=True)["by_class"]
+    by_class = utils.error_overlap(y_true, a, b, by_class=True,
+                                   class_names=utils.CLASSES)["by_class"]
     assert list(by_class) == ["Building", "Land", "Road", "Vegetation"]  # the classes present
     assert by_class["Land"]["only_a_right"] == 1 and by_class["Road"]["only_b_right"] == 1
     assert by_class["Vegetation"]["both_wrong"] == 1 and by_class["Building"]["both_right"] == 1
@@ -206,7 +212,9 @@ def test_predict_image_rejects_bad_overlap():
 
 
 def test_evaluate_segmentation_runs_a_model(tiny_data, small_unet):
-    res = utils.evaluate_segmentation(small_unet, tiny_data.x_test[:4], tiny_data.y_test[:4])
+    res = utils.evaluate_segmentation(small_unet, tiny_data.x_test[:4], tiny_data.y_test[:4],
+                                      class_names=tiny_data.classes,
+                                      labelled_classes=tiny_data.labelled_classes)
     assert 0 <= res["miou5"] <= 1 and res["confusion_matrix"].shape == (6, 6)
     assert "Vegetation" in res["report"]
 

@@ -13,7 +13,7 @@ def test_segmentation_panel_has_a_column_per_model_and_saves(tmp_path):
     images = np.zeros((2, 16, 16, 3), np.uint8)
     labels = np.zeros((2, 16, 16), np.uint8)
     fig = utils.plot_segmentations(images, labels, {"Teacher": labels, "Student": labels},
-                                   path=tmp_path / "p" / "seg.png")
+                                   path=tmp_path / "p" / "seg.png", class_names=utils.CLASSES)
     assert len(fig.axes) == 2 * 4
     assert [a.get_title() for a in fig.axes[:4]] == ["Image", "Ground truth", "Teacher", "Student"]
     assert (tmp_path / "p" / "seg.png").stat().st_size > 0

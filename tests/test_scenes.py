@@ -76,7 +76,8 @@ def test_segment_scene_keeps_the_crs_transform_and_size(tmp_path, conv_model):
 def test_segment_scene_writes_uint8_classes_with_nodata_colormap_and_names(
         tmp_path, conv_model):
     scene = _write_rgb(tmp_path / "scene.tif", _image(300, 280))
-    utils.segment_scene(conv_model, scene, tmp_path / "labels.tif", tile_size=64)
+    utils.segment_scene(conv_model, scene, tmp_path / "labels.tif", tile_size=64,
+                        class_names=utils.CLASSES, palette=utils.PALETTE)
     with rasterio.open(tmp_path / "labels.tif") as src:
         assert src.count == 1 and src.dtypes == ("uint8",)
         assert src.nodata == 255
@@ -109,7 +110,7 @@ def test_segment_scene_equals_predict_image_exactly(tmp_path, unet, height, widt
 def test_segment_scene_counts_the_pixels_of_each_class(tmp_path, conv_model):
     scene = _write_rgb(tmp_path / "scene.tif", _image(90, 70))
     result = utils.segment_scene(conv_model, scene, tmp_path / "labels.tif",
-                                 tile_size=32)
+                                 tile_size=32, class_names=utils.CLASSES)
     labels = _read(tmp_path / "labels.tif")[0]
     assert result["path"] == str(tmp_path / "labels.tif")
     assert (result["height"], result["width"]) == (90, 70)
@@ -280,7 +281,7 @@ def test_segment_scene_rejects_bad_inputs_naming_them(tmp_path, conv_model):
         utils.segment_scene(conv_model, wide, tmp_path / "out.tif")
     with pytest.raises(ValueError, match=r"rescale must be \(low, high\) with high > low"):
         utils.segment_scene(conv_model, wide, tmp_path / "out.tif", rescale=(100, 100))
-    with pytest.raises(ValueError, match="class_names must name the model's 6 classes"):
+    with pytest.raises(ValueError, match=r"class_names must name the 6 classes \(the model's outputs\)"):
         utils.segment_scene(conv_model, rgb, tmp_path / "out.tif", class_names=("a", "b"))
     with pytest.raises(ValueError, match="tile_size must be a multiple of 16, got 50"):
         utils.segment_scene(conv_model, rgb, tmp_path / "out.tif", tile_size=50)
@@ -302,7 +303,8 @@ def test_polygonize_puts_a_square_at_its_map_coordinates(tmp_path):
     labels = np.zeros((20, 20), np.uint8)
     labels[5:10, 8:14] = 2  # rows 5-9, columns 8-13: a Road rectangle
     _write_labels(tmp_path / "labels.tif", labels)
-    result = utils.polygonize(tmp_path / "labels.tif", tmp_path / "labels.geojson")
+    result = utils.polygonize(tmp_path / "labels.tif", tmp_path / "labels.geojson",
+                              class_names=utils.CLASSES)
     collection = json.loads((tmp_path / "labels.geojson").read_text())
     assert collection["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32640"
     (road,) = [f for f in collection["features"] if f["properties"]["class"] == 2]
@@ -319,9 +321,10 @@ def test_polygonize_drops_specks_smaller_than_min_area(tmp_path):
     labels[3, 3] = 4  # a one-pixel speck of Water
     labels[6:9, 6:9] = 3  # nine pixels of Vegetation
     _write_labels(tmp_path / "labels.tif", labels)
-    kept = utils.polygonize(tmp_path / "labels.tif", tmp_path / "all.geojson")
+    kept = utils.polygonize(tmp_path / "labels.tif", tmp_path / "all.geojson",
+                            class_names=utils.CLASSES)
     sieved = utils.polygonize(tmp_path / "labels.tif", tmp_path / "sieved.geojson",
-                              min_area=9)
+                              min_area=9, class_names=utils.CLASSES)
     assert kept["features"] == {"Building": 1, "Land": 0, "Road": 0, "Vegetation": 1,
                                 "Water": 1, "Unlabeled": 0}
     assert sieved["features"]["Water"] == 0 and sieved["features"]["Vegetation"] == 1
@@ -331,7 +334,8 @@ def test_polygonize_leaves_nodata_out(tmp_path):
     labels = np.ones((10, 10), np.uint8)
     labels[:, :4] = 255
     _write_labels(tmp_path / "labels.tif", labels)
-    utils.polygonize(tmp_path / "labels.tif", tmp_path / "labels.geojson", min_area=4)
+    utils.polygonize(tmp_path / "labels.tif", tmp_path / "labels.geojson", min_area=4,
+                     class_names=utils.CLASSES)
     (land,) = json.loads((tmp_path / "labels.geojson").read_text())["features"]
     assert land["properties"] == {"class": 1, "name": "Land"}
     xs, _ = np.array(land["geometry"]["coordinates"][0]).T

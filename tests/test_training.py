@@ -19,7 +19,7 @@ def _small_data(tiny_data):
 
 
 def test_fit_saves_best_model_and_history(tiny_data, small_unet, tmp_path):
-    model = utils.compile_segmentation(small_unet)
+    model = utils.compile_segmentation(small_unet, labelled_classes=utils.LABELLED_CLASSES)
     history = utils.fit_segmentation(model, _small_data(tiny_data), epochs=2,
                                      output_dir=tmp_path, name="m", batch_size=8,
                                      verbose=0)
@@ -99,7 +99,7 @@ def _fresh(distil=False):
     model = _segmenter("m")
     if distil:
         model = utils.Distiller(teacher=_segmenter("t", augment=False), student=model)
-    return utils.compile_segmentation(model)
+    return utils.compile_segmentation(model, labelled_classes=utils.LABELLED_CLASSES)
 
 
 @pytest.mark.parametrize("distil, sampling", [(False, "grid"), (True, "grid"), (True, "random")],
@@ -175,7 +175,8 @@ def test_training_metrics_ignore_unannotated_pixels():
     inputs = keras.Input((16, 16, 3))
     logits = keras.layers.Conv2D(6, 1, kernel_initializer="zeros", bias_initializer=
                                  keras.initializers.Constant([5.0, 0, 0, 0, 0, 0]))(inputs)
-    model = utils.compile_segmentation(keras.Model(inputs, logits))  # always Building
+    model = utils.compile_segmentation(keras.Model(inputs, logits),  # always Building
+                                       labelled_classes=utils.LABELLED_CLASSES)
     y = np.zeros((2, 16, 16), np.uint8)
     y[:, :4] = utils.IGNORE_INDEX  # a quarter unannotated
     scores = model.evaluate(np.zeros((2, 16, 16, 3)), y, verbose=0, return_dict=True)
@@ -197,7 +198,8 @@ def test_the_readme_example_runs_and_scores_the_saved_best_student(tiny_root, tm
     printed = float(capsys.readouterr().out.strip().splitlines()[-1])
     data, saved = namespace["data"], keras.models.load_model(tmp_path / "outputs" / "student.keras")
     assert printed == pytest.approx(  # the best epoch's student, as saved
-        utils.evaluate_segmentation(saved, data.x_test, data.y_test)["miou5"], abs=1e-6)
+        utils.evaluate_segmentation(saved, data.x_test, data.y_test,
+                                    labelled_classes=data.labelled_classes)["miou5"], abs=1e-6)
 
 
 def test_best_checkpoint_refuses_an_epoch_whose_loss_is_not_finite(tmp_path, small_unet):
