@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -32,6 +33,7 @@ def segment_scene(
     rescale: tuple[float, float] | None = None,
     class_names: Sequence[str] | None = None,
     palette: np.ndarray | None = None,
+    cog: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Segments a raster scene of any size into a georeferenced label GeoTIFF.
@@ -48,7 +50,9 @@ def segment_scene(
     class names in its tags (`CLASS_NAMES`, a JSON list, and `CLASS_<i>`).
     Source pixels that are nodata (the nodata value in every chosen band, an
     internal mask or an alpha band) are written as 255, the output's nodata.
-    JPEG and PNG images work too; their output has no CRS.
+    JPEG and PNG images work too; their output has no CRS. The raster is
+    written under a hidden temporary name beside `dst_path` and moved into
+    place when finished, so `dst_path` never holds a partial raster.
 
     Args:
         model: model returning logits; must accept `tile_size` inputs. Or
@@ -68,6 +72,9 @@ def segment_scene(
             `classes`); "class 0", ... if `None`.
         palette: `(classes, 3)` uint8 colours for the colour map (a
             dataset's `palette`); distinct generic colours if `None`.
+        cog: write a cloud-optimized GeoTIFF (GDAL's COG driver: tiles of
+            `tile_size`, overviews resampled by mode) instead of the plain
+            tiled GeoTIFF; one more pass over the labels.
         progress: optional `callable(rows_done, height)`, called after each
             band is written (from the worker thread that writes them).
 
@@ -114,7 +121,8 @@ def segment_scene(
             counts = np.zeros(256, np.int64)
             dst_path.parent.mkdir(parents=True, exist_ok=True)
             with rasterio.Env(GDAL_CACHEMAX=_cache_bytes(src, tile_size)), \
-                    rasterio.open(dst_path, "w", **_label_profile(src, tile_size)) as dst:
+                    _moved_into_place(dst_path, cog, tile_size) as partial, \
+                    rasterio.open(partial, "w", **_label_profile(src, tile_size)) as dst:
                 dst.write_colormap(1, {**{i: (*map(int, c), 255)
                                           for i, c in enumerate(palette)},
                                        IGNORE_INDEX: (0, 0, 0, 0)})
@@ -144,6 +152,31 @@ def segment_scene(
             "class_pixels": {name: int(counts[i]) for i, name in enumerate(class_names)},
             "nodata_pixels": int(counts[IGNORE_INDEX]),
             "seconds": time.perf_counter() - started}
+
+
+@contextlib.contextmanager
+def _moved_into_place(dst_path, cog, tile_size):
+    """Yields a hidden temporary path beside `dst_path`; moves the raster there when done.
+
+    On leaving without an error, the raster (as a COG if `cog`) is renamed to
+    `dst_path` (atomic on one file system); on an error it is removed. A killed
+    process leaves only `.<name>.partial`, which the next attempt overwrites.
+    """
+    import rasterio.shutil
+
+    partial = dst_path.with_name(f".{dst_path.name}.partial")
+    cog_partial = dst_path.with_name(f".{dst_path.name}.cog.partial")
+    try:
+        yield partial
+        if cog:  # overviews by mode: the commonest class, never a blend
+            rasterio.shutil.copy(partial, cog_partial, driver="COG", COMPRESS="DEFLATE",
+                                 BLOCKSIZE=tile_size, RESAMPLING="MODE")
+            os.replace(cog_partial, dst_path)
+        else:
+            os.replace(partial, dst_path)
+    finally:
+        partial.unlink(missing_ok=True)
+        cog_partial.unlink(missing_ok=True)
 
 
 def _import_rasterio():
