@@ -23,6 +23,10 @@ topic per module; a module imports only modules above it in this list:
 - `training`: `compile_segmentation` and `fit_segmentation`: one way to train.
 - `evaluation`: scores on patches; size, speed and scores side by side.
 - `scenes`: raster scenes of any size to label GeoTIFFs and polygons.
+- `scene_sources`: the scenes of a batch: paths, globs, list files, STAC Items.
+- `scene_outputs`: a batch's bookkeeping: STAC label sidecars, a VRT mosaic.
+- `scene_batch`: `segment_scenes`, many scenes on an engine (this process, Dask,
+  Ray), resumable.
 - `plots`: the figures and tables of the notebooks.
 - `notebook`: the notebooks' conveniences: profiles, Colab setup, load or train.
 
@@ -146,6 +150,9 @@ from .scenes import (  # noqa: F401
     segment_scene,
     polygonize,
 )
+from .scene_batch import (  # noqa: F401
+    segment_scenes,
+)
 from .plots import (  # noqa: F401
     save_figure,
     plot_segmentations,
@@ -261,6 +268,7 @@ __all__ = [
     "compare_models",
     "segment_scene",
     "polygonize",
+    "segment_scenes",
     "save_figure",
     "plot_segmentations",
     "LABELS",

@@ -1,0 +1,490 @@
+"""Many raster scenes: label rasters, STAC sidecars, a manifest and a mosaic, on any engine.
+
+`segment_scenes` is the loop around `segment_scene` that thousands of scenes
+need. It finds the scenes (`find_scenes`), skips those already done with the
+same model and parameters, and hands the rest to an engine that runs and
+retries them: this process, a Dask cluster (a local one or an existing one) or
+Ray actors. It keeps the books (`scene_outputs`): a STAC Item beside each label
+raster, a manifest of the run and a VRT mosaic of the outputs.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from .classes import class_names_for, generic_classes
+from .scene_outputs import label_item, read_label_item, write_into_place, write_mosaics
+from .scene_sources import find_scenes
+from .scenes import polygonize, segment_scene
+from .tiling import check_tiling
+
+ENGINES = ("local", "dask", "ray")
+"""The engines `segment_scenes` starts by name; a `dask.distributed.Client` or a
+scheduler address ("tcp://host:8786") uses an existing Dask cluster."""
+
+MANIFEST_NAME = "manifest.jsonl"
+"""The file in `dst_dir` where the driver writes one JSON line per scene."""
+
+STATUSES = ("ok", "skipped", "failed")
+"""A scene's `status` in the records of `segment_scenes`."""
+
+
+def segment_scenes(
+    model: str | os.PathLike,
+    sources: str | os.PathLike | dict | Sequence[str | os.PathLike | dict],
+    dst_dir: str | os.PathLike,
+    *,
+    engine: Any = "local",
+    workers: int | None = None,
+    tile_size: int = 256,
+    overlap: int | None = None,
+    batch_size: int = 8,
+    bands: Sequence[int] = (1, 2, 3),
+    rescale: tuple[float, float] | None = None,
+    class_names: Sequence[str] | None = None,
+    palette: Any = None,
+    cog: bool = True,
+    overwrite: bool = False,
+    retries: int = 2,
+    polygons: bool = False,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Segments many raster scenes into label rasters, on this machine or a cluster.
+
+    Each scene goes through `segment_scene` (so its labels are those of
+    `predict_image`) and leaves in `dst_dir`, named after the scene (its file
+    stem, after as many parent folders as tell apart scenes of one stem; or a
+    STAC Item's id): `<name>_labels.tif`, a cloud-optimized GeoTIFF
+    (tiles of `tile_size`, overviews resampled by mode, the CRS, transform,
+    colour map, class names and nodata 255 of `segment_scene`); with
+    `polygons`, `<name>_labels.geojson`; and last `<name>_labels.json`, a STAC
+    Item (label extension, `label:type` "raster") with the status, the time,
+    the pixels of each class and the scene's key: the SHA-256 of the model
+    file, the source's size and modification time, and the parameters. Files
+    are written under hidden temporary names and renamed when complete, the
+    sidecar last, so a killed worker never leaves a file that looks finished.
+
+    Before submitting anything, scenes whose sidecar says "ok" with the same
+    key are skipped (another model file or other parameters redo them; so
+    does `overwrite`). A scene's own error (an unreadable file, too few
+    bands, ...) is recorded with its message and the others go on. The driver
+    alone writes `manifest.jsonl` (a line per scene, as they finish) and a VRT
+    mosaic of the label rasters that share a CRS: `labels.vrt`, or one
+    `labels_<crs>.vrt` per CRS.
+
+    Engines: "local" runs the scenes one after another in this process.
+    "dask" starts a `dask.distributed.LocalCluster` of `workers` processes
+    (default: one per core) of one thread each, TensorFlow's thread pools
+    sized to the cores each has; a worker killed mid-scene is replaced and
+    the scene retried up to `retries` times. A `dask.distributed.Client`, or
+    a scheduler address such as "tcp://10.0.0.5:8786", uses an existing
+    cluster: its workers need `aerialkd` installed and the model, the scenes
+    and `dst_dir` at the same paths (a shared file system); lost workers are
+    retried as its scheduler's `distributed.scheduler.allowed-failures` says.
+    "ray" (if Ray is installed) runs `workers` actors that each load the
+    model once. Each worker process loads the model once and keeps it. In a
+    script, call this under `if __name__ == "__main__":`, since Dask starts
+    its workers by spawning fresh Python processes.
+
+    Args:
+        model: path of a `.keras` model returning logits.
+        sources: the scenes: a path, a glob pattern (`"tiles/**/*.tif"`), a
+            `.txt` file listing paths, patterns or Item files (one a line,
+            relative to the list's folder; `#` starts a comment), a STAC Item
+            (a dict, or the path of its `.json`; an ItemCollection's `.json`
+            gives all its Items), or a list of any of these. An Item's scene
+            is its asset keyed "visual", else "image", else its one asset with
+            the role "data"; the asset must be a local (or mounted) file.
+        dst_dir: the folder for the outputs (created).
+        engine: "local", "dask", "ray", a `dask.distributed.Client` or a
+            Dask scheduler address.
+        workers: processes for "dask" and "ray" (default: the cores); `None`
+            for "local" and an existing cluster.
+        tile_size: tile side, a multiple of 16.
+        overlap: pixels shared by neighbouring tiles; `tile_size // 4` if
+            `None`.
+        batch_size: tiles per forward pass.
+        bands: the three 1-based band indices to read as R, G, B.
+        rescale: `None` for uint8 scenes; `(low, high)` maps other dtypes
+            linearly to 0..255.
+        class_names: one name per model output class; "class 0", ... if
+            `None`.
+        palette: `(classes, 3)` uint8 colours; generic colours if `None`.
+        cog: cloud-optimized GeoTIFFs; `False` writes the plain tiled
+            GeoTIFF of `segment_scene`.
+        overwrite: redo scenes already done with the same key.
+        retries: times a scene is run again after its worker died (or an
+            error outside the scene, e.g. loading the model).
+        polygons: also write each scene's class regions as GeoJSON
+            (`polygonize`).
+        progress: show a progress bar over the scenes.
+
+    Returns:
+        One record per scene, in the order of `sources`: a dict with
+        `source` (the scene's path), `labels` (the label raster, `None` if
+        it failed), `status` ("ok", "skipped" or "failed"), `error` (the
+        message of a failure, else `None`), `seconds` (its time in this run)
+        and `class_pixels` (class name -> pixels).
+
+    Example:
+
+    >>> student.save("student.keras")
+    >>> scenes = [image for image, _ in data.files["test"]]  # 6 JPEGs in 3 folders
+    >>> records = segment_scenes("student.keras", scenes, "labels",
+    ...                          class_names=data.classes, progress=False)
+    >>> [record["status"] for record in records]
+    ['ok', 'ok', 'ok', 'ok', 'ok', 'ok']
+    >>> import os
+    >>> os.path.basename(records[0]["labels"])  # Tile 1/images/image_part_008.jpg's
+    'Tile_1_images_image_part_008_labels.tif'
+    """
+    model_path = pathlib.Path(model).absolute()  # workers may run elsewhere
+    if not model_path.is_file():
+        raise FileNotFoundError(f"model {model_path} does not exist; pass the path of a "
+                                f".keras file, e.g. "
+                                f"results/models/student_distilled_s0.keras.")
+    overlap = check_tiling(tile_size, overlap)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be an int >= 0, got {retries!r}.")
+    bands = [int(b) for b in bands]
+    if len(bands) != 3:
+        raise ValueError(f"bands must be three band indices (R, G, B), got {bands}.")
+    if rescale is not None:
+        rescale = [float(v) for v in rescale]
+        if len(rescale) != 2 or not rescale[1] > rescale[0]:
+            raise ValueError(f"rescale must be (low, high) with high > low, got {rescale}.")
+    workers = _check_engine(engine, workers)
+    keras_model = keras.saving.load_model(model_path)
+    n_classes = keras_model.output_shape[-1]
+    class_names = list(class_names_for(n_classes, class_names))
+    palette = generic_classes(n_classes)[1] if palette is None else np.asarray(palette)
+    if palette.shape != (n_classes, 3):
+        raise ValueError(f"palette must be ({n_classes}, 3) colours, got shape "
+                         f"{palette.shape}.")
+    parameters = {"tile_size": tile_size, "overlap": overlap, "batch_size": batch_size,
+                  "bands": bands, "rescale": rescale, "class_names": class_names,
+                  "palette": palette.astype(np.uint8).tolist(), "cog": bool(cog),
+                  "polygons": bool(polygons)}
+    scenes = find_scenes(sources)
+    dst_dir = pathlib.Path(dst_dir).absolute()
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    model_sha256 = _file_sha256(model_path)
+
+    records, done, tasks = [None] * len(scenes), [], []
+    for index, scene in enumerate(scenes):
+        try:
+            task = _task(scene, index, dst_dir, model_path, model_sha256, parameters)
+        except OSError as error:  # no file to look at: a failed record, no task
+            done.append((index, _failed_record(str(scene.path.absolute()), error)))
+            continue
+        if not overwrite and (sidecar := _finished(task)):
+            done.append((index, _skipped_record(task, sidecar)))
+        else:
+            tasks.append(task)
+
+    bar = keras.utils.Progbar(len(scenes), unit_name="scene") if progress else None
+    counts = dict.fromkeys(STATUSES, 0)
+    with open(dst_dir / MANIFEST_NAME, "w") as manifest:
+        def finish(index, record):
+            records[index] = record
+            manifest.write(json.dumps(record) + "\n")
+            manifest.flush()
+            counts[record["status"]] += 1
+            if bar is not None:
+                bar.update(sum(counts.values()))
+
+        for index, record in done:
+            finish(index, record)
+        if tasks:  # nothing to do: no engine is started
+            for task, record in _run(engine, tasks, keras_model, workers, retries):
+                finish(task["index"], record)
+    write_mosaics(dst_dir, [r["labels"] for r in records if r["status"] != "failed"])
+    return records
+
+
+def _check_engine(engine, workers):
+    """Validates `engine` and `workers`; returns the workers to start, or `None`."""
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):
+        raise ValueError(f"workers must be an int >= 1 or None, got {workers!r}.")
+    if engine in ("dask", "ray"):
+        _import_engine(engine)
+        return workers or _cores()
+    if engine == "local":
+        if workers not in (None, 1):
+            raise ValueError(f"engine='local' runs the scenes one after another in this "
+                             f"process, got workers={workers}; pass engine='dask' to run "
+                             f"them in {workers} processes.")
+        return None
+    if isinstance(engine, str) and "://" not in engine:
+        raise ValueError(f"engine must be one of {ENGINES}, a dask.distributed.Client or a "
+                         f"scheduler address such as 'tcp://host:8786', got {engine!r}.")
+    if not isinstance(engine, str):
+        distributed = _import_engine("dask")
+        if not isinstance(engine, distributed.Client):
+            raise TypeError(f"engine must be one of {ENGINES}, a dask.distributed.Client "
+                            f"or a scheduler address, got a {type(engine).__name__}.")
+    if workers is not None:
+        raise ValueError(f"workers={workers} sizes a cluster segment_scenes starts; an "
+                         f"existing cluster ({engine!r}) has its own. Pass workers=None.")
+    return None
+
+
+def _import_engine(engine):
+    """Imports Dask's `distributed` or Ray, saying how to install it if missing."""
+    try:
+        return __import__("distributed" if engine == "dask" else "ray")
+    except ImportError as error:
+        package = "'dask[distributed]'" if engine == "dask" else "ray"
+        other = "" if engine == "dask" else ", or use engine='dask'"
+        raise ImportError(f"engine={engine!r} needs {package}: `pip install "
+                          f"{package}`{other}.") from error
+
+
+def _cores():
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+
+
+# -- tasks, keys and the resume check ---------------------------------------
+
+
+def _task(scene, index, dst_dir, model_path, model_sha256, parameters):
+    """A scene's task: a dict a worker can run, with the scene's key."""
+    stem = f"{scene.name}_labels"
+    path = scene.path.absolute()
+    stat = path.stat()
+    key_parts = {"model_sha256": model_sha256, "source_size": stat.st_size,
+                 "source_mtime_ns": stat.st_mtime_ns, "parameters": parameters}
+    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()
+    polygons = dst_dir / f"{stem}.geojson" if parameters["polygons"] else None
+    return {"index": index, "source": str(path), "name": scene.name, "item": scene.item,
+            "item_path": str(scene.item_path.absolute()) if scene.item_path else None,
+            "labels": str(dst_dir / f"{stem}.tif"), "sidecar": str(dst_dir / f"{stem}.json"),
+            "polygons": str(polygons) if polygons else None,
+            "key": key, "key_parts": key_parts, "model": str(model_path),
+            "model_sha256": model_sha256, "threads": None, "parameters": parameters}
+
+
+def _file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _finished(task):
+    """What the sidecar of a scene done with the task's key holds (its files there), or `None`."""
+    sidecar = read_label_item(task["sidecar"])
+    if sidecar is None or (sidecar["status"], sidecar["key"]) != ("ok", task["key"]):
+        return None
+    outputs = [task["labels"]] + ([task["polygons"]] if task["polygons"] else [])
+    return sidecar if all(pathlib.Path(p).is_file() for p in outputs) else None
+
+
+def _skipped_record(task, sidecar):
+    return {"source": task["source"], "labels": task["labels"], "status": "skipped",
+            "error": None, "seconds": 0.0, "class_pixels": sidecar["class_pixels"]}
+
+
+def _failed_record(source, error):
+    """The record of a scene that failed outside its task (or whose workers all died)."""
+    return {"source": source, "labels": None, "status": "failed",
+            "error": f"{type(error).__name__}: {error}", "seconds": None,
+            "class_pixels": None}
+
+
+# -- what a worker runs -----------------------------------------------------
+
+
+def _segment_task(task, model=None):
+    """Runs one scene: the label raster, its polygons, then (last) its sidecar.
+
+    `model` is the loaded model in this process ("local"); a worker process
+    loads the task's model once and keeps it. An error of the scene is its
+    record; an error outside it (loading the model, writing the sidecar) is
+    raised, for the engine to retry.
+    """
+    started, clock = time.time(), time.perf_counter()
+    if model is None:
+        model = _worker_model(task["model"], task["model_sha256"], task["threads"])
+    parameters = task["parameters"]
+    labels = pathlib.Path(task["labels"])
+    try:
+        result = segment_scene(
+            model, task["source"], labels, tile_size=parameters["tile_size"],
+            overlap=parameters["overlap"], batch_size=parameters["batch_size"],
+            bands=parameters["bands"], rescale=parameters["rescale"],
+            class_names=parameters["class_names"],
+            palette=np.asarray(parameters["palette"], np.uint8), cog=parameters["cog"])
+        if task["polygons"]:
+            _polygonize_into_place(labels, pathlib.Path(task["polygons"]),
+                                   parameters["class_names"])
+        error = None
+    except Exception as exception:  # the scene's own error: recorded, the batch goes on
+        result, error = None, f"{type(exception).__name__}: {exception}"
+        for stale in filter(None, (task["labels"], task["polygons"])):
+            pathlib.Path(stale).unlink(missing_ok=True)
+    record = {"source": task["source"], "labels": None if error else str(labels),
+              "status": "failed" if error else "ok", "error": error,
+              "seconds": time.perf_counter() - clock,
+              "class_pixels": result["class_pixels"] if result else None}
+    item = label_item(
+        record, class_names=parameters["class_names"], palette=parameters["palette"],
+        key=task["key"], key_parts=task["key_parts"], model_path=task["model"],
+        started=started, labels_path=labels,
+        nodata_pixels=result["nodata_pixels"] if result else None,
+        polygons_path=task["polygons"], cog=parameters["cog"], source_item=task["item"],
+        source_item_path=task["item_path"])
+    write_into_place(task["sidecar"], json.dumps(item, indent=1))
+    return record
+
+
+@functools.lru_cache(maxsize=1)
+def _worker_model(path, sha256, threads):
+    """The model of a worker process, loaded once and kept for its next scenes.
+
+    `sha256` keys the cache: a new model file at the same path is loaded anew.
+    `threads` sizes TensorFlow's thread pools, if TensorFlow has not started.
+    """
+    if threads and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:  # TensorFlow already runs in this process: its pools stay
+            pass
+    return keras.saving.load_model(path)
+
+
+def _polygonize_into_place(labels, dst_path, class_names):
+    """`polygonize` into a hidden folder beside `dst_path`, then renamed into place."""
+    folder = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst_path.name}.",
+                                           dir=dst_path.parent))
+    try:
+        polygonize(labels, folder / dst_path.name, class_names=class_names)
+        os.replace(folder / dst_path.name, dst_path)
+    finally:
+        for leftover in folder.iterdir():
+            leftover.unlink()
+        folder.rmdir()
+
+
+# -- engines ----------------------------------------------------------------
+
+
+def _run(engine, tasks, model, workers, retries):
+    """Yields `(task, record)` of each task as the engine finishes it."""
+    if engine == "local":
+        return _run_local(tasks, model, retries)
+    if engine == "ray":
+        return _run_ray(tasks, workers, retries)
+    return _run_dask(tasks, engine, workers, retries)
+
+
+def _run_local(tasks, model, retries):
+    for task in tasks:
+        for _ in range(retries + 1):
+            try:
+                record = _segment_task(task, model)
+                break
+            except Exception as error:  # outside the scene (e.g. writing the sidecar)
+                record = _failed_record(task["source"], error)
+        yield task, record
+
+
+def _run_dask(tasks, engine, workers, retries):
+    import dask
+    import distributed
+
+    cluster = client = None
+    threads = None
+    try:
+        if engine == "dask":
+            threads = max(1, _cores() // workers)
+            # A worker holds only the scene it runs (saturation 1), so its death
+            # counts against that scene alone; `retries` deaths are forgiven.
+            with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+                cluster = distributed.LocalCluster(
+                    n_workers=workers, threads_per_worker=1, processes=True,
+                    dashboard_address=None, silence_logs=logging.ERROR,
+                    scheduler_kwargs={"allowed_failures": retries})
+            client = distributed.Client(cluster)
+        elif isinstance(engine, str):
+            client = distributed.Client(engine)
+        futures = {}
+        for task in tasks:
+            future = (client or engine).submit(
+                _segment_task, {**task, "threads": threads}, pure=False, retries=retries,
+                key=f"segment_scene-{uuid.uuid4().hex}")  # one task group
+            futures[future] = task
+        for future in distributed.as_completed(futures):
+            try:
+                record = future.result()
+            except Exception as error:  # the workers running it died too often
+                record = _failed_record(futures[future]["source"], error)
+            yield futures.pop(future), record
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+class _SceneActor:
+    """A Ray actor: a process that loads the model once, then segments scenes."""
+
+    def __init__(self, model_path, sha256, threads):
+        _worker_model(model_path, sha256, threads)
+
+    def run(self, task):
+        return _segment_task(task)
+
+
+def _run_ray(tasks, workers, retries):
+    ray = _import_engine("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init()
+    try:
+        threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
+        actor = ray.remote(num_cpus=threads, max_restarts=retries,
+                           max_task_retries=retries)(_SceneActor)
+        model = (tasks[0]["model"], tasks[0]["model_sha256"], threads)
+        idle = [actor.remote(*model) for _ in range(workers)]
+        queue, pending = collections.deque(tasks), {}
+        while queue or pending:
+            while idle and queue:
+                worker, task = idle.pop(), queue.popleft()
+                pending[worker.run.remote({**task, "threads": threads})] = (worker, task)
+            (ready,), _ = ray.wait(list(pending), num_returns=1)
+            worker, task = pending.pop(ready)
+            try:
+                record = ray.get(ready)
+                idle.append(worker)
+            except Exception as error:  # the actor died more than `retries` times
+                record = _failed_record(task["source"], error)
+                idle.append(actor.remote(*model))
+            yield task, record
+    finally:
+        if started:
+            ray.shutdown()

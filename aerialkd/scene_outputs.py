@@ -1,0 +1,301 @@
+"""What a batch of scenes leaves beside its label rasters: STAC sidecars and a VRT mosaic.
+
+Each scene's sidecar is a STAC Item of its labels (`label_item`), written
+atomically (`write_into_place`) and read back to tell a finished scene
+(`read_label_item`); `write_mosaics` joins the label rasters of a folder into
+one VRT per CRS.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import pathlib
+import uuid
+import warnings
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from typing import Any
+
+from .classes import IGNORE_INDEX
+
+LABEL_EXTENSION = "https://stac-extensions.github.io/label/v1.0.1/schema.json"
+CLASSIFICATION_EXTENSION = ("https://stac-extensions.github.io/classification/v2.0.0/"
+                            "schema.json")
+
+
+def write_into_place(path: os.PathLike | str, text: str) -> None:
+    """Writes `text` to a hidden temporary file beside `path`, then renames it to `path`.
+
+    The rename is atomic on one file system: `path` is the old file or the
+    whole new one, never a part, whenever the process is killed.
+
+    Example:
+
+    >>> write_into_place("notes.json", '{"status": "ok"}')
+    >>> open("notes.json").read()
+    '{"status": "ok"}'
+    """
+    path = pathlib.Path(path)
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        partial.write_text(text)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def label_item(
+    record: dict[str, Any],
+    *,
+    class_names: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    key: str,
+    key_parts: dict[str, Any],
+    model_path: os.PathLike | str,
+    started: float,
+    labels_path: os.PathLike | str,
+    nodata_pixels: int | None = None,
+    polygons_path: os.PathLike | str | None = None,
+    cog: bool = True,
+    source_item: dict | None = None,
+    source_item_path: os.PathLike | str | None = None,
+) -> dict[str, Any]:
+    """A scene's sidecar: a STAC Item of its label raster (label extension, raster).
+
+    The Item follows the STAC label extension (`label:type` "raster",
+    `label:classes` naming the class of each index, `label:overviews` with
+    the pixels of each class, a `source` link to the scene or the Item it came
+    from) and the classification extension on its `labels` asset (index,
+    name and colour of each class). Its `aerialkd:` properties keep the
+    books: `status`, `error`, `seconds`, and `key` with the `key_parts` it
+    was made from. Its time is the source Item's, else `started`; `created`
+    is `started`. A failed scene's Item has no assets and no geometry.
+
+    Args:
+        record: the scene's record, as `segment_scenes` returns it.
+        class_names: the name of each class index.
+        palette: `(classes, 3)` colours of the classes.
+        key: the scene's key: what makes its outputs the same.
+        key_parts: what the key was made from.
+        model_path: the model that labelled the scene.
+        started: when the scene started, seconds since the epoch.
+        labels_path: the label raster (its name is the Item's id).
+        nodata_pixels: pixels left out as nodata.
+        polygons_path: the scene's GeoJSON polygons, if written.
+        cog: whether the label raster is a cloud-optimized GeoTIFF.
+        source_item: the STAC Item of the scene, if it came from one.
+        source_item_path: the file of `source_item`, if any.
+
+    Returns:
+        The Item, a dict ready for `json.dumps`.
+
+    Example:
+
+    >>> record = {"source": "scene.tif", "labels": None, "status": "failed",
+    ...           "error": "ValueError: not a raster", "seconds": 0.1, "class_pixels": None}
+    >>> item = label_item(record, class_names=["a", "b"], palette=[[0, 0, 0], [9, 9, 9]],
+    ...                   key="k", key_parts={}, model_path="m.keras", started=0,
+    ...                   labels_path="scene_labels.tif")
+    >>> item["id"], item["properties"]["label:type"], item["properties"]["aerialkd:status"]
+    ('scene_labels', 'raster', 'failed')
+    """
+    labels = pathlib.Path(labels_path)
+    names = list(class_names)
+    created = datetime.datetime.fromtimestamp(started, datetime.timezone.utc)
+    created = created.isoformat(timespec="seconds").replace("+00:00", "Z")
+    source_properties = (source_item or {}).get("properties", {})
+    times = {k: source_properties[k] for k in ("datetime", "start_datetime", "end_datetime")
+             if k in source_properties} or {"datetime": created}
+    properties = {
+        **times,
+        "created": created,
+        "label:description": f"The class of each pixel, predicted by "
+                             f"{pathlib.Path(model_path).name}",
+        "label:type": "raster",
+        "label:properties": None,
+        "label:classes": [{"name": None, "classes": names}],
+        "label:tasks": ["segmentation"],
+        "label:methods": ["automated"],
+        "aerialkd:status": record["status"],
+        "aerialkd:error": record["error"],
+        "aerialkd:seconds": round(record["seconds"], 3),
+        "aerialkd:key": key,
+        "aerialkd:key_parts": key_parts,
+    }
+    geometry, bbox, assets = None, None, {}
+    if record["status"] == "ok":
+        counts = [{"name": name, "count": count}
+                  for name, count in record["class_pixels"].items()]
+        properties["label:overviews"] = [{"property_key": None, "counts": counts}]
+        properties["aerialkd:nodata_pixels"] = nodata_pixels
+        geometry, bbox = _footprint(labels)
+        profile = "; profile=cloud-optimized" if cog else ""
+        assets["labels"] = {
+            "href": f"./{labels.name}", "type": f"image/tiff; application=geotiff{profile}",
+            "title": "class index of each pixel (nodata 255)",
+            "roles": ["labels", "labels-raster"],
+            "classification:classes": [
+                {"value": i, "name": name, "color_hint": "%02X%02X%02X" % tuple(palette[i])}
+                for i, name in enumerate(names)]}
+        if polygons_path:
+            assets["polygons"] = {"href": f"./{pathlib.Path(polygons_path).name}",
+                                  "type": "application/geo+json",
+                                  "roles": ["labels", "labels-vector"]}
+    source = source_item_path or record["source"]
+    item = {"type": "Feature", "stac_version": "1.0.0",
+            "stac_extensions": [LABEL_EXTENSION, CLASSIFICATION_EXTENSION],
+            "id": labels.stem, "geometry": geometry}
+    if bbox is not None:
+        item["bbox"] = bbox
+    item.update(properties=properties, assets=assets, links=[{
+        "rel": "source", "href": pathlib.Path(source).resolve().as_uri(),
+        "type": "application/geo+json" if source_item_path else "image/tiff"}])
+    return item
+
+
+def _footprint(labels):
+    """The raster's outline and bounds in WGS 84 (`None`, `None` without a CRS)."""
+    import rasterio
+    import rasterio.warp
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(labels) as src:
+            crs, (left, bottom, right, top) = src.crs, src.bounds
+    if crs is None:
+        return None, None
+    outline = {"type": "Polygon", "coordinates": [[(left, bottom), (right, bottom),
+                                                   (right, top), (left, top),
+                                                   (left, bottom)]]}
+    geometry = rasterio.warp.transform_geom(crs, "EPSG:4326", outline)
+    bbox = rasterio.warp.transform_bounds(crs, "EPSG:4326", left, bottom, right, top)
+    return json.loads(json.dumps(geometry)), [round(v, 9) for v in bbox]
+
+
+def read_label_item(path: os.PathLike | str) -> dict[str, Any] | None:
+    """The status, key and class pixels in a sidecar of `label_item`; `None` if unreadable.
+
+    Example:
+
+    >>> read_label_item("nothing.json") is None
+    True
+    """
+    try:
+        properties = json.loads(pathlib.Path(path).read_text())["properties"]
+        counts = (properties.get("label:overviews") or [{"counts": []}])[0]["counts"]
+        return {"status": properties["aerialkd:status"], "key": properties["aerialkd:key"],
+                "class_pixels": {count["name"]: count["count"] for count in counts}}
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+def write_mosaics(dst_dir: os.PathLike | str,
+                  label_paths: Sequence[os.PathLike | str]) -> list[pathlib.Path]:
+    """Writes a VRT mosaic of the label rasters in `dst_dir`, one for each CRS.
+
+    GDAL reads a VRT as one raster: a GIS opens the mosaic of thousands of
+    scenes as one layer, with their colour map, class names and nodata 255 (a
+    scene's nodata never hides a neighbour's labels). The rasters must be in
+    `dst_dir`; those of one CRS go into `labels.vrt`, or, if they have several
+    CRSs, into one `labels_EPSG_<code>.vrt` (`labels_crs_<i>.vrt`) each. The
+    mosaic has the finest resolution among them; rasters without a CRS, or not
+    north-up, are left out. The VRTs an earlier call wrote are replaced.
+
+    Args:
+        dst_dir: the folder of the label rasters, where the VRTs go.
+        label_paths: the label rasters, e.g. written by `segment_scene`.
+
+    Returns:
+        The paths of the VRTs written.
+
+    Example:
+
+    >>> import rasterio
+    >>> from affine import Affine
+    >>> for i, x in enumerate([500_000, 500_060]):  # two 50 x 80 m scenes, 10 m apart
+    ...     with rasterio.open(f"labels_{i}.tif", "w", driver="GTiff", width=100, height=80,
+    ...                        count=1, dtype="uint8", nodata=255, crs="EPSG:32640",
+    ...                        transform=Affine(0.5, 0, x, 0, -1, 2_800_000)) as labels:
+    ...         labels.write(np.full((1, 80, 100), i, np.uint8))
+    >>> (vrt,) = write_mosaics(".", ["labels_0.tif", "labels_1.tif"])
+    >>> with rasterio.open(vrt) as mosaic:
+    ...     mosaic.shape, np.unique(mosaic.read(1)).tolist()
+    ((80, 220), [0, 1, 255])
+    """
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    groups = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        for path in label_paths:
+            with rasterio.open(path) as src:
+                t = src.transform
+                if src.crs is None or t.b or t.d or t.a <= 0 or t.e >= 0:
+                    continue
+                groups.setdefault(src.crs, []).append(
+                    (pathlib.Path(path), src.width, src.height, t, src.block_shapes[0]))
+    dst_dir = pathlib.Path(dst_dir)
+    for old in [*dst_dir.glob("labels.vrt"), *dst_dir.glob("labels_*.vrt")]:
+        old.unlink()
+    written = []
+    for i, (crs, members) in enumerate(groups.items()):
+        code = crs.to_epsg()
+        name = "labels.vrt" if len(groups) == 1 else \
+            f"labels_{f'EPSG_{code}' if code else f'crs_{i}'}.vrt"
+        write_into_place(dst_dir / name, _vrt_xml(crs, members))
+        written.append(dst_dir / name)
+    return written
+
+
+def _vrt_xml(crs, members):
+    """A VRT mosaic of label rasters in `crs`, at the finest resolution among them."""
+    import rasterio
+
+    res_x = min(t.a for _, _, _, t, _ in members)
+    res_y = min(-t.e for _, _, _, t, _ in members)
+    left = min(t.c for _, _, _, t, _ in members)
+    top = max(t.f for _, _, _, t, _ in members)
+    right = max(t.c + w * t.a for _, w, _, t, _ in members)
+    bottom = min(t.f + h * t.e for _, _, h, t, _ in members)
+    with rasterio.open(members[0][0]) as first:  # colours and class names are shared
+        tags = first.tags()
+        try:
+            colormap = first.colormap(1)
+        except ValueError:  # no colour map: a grey band
+            colormap = None
+    root = ET.Element("VRTDataset", rasterXSize=str(round((right - left) / res_x)),
+                      rasterYSize=str(round((top - bottom) / res_y)))
+    ET.SubElement(root, "SRS").text = crs.to_wkt()
+    ET.SubElement(root, "GeoTransform").text = ", ".join(
+        repr(float(v)) for v in (left, res_x, 0, top, 0, -res_y))
+    metadata = ET.SubElement(root, "Metadata")
+    for key, value in tags.items():
+        ET.SubElement(metadata, "MDI", key=key).text = value
+    band = ET.SubElement(root, "VRTRasterBand", dataType="Byte", band="1")
+    ET.SubElement(band, "NoDataValue").text = str(IGNORE_INDEX)
+    ET.SubElement(band, "ColorInterp").text = "Gray" if colormap is None else "Palette"
+    if colormap is not None:
+        table = ET.SubElement(band, "ColorTable")
+        for value in range(256):
+            colour = colormap.get(value, (0, 0, 0, 0))
+            ET.SubElement(table, "Entry",
+                          **{f"c{i + 1}": str(c) for i, c in enumerate(colour)})
+    for path, width, height, t, (block_rows, block_cols) in members:
+        source = ET.SubElement(band, "ComplexSource")
+        ET.SubElement(source, "SourceFilename", relativeToVRT="1").text = path.name
+        ET.SubElement(source, "SourceBand").text = "1"
+        ET.SubElement(source, "SourceProperties", RasterXSize=str(width),
+                      RasterYSize=str(height), DataType="Byte",
+                      BlockXSize=str(block_cols), BlockYSize=str(block_rows))
+        ET.SubElement(source, "SrcRect", xOff="0", yOff="0", xSize=str(width),
+                      ySize=str(height))
+        ET.SubElement(source, "DstRect", xOff=repr((t.c - left) / res_x),
+                      yOff=repr((top - t.f) / res_y), xSize=repr(width * t.a / res_x),
+                      ySize=repr(height * -t.e / res_y))
+        ET.SubElement(source, "NODATA").text = str(IGNORE_INDEX)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode") + "\n"
