@@ -1,23 +1,37 @@
-"""Segments a whole scene (GeoTIFF, JPEG or PNG of any size) into a label GeoTIFF.
+"""Segments whole scenes (GeoTIFF, JPEG or PNG of any size) into label GeoTIFFs.
 
-Reads the scene band by band, so memory depends on its width, not its area;
-writes a uint8 GeoTIFF of class indices with the scene's CRS and transform,
-the palette as colour map and nodata 255, and optionally the class regions as
-GeoJSON polygons. Prints a summary: size, seconds, megapixels/s, pixels per
-class.
+Reads each scene band by band, so memory depends on its width, not its area;
+writes a uint8 cloud-optimized GeoTIFF of class indices with the scene's CRS
+and transform, the palette as colour map and nodata 255 (--no-cog: a plain
+tiled GeoTIFF), and optionally the class regions as GeoJSON polygons.
+
+One scene and an output file name: writes that file and prints its size,
+seconds, megapixels/s and pixels per class. Scenes (paths, a glob, a .txt list
+of paths, STAC Item .json files) and an output folder: writes each scene's
+<name>_labels.tif and a STAC Item sidecar there, manifest.jsonl and labels.vrt,
+skipping scenes already done with the same model and options; one progress
+bar over the scenes, a summary at the end, and exit status 1 if any failed.
+They run in this process, on a local Dask cluster (--engine dask --workers N)
+or on an existing one (--scheduler ADDRESS).
 
     python scripts/segment.py results/models/student_distilled_s0.keras scene.tif labels.tif
     python scripts/segment.py MODEL.keras scene.tif labels.tif --polygons labels.geojson
     python scripts/segment.py MODEL.keras rgbn.tif labels.tif --bands 3 2 1
     python scripts/segment.py MODEL.keras scene16.tif labels.tif --rescale 0 4095
+    python scripts/segment.py MODEL.keras 'scenes/**/*.tif' labels/ --engine dask --workers 2
+    python scripts/segment.py MODEL.keras scenes.txt labels/ --scheduler tcp://10.0.0.5:8786
 """
 
 import argparse
-
+import collections
+import pathlib
+import time
+import warnings
 
 import keras
 
 import utils
+from aerialkd.scene_batch import ENGINES, MANIFEST_NAME
 
 
 def main(argv=None):
@@ -27,14 +41,34 @@ def main(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a .keras model returning logits, e.g. "
                         "results/models/student_distilled_s0.keras")
-    parser.add_argument("scene", help="the scene: GeoTIFF (or any raster rasterio "
-                        "reads), JPEG or PNG")
-    parser.add_argument("output", help="the label GeoTIFF to write")
-    parser.add_argument("--polygons", metavar="OUT.geojson",
-                        help="also write the class regions as GeoJSON polygons")
+    parser.add_argument("scenes", nargs="+", metavar="SCENE",
+                        help="a scene (GeoTIFF or any raster rasterio reads, JPEG, PNG), "
+                        "a glob pattern (quoted), a .txt file listing scenes, or a STAC "
+                        "Item .json (its 'visual', 'image' or 'data' asset)")
+    parser.add_argument("output", help="the label GeoTIFF to write (one scene), or a "
+                        "folder for the outputs of each scene")
+    parser.add_argument("--polygons", nargs="?", const="", metavar="OUT.geojson",
+                        help="also write the class regions as GeoJSON polygons: to "
+                        "OUT.geojson (one scene; default: OUTPUT with .geojson), or "
+                        "beside each label raster (a folder)")
     parser.add_argument("--min-area", type=int, default=0, metavar="PIXELS",
-                        help="with --polygons: merge regions smaller than this "
-                        "many pixels into their neighbour (default: keep all)")
+                        help="with --polygons and one scene: merge regions smaller than "
+                        "this many pixels into their neighbour (default: keep all)")
+    parser.add_argument("--engine", choices=ENGINES, default="local",
+                        help="where the scenes of a folder run: this process (local, "
+                        "default), a local Dask cluster (dask) or Ray actors (ray)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes for --engine dask or ray (default: one per core)")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help="run on an existing Dask cluster, e.g. tcp://10.0.0.5:8786 "
+                        "(the model, scenes and output folder on a shared file system)")
+    parser.add_argument("--retries", type=int, default=2,
+                        help="times a scene runs again after its worker died (default: 2)")
+    parser.add_argument("--no-cog", action="store_true",
+                        help="plain tiled GeoTIFFs instead of cloud-optimized ones")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="redo scenes already done with the same model and options "
+                        "(one scene: overwrite OUTPUT even if it is no label raster)")
     parser.add_argument("--tile-size", type=int, default=256,
                         help="tile side in pixels, a multiple of 16 (default: 256, "
                         "the training patch)")
@@ -55,7 +89,18 @@ def main(argv=None):
                              "generic names")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-
+    if not one_scene(args.scenes, args.output):
+        return segment_many(args)
+    if args.engine != "local" or args.workers or args.scheduler:
+        raise SystemExit("--engine, --workers and --scheduler run scenes into an output "
+                         "folder; pass a folder instead of the file name "
+                         f"{args.output}.")
+    output = pathlib.Path(args.output)
+    if output.exists() and not args.overwrite and not is_label_raster(output):
+        raise SystemExit(f"{output} exists and is not a label raster (one uint8 band "
+                         f"with class names); not overwriting it. Name a new output "
+                         f"file, pass --overwrite, or pass a folder to segment several "
+                         f"scenes.")
     model = keras.saving.load_model(args.model)
     bars = []
 
@@ -65,18 +110,74 @@ def main(argv=None):
         bars[0].update(rows)
 
     names, palette = scene_classes(model, args.classes)
+    (scene,) = args.scenes
     result = utils.segment_scene(
-        model, args.scene, args.output, tile_size=args.tile_size, overlap=args.overlap,
+        model, scene, args.output, tile_size=args.tile_size, overlap=args.overlap,
         batch_size=args.batch_size, bands=args.bands, rescale=args.rescale,
-        class_names=names, palette=palette,
+        class_names=names, palette=palette, cog=not args.no_cog,
         progress=None if args.quiet else progress)
-    for line in summary(result, args.scene):
+    for line in summary(result, scene):
         print(line)
-    if args.polygons:
-        polygons = utils.polygonize(args.output, args.polygons, min_area=args.min_area)
+    if args.polygons is not None:
+        polygons = utils.polygonize(args.output, args.polygons or output.with_suffix(
+            ".geojson"), min_area=args.min_area)
         print(f"Polygons: {sum(polygons['features'].values())} written to "
               f"{polygons['path']}")
     return result
+
+
+def one_scene(scenes, output):
+    """Whether the command names one scene file and an output file (not a folder)."""
+    suffix = pathlib.Path(output).suffix.lower()
+    if suffix not in (".tif", ".tiff"):
+        return False
+    (scene, *more) = scenes
+    if more or any(c in scene for c in "*?[") or \
+            pathlib.Path(scene).suffix.lower() in (".txt", ".json"):
+        raise SystemExit(f"{output} is a file name, but {' '.join(scenes)} name several "
+                         f"scenes (or may): pass an output folder for them.")
+    return True
+
+
+def is_label_raster(path):
+    """Whether `path` is a label raster as segment_scene writes it (safe to overwrite)."""
+    import rasterio
+
+    try:
+        with warnings.catch_warnings(), rasterio.open(path) as src:
+            warnings.simplefilter("ignore")
+            return src.count == 1 and src.dtypes[0] == "uint8" and \
+                "CLASS_NAMES" in src.tags()
+    except rasterio.errors.RasterioIOError:
+        return False
+
+
+def segment_many(args):
+    """The scenes into the output folder (utils.segment_scenes); exits 1 if any failed."""
+    if args.polygons:
+        raise SystemExit("With an output folder, each scene's polygons go beside its "
+                         f"labels: pass --polygons without a file name (got "
+                         f"{args.polygons}).")
+    if args.min_area:
+        raise SystemExit("--min-area applies to one scene and an output file; the "
+                         "polygons of a folder keep every region.")
+    if args.scheduler and args.engine != "local":
+        raise SystemExit(f"--scheduler {args.scheduler} runs on that Dask cluster; "
+                         f"drop --engine {args.engine}.")
+    names, palette = scene_classes(keras.saving.load_model(args.model), args.classes)
+    started = time.perf_counter()
+    records = utils.segment_scenes(
+        args.model, args.scenes, args.output, engine=args.scheduler or args.engine,
+        workers=args.workers, tile_size=args.tile_size, overlap=args.overlap,
+        batch_size=args.batch_size, bands=args.bands, rescale=args.rescale,
+        class_names=names, palette=palette, cog=not args.no_cog,
+        overwrite=args.overwrite, retries=args.retries,
+        polygons=args.polygons is not None, progress=not args.quiet)
+    for line in batch_summary(records, time.perf_counter() - started, args.output):
+        print(line)
+    if any(record["status"] == "failed" for record in records):
+        raise SystemExit(1)
+    return records
 
 
 def scene_classes(model, classes):
@@ -95,6 +196,18 @@ def scene_classes(model, classes):
                          f"but the model predicts {n_classes}: pass --classes with its "
                          f"dataset's classes.json.")
     return names, palette
+
+
+def batch_summary(records, seconds, output):
+    """The lines printed after many scenes: counts, time, scenes/hour, each failure."""
+    counts = collections.Counter(record["status"] for record in records)
+    rate = f", {3600 * counts['ok'] / seconds:,.0f} scenes/hour" if counts["ok"] else ""
+    lines = [f"{counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed "
+             f"of {len(records)} scenes in {seconds:.1f} s{rate} -> "
+             f"{pathlib.Path(output) / MANIFEST_NAME}"]
+    lines += [f"  failed: {record['source']}: {record['error']}"
+              for record in records if record["status"] == "failed"]
+    return lines
 
 
 def summary(result, scene):
