@@ -156,6 +156,12 @@ class Distiller(keras.Model):
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         super().compile(optimizer=optimizer, **kwargs)
 
+    def compile_from_config(self, config: dict) -> None:
+        """Compiles a reloaded Distiller as it was saved (Keras skips a custom `compile`)."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:  # the optimizer's variables, for its saved state to load into
+            self.optimizer.build(self.trainable_variables)
+
     def call(self, inputs: ArrayLike | tuple[ArrayLike, ArrayLike],
              training: bool | None = None) -> ArrayLike:
         images = inputs[0] if isinstance(inputs, (tuple, list)) else inputs

@@ -108,7 +108,8 @@ def make_predict_function(model: keras.Model) -> Callable[[np.ndarray], np.ndarr
 
 
 def _is_predict_function(model):
-    return callable(model) and not isinstance(model, keras.Model) and hasattr(model, "model")
+    """A function from a batch to logits (`make_predict_function`'s, `load_litert`'s, ...)."""
+    return callable(model) and not isinstance(model, keras.Model)
 
 
 def _compile_inference(model):

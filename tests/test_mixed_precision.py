@@ -81,3 +81,14 @@ def test_the_same_holds_on_jax(tmp_path):
         env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "passed" in result.stdout and "failed" not in result.stdout
+
+
+def test_a_saved_float16_distiller_reloads_with_its_loss_scaling(tmp_path):
+    distiller = utils.compile_segmentation(
+        utils.Distiller(teacher=_float16_unet(0), student=_float16_unet(1)))
+    x, y = np.zeros((2, 32, 32, 3), "uint8"), np.zeros((2, 32, 32), "uint8")
+    distiller.fit(x, y, epochs=1, verbose=0)
+    distiller.save(tmp_path / "distiller.keras")
+    reloaded = keras.saving.load_model(tmp_path / "distiller.keras")
+    assert isinstance(reloaded.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert int(reloaded.optimizer.iterations) == 1
