@@ -1,21 +1,56 @@
-"""Shared fixtures: the tiny synthetic dataset and small models."""
+"""Shared fixtures: the tiny synthetic dataset, small models, a fake Colab; fresh notebook outputs.
+
+Helpers that build small inputs and models are plain functions in `helpers.py`.
+"""
 
 import os
 import pathlib
+import sys
 import tempfile
+import types
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Notebooks under test (pytest --nbmake) write to a fresh folder, never into the
 # outputs/ of a run the user made with the README's main command.
 os.environ.setdefault("SSSI_OUTPUT", tempfile.mkdtemp(prefix="sssi-test-outputs-"))
 
-import keras
-import numpy as np
-import pytest
+import keras  # noqa: E402
+import pytest  # noqa: E402
 
-import utils
+import utils  # noqa: E402
 
 REAL_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "aerial-dubai"
+
+# Not test modules: a script test_distributed.py runs in a fresh process (it reads
+# its command line when imported), and the helpers the tests import.
+collect_ignore = ["distributed_check.py", "helpers.py"]
+
+
+def pytest_collection_modifyitems(items):
+    """Each notebook (an nbmake item) runs alone in an empty output folder of its own.
+
+    As in a fresh Colab runtime: a notebook finds no model an earlier notebook
+    trained, so it must load or train what it needs itself. The kernel inherits
+    `SSSI_OUTPUT` from this process when the item starts it.
+    """
+    for item in items:
+        if item.path.suffix == ".ipynb":
+            item.runtest = _in_empty_output_folder(item.runtest, item.path.stem)
+
+
+def _in_empty_output_folder(runtest, stem):
+    def run():
+        previous = os.environ.get("SSSI_OUTPUT")
+        os.environ["SSSI_OUTPUT"] = tempfile.mkdtemp(prefix=f"sssi-{stem}-")
+        try:
+            runtest()
+        finally:
+            if previous is None:
+                os.environ.pop("SSSI_OUTPUT", None)
+            else:
+                os.environ["SSSI_OUTPUT"] = previous
+
+    return run
 
 
 @pytest.fixture(scope="session")
@@ -41,5 +76,14 @@ def small_unet():
     return utils.build_unet(2, name="small")
 
 
-def random_logits(shape, seed=0, scale=3.0):
-    return np.random.default_rng(seed).normal(0, scale, shape).astype("float32")
+@pytest.fixture
+def fake_colab(monkeypatch):
+    """A `google.colab` module whose `drive.mount` records the folders it mounts."""
+    colab = types.ModuleType("google.colab")
+    drive = types.ModuleType("google.colab.drive")
+    drive.mounted = []
+    drive.mount = drive.mounted.append
+    colab.drive = drive
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    monkeypatch.setitem(sys.modules, "google.colab.drive", drive)
+    return drive

@@ -13,11 +13,8 @@ import pathlib
 import subprocess
 import sys
 
-import keras
-import numpy as np
 import pytest
 
-import aerialkd
 import utils
 
 CHECK = pathlib.Path(__file__).with_name("distributed_check.py")
@@ -90,41 +87,12 @@ def test_fit_segmentation_on_two_devices_saves_the_model_of_one(two_devices):
     assert result["val_miou"] == 0  # the padded validation split scores the same
 
 
-def test_data_parallel_names_the_backends_it_supports(monkeypatch):
-    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
-    with pytest.raises(ValueError, match="supports the TensorFlow and JAX backends.*'torch'"):
-        with utils.data_parallel():
-            pass
-
-
-def test_data_parallel_refuses_more_devices_than_are_visible():
-    if keras.backend.backend() not in ("tensorflow", "jax"):
-        pytest.skip("data_parallel runs on TensorFlow and JAX")
-    with pytest.raises(ValueError, match="devices=99 asks for more devices"):
-        with utils.data_parallel(99):
-            pass
-
-
-def test_patch_sequence_can_drop_the_last_partial_batch():
-    x, y = np.zeros((10, 4, 4, 3), "uint8"), np.zeros((10, 4, 4), "uint8")
-    sequence = utils.PatchSequence(x, y, batch_size=4, drop_remainder=True)
-    assert len(sequence) == 2
-    assert all(len(sequence[i][0]) == 4 for i in range(len(sequence)))
-
-
 def test_use_all_devices_trains_every_model_built_after_it_data_parallel(two_devices):
     # The notebooks' call: session-wide, no `with` block around the cells.
     result = two_devices["use_all_devices"]
     assert result["replicas"] == result["model_replicas"] == 2
     assert result["weights"] < TOLERANCE
     assert result["logits"] < TOLERANCE
-
-
-def test_use_all_devices_changes_nothing_on_one_device(capsys):
-    parallel = utils.use_all_devices()
-    assert parallel.num_replicas == 1
-    assert "1 device" in capsys.readouterr().out
-    assert aerialkd.devices.data_parallel_size() == 1
 
 
 @pytest.mark.parametrize("name", ["04_distill", "07_your_data"])

@@ -1,11 +1,11 @@
-"""Tests of section 2 of utils.py: models."""
+"""Tests of `aerialkd.models`: the U-Net teacher and student, ensembles, size and FLOPs, saving."""
 
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 import utils
+from helpers import per_pixel_linear
 
 
 def test_teacher_and_student_parameter_counts_and_ratio():
@@ -40,55 +40,6 @@ def test_unet_rejects_sizes_not_divisible_by_16():
         utils.build_unet(4, input_shape=(100, 96, 3))
 
 
-def _codes():
-    return np.array([[t, r, c] for t in (0, 1) for r in (0, 1) for c in (0, 1)], "int32")
-
-
-def test_the_eight_symmetries_are_distinct_and_undone_exactly():
-    image = np.arange(4 * 4 * 2, dtype="float32").reshape(1, 4, 4, 2)
-    images = np.repeat(image, 8, axis=0)
-    moved = keras.ops.convert_to_numpy(utils.apply_symmetry(images, _codes()))
-    assert len({m.tobytes() for m in moved}) == 8
-    expected = {np.rot90(image[0], k)[:, ::f].tobytes() for k in range(4) for f in (1, -1)}
-    assert {m.tobytes() for m in moved} == expected  # rotations and mirrors
-    back = keras.ops.convert_to_numpy(utils.apply_symmetry(moved, _codes(), inverse=True))
-    np.testing.assert_array_equal(back, images)
-
-
-def test_training_draws_every_symmetry_and_inference_draws_none():
-    layer = utils.RandomSymmetry(seed=1)
-    x = np.zeros((64, 8, 8, 3), "float32")
-    _, drawn = layer(x, training=True)
-    assert len({tuple(c) for c in keras.ops.convert_to_numpy(drawn)}) == 8
-    same, none = layer(x, training=False)
-    assert not keras.ops.convert_to_numpy(none).any()
-
-
-def test_loss_on_mapped_back_logits_equals_loss_on_transformed_labels():
-    rng = np.random.default_rng(0)
-    logits = rng.normal(0, 2, (8, 8, 8, 6)).astype("float32")  # the model's output on g(x)
-    labels = rng.integers(0, 6, (8, 8, 8)).astype("uint8")
-    labels[:, :2, :3] = utils.IGNORE_INDEX
-    loss = utils.SegmentationLoss(class_weights=[1, 2, 1, 1, 3, 0.5])
-    back = utils.apply_symmetry(logits, _codes(), inverse=True)
-    moved = keras.ops.convert_to_numpy(utils.apply_symmetry(labels[..., None], _codes()))[..., 0]
-    assert float(loss(labels, back)) == pytest.approx(float(loss(moved, logits)), rel=1e-6)
-
-
-def _net(core):
-    inputs = keras.Input((16, 16, 3))
-    x, symmetry = utils.RandomSymmetry(seed=0)(inputs)
-    return keras.Model(inputs, utils.UndoSymmetry()([core(x), symmetry]))
-
-
-def test_augmentation_leaves_a_pixelwise_network_unchanged_but_not_a_spatial_one():
-    x = np.random.default_rng(0).uniform(0, 255, (16, 16, 16, 3)).astype("float32")
-    keras.utils.set_random_seed(0)
-    pointwise, spatial = _net(keras.layers.Conv2D(6, 1)), _net(keras.layers.Conv2D(6, 3, padding="same"))
-    np.testing.assert_allclose(pointwise(x, training=True), pointwise(x), atol=1e-4)
-    assert not np.allclose(spatial(x, training=True), spatial(x), atol=1e-2)
-
-
 def test_unet_augmentation_is_identity_at_inference_and_holds_no_weights():
     keras.utils.set_random_seed(0)
     augmented = utils.build_unet(2)
@@ -99,6 +50,13 @@ def test_unet_augmentation_is_identity_at_inference_and_holds_no_weights():
     assert augmented.count_params() == plain.count_params()
     with pytest.raises(ValueError, match="square training patches"):
         augmented(np.zeros((1, 32, 48, 3), "float32"), training=True)
+
+
+def test_unet_dropout_is_device_invariant():
+    model = utils.build_unet(4, input_shape=(32, 32, 3))
+    dropouts = [layer for layer in model.layers if "dropout" in layer.name]
+    assert len(dropouts) == 9
+    assert all(type(layer) is utils.DeviceInvariantDropout for layer in dropouts)
 
 
 def test_symmetry_ensemble_is_equivariant_and_exact_for_a_pixelwise_model():
@@ -115,29 +73,34 @@ def test_symmetry_ensemble_is_equivariant_and_exact_for_a_pixelwise_model():
     utils.Distiller(teacher=ensemble, student=utils.build_unet(2))  # a valid teacher
 
 
-def test_device_invariant_dropout_is_keras_dropout_on_one_device():
-    x = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype("float32")
-    ours = utils.DeviceInvariantDropout(0.3, seed=7)
-    keras_dropout = keras.layers.Dropout(0.3, seed=7)
-    for _ in range(2):  # the seed state moves on alike
-        dropped = ops.convert_to_numpy(ours(x, training=True))
-        np.testing.assert_array_equal(
-            dropped, ops.convert_to_numpy(keras_dropout(x, training=True)))
-    assert 0.2 < np.mean(dropped == 0) < 0.4
-    np.testing.assert_array_equal(ops.convert_to_numpy(ours(x, training=False)), x)
+def test_ensemble_of_one_model_equals_it_and_of_two_the_mean(tmp_path):
+    a, b = per_pixel_linear("a", 1.0), per_pixel_linear("bb", 2.0)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    la, lb = (keras.ops.convert_to_numpy(m(x)) for m in (a, b))
+    np.testing.assert_allclose(utils.ensemble_teacher([a])(x), la, rtol=1e-6)
+    pair = utils.ensemble_teacher([a, b])
+    np.testing.assert_allclose(pair(x), (la + lb) / 2, rtol=1e-5, atol=1e-6)
+    pair.save(tmp_path / "pair.keras")
+    reloaded = keras.saving.load_model(tmp_path / "pair.keras")
+    np.testing.assert_allclose(reloaded(x), (la + lb) / 2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(utils.predict_logits(reloaded, x), (la + lb) / 2, rtol=1e-5,
+                               atol=1e-6)
 
 
-def test_device_invariant_dropout_serializes_and_refuses_a_noise_shape():
-    layer = utils.DeviceInvariantDropout(0.2, seed=3, name="drop")
-    copy = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
-    assert type(copy) is utils.DeviceInvariantDropout
-    assert (copy.rate, copy.seed, copy.name) == (0.2, 3, "drop")
-    with pytest.raises(ValueError, match="noise_shape"):
-        utils.DeviceInvariantDropout(0.2, noise_shape=(None, 1, 1, 3))
+def test_ensemble_teacher_rejects_members_of_other_shapes():
+    with pytest.raises(ValueError, match="same output shape"):
+        utils.ensemble_teacher([utils.build_unet(2), utils.build_unet(2, n_classes=5)])
+    with pytest.raises(ValueError, match="at least one model"):
+        utils.ensemble_teacher([])
 
 
-def test_unet_dropout_is_device_invariant():
-    model = utils.build_unet(4, input_shape=(32, 32, 3))
-    dropouts = [layer for layer in model.layers if "dropout" in layer.name]
-    assert len(dropouts) == 9
-    assert all(type(layer) is utils.DeviceInvariantDropout for layer in dropouts)
+def test_saved_student_loads_alone_and_predicts_identically(tiny_data, tmp_path):
+    keras.utils.set_random_seed(0)
+    student = utils.build_student()
+    path = tmp_path / "student.keras"
+    utils.save_model(student, path)
+    loaded = keras.models.load_model(path)  # no custom_objects needed
+    assert not loaded.compiled
+    x = tiny_data.x_test[:2]
+    np.testing.assert_array_equal(utils.predict_logits(student, x),
+                                  utils.predict_logits(loaded, x))

@@ -10,15 +10,14 @@ import pytest
 
 import runs
 import utils
-from test_training import _fresh, _small_data
+from helpers import fresh_segmenter, small_data
 
 
 def test_mixed_precision_run_saves_a_float32_student(tiny_data, tmp_path):
-
     profile = dataclasses.replace(utils.load_profile("tiny", output_dir=tmp_path), epochs=1)
     keras.utils.set_random_seed(0)
     teacher = utils.build_unet(2, name="t")
-    student, history = runs.train("student_distilled", profile, _small_data(tiny_data),
+    student, history = runs.train("student_distilled", profile, small_data(tiny_data),
                                    teacher=teacher, precision="mixed_bfloat16")
     assert {layer.dtype_policy.name for layer in student.layers} == {"float32"}
     assert np.isfinite(history["loss"]).all()
@@ -27,23 +26,9 @@ def test_mixed_precision_run_saves_a_float32_student(tiny_data, tmp_path):
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
 
 
-def test_cosine_schedule_decays_to_zero_over_all_epochs(tmp_path):
-
-    profile = dataclasses.replace(utils.load_profile("tiny", output_dir=tmp_path),
-                                  schedule="cosine", batch_size=4, learning_rate=0.01)
-    schedule = profile.learning_rate_schedule(epochs=3, steps_per_epoch=3)
-    assert float(schedule(0)) == pytest.approx(0.01)
-    assert float(schedule(9)) == pytest.approx(0.0, abs=1e-9)
-    constant = dataclasses.replace(profile, schedule="constant")
-    assert constant.learning_rate_schedule(3, 3) == 0.01
-    with pytest.raises(ValueError, match="Unknown schedule 'step'"):
-        dataclasses.replace(profile, schedule="step").learning_rate_schedule(3, 3)
-
-
 def test_random_crops_are_another_run(tiny_data, tmp_path, capsys):
-
     profile = utils.load_profile("tiny", output_dir=tmp_path)
-    data = _small_data(tiny_data)
+    data = small_data(tiny_data)
     _, grid = runs.train("student_scratch", profile, data, epochs=1)
     run_path = profile.models_dir / "student_scratch_run.json"
     run = json.loads(run_path.read_text())
@@ -56,15 +41,13 @@ def test_random_crops_are_another_run(tiny_data, tmp_path, capsys):
     assert json.loads(run_path.read_text())["sampling"] == "random"
     assert history["loss"] != grid["loss"]  # other inputs, same initial weights
     with pytest.raises(ValueError, match=r"sampling must be one of \('grid', 'random', 'consistent'\), got 'grid2'"):
-        utils.fit_segmentation(_fresh(), data, epochs=1, output_dir=tmp_path, name="m",
+        utils.fit_segmentation(fresh_segmenter(), data, epochs=1, output_dir=tmp_path, name="m",
                                sampling="grid2")
     # a wrong value is refused before the finished run is moved aside
     with pytest.raises(ValueError, match="got 'Random'"):
         runs.train("student_scratch", dataclasses.replace(profile, sampling="Random"), data,
                     epochs=1)
     assert run_path.exists() and "moved to" not in capsys.readouterr().out
-
-
 
 
 def test_distillation_settings_come_from_distillation_json(tmp_path):
@@ -79,7 +62,6 @@ def test_distillation_settings_come_from_distillation_json(tmp_path):
 
 
 def test_sweep_scores_against_scratch_and_keeps_settings_chosen_otherwise(tmp_path, capsys):
-
     profile = dataclasses.replace(utils.load_profile("tiny", output_dir=tmp_path),
                                   sweep_kinds=("pixel",), sweep_alphas=(0.5,),
                                   sweep_temperatures=(1.0, 4.0))
@@ -110,7 +92,6 @@ def test_sweep_scores_against_scratch_and_keeps_settings_chosen_otherwise(tmp_pa
 
 
 def test_profile_overrides_saved_in_the_output_folder_apply_to_it_alone(tmp_path):
-
     profile = utils.load_profile("tiny", output_dir=tmp_path)
     runs.save_profile_overrides(dataclasses.replace(profile, epochs=7,
                                                     sweep_temperatures=(1.0, 4.0)),
@@ -313,7 +294,6 @@ def test_paired_differences_pair_runs_by_seed():
 
 
 def test_seed_report_names_each_runs_machine_and_the_kd_settings(tmp_path):
-
     common = {"miou5": 0.6, "miou6": 0.5, "pixel_acc": 0.8, "epochs": 100,
               "date": "2026-11-28"}
     gpu = {"backend": "jax", "device": "NVIDIA H200"}

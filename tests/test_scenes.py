@@ -1,4 +1,5 @@
-"""Tests of whole scenes: `segment_scene` and `polygonize` on small rasters."""
+"""Tests of `aerialkd.scenes`: `segment_scene` and `polygonize` on small rasters, and
+scripts/segment.py, their command line."""
 
 import json
 import re
@@ -340,6 +341,26 @@ def test_polygonize_leaves_nodata_out(tmp_path):
     assert land["properties"] == {"class": 1, "name": "Land"}
     xs, _ = np.array(land["geometry"]["coordinates"][0]).T
     assert xs.min() == 500_000.0 + 0.5 * 4  # starts after the nodata columns
+
+
+def test_polygonize_names_the_classes_as_the_rasters_tags_do(tmp_path, conv_model):
+    names = ("Roof", "Sand", "Street", "Palm", "Sea", "Other")
+    scene = _write_rgb(tmp_path / "scene.tif", _image(40, 48))
+    written = utils.segment_scene(conv_model, scene, tmp_path / "labels.tif", tile_size=32,
+                                  class_names=names)
+    result = utils.polygonize(tmp_path / "labels.tif", tmp_path / "labels.geojson")
+    assert list(result["features"]) == list(names)
+    features = json.loads((tmp_path / "labels.geojson").read_text())["features"]
+    assert {f["properties"]["name"] for f in features} == {
+        name for name, pixels in written["class_pixels"].items() if pixels}
+
+
+def test_polygonize_names_the_classes_generically_without_tags_or_names(tmp_path):
+    labels = np.zeros((8, 8), np.uint8)
+    labels[:, 4:] = 2
+    _write_labels(tmp_path / "labels.tif", labels)
+    result = utils.polygonize(tmp_path / "labels.tif", tmp_path / "labels.geojson")
+    assert result["features"] == {"class 0": 1, "class 1": 0, "class 2": 1}
 
 
 def test_polygonize_rejects_a_missing_file_naming_it(tmp_path):

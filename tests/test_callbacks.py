@@ -1,0 +1,40 @@
+"""Tests of `aerialkd.callbacks`: the best checkpoint, and a NaN loss that stops training."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import aerialkd
+import utils
+from helpers import AtEpochBegin, fresh_segmenter, poison, small_data
+
+
+def test_best_checkpoint_refuses_an_epoch_whose_loss_is_not_finite(tmp_path, small_unet):
+    # It does not rely on _StopOnNaN running first: the callbacks' order is free.
+    best = aerialkd.callbacks.BestModelCheckpoint(tmp_path / "m.keras", monitor="val_miou5")
+    best.set_model(small_unet)
+    best.on_train_begin()
+    best.on_epoch_end(0, {"loss": float("nan"), "val_miou5": 0.9})
+    assert not (tmp_path / "m.keras").exists() and best.best == -np.inf
+    best.on_epoch_end(1, {"loss": 1.0, "val_miou5": 0.5})
+    assert (tmp_path / "m.keras").exists() and best.best == 0.5
+
+
+def test_nan_loss_stops_training_and_keeps_the_best_checkpoint(tiny_data, tmp_path):
+    with pytest.raises(FloatingPointError,
+                       match=r"loss became nan in epoch 2.*best checkpoint so far .* is kept at"):
+        utils.fit_segmentation(fresh_segmenter(), small_data(tiny_data), epochs=4, output_dir=tmp_path,
+                               name="m", batch_size=8, verbose=0, callbacks=[AtEpochBegin(1, poison)])
+    assert len(utils.read_history(tmp_path / "m_history.csv")["loss"]) == 2
+    kept = keras.models.load_model(tmp_path / "m.keras")
+    assert all(np.isfinite(w).all() for w in kept.get_weights())
+    assert json.loads((tmp_path / "m.best.json").read_text())["epoch"] == 1
+
+
+def test_nan_in_the_first_epoch_saves_no_model(tiny_data, tmp_path):
+    with pytest.raises(FloatingPointError, match="no checkpoint had been saved yet"):
+        utils.fit_segmentation(fresh_segmenter(), small_data(tiny_data), epochs=2, output_dir=tmp_path,
+                               name="m", batch_size=8, verbose=0, callbacks=[AtEpochBegin(0, poison)])
+    assert not (tmp_path / "m.keras").exists()

@@ -1,0 +1,72 @@
+"""Tests of `aerialkd.notebook`: profiles, the Colab setup, loading or training a run."""
+
+import dataclasses
+import sys
+
+import numpy as np
+import pytest
+
+import aerialkd
+import utils
+from helpers import small_data
+
+
+def test_profile_defaults_to_full_in_colab_and_tiny_elsewhere(fake_colab, monkeypatch):
+    monkeypatch.delenv("SSSI_PROFILE", raising=False)
+    assert utils.load_profile().name == "full"
+    assert utils.load_profile().pictures_dir == utils.REPO_ROOT / "pictures"
+    monkeypatch.setenv("SSSI_PROFILE", "tiny")
+    assert utils.load_profile().name == "tiny"
+    monkeypatch.delitem(sys.modules, "google.colab")
+    monkeypatch.delenv("SSSI_PROFILE")
+    assert utils.load_profile().name == "tiny"
+
+
+def test_unknown_profile_is_refused(monkeypatch):
+    monkeypatch.setenv("SSSI_PROFILE", "huge")
+    with pytest.raises(ValueError, match="Unknown profile 'huge'.*tiny"):
+        utils.load_profile()
+
+
+def test_cosine_schedule_decays_to_zero_over_all_epochs(tmp_path):
+    profile = dataclasses.replace(utils.load_profile("tiny", output_dir=tmp_path),
+                                  schedule="cosine", batch_size=4, learning_rate=0.01)
+    schedule = profile.learning_rate_schedule(epochs=3, steps_per_epoch=3)
+    assert float(schedule(0)) == pytest.approx(0.01)
+    assert float(schedule(9)) == pytest.approx(0.0, abs=1e-9)
+    constant = dataclasses.replace(profile, schedule="constant")
+    assert constant.learning_rate_schedule(3, 3) == 0.01
+    with pytest.raises(ValueError, match="Unknown schedule 'step'"):
+        dataclasses.replace(profile, schedule="step").learning_rate_schedule(3, 3)
+
+
+def test_setup_mounts_drive_for_outputs_in_colab(fake_colab, tmp_path, monkeypatch):
+    monkeypatch.setattr(aerialkd.notebook, "DRIVE_ROOT", tmp_path)
+    profile = utils.setup_notebook("tiny", mount_drive=True)
+    assert fake_colab.mounted == [str(tmp_path)]
+    assert profile.output_dir == tmp_path / "MyDrive" / "sssi" / "tiny"
+    assert profile.models_dir.is_dir()
+
+
+def test_saved_models_come_from_this_run_first_then_the_committed_ones(tmp_path):
+    full = utils.load_profile("full", output_dir=tmp_path)
+    assert utils.saved_model_path(full, "teacher") == utils.COMMITTED_MODELS / "teacher.keras"
+    assert utils.saved_model_path(utils.load_profile("tiny", output_dir=tmp_path),
+                                  "teacher") is None  # the tiny profile never takes them
+    full.models_dir.mkdir(parents=True)
+    (full.models_dir / "teacher.keras").write_bytes(b"")
+    assert utils.saved_model_path(full, "teacher") == full.models_dir / "teacher.keras"
+    assert utils.saved_model_path(full, "no_such_model") is None
+
+
+def test_load_or_train_trains_what_is_missing_once_and_says_so(tiny_data, tmp_path, capsys):
+    profile = dataclasses.replace(utils.load_profile("tiny", output_dir=tmp_path), epochs=1)
+    build = lambda: utils.build_unet(2, name="small")  # noqa: E731
+    model, history, record = utils.load_or_train(profile, small_data(tiny_data), "m", build)
+    assert "training it here" in capsys.readouterr().out
+    assert len(history["loss"]) == 1 and record["epochs"] == 1
+    assert record["precision"] == "float32" and record["distillation"] == {"kind": "none"}
+    again, same_history, _ = utils.load_or_train(profile, small_data(tiny_data), "m", build)
+    assert "Loaded m.keras" in capsys.readouterr().out and same_history == history
+    x = tiny_data.x_test[:2]
+    np.testing.assert_array_equal(utils.predict_logits(model, x), utils.predict_logits(again, x))

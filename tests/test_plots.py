@@ -1,0 +1,72 @@
+"""Tests of `aerialkd.plots`: the figures and tables of the notebooks."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+
+import utils  # noqa: E402
+from helpers import OWN_CLASSES, OWN_PALETTE  # noqa: E402
+
+
+def test_segmentation_panel_has_a_column_per_model_and_saves(tmp_path):
+    images = np.zeros((2, 16, 16, 3), np.uint8)
+    labels = np.zeros((2, 16, 16), np.uint8)
+    fig = utils.plot_segmentations(images, labels, {"Teacher": labels, "Student": labels},
+                                   path=tmp_path / "p" / "seg.png", class_names=utils.CLASSES)
+    assert len(fig.axes) == 2 * 4
+    assert [a.get_title() for a in fig.axes[:4]] == ["Image", "Ground truth", "Teacher", "Student"]
+    assert (tmp_path / "p" / "seg.png").stat().st_size > 0
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == list(utils.CLASSES)
+
+
+def test_segmentation_panel_draws_the_data_s_own_classes_and_colours():
+    labels = np.array([[[0, 2]]], np.uint8)
+    fig = utils.plot_segmentations(np.zeros((1, 1, 2, 3), np.uint8), labels, {},
+                                   class_names=tuple(OWN_CLASSES), palette=OWN_PALETTE)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == list(OWN_CLASSES)
+    assert fig.axes[1].images[0].get_array()[0].tolist() == [[200, 180, 100], [30, 100, 200]]
+
+
+def test_history_pr_and_confusion_plots_return_figures():
+    history = {"loss": [2, 1], "val_loss": [2.5, 1.5]}
+    fig = utils.plot_history({"teacher": history}, keys=("loss",))
+    assert len(fig.axes[0].lines) == 2
+    res = utils.segmentation_metrics(np.array([[0, 1, 2, 3, 4, 5]]),
+                                     np.eye(6)[[[0, 1, 2, 3, 4, 5]]] + 0.1)
+    assert len(utils.plot_pr_curves({"m": res}).axes) == 6
+    fig = utils.plot_confusion_matrix(res["confusion_matrix"], "m")
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts.count("1.00") == 6  # normalised rows
+
+
+def test_sweep_heatmap_shows_each_setting_against_the_scratch_reference():
+    rows = [{"kind": "none", "alpha": 1.0, "temperature": None, "val_miou5": 0.60},
+            {"kind": "pixel", "alpha": 0.1, "temperature": 1.5, "val_miou5": 0.625},
+            {"kind": "pixel", "alpha": 0.5, "temperature": 4.0, "val_miou5": 0.58},
+            {"kind": "channel", "alpha": 0.5, "temperature": 4.0, "val_miou5": 0.61}]
+    fig = utils.plot_sweep(rows)
+    channel, pixel = fig.axes[:2]  # kinds in alphabetical order
+    assert (channel.get_title(), pixel.get_title()) == ("channel KD", "pixel KD")
+    assert sorted(t.get_text() for t in pixel.texts) == ["0.580\n(-0.020)", "0.625\n(+0.025)"]
+    assert [t.get_text() for t in channel.texts] == ["0.610\n(+0.010)"]
+    assert "scratch student's 0.600" in fig._suptitle.get_text()
+    without = utils.plot_sweep(rows[1:])  # no reference: values alone
+    assert "0.610" in [t.get_text() for t in without.axes[0].texts]
+
+
+def test_class_shares_are_drawn_for_the_data_s_own_classes(tmp_path):
+    root = utils.make_custom_dataset(tmp_path / "data", n_images=6, size=(64, 64))
+    data = utils.load_dataset(root, patch_size=32, classes=root / "classes.json",
+                              resize_masks=True)
+    fig = utils.plot_class_shares(data)
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels == list(data.classes) and len(labels) == 3
+
+
+def test_markdown_table_formats_numbers():
+    table = utils.markdown_table([{"model": "teacher", "parameters": 1941190, "miou5": 0.71234}])
+    assert table.splitlines()[0] == "| model | parameters | mIoU, 5 labelled classes |"
+    assert table.splitlines()[2] == "| teacher | 1,941,190 | 0.712 |"
