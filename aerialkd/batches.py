@@ -94,7 +94,40 @@ class PatchSequence(keras.utils.PyDataset):
         self.set_epoch(self.epoch + 1)
 
 
-class RandomCropSequence(keras.utils.PyDataset):
+class _CropSequence(keras.utils.PyDataset):
+    """What the crop sequences share: checked sources, batches of rows, draws per epoch.
+
+    A subclass draws its crops in `set_epoch(epoch)`, from `(seed, epoch)` alone,
+    and calls `set_epoch(0)` at the end of its `__init__`. An image is drawn in
+    proportion to the crop positions it holds (`_weights`).
+    """
+
+    def __init__(self, images, labels, patch_size, n_patches, batch_size, seed, **kwargs):
+        super().__init__(**kwargs)
+        _check_crop_sources(images, labels, patch_size)
+        if n_patches < 1 or batch_size < 1:
+            raise ValueError(f"n_patches and batch_size must be >= 1, got {n_patches} and "
+                             f"{batch_size}.")
+        self.images, self.labels = images, labels
+        self.patch_size, self.n_patches = patch_size, n_patches
+        self.batch_size, self.seed = batch_size, seed
+        self._sizes = np.array([image.shape[:2] for image in images])
+        self._room = self._sizes - patch_size + 1  # crop positions along each axis
+        positions = self._room.prod(1).astype(np.float64)
+        self._weights = positions / positions.sum()
+
+    def __len__(self) -> int:
+        return math.ceil(self.n_patches / self.batch_size)
+
+    def _rows(self, index):
+        """The crops of batch `index`."""
+        return range(index * self.batch_size, min((index + 1) * self.batch_size, self.n_patches))
+
+    def on_epoch_end(self) -> None:
+        self.set_epoch(self.epoch + 1)
+
+
+class RandomCropSequence(_CropSequence):
     """Batches of square crops from anywhere in whole images, new every epoch.
 
     A fixed grid of patches (`load_dataset`) shows the network the same
@@ -132,28 +165,13 @@ class RandomCropSequence(keras.utils.PyDataset):
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        _check_crop_sources(images, labels, patch_size)
-        if n_patches < 1 or batch_size < 1:
-            raise ValueError(f"n_patches and batch_size must be >= 1, got {n_patches} and "
-                             f"{batch_size}.")
-        self.images, self.labels = images, labels
-        self.patch_size, self.n_patches = patch_size, n_patches
-        self.batch_size, self.seed = batch_size, seed
-        self._room = np.array([(h - patch_size + 1, w - patch_size + 1)
-                               for h, w in (image.shape[:2] for image in images)])
-        positions = self._room.prod(1).astype(np.float64)
-        self._weights = positions / positions.sum()
+        super().__init__(images, labels, patch_size, n_patches, batch_size, seed, **kwargs)
         self.set_epoch(0)
 
-    def __len__(self) -> int:
-        return math.ceil(self.n_patches / self.batch_size)
-
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        rows = range(index * self.batch_size, min((index + 1) * self.batch_size, self.n_patches))
         p = self.patch_size
         crops = [(self.images[i][r : r + p, c : c + p], self.labels[i][r : r + p, c : c + p])
-                 for i, r, c in (self._crops[k] for k in rows)]
+                 for i, r, c in (self._crops[k] for k in self._rows(index))]
         return np.stack([x for x, _ in crops]), np.stack([y for _, y in crops])
 
     def set_epoch(self, epoch: int) -> None:
@@ -163,9 +181,6 @@ class RandomCropSequence(keras.utils.PyDataset):
         which = rng.choice(len(self.images), self.n_patches, p=self._weights)
         corners = np.floor(rng.uniform(size=(self.n_patches, 2)) * self._room[which])
         self._crops = np.column_stack([which, corners.astype(np.int64)])
-
-    def on_epoch_end(self) -> None:
-        self.set_epoch(self.epoch + 1)
 
 
 class PatchStream(keras.utils.PyDataset):
@@ -314,7 +329,7 @@ MIXES = ("cutmix", "mixup")
 """The batch mixes `ConsistentCropSequence` can apply."""
 
 
-class ConsistentCropSequence(keras.utils.PyDataset):
+class ConsistentCropSequence(_CropSequence):
     """Strongly augmented crops for consistent teaching: teacher and student see one batch.
 
     "Knowledge distillation: a good teacher is patient and consistent" (Beyer
@@ -378,32 +393,19 @@ class ConsistentCropSequence(keras.utils.PyDataset):
         mix_probability: float = 0.5,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        _check_crop_sources(images, labels, patch_size)
-        if n_patches < 1 or batch_size < 1:
-            raise ValueError(f"n_patches and batch_size must be >= 1, got {n_patches} and "
-                             f"{batch_size}.")
+        super().__init__(images, labels, patch_size, n_patches, batch_size, seed, **kwargs)
         if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
             raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {scale!r}.")
         if mix not in (*MIXES, None):
             raise ValueError(f"mix must be one of {MIXES} or None, got {mix!r}.")
         if not 0 <= mix_probability <= 1:
             raise ValueError(f"mix_probability must be in [0, 1], got {mix_probability!r}.")
-        self.images, self.labels = images, labels
-        self.patch_size, self.n_patches = patch_size, n_patches
-        self.batch_size, self.seed = batch_size, seed
         self.scale, self.symmetry = (float(scale[0]), float(scale[1])), bool(symmetry)
         self.mix, self.mix_probability = mix, float(mix_probability)
-        self._sizes = np.array([image.shape[:2] for image in images])
-        positions = (self._sizes - patch_size + 1).prod(1).astype(np.float64)
-        self._weights = positions / positions.sum()
         self.set_epoch(0)
 
-    def __len__(self) -> int:
-        return math.ceil(self.n_patches / self.batch_size)
-
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        rows = range(index * self.batch_size, min((index + 1) * self.batch_size, self.n_patches))
+        rows = self._rows(index)
         crops = [self._crop(k) for k in rows]
         x = np.stack([c for c, _ in crops])
         y = np.stack([c for _, c in crops])
@@ -462,9 +464,6 @@ class ConsistentCropSequence(keras.utils.PyDataset):
         self._partner = rng.integers(0, 2**31, n)
         self._weight = rng.uniform(size=n)
         self._box = rng.uniform(size=(n, 2))
-
-    def on_epoch_end(self) -> None:
-        self.set_epoch(self.epoch + 1)
 
 
 def _check_crop_sources(images, labels, patch_size):
