@@ -483,6 +483,7 @@ def _run_ray(tasks, workers, retries):
                 idle.append(worker)
             except Exception as error:  # the actor died more than `retries` times
                 record = _failed_record(task["source"], error)
+                ray.kill(worker)  # (or failed outside the scene): a fresh one
                 idle.append(actor.remote(*model))
             yield task, record
     finally:
