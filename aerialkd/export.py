@@ -71,7 +71,13 @@ def export_litert(
     fixed = keras.Model(inputs, model(inputs, training=False), name=model.name)
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fixed.export(str(path), format="litert", **options)
+    logger = tf.get_logger()  # TensorFlow logs the temporary SavedModel it converts
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        fixed.export(str(path), format="litert", verbose=False, **options)
+    finally:
+        logger.setLevel(level)
     return path
 
 
