@@ -254,6 +254,18 @@ def test_a_touched_source_or_overwrite_redoes_a_scene(tmp_path, models, scenes):
                                           progress=False)) == ["ok", "ok"]
 
 
+def test_cog_false_writes_plain_tiled_geotiffs_and_redoes_the_cogs(tmp_path, models,
+                                                                    scenes, expected):
+    utils.segment_scenes(models[0], scenes[:1], tmp_path, tile_size=TILE, progress=False)
+    (record,) = utils.segment_scenes(models[0], scenes[:1], tmp_path, tile_size=TILE,
+                                     cog=False, progress=False)
+    assert record["status"] == "ok"  # another option, another key: redone
+    with rasterio.open(record["labels"]) as plain:
+        assert plain.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") != "COG"
+        assert plain.overviews(1) == [] and plain.block_shapes == [(TILE, TILE)]
+        np.testing.assert_array_equal(plain.read(1), expected["scene_0.tif"])
+
+
 # -- sources ----------------------------------------------------------------
 
 
