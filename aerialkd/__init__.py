@@ -4,6 +4,8 @@ The package behind the notebook series, on Keras 3 (TensorFlow or JAX). One
 topic per module; a module imports only modules above it in this list:
 
 - `classes`: class names, mask palettes, mask colours to labels and back.
+- `hosts`: the processes of a run on several hosts (JAX): joining them, which one
+  writes files, each one's rows of a batch.
 - `devices`: data-parallel training on several devices, replicas, precision.
 - `run_files`: the files of a training run (`RunFiles`), one owner for their names.
 - `files`: dataset layouts on disk, image/mask pairs, reading and cutting them.
@@ -46,6 +48,10 @@ from .classes import (  # noqa: F401
     read_classes,
     mask_to_labels,
     labels_to_rgb,
+)
+from .hosts import (  # noqa: F401
+    Processes,
+    initialize_processes,
 )
 from .devices import (  # noqa: F401
     DataParallel,
@@ -200,6 +206,8 @@ __all__ = [
     "read_classes",
     "mask_to_labels",
     "labels_to_rgb",
+    "Processes",
+    "initialize_processes",
     "DataParallel",
     "data_parallel",
     "use_all_devices",

@@ -11,6 +11,8 @@ from collections.abc import Iterator, Sequence
 import keras
 import numpy as np
 
+from .hosts import initialize_processes
+
 
 @dataclasses.dataclass(frozen=True)
 class DataParallel:
@@ -58,11 +60,20 @@ def data_parallel(devices: int | Sequence[str] | None = None) -> Iterator[DataPa
     with `keras.distribution.set_distribution`, and puts back the previous
     distribution on exit. Build, compile and fit the model inside the block.
 
+    On several hosts (JAX only), where Keras' `KERAS_DISTRIBUTION_*`
+    variables say there is more than one process, it first joins them
+    (`initialize_processes`, whose docstring has the recipe) and then trains
+    on every device of every process: `fit_segmentation` with
+    `batch_size=B` trains as one process with the same `B` would, and only
+    process 0 writes files. On TensorFlow it raises there: Keras 3's `fit`
+    does not run under `MultiWorkerMirroredStrategy` (keras-team/keras#20585).
+
     Args:
         devices: `None` for every visible accelerator (GPUs or TPU cores; on a
             machine without any, every visible CPU device); an int for the
             first that many of them; or a list of device names as the backend
-            spells them ("/gpu:0" on TensorFlow, "gpu:0" on JAX).
+            spells them ("/gpu:0" on TensorFlow, "gpu:0" on JAX). On several
+            processes, `None` only: every device of every process.
 
     Returns:
         A context manager yielding a `DataParallel`: `.num_replicas` (the
@@ -114,6 +125,7 @@ def use_all_devices() -> DataParallel:
     >>> parallel = use_all_devices()  # doctest: +ELLIPSIS
     1 device (...): training runs on it as usual.
     """
+    initialize_processes()  # before JAX starts, where several processes train together
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
@@ -140,9 +152,12 @@ def use_all_devices() -> DataParallel:
 
 def _make_data_parallel(devices):
     """The `DataParallel` of `devices` on this backend, not yet in use."""
+    processes = initialize_processes()  # raises off JAX with several processes
     backend = keras.backend.backend()
     if backend == "tensorflow":
         return _tensorflow_data_parallel(devices)
+    if backend == "jax" and processes.num_processes > 1:
+        return _multi_process_data_parallel(devices, processes.num_processes)
     if backend == "jax":
         names = _pick_devices(devices, keras.distribution.list_devices())
         distribution = keras.distribution.DataParallel(devices=names)
@@ -151,6 +166,24 @@ def _make_data_parallel(devices):
         f"data_parallel supports the TensorFlow and JAX backends, and Keras runs "
         f"on {backend!r}: set KERAS_BACKEND=tensorflow or KERAS_BACKEND=jax "
         f"before importing keras.")
+
+
+def _multi_process_data_parallel(devices, num_processes):
+    """Every device of every process, ordered by process: each one's rows are contiguous.
+
+    Each process feeds its own rows of a batch (`auto_shard_dataset=False`:
+    `fit_segmentation` cuts them, see `hosts.local_rows`).
+    """
+    import jax
+
+    if devices is not None:
+        raise ValueError(f"On {num_processes} processes, data_parallel trains on every "
+                         f"device of every process; got devices={devices!r}: pass None "
+                         f"(and choose each process's devices with CUDA_VISIBLE_DEVICES).")
+    ordered = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    names = [f"{d.platform}:{d.id}" for d in ordered]
+    distribution = keras.distribution.DataParallel(devices=names, auto_shard_dataset=False)
+    return DataParallel("jax", tuple(names), len(names), distribution)
 
 
 def _tensorflow_data_parallel(devices):
