@@ -8,6 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from .hosts import without_distribution, writes_files
 from .models import save_model
 from .run_files import RunFiles
 
@@ -67,6 +68,26 @@ class EpochRecord(keras.callbacks.Callback):
         self.path.write_text(json.dumps({"epochs_done": epoch + 1}))
 
 
+class SharedBackup(keras.callbacks.BackupAndRestore):
+    """Keras' `BackupAndRestore`, on several processes: each restores, process 0 writes.
+
+    Every process restores the same backup when a run resumes (JAX assigns
+    a variable on all processes together), so the backup folder must be one
+    they all read: the same folder on one machine, a shared file system
+    across machines. Only process 0 saves and deletes it. On one process it
+    is `BackupAndRestore`.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if writes_files():
+            with without_distribution():
+                super().on_epoch_end(epoch, logs)
+
+    def on_train_end(self, logs=None):
+        if writes_files():
+            super().on_train_end(logs)
+
+
 class StopOnNaN(keras.callbacks.Callback):
     """Stops training on a non-finite epoch loss, and says where.
 
@@ -120,7 +141,8 @@ class BestModelCheckpoint(keras.callbacks.Callback):
                 or value <= self.best):
             return
         self.best = float(value)
-        save_model(getattr(self.model, "student", self.model), self.path)
+        with without_distribution():  # process 0 saves alone (see SharedBackup)
+            save_model(getattr(self.model, "student", self.model), self.path)
         RunFiles.of_model(self.path).best.write_text(
             json.dumps({"best": self.best, "epoch": epoch + 1,
                         "monitor": self.monitor}))

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from .hosts import process_count
 from .devices import data_parallel_size
 
 
@@ -66,6 +67,11 @@ def batch_predictor(model):
     """A function from a batch to float32 logits: `model` itself, or its `predict_on_batch`."""
     if _is_predict_function(model):
         return model
+    if process_count() > 1:
+        raise RuntimeError(
+            "predict_logits runs on one process's devices, and this model is under a "
+            "data_parallel spanning several processes: predict after the data_parallel "
+            "block, e.g. with the saved model, keras.models.load_model(path).")
     replicas = data_parallel_size(model)
     if replicas > 1:
         return _replicated_predictor(model, replicas)

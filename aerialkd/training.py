@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 from .classes import IGNORE_INDEX
+from .hosts import LocalRows, gather_json, local_batches, process_count, writes_files
 from .devices import data_parallel_size
 from .batches import ConsistentCropSequence, PatchSequence, RandomCropSequence
 from .layers import RandomSymmetry
@@ -21,7 +22,8 @@ from .distiller import Distiller
 from .metrics import AnnotatedPixelAccuracy, check_labelled_classes, miou_name
 from .prediction import predict_logits
 from .run_files import RunFiles
-from .callbacks import BestModelCheckpoint, EpochRecord, StopOnNaN, SyncEpoch, monitored_miou
+from .callbacks import (BestModelCheckpoint, EpochRecord, SharedBackup, StopOnNaN, SyncEpoch,
+                        monitored_miou)
 
 if TYPE_CHECKING:
     from .datasets import SegmentationDataset
@@ -125,6 +127,16 @@ def fit_segmentation(
     weights (on a deterministic backend and device). Augmentation is part of
     the model (`build_unet(augment=True)`).
 
+    Under a `data_parallel()` spanning several processes (JAX on several
+    hosts, see `initialize_processes`), `batch_size` is the global batch:
+    each process feeds its own rows of the batch one process would draw,
+    and of each validation batch, so training and the logged metrics are
+    those of one process with the same `batch_size`. Process 0 alone writes
+    the files above; every process reads the backup to resume, so
+    `output_dir` must be a folder they all read (a shared file system
+    across machines). A `Distiller`'s teacher runs at every step there
+    (`cache_teacher` is ignored).
+
     Args:
         model: compiled model (see `compile_segmentation`) or `Distiller`.
         data: a `SegmentationDataset` (train and val splits are used).
@@ -183,9 +195,15 @@ def fit_segmentation(
         warnings.warn("cache_teacher=True is ignored: the Distiller's feature term needs "
                       "the teacher's bottleneck features, so the teacher runs at every step.")
         cache_teacher = False
+    if cache_teacher and isinstance(model, Distiller) and process_count() > 1:
+        warnings.warn("cache_teacher=True is ignored on several processes: the teacher "
+                      "runs at every step (predict_logits runs on one process only).")
+        cache_teacher = False
     replicas = _check_replica_batch(model, batch_size, len(data.x_train))
     files = RunFiles(output_dir, name)
-    files.folder.mkdir(parents=True, exist_ok=True)
+    writer = writes_files()  # on several processes (see data_parallel), process 0 alone
+    if writer:
+        files.folder.mkdir(parents=True, exist_ok=True)
     train_logits, val_x = None, data.x_val
     if cache_teacher and isinstance(model, Distiller):
         val_x = (data.x_val, predict_logits(model.teacher, data.x_val, batch_size))
@@ -205,20 +223,33 @@ def fit_segmentation(
         train = PatchSequence(data.x_train, data.y_train, batch_size, seed,
                               teacher_logits=train_logits, drop_remainder=replicas > 1)
     val_x, val_y = _pad_to_replicas(val_x, data.y_val, replicas)
-    if not files.backup.exists():  # a fresh run: forget what an older run of this name left
+    # On several processes each feeds its own rows of every batch (itself on one)
+    (val_x, val_y), val_batch_size = local_batches((val_x, val_y), batch_size)
+    if process_count() > 1:
+        train = LocalRows(train)
+    if writer and not files.backup.exists():  # a fresh run: forget an older run's files
         for stale in (files.history_csv, files.best):
             stale.unlink(missing_ok=True)
     # Build model, metrics and optimizer on one validation patch now: fit would
     # otherwise pull a training batch to do it, which shifts the batch order of
     # the first epoch of a resumed run. BackupAndRestore needs them built too.
     # (one patch per device: a device given none breaks the summed loss)
-    model.test_on_batch(*_pad_to_replicas(data.x_val[:1], data.y_val[:1], replicas))
+    model.test_on_batch(*local_batches(
+        _pad_to_replicas(data.x_val[:1], data.y_val[:1], replicas), replicas)[0])
     # Keras prefetches batches before the callbacks' on_epoch_begin, so the
     # sequence must know a resumed run's epoch before fit starts: our own
     # record of finished epochs, kept in the backup folder beside Keras' backup
     # (and deleted with it when training ends).
     epochs_done = EpochRecord(files.backup / "epochs_done.json")
-    train.set_epoch(epochs_done.read())
+    seen = gather_json(epochs_done.read())  # by every process, as each restores the backup
+    if len(set(seen)) > 1:
+        raise RuntimeError(
+            f"The processes see different backups in {files.backup} (epochs done, by "
+            f"process: {seen}), and each must restore the one process 0 wrote: train "
+            f"with an output_dir every process reads (on several machines, a shared "
+            f"file system).")
+    sequence = getattr(train, "sequence", train)  # within LocalRows
+    sequence.set_epoch(seen[0])
     monitor = monitored_miou(model)
     best = BestModelCheckpoint(files.model, monitor=monitor)
     stop_on_nan = StopOnNaN()
@@ -229,23 +260,25 @@ def fit_segmentation(
         # a resumed run cannot replay.
         shuffle=False,
         validation_data=(val_x, val_y),
-        validation_batch_size=batch_size,
+        validation_batch_size=val_batch_size,
         epochs=epochs,
         callbacks=[
-            SyncEpoch(train),
-            keras.callbacks.BackupAndRestore(str(files.backup)),
-            epochs_done,
+            SyncEpoch(sequence),
+            SharedBackup(str(files.backup)),  # every process restores, process 0 writes
+            # on several processes, the others only train
+            *([epochs_done] if writer else []),
             stop_on_nan,
-            best,
-            keras.callbacks.CSVLogger(str(files.history_csv), append=True),
+            *([best, keras.callbacks.CSVLogger(str(files.history_csv), append=True)]
+              if writer else []),
             *callbacks,
         ],
-        verbose=verbose,
+        verbose=verbose if writer else 0,
     )
-    history = read_history(files.history_csv)
-    partial = files.history.with_name(f".{files.history.name}.partial")
-    partial.write_text(json.dumps(history, indent=1))
-    partial.replace(files.history)  # never a half-written history
+    history = gather_json(read_history(files.history_csv) if writer else None)[0]
+    if writer:
+        partial = files.history.with_name(f".{files.history.name}.partial")
+        partial.write_text(json.dumps(history, indent=1))
+        partial.replace(files.history)  # never a half-written history
     if stop_on_nan.stopped:
         epoch, loss = stop_on_nan.stopped
         kept = (f"the best checkpoint so far ({best.monitor} {best.best:.4f}) is kept "
