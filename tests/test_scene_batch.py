@@ -349,7 +349,7 @@ def test_a_missing_scene_fails_and_the_others_go_on(tmp_path, models, scenes):
 def test_an_existing_dask_cluster_by_client_or_address(tmp_path, models, scenes, expected):
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster, \
+                                  dashboard_address=":0") as cluster, \
             distributed.Client(cluster) as client:
         by_client = utils.segment_scenes(models[0], scenes[:2], tmp_path / "a",
                                          engine=client, tile_size=TILE, progress=False)
