@@ -1,4 +1,4 @@
-"""The processes of a run on several hosts (JAX): joining them, which one writes, each one's rows."""
+"""The processes of a run on several hosts (JAX): joining them, who writes, each one's rows."""
 
 from __future__ import annotations
 
@@ -87,10 +87,11 @@ def initialize_processes(
 
     where `train.py` loads the data, and builds, compiles and fits inside
     `with data_parallel():` with the same seeds and arguments on every
-    process. On a TPU pod slice, JAX finds the hosts by itself: run the same
-    script on every host (`gcloud compute tpus tpu-vm ssh NAME --worker=all
-    --command="..."`) after calling `keras.distribution.initialize()` with no
-    arguments at its top, and leave the variables unset.
+    process. On a TPU pod slice (or under SLURM), JAX finds the processes by
+    itself: leave the variables unset, call `keras.distribution.initialize()`
+    with no arguments at the top of the script, and run it on every host
+    (`gcloud compute tpus tpu-vm ssh NAME --worker=all --command="..."`);
+    `data_parallel()` then spans them all.
 
     Args:
         job_addresses: "host:port" of process 0 (or every process's,
