@@ -5,6 +5,7 @@ Helpers that build small inputs and models are plain functions in `helpers.py`.
 
 import os
 import pathlib
+import shutil
 import sys
 import tempfile
 import types
@@ -21,27 +22,40 @@ import utils  # noqa: E402
 
 REAL_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "aerial-dubai"
 
-# Not test modules: a script test_distributed.py runs in a fresh process (it reads
-# its command line when imported), and the helpers the tests import.
-collect_ignore = ["distributed_check.py", "helpers.py"]
+# Not test modules, not even for --doctest-modules: the scripts that tests run in a
+# fresh process (`*_check.py`, which read their command line and set the backend when
+# imported), and the helpers the tests import.
+collect_ignore = ["helpers.py"]
+collect_ignore_glob = ["*_check.py"]
 
 
+# Minutes each, on two cores: started first, they leave the quick tests to fill the
+# other worker's time instead of running alone at the end.
+SLOW_FIRST = (".ipynb", "test_distributed.py", "test_runs.py")
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items):
     """Each notebook (an nbmake item) runs alone in an empty output folder of its own.
 
     As in a fresh Colab runtime: a notebook finds no model an earlier notebook
     trained, so it must load or train what it needs itself. The kernel inherits
-    `SSSI_OUTPUT` from this process when the item starts it.
+    `SSSI_OUTPUT` from this process when the item starts it. The notebooks and
+    the integration suites that train for minutes run first.
     """
     for item in items:
         if item.path.suffix == ".ipynb":
             item.runtest = _in_empty_output_folder(item.runtest, item.path.stem)
+    items.sort(key=lambda item: not item.path.name.endswith(SLOW_FIRST))
 
 
 def _in_empty_output_folder(runtest, stem):
+    """`runtest` with `SSSI_OUTPUT` a new folder, removed if the notebook passes."""
+
     def run():
         previous = os.environ.get("SSSI_OUTPUT")
-        os.environ["SSSI_OUTPUT"] = tempfile.mkdtemp(prefix=f"sssi-{stem}-")
+        folder = tempfile.mkdtemp(prefix=f"sssi-{stem}-")
+        os.environ["SSSI_OUTPUT"] = folder
         try:
             runtest()
         finally:
@@ -49,6 +63,7 @@ def _in_empty_output_folder(runtest, stem):
                 os.environ.pop("SSSI_OUTPUT", None)
             else:
                 os.environ["SSSI_OUTPUT"] = previous
+        shutil.rmtree(folder, ignore_errors=True)  # kept for a look when it failed
 
     return run
 

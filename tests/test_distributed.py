@@ -18,9 +18,13 @@ import pytest
 import utils
 
 CHECK = pathlib.Path(__file__).with_name("distributed_check.py")
-BACKENDS = ["tensorflow", pytest.param("jax", marks=pytest.mark.skipif(
-    importlib.util.find_spec("jax") is None,
-    reason="JAX is not installed (pip install -r requirements.txt installs it)"))]
+# The tests reading one backend's results run on one pytest-xdist worker, which runs
+# its subprocess once; the two backends' can run side by side.
+BACKENDS = [
+    pytest.param("tensorflow", marks=pytest.mark.xdist_group("two_devices_tensorflow")),
+    pytest.param("jax", marks=[pytest.mark.xdist_group("two_devices_jax"), pytest.mark.skipif(
+        importlib.util.find_spec("jax") is None,
+        reason="JAX is not installed (pip install -r requirements.txt installs it)")])]
 TOLERANCE = 1e-5  # float32 sums in another order; training moves weights by ~4e-2
 
 

@@ -122,13 +122,15 @@ def test_feature_term_trains_without_cached_teacher_logits_and_says_so(tiny_data
     assert np.isfinite(history["feature_loss"][0]) and "val_feature_loss" in history
 
 
-def test_the_readme_example_runs_and_scores_the_saved_best_student(tiny_root, tmp_path,
-                                                                   monkeypatch, capsys):
+def test_the_readme_example_runs_and_scores_the_saved_best_student(tmp_path, monkeypatch,
+                                                                   capsys):
     readme = (utils.REPO_ROOT / "README.md").read_text()
     example = readme.split("```python\n", 1)[1].split("```", 1)[0]
     assert 'load_model("outputs/student.keras")' in example
+    # One tile of nine 64x64 images: 24 training patches of 32 px, a few batches an epoch.
+    root = utils.make_tiny_dataset(tmp_path / "data", tile_sizes=((64, 64),))
     example = (example.replace('"path/to/aerial-dubai", patch_size=256',
-                               f'"{tiny_root}", patch_size=32')
+                               f'"{root}", patch_size=32')
                .replace("epochs=100", "epochs=2"))
     monkeypatch.chdir(tmp_path)
     namespace = {}
