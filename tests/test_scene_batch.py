@@ -14,6 +14,9 @@ import utils
 rasterio = pytest.importorskip("rasterio")
 from affine import Affine  # noqa: E402
 
+# One xdist worker runs them all: the module's fixtures (a Dask run among them) run once.
+pytestmark = pytest.mark.xdist_group("scene_batch")
+
 CRS = "EPSG:32640"  # WGS 84 / UTM zone 40N, Dubai's
 TILE = 32
 
@@ -87,16 +90,29 @@ def _statuses(records):
     return [record["status"] for record in records]
 
 
-@pytest.fixture(scope="module", params=["local", "dask"])
-def batch(request, tmp_path_factory, models, scenes):
-    """The four scenes through one engine: (engine, dst_dir, records)."""
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, models, scenes):
+    """The four scenes through an engine, once per engine whatever the tests' order."""
+    done = {}
+
+    def run(engine):
+        if engine not in done:
+            dst = tmp_path_factory.mktemp(f"batch_{engine}")
+            workers = 2 if engine == "dask" else None
+            done[engine] = dst, utils.segment_scenes(models[0], scenes, dst, engine=engine,
+                                                     workers=workers, tile_size=TILE,
+                                                     progress=False)
+        return done[engine]
+
+    return run
+
+
+@pytest.fixture(params=["local", "dask"])
+def batch(request, runs):
+    """(engine, dst_dir, records) of one engine's run."""
     if request.param == "dask":
         pytest.importorskip("distributed")
-    dst = tmp_path_factory.mktemp(f"batch_{request.param}")
-    workers = 2 if request.param == "dask" else None
-    records = utils.segment_scenes(models[0], scenes, dst, engine=request.param,
-                                   workers=workers, tile_size=TILE, progress=False)
-    return request.param, dst, records
+    return (request.param, *runs(request.param))
 
 
 # -- one run, on each engine ------------------------------------------------
