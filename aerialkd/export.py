@@ -43,7 +43,8 @@ def export_litert(
     For int8, add `quantize="int8", calibration_images=data.x_train[:64]`.
 
     >>> path = export_litert(student, "student.tflite", input_size=data.patch_size)
-    Saved artifact at 'student.tflite'.
+    >>> path.name
+    'student.tflite'
     >>> load_litert(path)(data.x_test[:2]).shape
     (2, 32, 32, 6)
     """
