@@ -65,8 +65,7 @@ def main(argv=None):
     if args.child:
         return child(args)
 
-    sys.path.insert(0, str(HERE))
-    from scenes import machine, write_scene  # benchmarks/scenes.py
+    from scenes import machine, write_scene  # benchmarks/scenes.py, beside this script
 
     folder = pathlib.Path(args.folder)
     many = folder / f"{args.scenes}x{args.size}"
