@@ -31,7 +31,8 @@ collect_ignore_glob = ["*_check.py"]
 
 # Minutes each, on two cores: started first, they leave the quick tests to fill the
 # other worker's time instead of running alone at the end.
-SLOW_FIRST = (".ipynb", "test_distributed.py", "test_runs.py")
+SLOW_FIRST = (".ipynb", "test_distributed.py", "test_runs.py", "test_mixed_precision.py",
+              "test_multihost.py", "test_real_data.py")
 
 
 @pytest.hookimpl(trylast=True)
