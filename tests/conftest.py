@@ -29,25 +29,25 @@ collect_ignore = ["helpers.py"]
 collect_ignore_glob = ["*_check.py"]
 
 
-# Minutes each, on two cores: started first, they leave the quick tests to fill the
-# other worker's time instead of running alone at the end.
-SLOW_FIRST = (".ipynb", "test_distributed.py", "test_runs.py", "test_mixed_precision.py",
-              "test_multihost.py", "test_real_data.py")
-
-
-@pytest.hookimpl(trylast=True)
+@pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(items):
     """Each notebook (an nbmake item) runs alone in an empty output folder of its own.
 
     As in a fresh Colab runtime: a notebook finds no model an earlier notebook
     trained, so it must load or train what it needs itself. The kernel inherits
-    `SSSI_OUTPUT` from this process when the item starts it. The notebooks and
-    the integration suites that train for minutes run first.
+    `SSSI_OUTPUT` from this process when the item starts it. Notebooks are marked
+    `notebook` before `-m` selects (`-m "not notebook"` leaves them out). The
+    notebooks and the integration suites that train for minutes run first.
     """
     for item in items:
         if item.path.suffix == ".ipynb":
             item.runtest = _in_empty_output_folder(item.runtest, item.path.stem)
-    items.sort(key=lambda item: not item.path.name.endswith(SLOW_FIRST))
+            item.add_marker(pytest.mark.notebook)
+    yield  # the other plugins select and order
+    # Minutes each on two cores: started first, they leave the quick tests to fill
+    # the other worker's time instead of running alone at the end.
+    items.sort(key=lambda item: not (item.get_closest_marker("notebook")
+                                     or item.get_closest_marker("integration")))
 
 
 def _in_empty_output_folder(runtest, stem):

@@ -6,6 +6,7 @@ checks run once, in a fresh process, in `distributed_check.py`, and the tests
 below read its results.
 """
 
+import functools
 import importlib.util
 import json
 import os
@@ -15,28 +16,45 @@ import sys
 
 import pytest
 
-import utils
 
 CHECK = pathlib.Path(__file__).with_name("distributed_check.py")
-# The tests reading one backend's results run on one pytest-xdist worker, which runs
-# its subprocess once; the two backends' can run side by side.
+# Every test runs for each backend. The tests reading one backend's results run on
+# one pytest-xdist worker, which runs its subprocess once; the two backends' can run
+# side by side. (Marks on a fixture's params do not reach the tests: hence a
+# parametrize of the module, which the `two_devices` fixture reads.)
 BACKENDS = [
     pytest.param("tensorflow", marks=pytest.mark.xdist_group("two_devices_tensorflow")),
     pytest.param("jax", marks=[pytest.mark.xdist_group("two_devices_jax"), pytest.mark.skipif(
         importlib.util.find_spec("jax") is None,
         reason="JAX is not installed (pip install -r requirements.txt installs it)")])]
 TOLERANCE = 1e-5  # float32 sums in another order; training moves weights by ~4e-2
+pytestmark = [pytest.mark.integration, pytest.mark.parametrize("backend", BACKENDS)]
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def two_devices(request):
+@pytest.fixture(scope="session")
+def run_check():
+    """`distributed_check.py`'s results for a backend, run once per session.
+
+    A parametrized fixture holds one backend's results at a time, and a worker
+    may run the two backends' tests in turn: the cache keeps each one's.
+    """
+
+    @functools.cache
+    def run(backend):
+        env = {**os.environ, "KERAS_BACKEND": backend}
+        done = subprocess.run([sys.executable, str(CHECK), backend, "2"], env=env,
+                              capture_output=True, text=True, timeout=1200)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULTS ")]
+        assert done.returncode == 0 and lines, done.stderr[-3000:]
+        return json.loads(lines[-1][len("RESULTS "):])
+
+    return run
+
+
+@pytest.fixture
+def two_devices(backend, run_check):
     """The results of `distributed_check.py` on two simulated devices."""
-    env = {**os.environ, "KERAS_BACKEND": request.param}
-    done = subprocess.run([sys.executable, str(CHECK), request.param, "2"], env=env,
-                          capture_output=True, text=True, timeout=1200)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULTS ")]
-    assert done.returncode == 0 and lines, done.stderr[-3000:]
-    return json.loads(lines[-1][len("RESULTS "):])
+    return run_check(backend)
 
 
 def test_data_parallel_uses_every_simulated_device(two_devices):
@@ -97,29 +115,3 @@ def test_use_all_devices_trains_every_model_built_after_it_data_parallel(two_dev
     assert result["replicas"] == result["model_replicas"] == 2
     assert result["weights"] < TOLERANCE
     assert result["logits"] < TOLERANCE
-
-
-@pytest.mark.parametrize("name", ["04_distill", "07_your_data"])
-def test_training_notebooks_run_on_two_simulated_devices(name, tmp_path, monkeypatch):
-    # 04_distill trains all three kinds of model on the tiny profile (teacher,
-    # scratch student, Distiller), 07_your_data a student with plain Keras on
-    # streamed batches; in a kernel whose CPU is split in two before
-    # TensorFlow starts, each must find both devices and run every cell.
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    startup = tmp_path / "ipython" / "profile_default" / "startup"
-    startup.mkdir(parents=True)
-    (startup / "00-two-devices.py").write_text(
-        "import tensorflow as tf\n"
-        "tf.config.set_logical_device_configuration(\n"
-        "    tf.config.list_physical_devices('CPU')[0],\n"
-        "    [tf.config.LogicalDeviceConfiguration()] * 2)\n")
-    path = utils.REPO_ROOT / "notebooks" / f"{name}.ipynb"
-    notebook = nbformat.read(path, as_version=4)
-    for name, value in {"IPYTHONDIR": tmp_path / "ipython", "KERAS_BACKEND": "tensorflow",
-                        "SSSI_PROFILE": "tiny", "SSSI_OUTPUT": tmp_path / "outputs"}.items():
-        monkeypatch.setenv(name, str(value))  # the kernel inherits them
-    nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}}).execute()
-    setup = "".join(output.get("text", "") for output in notebook.cells[3].outputs)
-    assert "2 devices" in setup, setup

@@ -31,6 +31,7 @@ NO_CPU_COLLECTIVES = re.compile(
     r"(not|n't) (implemented|supported|available))|gloo.*(unavailable|not (found|available))).*",
     re.IGNORECASE)
 pytestmark = [
+    pytest.mark.integration,
     pytest.mark.xdist_group("multihost"),  # one worker runs the processes, once
     pytest.mark.skipif(importlib.util.find_spec("jax") is None,
                        reason="JAX is not installed (pip install -r requirements.txt)"),
@@ -43,9 +44,13 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def runs(tiny_root, tmp_path_factory):
-    """The results of `multihost_check.py`: {"one": ..., "two": [process 0, process 1]}."""
+    """The results of `multihost_check.py`: {"one": ..., "two": [process 0, process 1]}.
+
+    Session-scoped, so that the processes run once even when the worker runs
+    other modules' tests between these.
+    """
     folder = tmp_path_factory.mktemp("multihost")
     env = {key: value for key, value in os.environ.items()
            if not key.startswith("KERAS_DISTRIBUTION_")}

@@ -1,7 +1,8 @@
 """The notebook series as files: order, titles and badges, committed outputs, the Colab setup cell.
 
 The notebooks themselves run under `pytest --nbmake notebooks`, each alone in an
-empty output folder (see conftest.py); `aerialkd.notebook` is tested in
+empty output folder (see conftest.py); the last test runs the two training
+notebooks again on two simulated devices. `aerialkd.notebook` is tested in
 test_notebook.py.
 """
 
@@ -82,3 +83,30 @@ def test_a_failed_clone_says_which_constant_to_change(path, fake_colab, tmp_path
     monkeypatch.setattr(subprocess, "run", failing_clone)
     with pytest.raises(RuntimeError, match=r"repository not found Set REPOSITORY above"):
         exec(_cells(path, "code")[0], {})
+
+
+@pytest.mark.notebook  # `-m "not notebook"` leaves it out with nbmake's items
+@pytest.mark.parametrize("name", ["04_distill", "07_your_data"])
+def test_training_notebooks_run_on_two_simulated_devices(name, tmp_path, monkeypatch):
+    # 04_distill trains all three kinds of model on the tiny profile (teacher,
+    # scratch student, Distiller), 07_your_data a student with plain Keras on
+    # streamed batches; in a kernel whose CPU is split in two before
+    # TensorFlow starts, each must find both devices and run every cell.
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    startup = tmp_path / "ipython" / "profile_default" / "startup"
+    startup.mkdir(parents=True)
+    (startup / "00-two-devices.py").write_text(
+        "import tensorflow as tf\n"
+        "tf.config.set_logical_device_configuration(\n"
+        "    tf.config.list_physical_devices('CPU')[0],\n"
+        "    [tf.config.LogicalDeviceConfiguration()] * 2)\n")
+    path = utils.REPO_ROOT / "notebooks" / f"{name}.ipynb"
+    notebook = nbformat.read(path, as_version=4)
+    for name, value in {"IPYTHONDIR": tmp_path / "ipython", "KERAS_BACKEND": "tensorflow",
+                        "SSSI_PROFILE": "tiny", "SSSI_OUTPUT": tmp_path / "outputs"}.items():
+        monkeypatch.setenv(name, str(value))  # the kernel inherits them
+    nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}}).execute()
+    setup = "".join(output.get("text", "") for output in notebook.cells[3].outputs)
+    assert "2 devices" in setup, setup

@@ -4,6 +4,8 @@ import ast
 import json
 import pathlib
 import re
+import subprocess
+import sys
 
 import keras
 import pytest
@@ -77,3 +79,26 @@ def test_utils_reexports_exactly_the_public_api():
 def test_every_committed_model_loads(path):
     model = keras.saving.load_model(path)
     assert model.output.shape[-1] == len(utils.CLASSES)
+
+
+def test_xdist_groups_run_on_one_worker(tmp_path):
+    # pytest.ini's `--dist loadgroup` keeps each xdist_group on one worker (the
+    # subprocesses of test_distributed.py and test_multihost.py run once); some
+    # pytest and pytest-xdist versions silently spread them (requirements-dev.txt).
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_groups.py").write_text(
+        "import os, pytest\n"
+        "@pytest.mark.xdist_group('g')\n"
+        "@pytest.mark.parametrize('i', range(6))\n"
+        "def test_grouped(i):\n"
+        "    with open('workers.txt', 'a') as f:\n"
+        "        f.write(os.environ['PYTEST_XDIST_WORKER'] + '\\n')\n"
+        "@pytest.mark.parametrize('i', range(6))\n"
+        "def test_free(i):\n"
+        "    pass\n")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist",
+                           "loadgroup", "-p", "no:cacheprovider", "test_groups.py"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    workers = (tmp_path / "workers.txt").read_text().split()
+    assert len(workers) == 6 and len(set(workers)) == 1, workers

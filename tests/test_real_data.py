@@ -5,6 +5,9 @@ import pytest
 
 import utils
 
+pytestmark = [pytest.mark.integration,
+              pytest.mark.xdist_group("real_data")]  # one worker loads the data, once
+
 
 @pytest.fixture(scope="module")
 def real_data(real_root):

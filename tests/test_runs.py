@@ -61,6 +61,7 @@ def test_distillation_settings_come_from_distillation_json(tmp_path):
         "alpha": 0.3, "temperature": 2.0, "kind": "channel", "teacher_ensemble": True}
 
 
+@pytest.mark.integration  # whole runs of the scripts
 def test_sweep_scores_against_scratch_and_keeps_settings_chosen_otherwise(tmp_path, capsys):
     profile = dataclasses.replace(utils.load_profile("tiny", output_dir=tmp_path),
                                   sweep_kinds=("pixel",), sweep_alphas=(0.5,),
@@ -112,6 +113,7 @@ def test_profile_overrides_saved_in_the_output_folder_apply_to_it_alone(tmp_path
     assert not (tmp_path / "profile.json").exists()
 
 
+@pytest.mark.integration  # whole runs of the scripts
 def test_experiment_records_its_runs_and_retrains_only_what_changed(tmp_path, capsys,
                                                                           monkeypatch):
     import keras
@@ -205,6 +207,7 @@ def test_experiment_records_its_runs_and_retrains_only_what_changed(tmp_path, ca
     assert "`student_distilled_x8` minus `student_scratch_tf`" in out
 
 
+@pytest.mark.integration  # whole runs of the scripts
 def test_experiment_records_the_recipes_of_issue_27(tmp_path, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(utils.REPO_ROOT / "scripts"))
     import experiment
