@@ -29,7 +29,8 @@ topic per module; a module imports only modules above it in this list:
 - `scene_outputs`: a batch's bookkeeping: STAC label sidecars, a VRT mosaic.
 - `scene_batch`: `segment_scenes`, many scenes on an engine (this process, Dask,
   Ray), resumable.
-- `plots`: the figures and tables of the notebooks.
+- `tables`: readable names of metrics, history rows, Markdown tables.
+- `plots`: the figures of the notebooks.
 - `notebook`: the notebooks' conveniences: profiles, Colab setup, load or train.
 
 Everything public is re-exported here with `__all__` (and by the top-level
@@ -159,18 +160,20 @@ from .scenes import (  # noqa: F401
 from .scene_batch import (  # noqa: F401
     segment_scenes,
 )
+from .tables import (  # noqa: F401
+    LABELS,
+    history_rows,
+    markdown_table,
+)
 from .plots import (  # noqa: F401
     save_figure,
     plot_segmentations,
-    LABELS,
     plot_history,
     plot_paired_difference,
     plot_pr_curves,
     plot_confusion_matrix,
     plot_class_shares,
     plot_sweep,
-    history_rows,
-    markdown_table,
 )
 from .notebook import (  # noqa: F401
     GITHUB_REPOSITORY,

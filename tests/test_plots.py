@@ -1,4 +1,4 @@
-"""Tests of `aerialkd.plots`: the figures and tables of the notebooks."""
+"""Tests of `aerialkd.plots`: the figures of the notebooks."""
 
 import matplotlib
 
@@ -64,9 +64,3 @@ def test_class_shares_are_drawn_for_the_data_s_own_classes(tmp_path):
     fig = utils.plot_class_shares(data)
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert labels == list(data.classes) and len(labels) == 3
-
-
-def test_markdown_table_formats_numbers():
-    table = utils.markdown_table([{"model": "teacher", "parameters": 1941190, "miou5": 0.71234}])
-    assert table.splitlines()[0] == "| model | parameters | mIoU, 5 labelled classes |"
-    assert table.splitlines()[2] == "| teacher | 1,941,190 | 0.712 |"

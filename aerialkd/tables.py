@@ -1,0 +1,87 @@
+"""Tables of the notebooks and scripts: readable column names, history rows, Markdown."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+LABELS = {
+    "model": "model", "loss": "loss", "miou5": "mIoU, 5 labelled classes",
+    "miou6": "mIoU, 6 classes", "pixel_acc": "pixel accuracy",
+    "student_loss": "label loss (Dice + cross-entropy)",
+    "distillation_loss": "KD term", "total_loss": "total loss",
+    "parameters": "parameters", "gflops": "GFLOPs (256x256)", "size_mb": "file size (MB)",
+    "latency_ms": "latency (ms, batch 1)", "val_loss": "validation loss",
+    "val_miou5": "validation mIoU5", "epoch": "epoch",
+}
+"""Readable names of the metrics and table columns, for figures and tables."""
+
+
+def history_rows(
+    history: Mapping[str, Sequence[float]],
+    every: int = 10,
+    keys: Sequence[str] = ("loss", "val_loss", "val_miou5"),
+) -> list[dict[str, Any]]:
+    """A training history as table rows, one every `every` epochs, and the best epoch.
+
+    A compact form of the log Keras prints while fitting, for a run that was
+    loaded rather than trained (`markdown_table` formats it). The last epoch
+    and the epoch of the best validation mean IoU (the one a checkpoint of
+    `fit_segmentation` keeps) are always shown, the latter marked "best".
+
+    Args:
+        history: a history dict, as `fit_segmentation` returns or `load_run` reads.
+        every: the interval between the epochs shown.
+        keys: the history's columns to show, where present.
+
+    Returns:
+        A list of dicts with `epoch` and the `keys`.
+
+    Example:
+
+    >>> history = {"loss": [1.0, 0.8, 0.7], "val_miou5": [0.2, 0.5, 0.4]}
+    >>> [row["epoch"] for row in history_rows(history, every=2)]
+    [1, '2 (best)', 3]
+    """
+    epochs = len(next(iter(history.values()), []))
+    monitor = next((k for k in history if k.startswith("val_miou")), None)
+    best = int(np.argmax(history[monitor])) + 1 if monitor else None
+    shown = sorted({1, epochs, *range(every, epochs + 1, every)} | ({best} if best else set()))
+    return [{"epoch": f"{epoch} (best)" if epoch == best else epoch,
+             **{key: float(history[key][epoch - 1]) for key in keys if key in history}}
+            for epoch in shown if epoch >= 1]
+
+
+def markdown_table(
+    rows: Sequence[Mapping[str, Any]], digits: int = 3, headers: Mapping[str, str] = LABELS
+) -> str:
+    """Formats a list of dicts as a Markdown table.
+
+    Args:
+        rows: list of dicts, one per row; the columns are their keys.
+        digits: decimals of floats.
+        headers: readable names of columns (`LABELS` by default); a key
+            without one is shown as it is.
+
+    Returns:
+        The table as text; a cell is "—" where a row lacks a key or has `None`.
+
+    Example:
+
+    >>> print(markdown_table([{"model": "teacher", "miou5": 0.71234}]))
+    | model | mIoU, 5 labelled classes |
+    |---|---|
+    | teacher | 0.712 |
+    """
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    lines = ["| " + " | ".join(headers.get(c, c) for c in columns) + " |",
+             "|" + "---|" * len(columns)]
+    for row in rows:
+        values = [row.get(column, "—") for column in columns]
+        cells = [f"{v:,.{digits}f}" if isinstance(v, float) else
+                 f"{v:,}" if isinstance(v, int) else "—" if v is None else str(v)
+                 for v in values]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
