@@ -18,17 +18,15 @@ import pytest
 
 
 CHECK = pathlib.Path(__file__).with_name("distributed_check.py")
-# Every test runs for each backend. The tests reading one backend's results run on
-# one pytest-xdist worker, which runs its subprocess once; the two backends' can run
-# side by side. (Marks on a fixture's params do not reach the tests: hence a
-# parametrize of the module, which the `two_devices` fixture reads.)
+# The tests reading one backend's results run on one pytest-xdist worker, which runs
+# its subprocess once; the two backends' can run side by side.
 BACKENDS = [
     pytest.param("tensorflow", marks=pytest.mark.xdist_group("two_devices_tensorflow")),
     pytest.param("jax", marks=[pytest.mark.xdist_group("two_devices_jax"), pytest.mark.skipif(
         importlib.util.find_spec("jax") is None,
         reason="JAX is not installed (pip install -r requirements.txt installs it)")])]
 TOLERANCE = 1e-5  # float32 sums in another order; training moves weights by ~4e-2
-pytestmark = [pytest.mark.integration, pytest.mark.parametrize("backend", BACKENDS)]
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="session")
@@ -51,10 +49,10 @@ def run_check():
     return run
 
 
-@pytest.fixture
-def two_devices(backend, run_check):
+@pytest.fixture(params=BACKENDS)
+def two_devices(request, run_check):
     """The results of `distributed_check.py` on two simulated devices."""
-    return run_check(backend)
+    return run_check(request.param)
 
 
 def test_data_parallel_uses_every_simulated_device(two_devices):
