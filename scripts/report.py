@@ -175,6 +175,72 @@ def paired_table(metrics):
     return "\n".join(lines)
 
 
+#: The arms of `scripts/where_kd_pays.py` with few labels, next to the ceiling, in table
+#: order: (model, what it is, labelled training images, training images it sees).
+FEW_LABELS = [
+    (SCRATCH, "student from scratch, all labels (the ceiling)", 48, 48),
+    ("teacher_l12", "teacher, from scratch on the 12 labelled images", 12, 12),
+    ("student_scratch_l12", "student from scratch on the 12", 12, 12),
+    ("student_distilled_l12", "student distilled from the teacher of all 48", 12, 48),
+    ("student_distilled_t12", "student distilled from the teacher of the 12", 12, 48),
+]
+#: Base width -> (scratch, distilled) models of the width curve, all labels.
+WIDTHS = {8: (SCRATCH, DISTILLED), 4: ("student_scratch_w4", "student_distilled_w4"),
+          2: ("student_scratch_w2", "student_distilled_w2")}
+
+
+def unet_size(width):
+    """Parameters and GFLOPs at 256x256 of the U-Net of base width `width`."""
+    import aerialkd
+
+    model = aerialkd.build_unet(width)
+    return model.count_params(), aerialkd.count_flops(model) / 1e9
+
+
+def few_labels_table(metrics):
+    """Test mIoU5 of the few-labels arms, each student paired by seed with the scratch one."""
+    by = groups(metrics)
+    lines = ["| model | labelled images | images seen | seeds | mIoU5 | minus scratch on the "
+             "12, paired by seed |", "|---|---|---|---|---|---|"]
+    for model, what, labelled, seen in FEW_LABELS:
+        if model not in by:
+            continue
+        entries = [by[model][s] for s in sorted(by[model])]
+        gains = paired(by, model, baseline="student_scratch_l12")
+        change = (signed_mean_sd(gains.values()) if len(gains) > 1 else
+                  f"{next(iter(gains.values())):+.3f}" if gains else "")
+        if model in ("student_scratch_l12", "teacher_l12"):  # the baseline; not a student
+            change = ""
+        lines.append(f"| {what} (`{model}`) | {labelled} | {seen} | {len(entries)} | "
+                     f"{mean_sd(e['miou5'] for e in entries)} | {change} |")
+    return "\n".join(lines)
+
+
+def width_table(metrics, sizes):
+    """Test mIoU5 by base width, from scratch and distilled, paired by seed.
+
+    `sizes` maps a width to `(parameters, GFLOPs)`, e.g. `unet_size`'s.
+    """
+    by = groups(metrics)
+    params, gflops = sizes[16]
+    lines = ["| base width | parameters | GFLOPs | from scratch | distilled | distilled minus "
+             "scratch, paired by seed | seeds |", "|---|---|---|---|---|---|---|",
+             f"| 16 (teacher) | {params / 1e6:.2f} M | {gflops:.2f} | "
+             f"{mean_sd(e['miou5'] for e in by['teacher'].values())} | | | "
+             f"{len(by['teacher'])} |"]
+    for width, (scratch, distilled) in WIDTHS.items():
+        if scratch not in by or distilled not in by:
+            continue
+        gains = paired(by, distilled, baseline=scratch)
+        params, gflops = sizes[width]
+        lines.append(
+            f"| {width} | {params / 1e6:.2f} M | {gflops:.2f} | "
+            f"{mean_sd(e['miou5'] for e in by[scratch].values())} | "
+            f"{mean_sd(e['miou5'] for e in by[distilled].values())} | "
+            f"{signed_mean_sd(gains.values()) if len(gains) > 1 else ''} | {len(gains)} |")
+    return "\n".join(lines)
+
+
 #: The models `scripts/export.py` exported (the seed-0 runs of `results/models`).
 EXPORTED = {"teacher": "teacher", "student_scratch": "student from scratch (JAX, seed 0)",
             "student_distilled": "distilled student (TensorFlow, seed 0)"}

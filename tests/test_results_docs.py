@@ -43,3 +43,39 @@ def test_the_runtime_requirements_leave_colabs_kernel_and_test_tools_alone(packa
 
 def test_the_test_tools_are_in_the_dev_requirements():
     assert {"pytest", "nbmake", "ipykernel", "nbconvert"} <= _requirements("requirements-dev.txt")
+
+
+def _entry(model, seed, miou5):
+    return {"model": model, "run": f"{model}_s{seed}", "seed": seed, "miou5": miou5}
+
+
+def test_the_few_labels_table_pairs_each_student_with_the_scratch_one_by_seed():
+    metrics = [_entry("student_scratch_tf", s, 0.66) for s in range(3)] + [
+        _entry("teacher_l12", 0, 0.60)] + [
+        _entry("student_scratch_l12", s, v) for s, v in enumerate((0.50, 0.52, 0.54))] + [
+        _entry("student_distilled_l12", s, v) for s, v in enumerate((0.55, 0.55, 0.58))]
+    table = report.few_labels_table(metrics).splitlines()
+    assert len(table) == 6  # header, rule, four arms: the teacher of the 12's students are missing
+    assert table[2].startswith("| student from scratch, all labels (the ceiling) "
+                               "(`student_scratch_tf`) | 48 | 48 | 3 | 0.660 ± 0.000 | "
+                               "+0.140 ± 0.020 |")  # 0.16, 0.14, 0.12
+    assert table[3] == ("| teacher, from scratch on the 12 labelled images (`teacher_l12`) | "
+                        "12 | 12 | 1 | 0.600 |  |")
+    assert table[4].endswith("| 12 | 12 | 3 | 0.520 ± 0.020 |  |")
+    # paired: +0.05, +0.03, +0.04, mean +0.04, sample sd 0.01
+    assert table[5].endswith("| 12 | 48 | 3 | 0.560 ± 0.017 | +0.040 ± 0.010 |")
+
+
+def test_the_width_table_gives_sizes_and_the_paired_gain_of_each_width():
+    metrics = [_entry("teacher", 0, 0.69)] + [
+        _entry(model, s, v + (0.01 * s if "distilled" in model else 0))
+        for model, v in (("student_scratch_tf", 0.66), ("student_distilled", 0.66),
+                         ("student_scratch_w4", 0.62), ("student_distilled_w4", 0.63))
+        for s in range(3)]
+    sizes = {16: (1_941_190, 6.1), 8: (485_862, 1.54), 4: (121_638, 0.39), 2: (30_498, 0.1)}
+    table = report.width_table(metrics, sizes).splitlines()
+    assert table[2] == "| 16 (teacher) | 1.94 M | 6.10 | 0.690 | | | 1 |"
+    assert table[3] == "| 8 | 0.49 M | 1.54 | 0.660 ± 0.000 | 0.670 ± 0.010 | +0.010 ± 0.010 | 3 |"
+    assert table[4] == "| 4 | 0.12 M | 0.39 | 0.620 ± 0.000 | 0.640 ± 0.010 | +0.020 ± 0.010 | 3 |"
+    assert len(table) == 5  # width 2 has no runs yet
+    assert report.unet_size(2)[0] < report.unet_size(4)[0] < sizes[8][0] == report.unet_size(8)[0]
