@@ -197,6 +197,13 @@ def unet_size(width):
     return model.count_params(), aerialkd.count_flops(model) / 1e9
 
 
+def paired_change(gains):
+    """'+0.040 ± 0.010' over the seeds of `paired`, '+0.040' for one, '' for none."""
+    if len(gains) > 1:
+        return signed_mean_sd(gains.values())
+    return "".join(f"{gain:+.3f}" for gain in gains.values())
+
+
 def few_labels_table(metrics):
     """Test mIoU5 of the few-labels arms, each student paired by seed with the scratch one."""
     by = groups(metrics)
@@ -206,11 +213,8 @@ def few_labels_table(metrics):
         if model not in by:
             continue
         entries = [by[model][s] for s in sorted(by[model])]
-        gains = paired(by, model, baseline="student_scratch_l12")
-        change = (signed_mean_sd(gains.values()) if len(gains) > 1 else
-                  f"{next(iter(gains.values())):+.3f}" if gains else "")
-        if model in ("student_scratch_l12", "teacher_l12"):  # the baseline; not a student
-            change = ""
+        change = ("" if model in ("student_scratch_l12", "teacher_l12") else  # no student pair
+                  paired_change(paired(by, model, baseline="student_scratch_l12")))
         lines.append(f"| {what} (`{model}`) | {labelled} | {seen} | {len(entries)} | "
                      f"{mean_sd(e['miou5'] for e in entries)} | {change} |")
     return "\n".join(lines)
@@ -237,7 +241,7 @@ def width_table(metrics, sizes):
             f"| {width} | {params / 1e6:.2f} M | {gflops:.2f} | "
             f"{mean_sd(e['miou5'] for e in by[scratch].values())} | "
             f"{mean_sd(e['miou5'] for e in by[distilled].values())} | "
-            f"{signed_mean_sd(gains.values()) if len(gains) > 1 else ''} | {len(gains)} |")
+            f"{paired_change(gains)} | {len(gains)} |")
     return "\n".join(lines)
 
 
