@@ -67,13 +67,17 @@ def paired(by_model, model, baseline=SCRATCH, key="miou5"):
     return {seed: a[seed][key] - b[seed][key] for seed in sorted(a) if seed in b}
 
 
-def model_sizes():
-    """Parameters and GFLOPs at 256x256 of the teacher and the student."""
+def unet_size(width):
+    """Parameters and GFLOPs at 256x256 of the U-Net of base width `width`."""
     import aerialkd
 
-    return {role: (build().count_params(), aerialkd.count_flops(build()) / 1e9)
-            for role, build in (("teacher", aerialkd.build_teacher),
-                                ("student", aerialkd.build_student))}
+    model = aerialkd.build_unet(width)
+    return model.count_params(), aerialkd.count_flops(model) / 1e9
+
+
+def model_sizes():
+    """Parameters and GFLOPs at 256x256 of the teacher (width 16) and the student (width 8)."""
+    return {"teacher": unet_size(16), "student": unet_size(8)}
 
 
 def where(entry):
@@ -187,14 +191,6 @@ FEW_LABELS = [
 #: Base width -> (scratch, distilled) models of the width curve, all labels.
 WIDTHS = {8: (SCRATCH, DISTILLED), 4: ("student_scratch_w4", "student_distilled_w4"),
           2: ("student_scratch_w2", "student_distilled_w2")}
-
-
-def unet_size(width):
-    """Parameters and GFLOPs at 256x256 of the U-Net of base width `width`."""
-    import aerialkd
-
-    model = aerialkd.build_unet(width)
-    return model.count_params(), aerialkd.count_flops(model) / 1e9
 
 
 def paired_change(gains):
