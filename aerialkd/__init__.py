@@ -13,6 +13,7 @@ topic per module; a module imports only modules above it in this list:
   consistent crops.
 - `datasets`: `load_dataset` and `SegmentationDataset`, split by source image.
 - `synthetic`: small synthetic datasets (the tiny one CI trains on).
+- `few_labels`: labels for a few training images: which, and the datasets of that.
 - `layers`: on-device symmetry augmentation and device-invariant dropout.
 - `models`: the U-Net teacher and student, ensembles, size and FLOPs, precision.
 - `losses`: the segmentation loss and the knowledge-distillation losses.
@@ -92,6 +93,13 @@ from .datasets import (  # noqa: F401
 from .synthetic import (  # noqa: F401
     make_tiny_dataset,
     make_custom_dataset,
+)
+from .few_labels import (  # noqa: F401
+    label_subset,
+    labelled_patches,
+    only_labelled,
+    unlabelled_elsewhere,
+    matched_epochs,
 )
 from .layers import (  # noqa: F401
     DeviceInvariantDropout,
@@ -237,6 +245,11 @@ __all__ = [
     "load_dataset",
     "make_tiny_dataset",
     "make_custom_dataset",
+    "label_subset",
+    "labelled_patches",
+    "only_labelled",
+    "unlabelled_elsewhere",
+    "matched_epochs",
     "DeviceInvariantDropout",
     "RandomSymmetry",
     "UndoSymmetry",

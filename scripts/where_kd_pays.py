@@ -3,9 +3,9 @@
 Two regimes where knowledge distillation is expected to help, each next to
 students trained from scratch with the same budget, three seeds, paired by seed:
 
-1. **A quarter of the labels.** `label_subset` picks 12 of the 48 training images
-   (one or two per tile, whose patches come closest to a quarter of the training
-   patches; which images within a tile is drawn with seed 0). Arms:
+1. **A quarter of the labels.** `utils.label_subset` picks 12 of the 48 training
+   images (one or two per tile, whose patches come closest to a quarter of the
+   training patches; which images within a tile is drawn with seed 0). Arms:
    - `student_scratch_l12`: from scratch on the 12 labelled images;
    - `student_distilled_l12`: the committed teacher (trained on all 48) distilled
      into a student that has labels for the same 12 only, on all 48 images (the
@@ -14,7 +14,7 @@ students trained from scratch with the same budget, three seeds, paired by seed:
    - `student_distilled_t12`: that teacher distilled into a student, likewise on
      all 48 images with labels for the 12.
    Every run takes the optimizer steps of a 100-epoch run on the 48 images
-   (`matched_epochs`): a run on the 12 sees them about four times as often.
+   (`utils.matched_epochs`): a run on the 12 sees them about four times as often.
 2. **The width curve.** `student_scratch_w4` / `student_distilled_w4` (base width
    4) and the same at width 2, on all labels, distilled from the committed teacher.
 
@@ -29,16 +29,11 @@ scored only by `--evaluate`, once every run of a part has finished:
 """
 
 import argparse
-import dataclasses
 import functools
-import itertools
 import json
-import math
 import pathlib
 
-
 import keras
-import numpy as np
 
 import runs
 import utils
@@ -47,82 +42,13 @@ PARTS = ("labels", "width4", "width2")
 SEEDS = (0, 1, 2)
 
 
-def label_subset(data, n_images=None, seed=0):
-    """The training images that keep their labels: one or two per tile.
-
-    Every tile gives one image; the tiles that give a second are the ones whose
-    patches bring the total closest to a quarter of the training patches. Which
-    images of a tile is drawn with `seed`. In a flat layout (no tiles), `n_images`
-    images drawn with `seed`.
-
-    Returns:
-        The chosen source names, in the order of `data.sources["train"]`.
-    """
-    sources = list(data.sources["train"])
-    n_images = n_images or max(1, round(len(sources) / 4))
-    counts = dict(zip(sources, _patches_per_image(data)))
-    rng = np.random.default_rng(seed)
-    tiles = {}
-    for name in sources:
-        tiles.setdefault(name.split("/")[0] if "/" in name else "", []).append(name)
-    order = {tile: [names[i] for i in rng.permutation(len(names))]
-             for tile, names in tiles.items()}
-    if len(tiles) == 1 or n_images < len(tiles):
-        chosen = order[next(iter(tiles))][:n_images] if len(tiles) == 1 else \
-            [order[t][0] for t in list(tiles)[:n_images]]
-    else:
-        base = [order[t][0] for t in tiles]
-        extra, target = n_images - len(tiles), sum(counts.values()) / 4
-        best = min(itertools.combinations(list(tiles), extra),
-                   key=lambda pick: abs(sum(counts[n] for n in base)
-                                        + sum(counts[order[t][1]] for t in pick) - target))
-        chosen = base + [order[t][1] for t in best]
-    return [name for name in sources if name in chosen]
-
-
-def _patches_per_image(data):
-    p = data.patch_size
-    return [(h // p) * (w // p) for h, w in data.image_sizes["train"]]
-
-
-def labelled_mask(data, chosen):
-    """Boolean per training patch: whether its source image is in `chosen`."""
-    owners = np.repeat(np.arange(len(data.sources["train"])), _patches_per_image(data))
-    if len(owners) != len(data.x_train):
-        raise ValueError("The training patches do not match the training images.")
-    keep = np.array([name in chosen for name in data.sources["train"]])
-    return keep[owners]
-
-
-def only_labelled(data, chosen):
-    """The dataset with the chosen training images alone."""
-    keep = labelled_mask(data, chosen)
-    files = [f for n, f in zip(data.sources["train"], data.files["train"]) if n in chosen]
-    return dataclasses.replace(
-        data, x_train=data.x_train[keep], y_train=data.y_train[keep],
-        sources={**data.sources, "train": list(chosen)}, files={**data.files, "train": files},
-        image_sizes={**data.image_sizes, "train": [
-            s for n, s in zip(data.sources["train"], data.image_sizes["train"]) if n in chosen]})
-
-
-def unlabelled_elsewhere(data, chosen):
-    """The dataset with every training image, masks unannotated outside `chosen`."""
-    y = data.y_train.copy()
-    y[~labelled_mask(data, chosen)] = utils.IGNORE_INDEX
-    return dataclasses.replace(data, y_train=y)
-
-
-def matched_epochs(profile, n_train, n_reference):
-    """Epochs on `n_train` patches that take the steps of `profile.epochs` on `n_reference`."""
-    steps = lambda n: math.ceil(n / profile.batch_size)  # noqa: E731
-    return round(profile.epochs * steps(n_reference) / steps(n_train))
-
-
 def runs_of(part, data, chosen, profile):
     """`(run name, model name, dataset, settings)` of a part, in training order."""
     if part == "labels":
-        few, masked = only_labelled(data, chosen), unlabelled_elsewhere(data, chosen)
-        epochs = matched_epochs(profile, len(few.x_train), len(data.x_train))
+        few = utils.only_labelled(data, chosen)
+        masked = utils.unlabelled_elsewhere(data, chosen)
+        epochs = utils.matched_epochs(profile.epochs, len(few.x_train), len(data.x_train),
+                                      profile.batch_size)
         label = {"labelled_images": len(chosen), "train_images": len(data.sources["train"])}
         out = []
         for seed in SEEDS:
@@ -170,9 +96,9 @@ def main(argv=None):
     profile.models_dir.mkdir(parents=True, exist_ok=True)
     data = utils.profile_dataset(profile)
     print(data.summary(), flush=True)
-    chosen = label_subset(data)
-    subset = {"labelled": chosen, "rule": label_subset.__doc__.splitlines()[0],
-              "patches": int(labelled_mask(data, chosen).sum()),
+    chosen = utils.label_subset(data)
+    subset = {"labelled": chosen, "rule": utils.label_subset.__doc__.splitlines()[0],
+              "patches": int(utils.labelled_patches(data, chosen).sum()),
               "train_patches": len(data.x_train)}
     (output / "label_subset.json").write_text(json.dumps(subset, indent=1))
     print(f"Labelled images ({len(chosen)}, {subset['patches']} of {len(data.x_train)} "

@@ -1,0 +1,79 @@
+"""Tests of aerialkd.few_labels: the label subset, its datasets, the step budget.
+
+The tiny dataset has 18 training images in three tiles, of 16, 30 and 24 patches of
+32x32 each (420 patches): a quarter of them is 105 patches and a quarter of the images
+rounds to 4.
+"""
+
+import collections
+import dataclasses
+
+import numpy as np
+import pytest
+
+import utils
+
+
+@pytest.fixture(scope="module")
+def chosen(tiny_data):
+    return utils.label_subset(tiny_data)
+
+
+def test_label_subset_takes_one_image_per_tile_and_a_second_where_it_comes_closest(
+        tiny_data, chosen):
+    tiles = collections.Counter(name.split("/")[0] for name in chosen)
+    # one per tile is 16 + 30 + 24 = 70 patches; a second from Tile 1, 2 or 3 makes
+    # 86, 100 or 94, and 100 is the closest to 105
+    assert tiles == {"Tile 1": 1, "Tile 2": 2, "Tile 3": 1}
+    assert utils.labelled_patches(tiny_data, chosen).sum() == 100
+    assert chosen == [n for n in tiny_data.sources["train"] if n in chosen]  # the data's order
+    assert utils.label_subset(tiny_data) == chosen  # fixed by the seed
+    two = utils.label_subset(tiny_data, n_images=2)  # fewer images than tiles
+    assert [n.split("/")[0] for n in two] == ["Tile 1", "Tile 2"] and set(two) <= set(chosen)
+
+
+def test_label_subset_of_a_flat_folder_draws_images_with_the_seed(tiny_data):
+    flat = dataclasses.replace(tiny_data, sources={
+        **tiny_data.sources, "train": [n.replace("/", "_") for n in tiny_data.sources["train"]]})
+    picks = [utils.label_subset(flat, n_images=5, seed=s) for s in (0, 0, 1)]
+    assert len(picks[0]) == 5 and picks[0] == picks[1] != picks[2]
+
+
+def test_the_datasets_of_the_few_labels_arms(tiny_data, chosen):
+    keep = utils.labelled_patches(tiny_data, chosen)
+    few = utils.only_labelled(tiny_data, chosen)
+    assert few.sources["train"] == chosen and len(few.files["train"]) == len(chosen)
+    assert few.files["train"] == [f for n, f in zip(tiny_data.sources["train"],
+                                                    tiny_data.files["train"]) if n in chosen]
+    np.testing.assert_array_equal(few.x_train, tiny_data.x_train[keep])
+    np.testing.assert_array_equal(few.y_train, tiny_data.y_train[keep])
+    assert few.x_val is tiny_data.x_val and few.y_test is tiny_data.y_test
+    assert utils.labelled_patches(few, chosen).all()  # its images still match its patches
+    masked = utils.unlabelled_elsewhere(tiny_data, chosen)
+    assert masked.x_train is tiny_data.x_train  # every image, for the KD term
+    np.testing.assert_array_equal(masked.y_train[keep], tiny_data.y_train[keep])
+    assert (masked.y_train[~keep] == utils.IGNORE_INDEX).all()
+    assert (tiny_data.y_train[~keep] != utils.IGNORE_INDEX).any()  # the original is untouched
+
+
+def test_bad_subsets_and_datasets_are_refused_with_what_to_do(tiny_data, chosen):
+    with pytest.raises(ValueError, match=r"not training images.*Tile 9/nowhere"):
+        utils.only_labelled(tiny_data, [*chosen, "Tile 9/nowhere"])
+    with pytest.raises(ValueError, match="chosen is empty"):
+        utils.unlabelled_elsewhere(tiny_data, [])
+    with pytest.raises(ValueError, match="n_images must be between 1 and the 18"):
+        utils.label_subset(tiny_data, n_images=19)
+    with pytest.raises(ValueError, match="do not match the training images"):
+        utils.labelled_patches(dataclasses.replace(tiny_data, x_train=tiny_data.x_train[1:]),
+                               chosen)
+    with pytest.raises(ValueError, match=r"in_memory=True"):
+        utils.only_labelled(dataclasses.replace(tiny_data, x_train=None, y_train=None), chosen)
+
+
+def test_matched_epochs_give_the_steps_of_the_reference_run():
+    # the real data's 218 labelled of 870 training patches: 14 steps an epoch against 55
+    assert utils.matched_epochs(100, 218, 870, batch_size=16) == 393  # 100 * 55 / 14 = 392.9
+    assert utils.matched_epochs(100, 870, 870, batch_size=16) == 100
+    assert utils.matched_epochs(10, 100, 420, batch_size=8) == 41  # 10 * 53 / 13 = 40.8
+    with pytest.raises(ValueError, match="must be positive"):
+        utils.matched_epochs(100, 0, 870, batch_size=16)
