@@ -430,6 +430,7 @@ def load_or_train(
     build: Callable[[], keras.Model],
     *,
     teacher: keras.Model | None = None,
+    epochs: int | None = None,
     **distiller_settings: Any,
 ) -> tuple[keras.Model, dict[str, list[float]], dict[str, Any]]:
     """The finished model `name` if one is saved, else one trained here.
@@ -447,6 +448,7 @@ def load_or_train(
         name: the model's file stem, e.g. "teacher".
         build: function returning the untrained model, e.g. `build_teacher`.
         teacher: for a distilled student, its teacher.
+        epochs: epochs of a run trained here; `profile.epochs` if `None`.
         **distiller_settings: `alpha`, `temperature`, ... of the `Distiller`.
 
     Returns:
@@ -465,7 +467,8 @@ def load_or_train(
         model, history, record = load_run(path)
         print(f"Loaded {describe_run(path, record)}")
         return model, history, record
-    print(f"No saved {name} in {profile.models_dir}: training it here, {profile.epochs} epochs.")
+    epochs = profile.epochs if epochs is None else epochs
+    print(f"No saved {name} in {profile.models_dir}: training it here, {epochs} epochs.")
     keras.utils.set_random_seed(profile.seed)
     precision = mixed_precision_policy()
     model = with_dtype_policy(build(), precision)
@@ -475,4 +478,4 @@ def load_or_train(
     elif distiller_settings:
         raise ValueError(f"{sorted(distiller_settings)} are settings of a distillation, "
                          f"but no teacher was given.")
-    return train_model(model, data, profile, name=name, verbose=0)
+    return train_model(model, data, profile, name=name, epochs=epochs, verbose=0)

@@ -70,3 +70,6 @@ def test_load_or_train_trains_what_is_missing_once_and_says_so(tiny_data, tmp_pa
     assert "Loaded m.keras" in capsys.readouterr().out and same_history == history
     x = tiny_data.x_test[:2]
     np.testing.assert_array_equal(utils.predict_logits(model, x), utils.predict_logits(again, x))
+    _, longer, record = utils.load_or_train(profile, small_data(tiny_data), "m2", build, epochs=2)
+    assert "training it here, 2 epochs" in capsys.readouterr().out
+    assert len(longer["loss"]) == 2 and record["epochs"] == 2
