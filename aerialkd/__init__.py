@@ -182,6 +182,7 @@ from .plots import (  # noqa: F401
     plot_confusion_matrix,
     plot_class_shares,
     plot_sweep,
+    plot_tradeoff,
 )
 from .notebook import (  # noqa: F401
     GITHUB_REPOSITORY,
@@ -302,6 +303,7 @@ __all__ = [
     "plot_confusion_matrix",
     "plot_class_shares",
     "plot_sweep",
+    "plot_tradeoff",
     "history_rows",
     "markdown_table",
     "GITHUB_REPOSITORY",

@@ -1,4 +1,4 @@
-"""Figures of the notebooks: segmentations, histories, curves, confusion, sweeps."""
+"""Figures of the notebooks: segmentations, histories, curves, confusion, sweeps, trade-offs."""
 
 from __future__ import annotations
 
@@ -424,4 +424,73 @@ def plot_sweep(
     fig.suptitle(title)
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8,
                  label=None if reference is None else "minus scratch")
+    return save_figure(fig, path)
+
+
+def plot_tradeoff(
+    rows: Sequence[Mapping[str, Any]],
+    costs: Mapping[str, str],
+    score_label: str = "test mIoU5",
+    path: os.PathLike | str | None = None,
+) -> Figure:
+    """Draws scores against costs (FLOPs, latency), a panel per cost, with each seed.
+
+    For a size-accuracy curve such as students of several widths, from scratch
+    and distilled, next to their teacher: each group's models are joined in
+    order of cost, each at the mean of its seeds, with a bar of one standard
+    deviation where it has more than one, and every seed as a small dot. The
+    cost axes are logarithmic.
+
+    Args:
+        rows: one dict per model: `group` (e.g. "distilled"), a value for each
+            key of `costs`, and `scores`, the score of each seed.
+        costs: dict mapping a key of the rows to its axis label, e.g.
+            `{"gflops": "GFLOPs at 256x256"}`.
+        score_label: the label of the score axis.
+        path: optional file to save the figure to.
+
+    Returns:
+        The matplotlib `Figure`.
+
+    Example:
+
+    >>> rows = [{"group": "scratch", "gflops": 1.5, "scores": [0.65, 0.66]},
+    ...         {"group": "scratch", "gflops": 0.4, "scores": [0.60, 0.62]},
+    ...         {"group": "teacher", "gflops": 6.1, "scores": [0.69]}]
+    >>> fig = plot_tradeoff(rows, {"gflops": "GFLOPs"})
+    >>> fig.axes[0].get_legend_handles_labels()[1]
+    ['scratch', 'teacher']
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    if not rows or not costs:
+        raise ValueError("plot_tradeoff needs at least one row and one cost.")
+    missing = [key for key in ("group", "scores", *costs) if any(key not in r for r in rows)]
+    if missing or any(len(r["scores"]) == 0 for r in rows):
+        raise ValueError(f"Every row needs a group, its scores (at least one) and each cost "
+                         f"{sorted(costs)}; missing: {missing or 'scores'}.")
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    fig, axes = plt.subplots(1, len(costs), squeeze=False, sharey=True,
+                             figsize=(4.6 * len(costs), 3.8), layout="constrained")
+    for ax, (key, label) in zip(axes[0], costs.items()):
+        for i, group in enumerate(groups):
+            mine = sorted((r for r in rows if r["group"] == group), key=lambda r: r[key])
+            x = np.array([r[key] for r in mine], dtype=float)
+            means = np.array([np.mean(r["scores"]) for r in mine])
+            sds = np.array([np.std(r["scores"], ddof=1) if len(r["scores"]) > 1 else 0.0
+                            for r in mine])
+            ax.errorbar(x, means, yerr=sds, color=f"C{i}", marker="o", capsize=3,
+                        label=group)
+            for r in mine:
+                ax.scatter(np.full(len(r["scores"]), r[key]), r["scores"], color=f"C{i}",
+                           s=10, alpha=0.5, zorder=3)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3, which="both")
+    axes[0, 0].set_ylabel(score_label)
+    axes[0, 0].legend(fontsize=8)
     return save_figure(fig, path)

@@ -5,6 +5,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 import utils  # noqa: E402
 from helpers import OWN_CLASSES, OWN_PALETTE  # noqa: E402
@@ -64,3 +65,27 @@ def test_class_shares_are_drawn_for_the_data_s_own_classes(tmp_path):
     fig = utils.plot_class_shares(data)
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert labels == list(data.classes) and len(labels) == 3
+
+
+def test_tradeoff_draws_each_group_at_the_mean_of_its_seeds_with_every_seed(tmp_path):
+    rows = [{"group": "scratch", "gflops": 1.5, "ms": 17.0, "scores": [0.64, 0.66]},
+            {"group": "scratch", "gflops": 0.4, "ms": 9.0, "scores": [0.60]},
+            {"group": "distilled", "gflops": 0.4, "ms": 9.0, "scores": [0.62, 0.63, 0.64]},
+            {"group": "teacher", "gflops": 6.1, "ms": 43.0, "scores": [0.69]}]
+    fig = utils.plot_tradeoff(rows, {"gflops": "GFLOPs", "ms": "latency"},
+                              path=tmp_path / "tradeoff.png")
+    assert (tmp_path / "tradeoff.png").stat().st_size > 0 and len(fig.axes) == 2
+    ax = fig.axes[1]
+    assert ax.get_legend() is None and ax.get_xscale() == "log"  # one legend, on the first
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    assert labels == ["scratch", "distilled", "teacher"]
+    line = handles[0].lines[0]  # scratch, in order of cost, at its means
+    np.testing.assert_allclose(line.get_xdata(), [0.4, 1.5])
+    np.testing.assert_allclose(line.get_ydata(), [0.60, 0.65])
+    bars = handles[1].lines[2][0].get_segments()  # distilled: one sd either side of 0.63
+    np.testing.assert_allclose([bars[0][0][1], bars[0][1][1]], [0.62, 0.64])
+    dots = [c for c in fig.axes[0].collections if c.get_offsets().shape[0] and c.get_alpha()]
+    assert sum(len(c.get_offsets()) for c in dots) == 7  # every seed of every model
+    with pytest.raises(ValueError, match=r"missing: \['ms'\]"):
+        utils.plot_tradeoff(rows[:1] + [{"group": "x", "gflops": 1, "scores": [0.5]}],
+                            {"gflops": "GFLOPs", "ms": "latency"})
