@@ -171,6 +171,7 @@ from .scene_batch import (  # noqa: F401
 from .tables import (  # noqa: F401
     LABELS,
     history_rows,
+    seed_summary,
     markdown_table,
 )
 from .plots import (  # noqa: F401
@@ -188,6 +189,7 @@ from .notebook import (  # noqa: F401
     GITHUB_REPOSITORY,
     REPO_ROOT,
     COMMITTED_MODELS,
+    COMMITTED_METRICS,
     DRIVE_ROOT,
     PROFILES,
     Profile,
@@ -305,10 +307,12 @@ __all__ = [
     "plot_sweep",
     "plot_tradeoff",
     "history_rows",
+    "seed_summary",
     "markdown_table",
     "GITHUB_REPOSITORY",
     "REPO_ROOT",
     "COMMITTED_MODELS",
+    "COMMITTED_METRICS",
     "DRIVE_ROOT",
     "PROFILES",
     "Profile",

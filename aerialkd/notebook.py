@@ -37,6 +37,10 @@ COMMITTED_MODELS = REPO_ROOT / "results" / "models"
 """The models of the rendered notebooks, committed with the repository."""
 
 
+COMMITTED_METRICS = REPO_ROOT / "results" / "metrics.json"
+"""The test scores of the committed runs, one entry per run (`scripts/report.py` reads it)."""
+
+
 DRIVE_ROOT = pathlib.Path("/content/drive")
 
 

@@ -1,4 +1,4 @@
-"""Tables of the notebooks and scripts: readable column names, history rows, Markdown."""
+"""Tables of the notebooks and scripts: readable column names, history rows, seeds, Markdown."""
 
 from __future__ import annotations
 
@@ -52,6 +52,68 @@ def history_rows(
     return [{"epoch": f"{epoch} (best)" if epoch == best else epoch,
              **{key: float(history[key][epoch - 1]) for key in keys if key in history}}
             for epoch in shown if epoch >= 1]
+
+
+def seed_summary(
+    entries: Sequence[Mapping[str, Any]],
+    models: Sequence[str] | None = None,
+    baseline: str | None = None,
+    key: str = "miou5",
+) -> list[dict[str, Any]]:
+    """Each model's score over its seeds, and its change against a baseline paired by seed.
+
+    Two runs of the same recipe differ by a few hundredths of mean IoU, so a
+    comparison of models is made seed by seed: each model minus the baseline
+    run of the same seed, then the mean and the sample standard deviation of
+    those differences.
+
+    Args:
+        entries: dicts with `model`, `seed` and `key`, one per run (as in
+            `results/metrics.json`).
+        models: the models to show, in this order; every model of `entries`
+            in order of appearance by default. A model without entries is
+            left out.
+        baseline: the model to pair the others with; none by default.
+        key: the score.
+
+    Returns:
+        One dict per model, for `markdown_table`: `model`, `seeds`, `mean`,
+        `sd` (sample, `None` for one seed) and, with a baseline, `change`
+        (mean of the paired differences, over `paired seeds`) and its
+        `change sd`.
+
+    Example:
+
+    >>> runs = [{"model": "scratch", "seed": 0, "miou5": 0.60},
+    ...         {"model": "scratch", "seed": 1, "miou5": 0.64},
+    ...         {"model": "distilled", "seed": 0, "miou5": 0.63},
+    ...         {"model": "distilled", "seed": 1, "miou5": 0.66}]
+    >>> print(markdown_table(seed_summary(runs, baseline="scratch")))
+    | model | seeds | mean | sd | change | change sd | paired seeds |
+    |---|---|---|---|---|---|---|
+    | scratch | 2 | 0.620 | 0.028 | — | — | — |
+    | distilled | 2 | 0.645 | 0.021 | 0.025 | 0.007 | 2 |
+    """
+    by_model: dict[str, dict[int, float]] = {}
+    for entry in entries:
+        by_model.setdefault(entry["model"], {})[entry["seed"]] = float(entry[key])
+    rows = []
+    for model in (by_model if models is None else models):
+        scores = by_model.get(model)
+        if not scores:
+            continue
+        row = {"model": model, "seeds": len(scores), "mean": float(np.mean(list(scores.values()))),
+               "sd": float(np.std(list(scores.values()), ddof=1)) if len(scores) > 1 else None}
+        if baseline is not None:
+            reference = by_model.get(baseline, {})
+            changes = [scores[s] - reference[s] for s in sorted(scores) if s in reference]
+            mine = model != baseline and bool(changes)
+            row.update({"change": float(np.mean(changes)) if mine else None,
+                        "change sd": float(np.std(changes, ddof=1))
+                        if mine and len(changes) > 1 else None,
+                        "paired seeds": len(changes) if mine else None})
+        rows.append(row)
+    return rows
 
 
 def markdown_table(

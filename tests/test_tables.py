@@ -1,4 +1,6 @@
-"""Tests of `aerialkd.tables`: column names, history rows, Markdown tables."""
+"""Tests of `aerialkd.tables`: column names, history rows, seeds, Markdown tables."""
+
+import pytest
 
 import utils
 
@@ -21,3 +23,19 @@ def test_history_rows_show_every_tenth_epoch_the_last_and_the_best():
     rows = utils.history_rows(history)
     assert [row["epoch"] for row in rows] == [1, 10, "14 (best)", 20, 25]
     assert rows[-1] == {"epoch": 25, "loss": 0.76, "val_miou5": 0.5}  # `keys` only
+
+
+def test_seed_summary_pairs_each_model_with_the_baseline_of_the_same_seed():
+    runs = [{"model": "scratch", "seed": s, "miou5": v} for s, v in ((0, 0.60), (1, 0.64), (2, 0.62))]
+    runs += [{"model": "kd", "seed": s, "miou5": v} for s, v in ((0, 0.65), (2, 0.63), (5, 0.9))]
+    runs += [{"model": "teacher", "seed": 0, "miou5": 0.70}]
+    rows = utils.seed_summary(runs, models=["teacher", "kd", "absent"], baseline="scratch")
+    assert [r["model"] for r in rows] == ["teacher", "kd"]  # the order asked, "absent" left out
+    teacher, kd = rows
+    assert teacher["seeds"] == 1 and teacher["sd"] is None and teacher["change"] == pytest.approx(0.10)
+    assert teacher["change sd"] is None and teacher["paired seeds"] == 1
+    # kd has seeds 0, 2 and 5; the baseline 0 and 2: differences 0.05 and 0.01
+    assert kd["seeds"] == 3 and kd["mean"] == pytest.approx((0.65 + 0.63 + 0.9) / 3)
+    assert kd["paired seeds"] == 2 and kd["change"] == pytest.approx(0.03)
+    assert kd["change sd"] == pytest.approx(0.02 * 2 ** 0.5)  # sample sd of 0.05, 0.01
+    assert "change" not in utils.seed_summary(runs)[0]  # no baseline, no change columns
