@@ -25,13 +25,16 @@ scored only by `--evaluate`, once every run of a part has finished:
 
     nice -n 19 python scripts/where_kd_pays.py --output runs/where_kd_pays
     python scripts/where_kd_pays.py --output runs/where_kd_pays --evaluate
+    python scripts/where_kd_pays.py --output runs/where_kd_pays --parts labels --publish
     python scripts/where_kd_pays.py --profile tiny --output /tmp/kd_pays   # a dry run
 """
 
 import argparse
 import functools
 import json
+import os
 import pathlib
+import shutil
 
 import keras
 
@@ -85,6 +88,12 @@ def main(argv=None):
     parser.add_argument("--evaluate", action="store_true",
                         help="score every finished run on the test split, once, into "
                              "<output>/metrics.json")
+    parser.add_argument("--publish", action="store_true",
+                        help="copy the scored runs of --parts, every one finished, into "
+                             "--results: their entries into metrics.json, histories and run "
+                             "records, the seed-0 models, the label subset")
+    parser.add_argument("--results", type=pathlib.Path, default=utils.REPO_ROOT / "results",
+                        help="where --publish writes (default: results/)")
     args = parser.parse_args(argv)
     output = pathlib.Path(args.output)
     committed = utils.REPO_ROOT / "results"
@@ -127,6 +136,8 @@ def main(argv=None):
     todo = [run for part in args.parts for run in runs_of(part, data, chosen, profile)]
     if args.evaluate:
         return evaluate(todo, profile, data, subset)
+    if args.publish:
+        return publish(todo, profile, args.results, labels="labels" in args.parts)
     for run_name, _, run_data, settings in todo:
         settings = dict(settings)
         if "teacher" in settings:
@@ -147,7 +158,8 @@ def evaluate(todo, profile, data, subset):
         run = json.loads(record_path.read_text())
         model = keras.models.load_model(profile.models_dir / f"{run_name}.keras")
         logits = utils.predict_logits(model, data.x_test, profile.batch_size)
-        result = utils.iou_scores(data.y_test, logits.argmax(-1), n_classes=data.n_classes, labelled_classes=data.labelled_classes)
+        result = utils.iou_scores(data.y_test, logits.argmax(-1), n_classes=data.n_classes,
+                                  labelled_classes=data.labelled_classes)
         entry = {
             "model": model_name, "run": run_name, "seed": settings["seed"],
             "miou5": result["miou5"], "miou6": result["miou6"],
@@ -164,8 +176,55 @@ def evaluate(todo, profile, data, subset):
         if "labelled_images" in entry:
             entry["labelled"] = subset["labelled"]
         entries = [e for e in entries if e.get("run") != run_name] + [entry]
-        path.write_text(json.dumps(entries, indent=1))
+        write_atomically(path, json.dumps(entries, indent=1))
         print(f"{run_name}: test mIoU5 {entry['miou5']:.4f}", flush=True)
+
+
+def write_atomically(path, text=None, source=None):
+    """Writes `text`, or copies the file `source`, to `path`: under another name, then renamed."""
+    partial = path.with_name(f".{path.name}.partial")
+    if source is None:
+        partial.write_text(text)
+    else:
+        shutil.copyfile(source, partial)
+    os.replace(partial, path)
+
+
+def publish(todo, profile, results, labels=False):
+    """Copies the finished and scored runs of `todo` into the folder `results`.
+
+    Every run's test entry goes into `results/metrics.json` (replacing an earlier
+    entry of the same run), its history and run record into `results/models/`,
+    and the model too for seed 0 (and the one teacher); with `labels`, the label
+    subset goes to `results/label_subset.json`. Nothing is written unless every
+    run of `todo` has finished and been scored by `--evaluate`.
+    """
+    scored = profile.output_dir / "metrics.json"
+    entries = {e["run"]: e for e in json.loads(scored.read_text())} if scored.exists() else {}
+    unfinished = [run for run, *_ in todo
+                  if not utils.RunFiles(profile.models_dir, run).record.exists()]
+    unscored = [run for run, *_ in todo if run not in entries and run not in unfinished]
+    if unfinished or unscored:
+        raise SystemExit(f"Not published: unfinished runs {unfinished}, finished but not scored "
+                         f"{unscored}. Finish them (rerun without --publish), score them with "
+                         f"--evaluate, then publish.")
+    (results / "models").mkdir(parents=True, exist_ok=True)
+    for run, _, _, settings in todo:
+        source = utils.RunFiles(profile.models_dir, run)
+        target = utils.RunFiles(results / "models", run)
+        paths = ["history", "record"] + (["model"] if settings["seed"] == SEEDS[0] else [])
+        for name in paths:
+            write_atomically(getattr(target, name), source=getattr(source, name))
+    metrics = results / "metrics.json"
+    published = json.loads(metrics.read_text()) if metrics.exists() else []
+    runs_here = {run for run, *_ in todo}
+    published = [e for e in published if e.get("run") not in runs_here] + [
+        entries[run] for run, *_ in todo]
+    write_atomically(metrics, json.dumps(published, indent=1))
+    if labels:
+        write_atomically(results / "label_subset.json",
+                         source=profile.output_dir / "label_subset.json")
+    print(f"Published {len(todo)} runs into {results}", flush=True)
 
 
 if __name__ == "__main__":

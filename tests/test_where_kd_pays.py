@@ -1,6 +1,8 @@
 """Tests of scripts/where_kd_pays.py: the runs of each part (the label subset and its
 datasets are aerialkd.few_labels', tested in test_few_labels.py)."""
 
+import json
+
 import pytest
 
 import utils
@@ -34,3 +36,52 @@ def test_runs_of_each_part_in_training_order(tiny_data, chosen, tmp_path):
     assert [(run, s["seed"], s["record"]) for run, _, _, s in width[:2]] == [
         ("student_scratch_w4_s0", 0, {"width": 4}), ("student_distilled_w4_s0", 0, {"width": 4})]
     assert width[0][3]["build"]().count_params() < utils.build_student().count_params() / 3
+
+
+def _finish(profile, todo, scored=True):
+    """Fake finished runs: the files `fit_segmentation` and `train_model` leave, and scores."""
+    profile.models_dir.mkdir(parents=True, exist_ok=True)
+    for run, *_ in todo:
+        files = utils.RunFiles(profile.models_dir, run)
+        for path in (files.model, files.history, files.record):
+            path.write_text(f"{path.name} of {run}")
+    entries = [{"model": model, "run": run, "seed": s["seed"], "miou5": 0.5}
+               for run, model, _, s in todo[:len(todo) if scored else -1]]
+    (profile.output_dir / "metrics.json").write_text(json.dumps(entries))
+    (profile.output_dir / "label_subset.json").write_text('{"labelled": []}')
+
+
+def test_publish_copies_scored_runs_and_seed_0_models_and_keeps_other_entries(
+        tiny_data, chosen, tmp_path):
+    profile = utils.load_profile("tiny", output_dir=tmp_path / "runs")
+    todo = where_kd_pays.runs_of("labels", tiny_data, chosen, profile)
+    _finish(profile, todo)
+    results = tmp_path / "results"
+    (results / "models").mkdir(parents=True)
+    (results / "metrics.json").write_text(json.dumps([
+        {"model": "teacher", "run": "teacher", "seed": 0, "miou5": 0.7},
+        {"model": "student_scratch_l12", "run": "student_scratch_l12_s0", "seed": 0, "miou5": 0.1}]))
+    where_kd_pays.publish(todo, profile, results, labels=True)
+    published = json.loads((results / "metrics.json").read_text())
+    assert [e["run"] for e in published] == ["teacher"] + [run for run, *_ in todo]
+    assert {e["miou5"] for e in published[1:]} == {0.5}  # the earlier entry replaced
+    models = {p.name for p in (results / "models").iterdir()}
+    assert {"teacher_l12.keras", "student_scratch_l12_s0.keras",
+            "student_distilled_t12_s0.keras"} <= models
+    assert "student_scratch_l12_s1.keras" not in models  # seeds 1 and 2: records only
+    assert {"student_scratch_l12_s1_history.json", "student_scratch_l12_s1_run.json"} <= models
+    assert (results / "models" / "teacher_l12.keras").read_text() == "teacher_l12.keras of teacher_l12"
+    assert (results / "label_subset.json").exists()
+    assert not [p for p in results.rglob(".*.partial")]  # nothing half-written left behind
+
+
+def test_publish_refuses_a_part_with_unfinished_or_unscored_runs(tiny_data, chosen, tmp_path):
+    profile = utils.load_profile("tiny", output_dir=tmp_path / "runs")
+    todo = where_kd_pays.runs_of("width4", tiny_data, chosen, profile)
+    _finish(profile, todo, scored=False)
+    utils.RunFiles(profile.models_dir, "student_scratch_w4_s1").record.unlink()
+    results = tmp_path / "results"
+    with pytest.raises(SystemExit, match=r"unfinished runs \['student_scratch_w4_s1'\], finished "
+                                         r"but not scored \['student_distilled_w4_s2'\]"):
+        where_kd_pays.publish(todo, profile, results)
+    assert not results.exists()  # nothing written
