@@ -60,7 +60,8 @@ def test_publish_copies_scored_runs_and_seed_0_models_and_keeps_other_entries(
     (results / "models").mkdir(parents=True)
     (results / "metrics.json").write_text(json.dumps([
         {"model": "teacher", "run": "teacher", "seed": 0, "miou5": 0.7},
-        {"model": "student_scratch_l12", "run": "student_scratch_l12_s0", "seed": 0, "miou5": 0.1}]))
+        {"model": "student_scratch_l12", "run": "student_scratch_l12_s0", "seed": 0,
+         "miou5": 0.1}]))
     where_kd_pays.publish(todo, profile, results, labels=True)
     published = json.loads((results / "metrics.json").read_text())
     assert [e["run"] for e in published] == ["teacher"] + [run for run, *_ in todo]
@@ -70,7 +71,8 @@ def test_publish_copies_scored_runs_and_seed_0_models_and_keeps_other_entries(
             "student_distilled_t12_s0.keras"} <= models
     assert "student_scratch_l12_s1.keras" not in models  # seeds 1 and 2: records only
     assert {"student_scratch_l12_s1_history.json", "student_scratch_l12_s1_run.json"} <= models
-    assert (results / "models" / "teacher_l12.keras").read_text() == "teacher_l12.keras of teacher_l12"
+    copied = (results / "models" / "teacher_l12.keras").read_text()
+    assert copied == "teacher_l12.keras of teacher_l12"
     assert (results / "label_subset.json").exists()
     assert not [p for p in results.rglob(".*.partial")]  # nothing half-written left behind
 
