@@ -32,8 +32,33 @@ NAMES = {
     "student_distilled_x8": "distilled from the teacher's 8-symmetry ensemble",
     "student_distilled_cwd4": "distilled channel-wise, T = 4",
     "student_distilled_a01": "distilled mostly from the teacher, alpha = 0.1",
+    "teacher_l12": "teacher from scratch on 12 labelled images",
+    "student_scratch_l12": "student from scratch on 12 labelled images",
+    "student_distilled_l12": "student with 12 labelled images, distilled from the teacher",
+    "student_distilled_t12": "student with 12 labelled images, distilled from the teacher "
+                             "of the 12",
+    "student_scratch_w4": "quarter-width student from scratch (4→64)",
+    "student_distilled_w4": "quarter-width student distilled from the teacher",
+    "student_scratch_w2": "eighth-width student from scratch (2→32)",
+    "student_distilled_w2": "eighth-width student distilled from the teacher",
 }
 SCRATCH, DISTILLED = "student_scratch_tf", "student_distilled"
+
+#: The arms of `scripts/where_kd_pays.py` with few labels, next to the ceiling, in table
+#: order: (model, what it is, labelled training images, training images it sees).
+FEW_LABELS = [
+    (SCRATCH, "student from scratch, all labels (the ceiling)", 48, 48),
+    ("teacher_l12", "teacher, from scratch on the 12 labelled images", 12, 12),
+    ("student_scratch_l12", "student from scratch on the 12", 12, 12),
+    ("student_distilled_l12", "student distilled from the teacher of all 48", 12, 48),
+    ("student_distilled_t12", "student distilled from the teacher of the 12", 12, 48),
+]
+#: Base width -> (scratch, distilled) models of the width curve, all labels.
+WIDTHS = {8: (SCRATCH, DISTILLED), 4: ("student_scratch_w4", "student_distilled_w4"),
+          2: ("student_scratch_w2", "student_distilled_w2")}
+#: The models of `scripts/where_kd_pays.py`, which the tables of issue #35 pair among themselves.
+WHERE_KD_PAYS = ({model for model, *_ in FEW_LABELS} | set().union(*WIDTHS.values())) - {
+    SCRATCH, DISTILLED}
 
 
 def load(path):
@@ -161,7 +186,8 @@ def runs_table(metrics):
 
 def paired_table(metrics):
     by = groups(metrics)
-    models = [m for m in NAMES if m.startswith("student_distilled") and m in by]
+    models = [m for m in NAMES
+              if m.startswith("student_distilled") and m in by and m not in WHERE_KD_PAYS]
     lines = ["| seed | " + " | ".join(["scratch"] + [NAMES[m] for m in models]) + " |",
              "|---" * (len(models) + 2) + "|"]
     for seed in sorted(by[SCRATCH]):
@@ -177,20 +203,6 @@ def paired_table(metrics):
                    f"({signed_mean_sd(gains.values())})"
                  + " |" * (len(models) - 1) + " |")
     return "\n".join(lines)
-
-
-#: The arms of `scripts/where_kd_pays.py` with few labels, next to the ceiling, in table
-#: order: (model, what it is, labelled training images, training images it sees).
-FEW_LABELS = [
-    (SCRATCH, "student from scratch, all labels (the ceiling)", 48, 48),
-    ("teacher_l12", "teacher, from scratch on the 12 labelled images", 12, 12),
-    ("student_scratch_l12", "student from scratch on the 12", 12, 12),
-    ("student_distilled_l12", "student distilled from the teacher of all 48", 12, 48),
-    ("student_distilled_t12", "student distilled from the teacher of the 12", 12, 48),
-]
-#: Base width -> (scratch, distilled) models of the width curve, all labels.
-WIDTHS = {8: (SCRATCH, DISTILLED), 4: ("student_scratch_w4", "student_distilled_w4"),
-          2: ("student_scratch_w2", "student_distilled_w2")}
 
 
 def paired_change(gains):

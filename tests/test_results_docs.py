@@ -80,3 +80,20 @@ def test_the_width_table_gives_sizes_and_the_paired_gain_of_each_width():
     assert table[4] == "| 4 | 0.12 M | 0.39 | 0.620 ± 0.000 | 0.640 ± 0.010 | +0.020 ± 0.010 | 3 |"
     assert len(table) == 5  # width 2 has no runs yet
     assert report.unet_size(2)[0] < report.unet_size(4)[0] < sizes[8][0] == report.unet_size(8)[0]
+
+
+def test_the_runs_of_issue_35_are_named_and_kept_out_of_the_half_width_pairing():
+    committed = report.load("results/metrics.json")
+    added = [{**_entry(model, s, 0.5), "miou6": 0.4, "pixel_acc": 0.8, "backend": "tensorflow",
+              "device": "CPU (x86_64, 2 cores)"}
+             for model in ("student_scratch_l12", "student_distilled_l12", "student_distilled_w4")
+             for s in range(3)]
+    runs = report.runs_table(committed + added)
+    assert ("| student with 12 labelled images, distilled from the teacher "
+            "(`student_distilled_l12`) | TensorFlow on a 2-core CPU | 0, 1, 2 | 0.500 ± 0.000 |"
+            in runs)
+    assert report.paired_table(committed + added) == report.paired_table(committed)
+    assert report.WHERE_KD_PAYS == {"teacher_l12", "student_scratch_l12", "student_distilled_l12",
+                                    "student_distilled_t12", "student_scratch_w4",
+                                    "student_distilled_w4", "student_scratch_w2",
+                                    "student_distilled_w2"}
