@@ -84,7 +84,11 @@ def label_subset(data: SegmentationDataset, n_images: int | None = None,
     else:
         base = [order[tile][0] for tile in tiles]
         extra, target = n_images - len(tiles), sum(counts.values()) / 4
-        best = min(itertools.combinations(list(tiles), extra),
+        seconds = [tile for tile in tiles if len(order[tile]) > 1]
+        if extra > len(seconds):
+            raise ValueError(f"n_images={n_images}: the tiled rule takes one or two images per "
+                             f"tile, at most {len(tiles) + len(seconds)} here; ask for fewer.")
+        best = min(itertools.combinations(seconds, extra),
                    key=lambda pick: abs(sum(counts[n] for n in base)
                                         + sum(counts[order[t][1]] for t in pick) - target))
         chosen = base + [order[tile][1] for tile in best]

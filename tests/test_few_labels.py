@@ -63,6 +63,8 @@ def test_bad_subsets_and_datasets_are_refused_with_what_to_do(tiny_data, chosen)
         utils.unlabelled_elsewhere(tiny_data, [])
     with pytest.raises(ValueError, match="n_images must be between 1 and the 18"):
         utils.label_subset(tiny_data, n_images=19)
+    with pytest.raises(ValueError, match="one or two images per tile, at most 6 here"):
+        utils.label_subset(tiny_data, n_images=7)  # three tiles
     with pytest.raises(ValueError, match="do not match the training images"):
         utils.labelled_patches(dataclasses.replace(tiny_data, x_train=tiny_data.x_train[1:]),
                                chosen)
