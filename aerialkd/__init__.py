@@ -30,7 +30,7 @@ topic per module; a module imports only modules above it in this list:
 - `scene_outputs`: a batch's bookkeeping: STAC label sidecars, a VRT mosaic.
 - `scene_batch`: `segment_scenes`, many scenes on an engine (this process, Dask,
   Ray), resumable.
-- `tables`: readable names of metrics, history rows, Markdown tables.
+- `tables`: readable names of metrics, history rows, scores over seeds, Markdown tables.
 - `plots`: the figures of the notebooks.
 - `notebook`: the notebooks' conveniences: profiles, Colab setup, load or train.
 
@@ -171,6 +171,9 @@ from .scene_batch import (  # noqa: F401
 from .tables import (  # noqa: F401
     LABELS,
     history_rows,
+    scores_by_seed,
+    paired_differences,
+    format_mean_sd,
     seed_summary,
     markdown_table,
 )
@@ -307,6 +310,9 @@ __all__ = [
     "plot_sweep",
     "plot_tradeoff",
     "history_rows",
+    "scores_by_seed",
+    "paired_differences",
+    "format_mean_sd",
     "seed_summary",
     "markdown_table",
     "GITHUB_REPOSITORY",

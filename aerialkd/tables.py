@@ -54,6 +54,97 @@ def history_rows(
             for epoch in shown if epoch >= 1]
 
 
+def scores_by_seed(
+    entries: Sequence[Mapping[str, Any]], key: str = "miou5"
+) -> dict[str, dict[int, float]]:
+    """Each model's score by seed: `{model: {seed: score}}`, models in order of appearance.
+
+    Args:
+        entries: dicts with `model`, `seed` and `key`, one per run (as in
+            `results/metrics.json`).
+        key: the score.
+
+    Returns:
+        A dict of dicts.
+
+    Raises:
+        ValueError: two entries of one model have the same seed (a run
+            scored twice, or two recipes under one name).
+
+    Example:
+
+    >>> scores_by_seed([{"model": "teacher", "seed": 0, "miou5": 0.7}])
+    {'teacher': {0: 0.7}}
+    """
+    scores: dict[str, dict[int, float]] = {}
+    for entry in entries:
+        seeds = scores.setdefault(entry["model"], {})
+        if entry["seed"] in seeds:
+            raise ValueError(f"{entry['model']!r} has two entries for seed {entry['seed']}: "
+                             f"keep one run per model and seed (a metrics file should hold "
+                             f"each run once).")
+        seeds[entry["seed"]] = float(entry[key])
+    return scores
+
+
+def paired_differences(
+    entries: Sequence[Mapping[str, Any]], model: str, baseline: str, key: str = "miou5"
+) -> dict[int, float]:
+    """`model` minus `baseline` seed by seed, over the seeds both have.
+
+    A seed fixes a run's batch order and, on one backend, its initial weights
+    and augmentation, so two models of the same seed differ by their recipe
+    alone; pairing them removes the seed-to-seed spread both means carry.
+
+    Args:
+        entries: dicts with `model`, `seed` and `key`, one per run.
+        model: the model whose change is measured.
+        baseline: the model it is compared with.
+        key: the score.
+
+    Returns:
+        `{seed: difference}` in seed order; empty when the two share no seed.
+
+    Example:
+
+    >>> runs = [{"model": "scratch", "seed": 0, "miou5": 0.60},
+    ...         {"model": "scratch", "seed": 1, "miou5": 0.64},
+    ...         {"model": "distilled", "seed": 1, "miou5": 0.66}]
+    >>> changes = paired_differences(runs, "distilled", "scratch")
+    >>> {seed: round(change, 3) for seed, change in changes.items()}
+    {1: 0.02}
+    """
+    scores = scores_by_seed(entries, key)
+    mine, reference = scores.get(model, {}), scores.get(baseline, {})
+    return {seed: mine[seed] - reference[seed] for seed in sorted(mine) if seed in reference}
+
+
+def format_mean_sd(values: Sequence[float], digits: int = 3, signed: bool = False) -> str:
+    """Scores over seeds as text: their mean ± their sample standard deviation.
+
+    Args:
+        values: one score per seed.
+        digits: decimals.
+        signed: whether to show the mean's sign (for a change).
+
+    Returns:
+        `"0.662 ± 0.001"`; the value alone for one value (it has no spread);
+        `""` for none.
+
+    Example:
+
+    >>> format_mean_sd([0.60, 0.64])
+    '0.620 ± 0.028'
+    >>> format_mean_sd([0.03], signed=True)
+    '+0.030'
+    """
+    values = [float(v) for v in values]
+    if not values:
+        return ""
+    mean = f"{np.mean(values):{'+' if signed else ''}.{digits}f}"
+    return mean if len(values) == 1 else f"{mean} ± {np.std(values, ddof=1):.{digits}f}"
+
+
 def seed_summary(
     entries: Sequence[Mapping[str, Any]],
     models: Sequence[str] | None = None,
@@ -63,9 +154,9 @@ def seed_summary(
     """Each model's score over its seeds, and its change against a baseline paired by seed.
 
     Two runs of the same recipe differ by a few hundredths of mean IoU, so a
-    comparison of models is made seed by seed: each model minus the baseline
-    run of the same seed, then the mean and the sample standard deviation of
-    those differences.
+    comparison of models is made seed by seed (`paired_differences`): each
+    model minus the baseline run of the same seed, then the mean and the
+    sample standard deviation of those differences.
 
     Args:
         entries: dicts with `model`, `seed` and `key`, one per run (as in
@@ -82,6 +173,9 @@ def seed_summary(
         (mean of the paired differences, over `paired seeds`) and its
         `change sd`.
 
+    Raises:
+        ValueError: two entries of one model have the same seed.
+
     Example:
 
     >>> runs = [{"model": "scratch", "seed": 0, "miou5": 0.60},
@@ -94,24 +188,21 @@ def seed_summary(
     | scratch | 2 | 0.620 | 0.028 | — | — | — |
     | distilled | 2 | 0.645 | 0.021 | 0.025 | 0.007 | 2 |
     """
-    by_model: dict[str, dict[int, float]] = {}
-    for entry in entries:
-        by_model.setdefault(entry["model"], {})[entry["seed"]] = float(entry[key])
+    by_model = scores_by_seed(entries, key)
     rows = []
     for model in (by_model if models is None else models):
-        scores = by_model.get(model)
+        scores = list(by_model.get(model, {}).values())
         if not scores:
             continue
-        row = {"model": model, "seeds": len(scores), "mean": float(np.mean(list(scores.values()))),
-               "sd": float(np.std(list(scores.values()), ddof=1)) if len(scores) > 1 else None}
+        row = {"model": model, "seeds": len(scores), "mean": float(np.mean(scores)),
+               "sd": float(np.std(scores, ddof=1)) if len(scores) > 1 else None}
         if baseline is not None:
-            reference = by_model.get(baseline, {})
-            changes = [scores[s] - reference[s] for s in sorted(scores) if s in reference]
-            mine = model != baseline and bool(changes)
-            row.update({"change": float(np.mean(changes)) if mine else None,
+            changes = (list(paired_differences(entries, model, baseline, key).values())
+                       if model != baseline else [])
+            row.update({"change": float(np.mean(changes)) if changes else None,
                         "change sd": float(np.std(changes, ddof=1))
-                        if mine and len(changes) > 1 else None,
-                        "paired seeds": len(changes) if mine else None})
+                        if len(changes) > 1 else None,
+                        "paired seeds": len(changes) if changes else None})
         rows.append(row)
     return rows
 

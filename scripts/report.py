@@ -20,6 +20,8 @@ import re
 import statistics
 import sys
 
+import aerialkd
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PAGES = {"README.md": ("headline",), "results/README.md": ("runs", "paired", "export")}
 
@@ -69,33 +71,26 @@ def groups(entries):
     """`{model: {seed: entry}}` from the entries of `metrics.json`."""
     out = {}
     for entry in entries:
-        out.setdefault(entry["model"], {})[entry["seed"]] = entry
+        seeds = out.setdefault(entry["model"], {})
+        if entry["seed"] in seeds:
+            raise SystemExit(f"metrics.json has two entries of {entry['model']!r} for seed "
+                             f"{entry['seed']}; keep one run per model and seed.")
+        seeds[entry["seed"]] = entry
     return out
 
 
-def mean_sd(values):
-    """'0.662 ± 0.001' over seeds (sample sd), or '0.693' for one value."""
-    values = list(values)
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+def mean_sd(values, signed=False):
+    """'0.662 ± 0.001' over seeds (sample sd), '0.693' for one value, '' for none."""
+    return aerialkd.format_mean_sd(list(values), signed=signed)
 
 
-def signed_mean_sd(values):
-    values = list(values)
-    return f"{statistics.mean(values):+.3f} ± {statistics.stdev(values):.3f}"
-
-
-def paired(by_model, model, baseline=SCRATCH, key="miou5"):
-    """`{seed: model minus baseline}` over the seeds both have."""
-    a, b = by_model.get(model, {}), by_model.get(baseline, {})
-    return {seed: a[seed][key] - b[seed][key] for seed in sorted(a) if seed in b}
+def paired(metrics, model, baseline=SCRATCH):
+    """`{seed: model minus baseline}` in test mIoU5, over the seeds both have."""
+    return aerialkd.paired_differences(metrics, model, baseline)
 
 
 def unet_size(width):
     """Parameters and GFLOPs at 256x256 of the U-Net of base width `width`."""
-    import aerialkd
-
     model = aerialkd.build_unet(width)
     return model.count_params(), aerialkd.count_flops(model) / 1e9
 
@@ -116,7 +111,7 @@ def headline(metrics, cpu, gpu, analysis, sizes):
     teacher = by["teacher"][0]
     scratch = [e["miou5"] for e in by[SCRATCH].values()]
     distilled = [e["miou5"] for e in by[DISTILLED].values()]
-    gains = list(paired(by, DISTILLED).values())
+    gains = list(paired(metrics, DISTILLED).values())
     (t_params, t_gflops), (s_params, s_gflops) = sizes["teacher"], sizes["student"]
     figures, gpu_figures = cpu["figures"], gpu["figures"]
     alone = [analysis["val"]["overlap"][f"teacher vs {run}"]["only_a_right"]
@@ -132,7 +127,7 @@ def headline(metrics, cpu, gpu, analysis, sizes):
         f"{mean_sd(scratch)} | {len(scratch)} |",
         f"| {NAMES[DISTILLED]} | {s_params / 1e6:.2f} M | {s_gflops:.2f} | "
         f"{mean_sd(distilled)} | {len(distilled)} |",
-        f"| distilled minus scratch, paired by seed | | | {signed_mean_sd(gains)} | "
+        f"| distilled minus scratch, paired by seed | | | {mean_sd(gains, signed=True)} | "
         f"{len(gains)} |",
     ]
     keep = statistics.mean(distilled) / teacher["miou5"]
@@ -156,7 +151,7 @@ def headline(metrics, cpu, gpu, analysis, sizes):
         f"{gpu_figures['latency_teacher_batch1_ms']:.2f} ms on an H200, JAX): both are "
         f"bound by launching work, not by arithmetic. Distillation did not pay here: "
         f"paired by seed, the distilled students are level with students trained from "
-        f"scratch ({signed_mean_sd(gains)}, against a target of +0.03). The teacher leads "
+        f"scratch ({mean_sd(gains, signed=True)}, against a target of +0.03). The teacher leads "
         f"those students by only {teacher['miou5'] - statistics.mean(scratch):.3f} on the "
         f"test split and is right alone on {statistics.mean(alone):.1%} of the validation "
         f"pixels, so there is little to pass on.",
@@ -197,19 +192,12 @@ def paired_table(metrics):
             cells.append("" if entry is None else
                          f"{entry['miou5']:.3f} ({entry['miou5'] - by[SCRATCH][seed]['miou5']:+.3f})")
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
-    gains = paired(by, DISTILLED)
+    gains = paired(metrics, DISTILLED)
     lines.append("| mean ± sd | " + mean_sd(e["miou5"] for e in by[SCRATCH].values()) + " | "
                  + f"{mean_sd(e['miou5'] for e in by[DISTILLED].values())} "
-                   f"({signed_mean_sd(gains.values())})"
+                   f"({mean_sd(gains.values(), signed=True)})"
                  + " |" * (len(models) - 1) + " |")
     return "\n".join(lines)
-
-
-def paired_change(gains):
-    """'+0.040 ± 0.010' over the seeds of `paired`, '+0.040' for one, '' for none."""
-    if len(gains) > 1:
-        return signed_mean_sd(gains.values())
-    return "".join(f"{gain:+.3f}" for gain in gains.values())
 
 
 def few_labels_table(metrics):
@@ -222,7 +210,8 @@ def few_labels_table(metrics):
             continue
         entries = [by[model][s] for s in sorted(by[model])]
         change = ("" if model in ("student_scratch_l12", "teacher_l12") else  # no student pair
-                  paired_change(paired(by, model, baseline="student_scratch_l12")))
+                  mean_sd(paired(metrics, model, baseline="student_scratch_l12").values(),
+                          signed=True))
         lines.append(f"| {what} (`{model}`) | {labelled} | {seen} | {len(entries)} | "
                      f"{mean_sd(e['miou5'] for e in entries)} | {change} |")
     return "\n".join(lines)
@@ -243,13 +232,13 @@ def width_table(metrics, sizes):
     for width, (scratch, distilled) in WIDTHS.items():
         if scratch not in by or distilled not in by:
             continue
-        gains = paired(by, distilled, baseline=scratch)
+        gains = paired(metrics, distilled, baseline=scratch)
         params, gflops = sizes[width]
         lines.append(
             f"| {width} | {params / 1e6:.2f} M | {gflops:.2f} | "
             f"{mean_sd(e['miou5'] for e in by[scratch].values())} | "
             f"{mean_sd(e['miou5'] for e in by[distilled].values())} | "
-            f"{paired_change(gains)} | {len(gains)} |")
+            f"{mean_sd(gains.values(), signed=True)} | {len(gains)} |")
     return "\n".join(lines)
 
 

@@ -16,8 +16,6 @@ The notebooks use none of this: they build, compile and fit in view with `utils`
 
 import dataclasses
 import json
-import math
-
 
 import keras
 import numpy as np
@@ -315,104 +313,16 @@ def load_distillation_config(profile):
     return {**DEFAULT_DISTILLATION, **{k: best[k] for k in DEFAULT_DISTILLATION if k in best}}
 
 
-def seed_summary(entries, keys=("miou5", "miou6", "pixel_acc")):
-    """Mean and standard deviation over seeds of each model's test scores.
-
-    Args:
-        entries: the list in `metrics.json` (from `scripts/experiment.py`):
-            dicts with `model`, `seed` and the `keys`.
-        keys: scores to summarise.
-
-    Returns:
-        List of dicts, one per model in order of first appearance: `model`,
-        `seeds` (how many), and `<key>_mean`, `<key>_std` (sample standard
-        deviation, ddof=1; NaN for a single seed, which has no spread).
-
-    Example:
-
-    >>> seed_summary([{"model": "teacher", "seed": 0, "miou5": 0.7}], ("miou5",))
-    [{'model': 'teacher', 'seeds': 1, 'miou5_mean': 0.7, 'miou5_std': nan}]
-    """
-    rows = []
-    for model in dict.fromkeys(e["model"] for e in entries):
-        runs = [e for e in entries if e["model"] == model]
-        seeds = [e["seed"] for e in runs]
-        if len(set(seeds)) != len(seeds):
-            raise ValueError(f"{model!r} has two entries for one seed in {seeds}; "
-                             f"metrics.json should hold one run per model and seed.")
-        row = {"model": model, "seeds": len(runs)}
-        for key in keys:
-            row[f"{key}_mean"], row[f"{key}_std"] = _mean_and_std([e[key] for e in runs])
-        rows.append(row)
-    return rows
-
-
-def _mean_and_std(values):
-    """Mean and sample standard deviation (ddof=1; NaN for one value: no spread)."""
-    values = np.asarray(values, dtype=float)
-    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan
-
-
-def paired_differences(entries, model="student_distilled", baseline="student_scratch",
-                       key="miou5"):
-    """Per-seed differences of one model's test score over a baseline's.
-
-    A seed fixes a student's batch order (NumPy, the same on any backend)
-    and, through Keras' random generators, its initial weights, flips and
-    rotations and dropout masks, which differ between backends. So on one
-    backend a distilled and a scratch student of the same seed differ only
-    by the teacher, and pairing them removes the seed-to-seed spread that
-    both means carry; across backends they share only the batch order.
-
-    Args:
-        entries: the list in `metrics.json`: dicts with `model`, `seed`, `key`.
-        model: the model whose gain is measured.
-        baseline: the model it is compared with.
-        key: the score.
-
-    Returns:
-        Dict with `seeds` (those both models have, sorted), `differences`
-        (model minus baseline, per seed), `mean` and `std` (sample standard
-        deviation; NaN for fewer than two seeds).
-
-    Example:
-
-    >>> entries = [{"model": "a", "seed": 0, "miou5": 0.7},
-    ...            {"model": "b", "seed": 0, "miou5": 0.6}]
-    >>> paired_differences(entries, "a", "b")["differences"]
-    [0.1]
-    """
-    scores = {}
-    for name in (model, baseline):
-        runs = [e for e in entries if e["model"] == name]
-        if not runs:
-            raise ValueError(f"No {name!r} entries to pair: the models in the entries are "
-                             f"{sorted({e['model'] for e in entries})}.")
-        scores[name] = {e["seed"]: e[key] for e in runs}
-        if len(scores[name]) != len(runs):
-            raise ValueError(f"{name!r} has two entries for one seed in "
-                             f"{[e['seed'] for e in runs]}; metrics.json should hold one run "
-                             f"per model and seed.")
-    seeds = sorted(set(scores[model]) & set(scores[baseline]))
-    if not seeds:
-        raise ValueError(f"{model!r} (seeds {sorted(scores[model])}) and {baseline!r} (seeds "
-                         f"{sorted(scores[baseline])}) share no seed to pair.")
-    differences = [round(scores[model][s] - scores[baseline][s], 12) for s in seeds]
-    mean, std = _mean_and_std(differences)
-    return {"seeds": seeds, "differences": differences, "mean": mean, "std": std}
-
-
-def seed_table(rows, keys=("miou5", "miou6", "pixel_acc"), digits=3):
-    """Markdown table of `seed_summary` rows: "mean ± std" per score.
+def seed_table(entries, keys=("miou5", "miou6", "pixel_acc"), digits=3):
+    """Markdown table of each model's scores over its seeds: "mean ± sd" per score.
 
     A model with one seed shows its score alone: it has no spread to show.
     """
-    def cell(row, key):
-        mean, std = row[f"{key}_mean"], row[f"{key}_std"]
-        return f"{mean:.{digits}f}" if row["seeds"] < 2 else f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-    return utils.markdown_table([{"model": row["model"], "seeds": row["seeds"],
-                            **{k: cell(row, k) for k in keys}} for row in rows])
+    scores = {key: utils.scores_by_seed(entries, key) for key in keys}
+    return utils.markdown_table([
+        {"model": model, "seeds": len(seeds),
+         **{key: utils.format_mean_sd(scores[key][model].values(), digits) for key in keys}}
+        for model, seeds in scores[keys[0]].items()])
 
 
 def seed_report(profile):
@@ -421,7 +331,7 @@ def seed_report(profile):
     `scripts/experiment.py` writes `metrics.json` with one entry per model and
     seed; this reads it back for the report notebook, with each distilled
     model's KD settings, its gain over each scratch student paired by seed
-    (`paired_differences`; whether a pair shares a backend, and with it the
+    (`utils.paired_differences`; whether a pair shares a backend, and with it the
     initial weights and augmentation), and which runs were trained where (the
     runs of one experiment may come from several machines and backends).
     """
@@ -442,7 +352,7 @@ def seed_report(profile):
                 f"{c['kind']} KD, alpha {c['alpha']}, T {c['temperature']}"
                 + (", teacher ensemble" if c.get("teacher_ensemble") else ""))
     epochs = ", ".join(str(n) for n in sorted({e["epochs"] for e in entries}))
-    lines = [seed_table(seed_summary(entries)), "",
+    lines = [seed_table(entries), "",
              f"Test split, {epochs} epochs; the settings of each run are in `{path}`."]
     # the chosen scratch student, and others trained as baselines (experiment.py --scratch)
     baselines = [m for m in dict.fromkeys(e["model"] for e in entries)
@@ -461,15 +371,13 @@ def _paired_line(entries, model, baseline):
 
     None when the two share no seed.
     """
-    runs = {name: {e["seed"]: e for e in entries if e["model"] == name}
-            for name in (model, baseline)}
-    if not set(runs[model]) & set(runs[baseline]):
+    pairs = utils.paired_differences(entries, model, baseline)
+    if not pairs:
         return None
-    pairs = paired_differences(entries, model, baseline)
-    per_seed = ", ".join(f"seed {s} {d:+.3f}" for s, d in zip(pairs["seeds"], pairs["differences"]))
-    spread = "" if len(pairs["seeds"]) < 2 else f" ± {pairs['std']:.3f}"
-    backends = {runs[name][s]["backend"] for name in runs for s in pairs["seeds"]}
+    per_seed = ", ".join(f"seed {s} {d:+.3f}" for s, d in pairs.items())
+    backends = {e["backend"] for e in entries
+                if e["model"] in (model, baseline) and e["seed"] in pairs}
     how = (f"both on {backends.pop()}" if len(backends) == 1 else
            "across backends, so a pair shares only its batch order")
     return (f"`{model}` minus `{baseline}`, mIoU5 paired by seed: {per_seed}; "
-            f"mean {pairs['mean']:+.3f}{spread} ({how}).")
+            f"mean {utils.format_mean_sd(pairs.values(), signed=True)} ({how}).")

@@ -127,7 +127,7 @@ def test_experiment_records_its_runs_and_retrains_only_what_changed(tmp_path, ca
     entries = json.loads((tmp_path / "metrics.json").read_text())
     assert [(e["model"], e["seed"]) for e in entries] == [
         ("teacher", 0), ("student_scratch", 0), ("student_distilled", 0), ("teacher", 1)]
-    assert runs.seed_summary(entries)[0]["seeds"] == 2  # the teacher's mean over two seeds
+    assert utils.seed_summary(entries)[0]["seeds"] == 2  # the teacher's mean over two seeds
     distilled = entries[2]
     assert distilled["config"]["alpha"] == 0.3 and distilled["config"]["batch_size"] == 8
     assert json.loads((tmp_path / "models" / "distillation.json").read_text()) == {
@@ -262,38 +262,16 @@ def test_experiment_refuses_recipe_flags_out_of_place(tmp_path, capsys, monkeypa
     assert message in capsys.readouterr().err
 
 
-def test_seed_summary_gives_mean_and_sample_std_per_model():
+def test_seed_table_gives_mean_and_sample_sd_per_model():
     entries = [{"model": "teacher", "seed": 0, "miou5": 0.7},
                {"model": "student", "seed": 0, "miou5": 0.5},
                {"model": "student", "seed": 1, "miou5": 0.6},
                {"model": "student", "seed": 2, "miou5": 0.7}]
-    teacher, student = runs.seed_summary(entries, keys=("miou5",))
-    assert teacher["seeds"] == 1 and teacher["miou5_mean"] == 0.7
-    assert np.isnan(teacher["miou5_std"])  # one seed has no spread
-    assert "| teacher | 1 | 0.700 |" in runs.seed_table([teacher], keys=("miou5",))
-    assert student["seeds"] == 3 and student["miou5_mean"] == pytest.approx(0.6)
-    assert student["miou5_std"] == pytest.approx(0.1)  # sqrt((0.01 + 0 + 0.01) / 2)
-    assert "| student | 3 | 0.600 ± 0.100 |" in runs.seed_table([student], keys=("miou5",))
-    with pytest.raises(ValueError, match="two entries for one seed"):
-        runs.seed_summary(entries + [entries[1]], keys=("miou5",))
-
-
-def test_paired_differences_pair_runs_by_seed():
-    entries = [{"model": "student_scratch", "seed": 0, "miou5": 0.68},
-               {"model": "student_scratch", "seed": 1, "miou5": 0.66},
-               {"model": "student_scratch", "seed": 2, "miou5": 0.63},
-               {"model": "student_distilled", "seed": 1, "miou5": 0.70},
-               {"model": "student_distilled", "seed": 0, "miou5": 0.66}]
-    pairs = runs.paired_differences(entries)
-    assert pairs["seeds"] == [0, 1]  # seed 2 has no distilled run
-    assert pairs["differences"] == pytest.approx([-0.02, 0.04])
-    assert pairs["mean"] == pytest.approx(0.01)
-    assert pairs["std"] == pytest.approx(0.06 / np.sqrt(2))
-    assert np.isnan(runs.paired_differences(entries[:1] + entries[-1:])["std"])
-    with pytest.raises(ValueError, match="share no seed"):
-        runs.paired_differences(entries[2:4])
-    with pytest.raises(ValueError, match="No 'teacher' entries"):
-        runs.paired_differences(entries, baseline="teacher")
+    table = runs.seed_table(entries, keys=("miou5",)).splitlines()
+    assert table[2] == "| teacher | 1 | 0.700 |"  # one seed has no spread
+    assert table[3] == "| student | 3 | 0.600 ± 0.100 |"  # sqrt((0.01 + 0 + 0.01) / 2)
+    with pytest.raises(ValueError, match="two entries for seed 0"):
+        runs.seed_table(entries + [entries[1]], keys=("miou5",))
 
 
 def test_seed_report_names_each_runs_machine_and_the_kd_settings(tmp_path):

@@ -41,3 +41,25 @@ def test_seed_summary_pairs_each_model_with_the_baseline_of_the_same_seed():
     assert kd["paired seeds"] == 2 and kd["change"] == pytest.approx(0.03)
     assert kd["change sd"] == pytest.approx(0.02 * 2 ** 0.5)  # sample sd of 0.05, 0.01
     assert "change" not in utils.seed_summary(runs)[0]  # no baseline, no change columns
+
+
+def test_paired_differences_pair_runs_by_seed():
+    entries = [{"model": "student_scratch", "seed": 0, "miou5": 0.68},
+               {"model": "student_scratch", "seed": 1, "miou5": 0.66},
+               {"model": "student_scratch", "seed": 2, "miou5": 0.63},
+               {"model": "student_distilled", "seed": 1, "miou5": 0.70},
+               {"model": "student_distilled", "seed": 0, "miou5": 0.66}]
+    pairs = utils.paired_differences(entries, "student_distilled", "student_scratch")
+    assert list(pairs) == [0, 1]  # in seed order; seed 2 has no distilled run
+    assert list(pairs.values()) == pytest.approx([-0.02, 0.04])
+    assert utils.paired_differences(entries[2:4], "student_distilled", "student_scratch") == {}
+    assert utils.paired_differences(entries, "student_distilled", "teacher") == {}
+    with pytest.raises(ValueError, match="'student_scratch' has two entries for seed 1"):
+        utils.paired_differences(entries + entries[1:2], "student_distilled", "student_scratch")
+
+
+def test_format_mean_sd_shows_the_sample_sd_and_a_lone_value_alone():
+    assert utils.format_mean_sd([-0.02, 0.04], signed=True) == "+0.010 ± 0.042"  # 0.06 / sqrt 2
+    assert utils.format_mean_sd([0.6931]) == "0.693"
+    assert utils.format_mean_sd([0.5, 0.6, 0.7], digits=2) == "0.60 ± 0.10"
+    assert utils.format_mean_sd([]) == ""
