@@ -7,7 +7,8 @@ topic per module; a module imports only modules above it in this list:
 - `hosts`: the processes of a run on several hosts (JAX): joining them, which one
   writes files, each one's rows of a batch.
 - `devices`: data-parallel training on several devices, replicas, precision.
-- `run_files`: the files of a training run (`RunFiles`), one owner for their names.
+- `run_files`: the files of a training run (`RunFiles`), one owner for their names;
+  `write_into_place`, which writes a file whole or not at all.
 - `files`: dataset layouts on disk, image/mask pairs, reading and cutting them.
 - `batches`: batches for `fit`: patches in memory or streamed, random and
   consistent crops.
@@ -63,6 +64,7 @@ from .devices import (  # noqa: F401
 )
 from .run_files import (  # noqa: F401
     RunFiles,
+    write_into_place,
 )
 from .files import (  # noqa: F401
     DATASET_DIRNAME,
@@ -213,6 +215,7 @@ from .notebook import (  # noqa: F401
 
 __all__ = [
     "RunFiles",
+    "write_into_place",
     "CLASSES",
     "PALETTE",
     "LABELLED_CLASSES",

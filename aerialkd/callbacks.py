@@ -10,7 +10,7 @@ from keras import ops
 
 from .hosts import without_distribution, writes_files
 from .models import save_model
-from .run_files import RunFiles
+from .run_files import RunFiles, write_into_place
 
 
 class SyncEpoch(keras.callbacks.Callback):
@@ -65,7 +65,7 @@ class EpochRecord(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps({"epochs_done": epoch + 1}))
+        write_into_place(self.path, json.dumps({"epochs_done": epoch + 1}))
 
 
 class SharedBackup(keras.callbacks.BackupAndRestore):
@@ -143,6 +143,6 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         self.best = float(value)
         with without_distribution():  # process 0 saves alone (see SharedBackup)
             save_model(getattr(self.model, "student", self.model), self.path)
-        RunFiles.of_model(self.path).best.write_text(
-            json.dumps({"best": self.best, "epoch": epoch + 1,
-                        "monitor": self.monitor}))
+        write_into_place(RunFiles.of_model(self.path).best,
+                         json.dumps({"best": self.best, "epoch": epoch + 1,
+                                     "monitor": self.monitor}))

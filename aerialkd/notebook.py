@@ -21,7 +21,7 @@ from .datasets import SegmentationDataset, load_dataset
 from .synthetic import make_tiny_dataset
 from .models import with_dtype_policy
 from .distiller import Distiller
-from .run_files import RunFiles
+from .run_files import RunFiles, write_into_place
 from .training import compile_segmentation, fit_segmentation
 
 
@@ -346,7 +346,7 @@ def write_run_record(profile: Profile, name: str, **settings: Any) -> pathlib.Pa
         The path written.
     """
     path = RunFiles(profile.models_dir, name).record
-    path.write_text(json.dumps({**run_info(profile), **settings}, indent=1))
+    write_into_place(path, json.dumps({**run_info(profile), **settings}, indent=1))
     return path
 
 

@@ -1,4 +1,4 @@
-"""The files of a training run: one owner for their names."""
+"""The files of a training run: one owner for their names; files written whole or not at all."""
 
 from __future__ import annotations
 
@@ -6,6 +6,36 @@ import dataclasses
 import os
 import pathlib
 import time
+import uuid
+
+
+def write_into_place(path: os.PathLike | str, data: str | bytes) -> None:
+    """Writes `data` to a hidden temporary file beside `path`, then renames it to `path`.
+
+    The rename is atomic on one file system: `path` is the old file or the
+    whole new one, never a part, whenever the process is killed. Text is
+    written as UTF-8.
+
+    Args:
+        path: the file to write.
+        data: its contents: text, or bytes (e.g. another file's, to copy it).
+
+    Example:
+
+    >>> write_into_place("notes.json", '{"status": "ok"}')
+    >>> open("notes.json").read()
+    '{"status": "ok"}'
+    """
+    path = pathlib.Path(path)
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        if isinstance(data, bytes):
+            partial.write_bytes(data)
+        else:
+            partial.write_text(data, encoding="utf-8")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 @dataclasses.dataclass(frozen=True)

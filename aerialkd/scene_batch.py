@@ -27,7 +27,8 @@ import keras
 import numpy as np
 
 from .classes import class_names_for, generic_classes
-from .scene_outputs import label_item, read_label_item, write_into_place, write_mosaics
+from .run_files import write_into_place
+from .scene_outputs import label_item, read_label_item, write_mosaics
 from .scene_sources import find_scenes
 from .scenes import polygonize, segment_scene
 from .tiling import check_tiling

@@ -1,7 +1,7 @@
 """What a batch of scenes leaves beside its label rasters: STAC sidecars and a VRT mosaic.
 
 Each scene's sidecar is a STAC Item of its labels (`label_item`), written
-atomically (`write_into_place`) and read back to tell a finished scene
+whole or not at all (`write_into_place`) and read back to tell a finished scene
 (`read_label_item`); `write_mosaics` joins the label rasters of a folder into
 one VRT per CRS.
 """
@@ -12,38 +12,17 @@ import datetime
 import json
 import os
 import pathlib
-import uuid
 import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from typing import Any
 
 from .classes import IGNORE_INDEX
+from .run_files import write_into_place
 
 LABEL_EXTENSION = "https://stac-extensions.github.io/label/v1.0.1/schema.json"
 CLASSIFICATION_EXTENSION = ("https://stac-extensions.github.io/classification/v2.0.0/"
                             "schema.json")
-
-
-def write_into_place(path: os.PathLike | str, text: str) -> None:
-    """Writes `text` to a hidden temporary file beside `path`, then renames it to `path`.
-
-    The rename is atomic on one file system: `path` is the old file or the
-    whole new one, never a part, whenever the process is killed.
-
-    Example:
-
-    >>> write_into_place("notes.json", '{"status": "ok"}')
-    >>> open("notes.json").read()
-    '{"status": "ok"}'
-    """
-    path = pathlib.Path(path)
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
-    try:
-        partial.write_text(text)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def label_item(

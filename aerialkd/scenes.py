@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .classes import IGNORE_INDEX, class_names_for, generic_classes
+from .run_files import write_into_place
 from .tiling import blend_tiles, check_tiling
 
 if TYPE_CHECKING:
@@ -337,7 +338,7 @@ def polygonize(
         collection["crs"] = {"type": "name", "properties": {"name": _crs_name(crs)}}
     collection["features"] = features
     dst_path.parent.mkdir(parents=True, exist_ok=True)
-    dst_path.write_text(json.dumps(collection))
+    write_into_place(dst_path, json.dumps(collection))
     by_class = [f["properties"]["name"] for f in features]
     return {"path": str(dst_path),
             "features": {name: by_class.count(name) for name in class_names}}

@@ -21,7 +21,7 @@ from .losses import SegmentationLoss
 from .distiller import Distiller
 from .metrics import AnnotatedPixelAccuracy, check_labelled_classes, miou_name
 from .prediction import predict_logits
-from .run_files import RunFiles
+from .run_files import RunFiles, write_into_place
 from .callbacks import (BestModelCheckpoint, EpochRecord, SharedBackup, StopOnNaN, SyncEpoch,
                         monitored_miou)
 
@@ -276,9 +276,7 @@ def fit_segmentation(
     )
     history = gather_json(read_history(files.history_csv) if writer else None)[0]
     if writer:
-        partial = files.history.with_name(f".{files.history.name}.partial")
-        partial.write_text(json.dumps(history, indent=1))
-        partial.replace(files.history)  # never a half-written history
+        write_into_place(files.history, json.dumps(history, indent=1))
     if stop_on_nan.stopped:
         epoch, loss = stop_on_nan.stopped
         kept = (f"the best checkpoint so far ({best.monitor} {best.best:.4f}) is kept "

@@ -243,7 +243,8 @@ def main(argv=None):
         if args.output:
             path = pathlib.Path(args.output)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(report(args, names, figures, epoch_seconds), indent=1))
+            utils.write_into_place(path, json.dumps(report(args, names, figures, epoch_seconds),
+                                                   indent=1))
 
     if args.data_parallel:
         figures.update(data_parallel_figures(VARIANTS[names[-1]], x, y, args.epochs,

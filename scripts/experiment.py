@@ -249,7 +249,7 @@ def _save_chosen_settings(profile, config, changed):
     saved = json.loads(chosen.read_text()) if chosen.exists() else {}
     if changed or not saved:
         saved = {"chosen_by": "scripts/experiment.py flags"}
-    chosen.write_text(json.dumps({**saved, **config}, indent=1))
+    utils.write_into_place(chosen, json.dumps({**saved, **config}, indent=1))
 
 
 class Metrics:
@@ -282,7 +282,7 @@ class Metrics:
             "split": {"test": data.sources["test"], "val": data.sources["val"]},
         }
         self.entries = [e for e in self.entries if e.get("run") != run_name] + [entry]
-        self.path.write_text(json.dumps(self.entries, indent=1))
+        utils.write_into_place(self.path, json.dumps(self.entries, indent=1))
         print(f"{run_name}: test mIoU5 {entry['miou5']:.4f}, mIoU6 {entry['miou6']:.4f}, "
               f"pixel acc {entry['pixel_acc']:.4f} (trained in {entry['train_seconds']:.0f} s)",
               flush=True)

@@ -64,7 +64,7 @@ def main(argv=None):
     report = {**utils.run_info(profile), "split": "test", "calibration": "64 training patches",
               "rows": rows}
     out = profile.output_dir / "export.json"
-    out.write_text(json.dumps(report, indent=1))
+    utils.write_into_place(out, json.dumps(report, indent=1))
     print(utils.markdown_table(rows))
     print(f"Wrote {out}")
 

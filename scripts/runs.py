@@ -54,7 +54,7 @@ def save_profile_overrides(profile, precision=None):
     path = profile.output_dir / "profile.json"
     profile.output_dir.mkdir(parents=True, exist_ok=True)
     if overrides:
-        path.write_text(json.dumps({"name": profile.name, **overrides}, indent=1))
+        utils.write_into_place(path, json.dumps({"name": profile.name, **overrides}, indent=1))
     else:
         path.unlink(missing_ok=True)
     return profile
@@ -194,7 +194,7 @@ def train(name, profile, data, *, build=utils.build_student, teacher=None, alpha
             print(f"Run {name!r} is trained anew (other settings, or retrain=True); the "
                   f"files of the earlier run were moved to {archive}.")
     profile.models_dir.mkdir(parents=True, exist_ok=True)
-    files.started.write_text(json.dumps(wanted))
+    utils.write_into_place(files.started, json.dumps(wanted))
     keras.utils.set_random_seed(seed)
     # consistent teaching augments on the host: the model must not augment again
     model = build(augment=False) if sampling == "consistent" else build()
@@ -215,7 +215,7 @@ def train(name, profile, data, *, build=utils.build_student, teacher=None, alpha
         verbose=2, sampling=sampling, cache_teacher=not config.get("feature_weight"),
         **inputs)
     info = {**utils.run_info(profile), **wanted, "train_seconds": record["train_seconds"]}
-    files.record.write_text(json.dumps(info, indent=1))
+    utils.write_into_place(files.record, json.dumps(info, indent=1))
     files.started.unlink()
     return model, history
 
@@ -293,7 +293,7 @@ def sweep_distillation(profile, data, teacher, replace=False):
               f"its distilled students were trained; sweep_distillation(..., replace=True) "
               f"makes the sweep's best what 04_distill trains next.")
         return rows
-    path.write_text(json.dumps(
+    utils.write_into_place(path, json.dumps(
         {"chosen_by": SWEEP_CHOICE, "alpha": best["alpha"], "temperature": best["temperature"],
          "kind": best["kind"], "val_miou5": best["val_miou5"],
          "scratch_val_miou5": reference, "sweep_epochs": profile.sweep_epochs}, indent=1))

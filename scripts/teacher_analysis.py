@@ -122,7 +122,7 @@ def main(argv=None):
                                         in report[split]["ensembles"].items()], digits=4))
 
     path = profile.output_dir / "teacher_analysis.json"
-    path.write_text(json.dumps(report, indent=1))
+    utils.write_into_place(path, json.dumps(report, indent=1))
     print(f"\nWrote {path}")
 
 

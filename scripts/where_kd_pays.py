@@ -32,9 +32,7 @@ scored only by `--evaluate`, once every run of a part has finished:
 import argparse
 import functools
 import json
-import os
 import pathlib
-import shutil
 
 import keras
 
@@ -99,7 +97,7 @@ def main(argv=None):
     committed = utils.REPO_ROOT / "results"
     if args.profile == "full" and not (output / "profile.json").exists():
         output.mkdir(parents=True, exist_ok=True)  # the committed students' budget
-        (output / "profile.json").write_text((committed / "profile.json").read_text())
+        utils.write_into_place(output / "profile.json", (committed / "profile.json").read_bytes())
     profile = runs.load_profile(args.profile, output)
     precision = runs.load_precision(profile)
     profile.models_dir.mkdir(parents=True, exist_ok=True)
@@ -109,7 +107,7 @@ def main(argv=None):
     subset = {"labelled": chosen, "rule": utils.label_subset.__doc__.splitlines()[0],
               "patches": int(utils.labelled_patches(data, chosen).sum()),
               "train_patches": len(data.x_train)}
-    (output / "label_subset.json").write_text(json.dumps(subset, indent=1))
+    utils.write_into_place(output / "label_subset.json", json.dumps(subset, indent=1))
     print(f"Labelled images ({len(chosen)}, {subset['patches']} of {len(data.x_train)} "
           f"patches): {chosen}", flush=True)
     if args.profile == "full":
@@ -176,18 +174,8 @@ def evaluate(todo, profile, data, subset):
         if "labelled_images" in entry:
             entry["labelled"] = subset["labelled"]
         entries = [e for e in entries if e.get("run") != run_name] + [entry]
-        write_atomically(path, json.dumps(entries, indent=1))
+        utils.write_into_place(path, json.dumps(entries, indent=1))
         print(f"{run_name}: test mIoU5 {entry['miou5']:.4f}", flush=True)
-
-
-def write_atomically(path, text=None, source=None):
-    """Writes `text`, or copies the file `source`, to `path`: under another name, then renamed."""
-    partial = path.with_name(f".{path.name}.partial")
-    if source is None:
-        partial.write_text(text)
-    else:
-        shutil.copyfile(source, partial)
-    os.replace(partial, path)
 
 
 def publish(todo, profile, results, labels=False):
@@ -214,16 +202,16 @@ def publish(todo, profile, results, labels=False):
         target = utils.RunFiles(results / "models", run)
         paths = ["history", "record"] + (["model"] if settings["seed"] == SEEDS[0] else [])
         for name in paths:
-            write_atomically(getattr(target, name), source=getattr(source, name))
+            utils.write_into_place(getattr(target, name), getattr(source, name).read_bytes())
     metrics = results / "metrics.json"
     published = json.loads(metrics.read_text()) if metrics.exists() else []
     runs_here = {run for run, *_ in todo}
     published = [e for e in published if e.get("run") not in runs_here] + [
         entries[run] for run, *_ in todo]
-    write_atomically(metrics, json.dumps(published, indent=1))
+    utils.write_into_place(metrics, json.dumps(published, indent=1))
     if labels:
-        write_atomically(results / "label_subset.json",
-                         source=profile.output_dir / "label_subset.json")
+        utils.write_into_place(results / "label_subset.json",
+                               (profile.output_dir / "label_subset.json").read_bytes())
     print(f"Published {len(todo)} runs into {results}", flush=True)
 
 

@@ -1,0 +1,42 @@
+"""Tests of `aerialkd.run_files`: the names of a run's files, and writing a file whole."""
+
+import pytest
+
+import utils
+
+
+def test_run_files_refuse_a_name_that_is_a_path():
+    with pytest.raises(ValueError, match="path separator"):
+        utils.RunFiles("runs", "a/b")
+    with pytest.raises(ValueError, match="must not be empty"):
+        utils.RunFiles("runs", "")
+
+
+def test_archive_moves_every_file_of_the_run_and_nothing_else(tmp_path):
+    files = utils.RunFiles(tmp_path, "student")
+    files.model.write_text("model")
+    files.record.write_text("{}")
+    other = utils.RunFiles(tmp_path, "teacher").model
+    other.write_text("teacher")
+    archive = files.archive()
+    assert sorted(p.name for p in archive.iterdir()) == ["student.keras", "student_run.json"]
+    assert files.existing() == [] and other.exists()
+    assert utils.RunFiles(tmp_path, "absent").archive() is None
+
+
+def test_write_into_place_writes_text_and_bytes(tmp_path):
+    path = tmp_path / "metrics.json"
+    utils.write_into_place(path, "[1]")
+    assert path.read_text() == "[1]"
+    utils.write_into_place(path, b"\x00\x01")
+    assert path.read_bytes() == b"\x00\x01"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no partial file left
+
+
+def test_write_into_place_leaves_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text("old")
+    with pytest.raises(TypeError):
+        utils.write_into_place(path, 42)  # neither text nor bytes: fails while writing
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
