@@ -177,6 +177,7 @@ from .tables import (  # noqa: F401
     paired_differences,
     format_mean_sd,
     seed_summary,
+    describe_change,
     markdown_table,
 )
 from .plots import (  # noqa: F401
@@ -317,6 +318,7 @@ __all__ = [
     "paired_differences",
     "format_mean_sd",
     "seed_summary",
+    "describe_change",
     "markdown_table",
     "GITHUB_REPOSITORY",
     "REPO_ROOT",

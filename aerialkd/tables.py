@@ -207,6 +207,39 @@ def seed_summary(
     return rows
 
 
+def describe_change(row: Mapping[str, Any], digits: int = 3) -> str:
+    """A `seed_summary` row's paired change in words, and whether it exceeds the seeds' spread.
+
+    A change is called real when it is more than twice its standard error
+    (its sample sd over the paired seeds divided by the square root of their
+    number); with one paired seed there is no standard error, and nothing is
+    called.
+
+    Args:
+        row: a row of `seed_summary(..., baseline=...)`.
+        digits: decimals.
+
+    Returns:
+        E.g. `"+0.040 ± 0.010 over 3 seeds, real"`, `"+0.050 (one seed)"`,
+        or `"no paired run"`.
+
+    Example:
+
+    >>> describe_change({"change": 0.04, "change sd": 0.01, "paired seeds": 3})
+    '+0.040 ± 0.010 over 3 seeds, real'
+    >>> describe_change({"change": 0.005, "change sd": 0.010, "paired seeds": 3})
+    '+0.005 ± 0.010 over 3 seeds, within the spread of the seeds'
+    """
+    change, sd, seeds = row.get("change"), row.get("change sd"), row.get("paired seeds")
+    if change is None:
+        return "no paired run"
+    if sd is None:
+        return f"{change:+.{digits}f} (one seed)"
+    real = abs(change) > 2 * sd / np.sqrt(seeds)
+    return (f"{change:+.{digits}f} ± {sd:.{digits}f} over {seeds} seeds, "
+            f"{'real' if real else 'within the spread of the seeds'}")
+
+
 def markdown_table(
     rows: Sequence[Mapping[str, Any]], digits: int = 3, headers: Mapping[str, str] = LABELS
 ) -> str:

@@ -23,7 +23,8 @@ import sys
 import aerialkd
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-PAGES = {"README.md": ("headline",), "results/README.md": ("runs", "paired", "export")}
+PAGES = {"README.md": ("headline", "where_kd_pays"),
+         "results/README.md": ("runs", "paired", "export", "few_labels", "widths")}
 
 #: Model groups of `metrics.json`, as the pages name them, in table order.
 NAMES = {
@@ -84,6 +85,11 @@ def mean_sd(values, signed=False):
     return aerialkd.format_mean_sd(list(values), signed=signed)
 
 
+def miou5(by_model, model):
+    """The test mIoU5 of `model`'s runs, in seed order (`by_model` as `groups` gives it)."""
+    return [by_model[model][seed]["miou5"] for seed in sorted(by_model[model])]
+
+
 def paired(metrics, model, baseline=SCRATCH):
     """`{seed: model minus baseline}` in test mIoU5, over the seeds both have."""
     return aerialkd.paired_differences(metrics, model, baseline)
@@ -96,8 +102,8 @@ def unet_size(width):
 
 
 def model_sizes():
-    """Parameters and GFLOPs at 256x256 of the teacher (width 16) and the student (width 8)."""
-    return {"teacher": unet_size(16), "student": unet_size(8)}
+    """`{width: (parameters, GFLOPs at 256x256)}` of the teacher (16) and the students (8, 4, 2)."""
+    return {width: unet_size(width) for width in (16, *WIDTHS)}
 
 
 def where(entry):
@@ -112,7 +118,7 @@ def headline(metrics, cpu, gpu, analysis, sizes):
     scratch = [e["miou5"] for e in by[SCRATCH].values()]
     distilled = [e["miou5"] for e in by[DISTILLED].values()]
     gains = list(paired(metrics, DISTILLED).values())
-    (t_params, t_gflops), (s_params, s_gflops) = sizes["teacher"], sizes["student"]
+    (t_params, t_gflops), (s_params, s_gflops) = sizes[16], sizes[8]
     figures, gpu_figures = cpu["figures"], gpu["figures"]
     alone = [analysis["val"]["overlap"][f"teacher vs {run}"]["only_a_right"]
              for run in sorted(e["run"] for e in by[SCRATCH].values())]
@@ -242,6 +248,60 @@ def width_table(metrics, sizes):
     return "\n".join(lines)
 
 
+NOT_YET = "No run of this part is published yet."
+
+
+def few_labels_block(metrics):
+    """`few_labels_table`, once a run of the few-labels part is published."""
+    published = {model for model, *_ in FEW_LABELS if model != SCRATCH} & set(groups(metrics))
+    return few_labels_table(metrics) if published else NOT_YET
+
+
+def widths_block(metrics, sizes):
+    """`width_table`, once a thinner student's runs are published."""
+    published = {w for w, pair in WIDTHS.items() if w != 8 and set(pair) <= set(groups(metrics))}
+    return width_table(metrics, sizes) if published else NOT_YET
+
+
+def where_kd_pays(metrics, sizes):
+    """The README's verdict on the parts of issue #35 published so far (none: empty).
+
+    A paired change is called real by `aerialkd.describe_change`'s rule: more than
+    twice its standard error over the seeds.
+    """
+    by, parts = groups(metrics), []
+
+    def rows(models, baseline):
+        return {row["model"]: row for row in aerialkd.seed_summary(metrics, models, baseline)}
+
+    if {"student_scratch_l12", "student_distilled_l12"} <= set(by):
+        few = rows([SCRATCH, "student_scratch_l12", "student_distilled_l12",
+                    "student_distilled_t12"], "student_scratch_l12")
+        scratch = few["student_scratch_l12"]
+        text = (f"**With a quarter of the labels** (12 of the 48 training images labelled; "
+                f"{scratch['seeds']} seeds, paired by seed, test mIoU5), the student from "
+                f"scratch on the 12 scores {mean_sd(miou5(by, 'student_scratch_l12'))}, "
+                f"against {mean_sd(miou5(by, SCRATCH))} with every label. "
+                f"Distilled from the teacher on all 48 images (the 36 without labels teach "
+                f"through the KD term alone), it changes by "
+                f"{aerialkd.describe_change(few['student_distilled_l12'])}")
+        if "student_distilled_t12" in few:
+            text += (f"; distilled from a teacher that had the same 12 labels only, by "
+                     f"{aerialkd.describe_change(few['student_distilled_t12'])}")
+        parts.append(text + ".")
+    for width, (scratch, distilled) in WIDTHS.items():
+        if width == 8 or not {scratch, distilled} <= set(by):
+            continue
+        row = rows([scratch, distilled], scratch)[distilled]
+        params, gflops = sizes[width]
+        parts.append(
+            f"**At base width {width}** ({params / 1e6:.2f} M parameters, {gflops:.2f} GFLOPs; "
+            f"{row['seeds']} seeds, all labels): from scratch {mean_sd(miou5(by, scratch))}, "
+            f"distilled {mean_sd(miou5(by, distilled))} test mIoU5; distilled "
+            f"minus scratch, paired by seed: {aerialkd.describe_change(row)}.")
+    return "\n\n".join(parts)
+
+
 #: The models `scripts/export.py` exported (the seed-0 runs of `results/models`).
 EXPORTED = {"teacher": "teacher", "student_scratch": "student from scratch (JAX, seed 0)",
             "student_distilled": "distilled student (TensorFlow, seed 0)"}
@@ -262,14 +322,17 @@ def export_table(export):
 
 
 def blocks():
-    metrics = load("results/metrics.json")
+    metrics, sizes = load("results/metrics.json"), model_sizes()
     return {
         "headline": headline(metrics, load("benchmarks/cpu_2core.json"),
                              load("benchmarks/h200_jax.json"),
-                             load("results/teacher_analysis.json"), model_sizes()),
+                             load("results/teacher_analysis.json"), sizes),
         "runs": runs_table(metrics),
         "paired": paired_table(metrics),
         "export": export_table(load("results/export.json")),
+        "few_labels": few_labels_block(metrics),
+        "widths": widths_block(metrics, sizes),
+        "where_kd_pays": where_kd_pays(metrics, sizes),
     }
 
 

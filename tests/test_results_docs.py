@@ -81,6 +81,31 @@ def test_the_width_table_gives_sizes_and_the_paired_gain_of_each_width():
     assert report.unet_size(2)[0] < report.unet_size(4)[0] < sizes[8][0] == report.unet_size(8)[0]
 
 
+def test_the_readme_says_where_distillation_paid_once_a_part_is_published():
+    sizes = {16: (1_941_190, 6.1), 8: (485_862, 1.54), 4: (121_638, 0.39), 2: (30_498, 0.1)}
+    half_width = [_entry(m, s, 0.66) for m in ("student_scratch_tf", "student_distilled")
+                  for s in range(3)] + [_entry("teacher", 0, 0.69)]
+    assert report.where_kd_pays(half_width, sizes) == ""  # nothing of #35 published yet
+    assert report.few_labels_block(half_width) == report.widths_block(half_width, sizes) == (
+        report.NOT_YET)
+    metrics = half_width + [
+        _entry("student_scratch_l12", s, v) for s, v in enumerate((0.50, 0.52, 0.54))] + [
+        _entry("student_distilled_l12", s, v) for s, v in enumerate((0.55, 0.55, 0.58))] + [
+        _entry("student_scratch_w4", s, 0.62) for s in range(3)] + [
+        _entry("student_distilled_w4", s, 0.62 + d) for s, d in enumerate((0.01, -0.01, 0.003))]
+    few, width = report.where_kd_pays(metrics, sizes).split("\n\n")
+    # paired +0.05, +0.03, +0.04: mean 0.04, sd 0.01, twice its standard error 0.012
+    assert "from scratch on the 12 scores 0.520 ± 0.020, against 0.660 ± 0.000 with" in few
+    assert few.endswith("it changes by +0.040 ± 0.010 over 3 seeds, real.")
+    assert "teacher that had the same 12" not in few  # that arm is not published
+    # paired +0.01, -0.01, +0.003: mean 0.001, sd 0.010
+    assert width == ("**At base width 4** (0.12 M parameters, 0.39 GFLOPs; 3 seeds, all labels): "
+                     "from scratch 0.620 ± 0.000, distilled 0.621 ± 0.010 test mIoU5; distilled "
+                     "minus scratch, paired by seed: +0.001 ± 0.010 over 3 seeds, within the "
+                     "spread of the seeds.")
+    assert report.widths_block(metrics, sizes).startswith("| base width |")
+
+
 def test_the_runs_of_issue_35_are_named_and_kept_out_of_the_half_width_pairing():
     committed = report.load("results/metrics.json")
     added = [{**_entry(model, s, 0.5), "miou6": 0.4, "pixel_acc": 0.8, "backend": "tensorflow",

@@ -63,3 +63,15 @@ def test_format_mean_sd_shows_the_sample_sd_and_a_lone_value_alone():
     assert utils.format_mean_sd([0.6931]) == "0.693"
     assert utils.format_mean_sd([0.5, 0.6, 0.7], digits=2) == "0.60 ± 0.10"
     assert utils.format_mean_sd([]) == ""
+
+
+def test_describe_change_calls_a_change_real_beyond_twice_its_standard_error():
+    # standard error 0.03 / sqrt(4) = 0.015: a change of 0.031 is real, 0.029 is not
+    assert utils.describe_change({"change": 0.031, "change sd": 0.03, "paired seeds": 4}).endswith(
+        ", real")
+    assert utils.describe_change({"change": -0.029, "change sd": 0.03, "paired seeds": 4}) == (
+        "-0.029 ± 0.030 over 4 seeds, within the spread of the seeds")
+    assert utils.describe_change({"change": 0.2, "change sd": None, "paired seeds": 1}) == (
+        "+0.200 (one seed)")
+    row = utils.seed_summary([{"model": "a", "seed": 0, "miou5": 0.5}], baseline="b")[0]
+    assert utils.describe_change(row) == "no paired run"
