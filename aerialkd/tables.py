@@ -141,7 +141,7 @@ def format_mean_sd(values: Sequence[float], digits: int = 3, signed: bool = Fals
     values = [float(v) for v in values]
     if not values:
         return ""
-    mean = f"{np.mean(values):{'+' if signed else ''}.{digits}f}"
+    mean = f"{round(np.mean(values), digits) + 0.0:{'+' if signed else ''}.{digits}f}"
     return mean if len(values) == 1 else f"{mean} ± {np.std(values, ddof=1):.{digits}f}"
 
 
@@ -207,37 +207,45 @@ def seed_summary(
     return rows
 
 
-def describe_change(row: Mapping[str, Any], digits: int = 3) -> str:
-    """A `seed_summary` row's paired change in words, and whether it exceeds the seeds' spread.
+def describe_change(row: Mapping[str, Any], digits: int = 3, level: float = 0.05) -> str:
+    """A `seed_summary` row's paired change in words, with a paired t-test over its seeds.
 
-    A change is called real when it is more than twice its standard error
-    (its sample sd over the paired seeds divided by the square root of their
-    number); with one paired seed there is no standard error, and nothing is
-    called.
+    The change is called real when a two-sided paired t-test rejects "no
+    change" at `level`: `t = change / (sd / sqrt(n))` with `n - 1` degrees of
+    freedom. With three seeds that takes a change of over 4.3 standard
+    errors; with one paired seed there is no test, and nothing is called.
 
     Args:
         row: a row of `seed_summary(..., baseline=...)`.
         digits: decimals.
+        level: the test's significance level.
 
     Returns:
-        E.g. `"+0.040 ± 0.010 over 3 seeds, real"`, `"+0.050 (one seed)"`,
-        or `"no paired run"`.
+        E.g. `"+0.040 ± 0.010 over 3 seeds, real (paired t-test, p = 0.020)"`,
+        `"+0.050 (one seed)"`, or `"no paired run"`.
 
     Example:
 
     >>> describe_change({"change": 0.04, "change sd": 0.01, "paired seeds": 3})
-    '+0.040 ± 0.010 over 3 seeds, real'
+    '+0.040 ± 0.010 over 3 seeds, real (paired t-test, p = 0.020)'
     >>> describe_change({"change": 0.005, "change sd": 0.010, "paired seeds": 3})
-    '+0.005 ± 0.010 over 3 seeds, within the spread of the seeds'
+    '+0.005 ± 0.010 over 3 seeds, within the spread of the seeds (paired t-test, p = 0.478)'
     """
+    from scipy import stats
+
     change, sd, seeds = row.get("change"), row.get("change sd"), row.get("paired seeds")
     if change is None:
         return "no paired run"
+    shown = f"{round(change, digits) + 0.0:+.{digits}f}"  # + 0.0: never "-0.000"
     if sd is None:
-        return f"{change:+.{digits}f} (one seed)"
-    real = abs(change) > 2 * sd / np.sqrt(seeds)
-    return (f"{change:+.{digits}f} ± {sd:.{digits}f} over {seeds} seeds, "
-            f"{'real' if real else 'within the spread of the seeds'}")
+        return f"{shown} (one seed)"
+    if sd > 0:
+        p = float(2 * stats.t.sf(abs(change) / (sd / np.sqrt(seeds)), seeds - 1))
+    else:  # every seed changed by the same amount
+        p = 0.0 if change else 1.0
+    verdict = "real" if p < level else "within the spread of the seeds"
+    p_value = "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+    return f"{shown} ± {sd:.{digits}f} over {seeds} seeds, {verdict} (paired t-test, {p_value})"
 
 
 def markdown_table(

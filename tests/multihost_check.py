@@ -51,6 +51,8 @@ def record_writes(event, args):
         changes = event in WRITE_EVENTS and args and isinstance(args[0], (str, os.PathLike))
     if changes and os.path.abspath(os.fspath(args[0])).startswith(RUNS):
         writes.append([event, os.fspath(args[0])])
+        if event == "os.rename":  # a file written whole, then renamed: its name too
+            writes.append([event, os.fspath(args[1])])
 
 
 class Disconnect(keras.callbacks.Callback):

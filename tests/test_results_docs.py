@@ -94,15 +94,16 @@ def test_the_readme_says_where_distillation_paid_once_a_part_is_published():
         _entry("student_scratch_w4", s, 0.62) for s in range(3)] + [
         _entry("student_distilled_w4", s, 0.62 + d) for s, d in enumerate((0.01, -0.01, 0.003))]
     few, width = report.where_kd_pays(metrics, sizes).split("\n\n")
-    # paired +0.05, +0.03, +0.04: mean 0.04, sd 0.01, twice its standard error 0.012
+    # paired +0.05, +0.03, +0.04: mean 0.04, sd 0.01, t = 6.93 with 2 degrees of freedom
     assert "from scratch on the 12 scores 0.520 ± 0.020, against 0.660 ± 0.000 with" in few
-    assert few.endswith("it changes by +0.040 ± 0.010 over 3 seeds, real.")
+    assert few.endswith("it changes by +0.040 ± 0.010 over 3 seeds, real (paired t-test, "
+                        "p = 0.020).")
     assert "teacher that had the same 12" not in few  # that arm is not published
     # paired +0.01, -0.01, +0.003: mean 0.001, sd 0.010
-    assert width == ("**At base width 4** (0.12 M parameters, 0.39 GFLOPs; 3 seeds, all labels): "
-                     "from scratch 0.620 ± 0.000, distilled 0.621 ± 0.010 test mIoU5; distilled "
-                     "minus scratch, paired by seed: +0.001 ± 0.010 over 3 seeds, within the "
-                     "spread of the seeds.")
+    assert width.startswith("**At base width 4** (0.12 M parameters, 0.39 GFLOPs; all labels): "
+                            "from scratch 0.620 ± 0.000, distilled 0.621 ± 0.010 test mIoU5; "
+                            "distilled minus scratch, paired by seed: +0.001 ± 0.010 over 3 "
+                            "seeds, within the spread of the seeds (paired t-test")
     assert report.widths_block(metrics, sizes).startswith("| base width |")
 
 

@@ -63,15 +63,22 @@ def test_format_mean_sd_shows_the_sample_sd_and_a_lone_value_alone():
     assert utils.format_mean_sd([0.6931]) == "0.693"
     assert utils.format_mean_sd([0.5, 0.6, 0.7], digits=2) == "0.60 ± 0.10"
     assert utils.format_mean_sd([]) == ""
+    assert utils.format_mean_sd([-0.0001, 0.0], signed=True) == "+0.000 ± 0.000"  # not "-0.000"
 
 
-def test_describe_change_calls_a_change_real_beyond_twice_its_standard_error():
-    # standard error 0.03 / sqrt(4) = 0.015: a change of 0.031 is real, 0.029 is not
-    assert utils.describe_change({"change": 0.031, "change sd": 0.03, "paired seeds": 4}).endswith(
-        ", real")
-    assert utils.describe_change({"change": -0.029, "change sd": 0.03, "paired seeds": 4}) == (
-        "-0.029 ± 0.030 over 4 seeds, within the spread of the seeds")
-    assert utils.describe_change({"change": 0.2, "change sd": None, "paired seeds": 1}) == (
-        "+0.200 (one seed)")
+def test_describe_change_calls_a_change_real_by_a_paired_t_test():
+    # with two degrees of freedom the two-sided p of t is 1 - |t| / sqrt(t^2 + 2):
+    # t = 0.04 / (0.01 / sqrt 3) = 6.93, p = 0.0202; t = 0.005 / (0.01 / sqrt 3) = 0.866, p = 0.478
+    assert utils.describe_change({"change": 0.04, "change sd": 0.01, "paired seeds": 3}) == (
+        "+0.040 ± 0.010 over 3 seeds, real (paired t-test, p = 0.020)")
+    assert utils.describe_change({"change": -0.005, "change sd": 0.01, "paired seeds": 3}) == (
+        "-0.005 ± 0.010 over 3 seeds, within the spread of the seeds (paired t-test, p = 0.478)")
+    # twice the standard error is not enough with three seeds: t = 2.5, p = 0.13
+    assert "within the spread" in utils.describe_change(
+        {"change": 0.025, "change sd": 0.01 * 3 ** 0.5, "paired seeds": 3})
+    assert utils.describe_change({"change": 0.02, "change sd": 0.0, "paired seeds": 3}).endswith(
+        "real (paired t-test, p < 0.001)")  # the same change on every seed
+    assert utils.describe_change({"change": -1e-5, "change sd": None, "paired seeds": 1}) == (
+        "+0.000 (one seed)")  # never "-0.000"
     row = utils.seed_summary([{"model": "a", "seed": 0, "miou5": 0.5}], baseline="b")[0]
     assert utils.describe_change(row) == "no paired run"
