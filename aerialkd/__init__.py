@@ -177,6 +177,7 @@ from .tables import (  # noqa: F401
     paired_differences,
     format_mean_sd,
     seed_summary,
+    paired_t_test,
     describe_change,
     markdown_table,
 )
@@ -318,6 +319,7 @@ __all__ = [
     "paired_differences",
     "format_mean_sd",
     "seed_summary",
+    "paired_t_test",
     "describe_change",
     "markdown_table",
     "GITHUB_REPOSITORY",

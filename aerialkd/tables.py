@@ -207,13 +207,42 @@ def seed_summary(
     return rows
 
 
+def paired_t_test(row: Mapping[str, Any]) -> float | None:
+    """The two-sided p-value of a `seed_summary` row's paired change.
+
+    `t = change / (sd / sqrt(n))` over the `n` paired seeds, with `n - 1`
+    degrees of freedom: the chance of a change at least this large, in
+    either direction, if the model made no difference.
+
+    Args:
+        row: a row of `seed_summary(..., baseline=...)`.
+
+    Returns:
+        The p-value; `None` without a change or with one paired seed (no
+        spread to test against).
+
+    Example:
+
+    >>> round(paired_t_test({"change": 0.04, "change sd": 0.01, "paired seeds": 3}), 4)
+    0.0202
+    """
+    from scipy import stats
+
+    change, sd, seeds = row.get("change"), row.get("change sd"), row.get("paired seeds")
+    if change is None or sd is None:
+        return None
+    if sd == 0:  # every seed changed by the same amount
+        return 0.0 if change else 1.0
+    return float(2 * stats.t.sf(abs(change) / (sd / np.sqrt(seeds)), seeds - 1))
+
+
 def describe_change(row: Mapping[str, Any], digits: int = 3, level: float = 0.05) -> str:
     """A `seed_summary` row's paired change in words, with a paired t-test over its seeds.
 
-    The change is called real when a two-sided paired t-test rejects "no
-    change" at `level`: `t = change / (sd / sqrt(n))` with `n - 1` degrees of
-    freedom. With three seeds that takes a change of over 4.3 standard
-    errors; with one paired seed there is no test, and nothing is called.
+    The change is called real when the two-sided paired t-test
+    (`paired_t_test`) rejects "no change" at `level`. With three seeds that
+    takes a change of over 4.3 standard errors; with one paired seed there is
+    no test, and nothing is called.
 
     Args:
         row: a row of `seed_summary(..., baseline=...)`.
@@ -231,18 +260,13 @@ def describe_change(row: Mapping[str, Any], digits: int = 3, level: float = 0.05
     >>> describe_change({"change": 0.005, "change sd": 0.010, "paired seeds": 3})
     '+0.005 ± 0.010 over 3 seeds, within the spread of the seeds (paired t-test, p = 0.478)'
     """
-    from scipy import stats
-
     change, sd, seeds = row.get("change"), row.get("change sd"), row.get("paired seeds")
     if change is None:
         return "no paired run"
     shown = f"{round(change, digits) + 0.0:+.{digits}f}"  # + 0.0: never "-0.000"
-    if sd is None:
+    p = paired_t_test(row)
+    if p is None:
         return f"{shown} (one seed)"
-    if sd > 0:
-        p = float(2 * stats.t.sf(abs(change) / (sd / np.sqrt(seeds)), seeds - 1))
-    else:  # every seed changed by the same amount
-        p = 0.0 if change else 1.0
     verdict = "real" if p < level else "within the spread of the seeds"
     p_value = "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
     return f"{shown} ± {sd:.{digits}f} over {seeds} seeds, {verdict} (paired t-test, {p_value})"

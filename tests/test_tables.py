@@ -81,4 +81,8 @@ def test_describe_change_calls_a_change_real_by_a_paired_t_test():
     assert utils.describe_change({"change": -1e-5, "change sd": None, "paired seeds": 1}) == (
         "+0.000 (one seed)")  # never "-0.000"
     row = utils.seed_summary([{"model": "a", "seed": 0, "miou5": 0.5}], baseline="b")[0]
-    assert utils.describe_change(row) == "no paired run"
+    assert utils.describe_change(row) == "no paired run" and utils.paired_t_test(row) is None
+    # 1 - t / sqrt(t^2 + 2) with t = 0.04 / (0.01 / sqrt 3)
+    t = 0.04 / (0.01 / 3 ** 0.5)
+    assert utils.paired_t_test({"change": -0.04, "change sd": 0.01, "paired seeds": 3}) == (
+        pytest.approx(1 - t / (t * t + 2) ** 0.5))
