@@ -58,3 +58,15 @@ def test_committed_models_reproduce_their_recorded_test_scores(real_data):
         checked.append(run)
     assert "teacher" in checked
     assert {"student_scratch_s0", "student_distilled_s0"} <= set(checked)
+
+
+def test_the_published_label_subset_is_the_one_label_subset_picks(real_data):
+    import json
+
+    path = utils.REPO_ROOT / "results" / "label_subset.json"
+    if not path.exists():
+        pytest.skip("the few-labels runs are not published yet (scripts/where_kd_pays.py)")
+    recorded = json.loads(path.read_text())
+    assert recorded["labelled"] == utils.label_subset(real_data)
+    assert recorded["patches"] == int(utils.labelled_patches(real_data, recorded["labelled"]).sum())
+    assert recorded["train_patches"] == len(real_data.x_train)
