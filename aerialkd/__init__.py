@@ -101,6 +101,7 @@ from .few_labels import (  # noqa: F401
     labelled_patches,
     only_labelled,
     unlabelled_elsewhere,
+    pseudo_labelled,
     matched_epochs,
 )
 from .layers import (  # noqa: F401
@@ -260,6 +261,7 @@ __all__ = [
     "labelled_patches",
     "only_labelled",
     "unlabelled_elsewhere",
+    "pseudo_labelled",
     "matched_epochs",
     "DeviceInvariantDropout",
     "RandomSymmetry",

@@ -10,6 +10,8 @@ experiments keep the labels of a subset of the training images:
 - `unlabelled_elsewhere` keeps every training image but marks the others' pixels
   unannotated (`IGNORE_INDEX`), which the label loss and the metrics already
   leave out: a `Distiller` still learns from the teacher on them;
+- `pseudo_labelled` gives the others a model's hard labels instead
+  ("pseudo-labels"), the simpler alternative that distillation is measured against;
 - `matched_epochs` gives a run on fewer patches the optimizer steps of a run on
   more, so both train for the same number of steps.
 """
@@ -174,6 +176,58 @@ def unlabelled_elsewhere(data: SegmentationDataset,
     """
     y = data.y_train.copy()
     y[~labelled_patches(data, chosen)] = IGNORE_INDEX
+    return dataclasses.replace(data, y_train=y)
+
+
+def pseudo_labelled(data: SegmentationDataset, chosen: Sequence[str],
+                    labels: np.ndarray) -> SegmentationDataset:
+    """The dataset with every training image, labelled by a model outside `chosen`.
+
+    The images without masks get `labels`, typically a teacher's predicted class
+    per pixel, and a model trained on the dataset learns from them as from
+    annotations: the teacher's hard labels ("pseudo-labels"), against which its
+    soft targets (`unlabelled_elsewhere` with a `Distiller`) can be compared.
+    The masks of `chosen` are kept.
+
+    Args:
+        data: a `SegmentationDataset` loaded in memory.
+        chosen: names of training images that keep their masks, e.g. from
+            `label_subset`.
+        labels: class indices `(N, H, W)`, one map per training patch of
+            `data.x_train` (those of `chosen`'s patches are not used), e.g.
+            `predict_logits(teacher, data.x_train).argmax(-1)`; `IGNORE_INDEX`
+            marks pixels to leave unannotated.
+
+    Returns:
+        A new `SegmentationDataset` sharing `data`'s images; `data` is not changed.
+
+    Example:
+
+    >>> chosen = label_subset(data)
+    >>> predicted = predict_logits(student, data.x_train).argmax(-1)
+    >>> pseudo = pseudo_labelled(data, chosen, predicted)
+    >>> keep = labelled_patches(data, chosen)
+    >>> bool((pseudo.y_train[~keep] == predicted[~keep]).all()
+    ...      and (pseudo.y_train[keep] == data.y_train[keep]).all())
+    True
+    """
+    keep = labelled_patches(data, chosen)
+    labels = np.asarray(labels)
+    if labels.shape != data.y_train.shape:
+        raise ValueError(f"labels has shape {labels.shape}; it needs one class map per "
+                         f"training patch, {data.y_train.shape}, e.g. "
+                         f"predict_logits(teacher, data.x_train).argmax(-1).")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels are {labels.dtype}; they must be class indices (integers), "
+                         f"e.g. logits.argmax(-1), not logits or probabilities.")
+    wrong = labels[~keep][(labels[~keep] >= data.n_classes) & (labels[~keep] != IGNORE_INDEX)]
+    if wrong.size or (labels[~keep] < 0).any():
+        raise ValueError(f"labels hold values outside the {data.n_classes} classes (e.g. "
+                         f"{int(wrong[0]) if wrong.size else int(labels[~keep].min())}); "
+                         f"use 0..{data.n_classes - 1}, or IGNORE_INDEX ({IGNORE_INDEX}) "
+                         f"for pixels to leave out.")
+    y = data.y_train.copy()
+    y[~keep] = labels[~keep].astype(y.dtype)
     return dataclasses.replace(data, y_train=y)
 
 

@@ -40,6 +40,8 @@ NAMES = {
     "student_distilled_l12": "student with 12 labelled images, distilled from the teacher",
     "student_distilled_t12": "student with 12 labelled images, distilled from the teacher "
                              "of the 12",
+    "student_pseudo_t12": "student with 12 labelled images and the other 36 labelled by the "
+                          "teacher of the 12",
     "student_scratch_w4": "quarter-width student from scratch (4→64)",
     "student_distilled_w4": "quarter-width student distilled from the teacher",
     "student_scratch_w2": "eighth-width student from scratch (2→32)",
@@ -55,6 +57,8 @@ FEW_LABELS = [
     ("student_scratch_l12", "student from scratch on the 12", 12, 12),
     ("student_distilled_l12", "student distilled from the teacher of all 48", 12, 48),
     ("student_distilled_t12", "student distilled from the teacher of the 12", 12, 48),
+    ("student_pseudo_t12", "student from scratch, the other 36 labelled by the teacher of "
+                           "the 12 (pseudo-labels)", 12, 48),
 ]
 #: Base width -> (scratch, distilled) models of the width curve, all labels.
 WIDTHS = {8: (SCRATCH, DISTILLED), 4: ("student_scratch_w4", "student_distilled_w4"),
@@ -275,7 +279,7 @@ def where_kd_pays(metrics, sizes):
 
     if {"student_scratch_l12", "student_distilled_l12"} <= set(by):
         few = rows([SCRATCH, "student_scratch_l12", "student_distilled_l12",
-                    "student_distilled_t12"], "student_scratch_l12")
+                    "student_distilled_t12", "student_pseudo_t12"], "student_scratch_l12")
         text = (f"**With a quarter of the labels** (12 of the 48 training images labelled; "
                 f"test mIoU5, paired by seed), the student from "
                 f"scratch on the 12 scores {mean_sd(miou5(by, 'student_scratch_l12'))}, "
@@ -286,6 +290,13 @@ def where_kd_pays(metrics, sizes):
         if "student_distilled_t12" in few:
             text += (f"; distilled from a teacher that had the same 12 labels only, by "
                      f"{aerialkd.describe_change(few['student_distilled_t12'])}")
+        if {"student_distilled_t12", "student_pseudo_t12"} <= set(few):
+            soft = rows(["student_distilled_t12"], "student_pseudo_t12")["student_distilled_t12"]
+            text += (f". Trained instead on that teacher's predicted classes for the 36 "
+                     f"(pseudo-labels, no KD term), it changes by "
+                     f"{aerialkd.describe_change(few['student_pseudo_t12'])}; the teacher's "
+                     f"soft targets against its hard labels: "
+                     f"{aerialkd.describe_change(soft)}")
         parts.append(text + ".")
     for width, (scratch, distilled) in WIDTHS.items():
         if width == 8 or not {scratch, distilled} <= set(by):

@@ -12,7 +12,10 @@ students trained from scratch with the same budget, three seeds, paired by seed:
      36 others' masks are all unannotated, so they add only the KD term);
    - `teacher_l12`: a teacher trained on the 12 alone;
    - `student_distilled_t12`: that teacher distilled into a student, likewise on
-     all 48 images with labels for the 12.
+     all 48 images with labels for the 12;
+   - `student_pseudo_t12`: a student from scratch on all 48 images, the 36 without
+     labels labelled by that teacher's predicted classes (`utils.pseudo_labelled`):
+     what its soft targets add over its hard labels.
    Every run takes the optimizer steps of a 100-epoch run on the 48 images
    (`utils.matched_epochs`): a run on the 12 sees them about four times as often.
 2. **The width curve.** `student_scratch_w4` / `student_distilled_w4` (base width
@@ -63,6 +66,10 @@ def runs_of(part, data, chosen, profile):
                                  record=label)))
             out.append((f"student_distilled_t12_s{seed}", "student_distilled_t12", masked,
                         dict(seed=seed, teacher="teacher_l12", record=label)))
+        for seed in SEEDS:  # its dataset needs the teacher's predictions: made when trained
+            out.append((f"student_pseudo_t12_s{seed}", "student_pseudo_t12", None,
+                        dict(seed=seed, pseudo="teacher_l12",
+                             record={**label, "pseudo_labels": "teacher_l12"})))
         return out
     width = int(part.removeprefix("width"))
     build = functools.partial(utils.build_unet, width, name="student")
@@ -131,6 +138,15 @@ def main(argv=None):
                 teachers[name] = keras.models.load_model(profile.models_dir / f"{name}.keras")
         return teachers[name]
 
+    pseudo = {}
+
+    def pseudo_labelled(name):
+        """The training set, labelled by the model `name` outside the chosen images."""
+        if name not in pseudo:
+            labels = utils.predict_logits(teacher(name), data.x_train, profile.batch_size)
+            pseudo[name] = utils.pseudo_labelled(data, chosen, labels.argmax(-1))
+        return pseudo[name]
+
     todo = [run for part in args.parts for run in runs_of(part, data, chosen, profile)]
     if args.evaluate:
         return evaluate(todo, profile, data, subset)
@@ -138,6 +154,11 @@ def main(argv=None):
         return publish(todo, profile, args.results, labels="labels" in args.parts)
     for run_name, _, run_data, settings in todo:
         settings = dict(settings)
+        if "pseudo" in settings:
+            name = settings.pop("pseudo")
+            run_data = pseudo_labelled(name)
+            settings["record"] = {**settings["record"],
+                                  "pseudo_teacher_sha1": runs.weights_fingerprint(teacher(name))}
         if "teacher" in settings:
             settings.update(teacher=teacher(settings["teacher"]), **config)
         print(f"== {run_name}", flush=True)

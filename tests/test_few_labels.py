@@ -72,6 +72,27 @@ def test_bad_subsets_and_datasets_are_refused_with_what_to_do(tiny_data, chosen)
         utils.only_labelled(dataclasses.replace(tiny_data, x_train=None, y_train=None), chosen)
 
 
+def test_pseudo_labels_replace_the_masks_of_the_unlabelled_images_only(tiny_data, chosen):
+    keep = utils.labelled_patches(tiny_data, chosen)
+    predicted = (tiny_data.y_train.astype(np.int64) + 1) % 3  # any class map unlike the masks
+    predicted[0, 0, 0] = utils.IGNORE_INDEX  # a pixel left out stays left out
+    before = tiny_data.y_train.copy()
+    pseudo = utils.pseudo_labelled(tiny_data, chosen, predicted)
+    assert pseudo.x_train is tiny_data.x_train and pseudo.y_train.dtype == np.uint8
+    np.testing.assert_array_equal(pseudo.y_train[keep], tiny_data.y_train[keep])
+    np.testing.assert_array_equal(pseudo.y_train[~keep], predicted[~keep])
+    assert not keep[0] and pseudo.y_train[0, 0, 0] == utils.IGNORE_INDEX
+    np.testing.assert_array_equal(tiny_data.y_train, before)  # the original is untouched
+    with pytest.raises(ValueError, match=r"one class map per training patch.*argmax"):
+        utils.pseudo_labelled(tiny_data, chosen, predicted[1:])
+    with pytest.raises(ValueError, match="must be class indices"):
+        utils.pseudo_labelled(tiny_data, chosen, predicted.astype(np.float32))
+    with pytest.raises(ValueError, match=r"outside the 6 classes \(e.g. 6\)"):
+        utils.pseudo_labelled(tiny_data, chosen, np.where(keep[:, None, None], 0, 6) + 0 * predicted)
+    with pytest.raises(ValueError, match=r"outside the 6 classes \(e.g. -1\)"):
+        utils.pseudo_labelled(tiny_data, chosen, np.full_like(predicted, -1))
+
+
 def test_matched_epochs_give_the_steps_of_the_reference_run():
     # the real data's 218 labelled of 870 training patches: 14 steps an epoch against 55
     assert utils.matched_epochs(100, 218, 870, batch_size=16) == 393  # 100 * 55 / 14 = 392.9

@@ -105,6 +105,17 @@ def test_the_readme_says_where_distillation_paid_once_a_part_is_published():
                             "distilled minus scratch, paired by seed: +0.001 ± 0.010 over 3 "
                             "seeds, within the spread of the seeds (paired t-test")
     assert report.widths_block(metrics, sizes).startswith("| base width |")
+    more = metrics + [
+        _entry("student_distilled_t12", s, v) for s, v in enumerate((0.56, 0.55, 0.60))] + [
+        _entry("student_pseudo_t12", s, v) for s, v in enumerate((0.53, 0.54, 0.55))]
+    few = report.where_kd_pays(more, sizes).split("\n\n")[0]
+    # t12 minus scratch +0.06, +0.03, +0.06; pseudo minus scratch +0.03, +0.02, +0.01 (t = 3.46,
+    # p = 1 - t / sqrt(2 + t^2) = 0.074); t12 minus pseudo +0.03, +0.01, +0.05 (p = 0.122)
+    assert "teacher that had the same 12 labels only, by +0.050 ± 0.017 over 3 seeds" in few
+    assert ("(pseudo-labels, no KD term), it changes by +0.020 ± 0.010 over 3 seeds, within the "
+            "spread of the seeds (paired t-test, p = 0.074)" in few)
+    assert few.endswith("soft targets against its hard labels: +0.030 ± 0.020 over 3 seeds, "
+                        "within the spread of the seeds (paired t-test, p = 0.122).")
 
 
 def test_the_runs_of_issue_35_are_named_and_kept_out_of_the_half_width_pairing():
@@ -119,6 +130,7 @@ def test_the_runs_of_issue_35_are_named_and_kept_out_of_the_half_width_pairing()
             in runs)
     assert report.paired_table(committed + added) == report.paired_table(committed)
     assert report.WHERE_KD_PAYS == {"teacher_l12", "student_scratch_l12", "student_distilled_l12",
-                                    "student_distilled_t12", "student_scratch_w4",
+                                    "student_distilled_t12", "student_pseudo_t12",
+                                    "student_scratch_w4",
                                     "student_distilled_w4", "student_scratch_w2",
                                     "student_distilled_w2"}

@@ -3,6 +3,7 @@ datasets are aerialkd.few_labels', tested in test_few_labels.py)."""
 
 import json
 
+import numpy as np
 import pytest
 
 import utils
@@ -20,7 +21,10 @@ def test_runs_of_each_part_in_training_order(tiny_data, chosen, tmp_path):
     assert [run for run, *_ in labels[:4]] == [
         "student_scratch_l12_s0", "student_distilled_l12_s0", "teacher_l12",
         "student_distilled_t12_s0"]
-    assert len(labels) == 10 and labels[-1][0] == "student_distilled_t12_s2"
+    assert [run for run, *_ in labels[-4:]] == [
+        "student_distilled_t12_s2", "student_pseudo_t12_s0", "student_pseudo_t12_s1",
+        "student_pseudo_t12_s2"]  # after the other arms: they need teacher_l12's predictions
+    assert len(labels) == 13
     settings = {run: s for run, _, _, s in labels}
     datasets = {run: d for run, _, d, _ in labels}
     assert len(datasets["student_scratch_l12_s0"].x_train) == 100  # the 4 labelled images
@@ -32,10 +36,41 @@ def test_runs_of_each_part_in_training_order(tiny_data, chosen, tmp_path):
     assert "epochs" not in settings["student_distilled_l12_s1"]  # the profile's, on all images
     assert settings["student_distilled_t12_s2"]["teacher"] == "teacher_l12"
     assert settings["student_distilled_l12_s2"]["teacher"] == "teacher"
+    assert settings["student_pseudo_t12_s1"]["pseudo"] == "teacher_l12"
+    assert "teacher" not in settings["student_pseudo_t12_s1"]  # hard labels, no KD term
+    assert settings["student_pseudo_t12_s1"]["record"]["pseudo_labels"] == "teacher_l12"
     width = where_kd_pays.runs_of("width4", tiny_data, chosen, profile)
     assert [(run, s["seed"], s["record"]) for run, _, _, s in width[:2]] == [
         ("student_scratch_w4_s0", 0, {"width": 4}), ("student_distilled_w4_s0", 0, {"width": 4})]
     assert width[0][3]["build"]().count_params() < utils.build_student().count_params() / 3
+
+
+def test_the_pseudo_labelled_students_learn_the_teachers_classes_outside_the_subset(
+        tmp_path, monkeypatch):
+    trained = {}
+
+    def train(name, profile, data, **settings):  # records what each run would train on
+        trained[name] = data, settings
+        return None, {}
+
+    monkeypatch.setattr(where_kd_pays.runs, "train", train)
+    profile = utils.load_profile("tiny", output_dir=tmp_path)
+    teacher = utils.build_unet(2, name="teacher_l12")
+    profile.models_dir.mkdir(parents=True)
+    teacher.save(profile.models_dir / "teacher_l12.keras")
+    where_kd_pays.main(["--profile", "tiny", "--output", str(tmp_path), "--parts", "labels"])
+    data = utils.profile_dataset(profile)
+    chosen = utils.label_subset(data)
+    keep = utils.labelled_patches(data, chosen)
+    predicted = utils.predict_logits(teacher, data.x_train).argmax(-1)
+    for seed in where_kd_pays.SEEDS:
+        pseudo, settings = trained[f"student_pseudo_t12_s{seed}"]
+        np.testing.assert_array_equal(pseudo.y_train[~keep], predicted[~keep])
+        np.testing.assert_array_equal(pseudo.y_train[keep], data.y_train[keep])
+        assert not {"pseudo", "teacher"} & set(settings)  # trained from scratch on them
+        assert settings["record"]["pseudo_teacher_sha1"] == where_kd_pays.runs.weights_fingerprint(
+            teacher)
+    assert (pseudo.y_train[~keep] != data.y_train[~keep]).any()  # the masks were replaced
 
 
 def _finish(profile, todo, scored=True):
