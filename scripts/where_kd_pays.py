@@ -30,6 +30,14 @@ scored only by `--evaluate`, once every run of a part has finished:
     python scripts/where_kd_pays.py --output runs/where_kd_pays --evaluate
     python scripts/where_kd_pays.py --output runs/where_kd_pays --parts labels --publish
     python scripts/where_kd_pays.py --profile tiny --output /tmp/kd_pays   # a dry run
+
+`--runs` trains only the named runs, e.g. to spread the grid over several sessions
+or machines (a run that learns from `teacher_l12` refuses to start before that run
+has finished). On one GPU, train runs one after another in one process: separate
+processes side by side share the GPU by time-slicing and compile at the same time,
+which was slower than one process (`benchmarks/README.md`):
+
+    KERAS_BACKEND=jax python scripts/where_kd_pays.py --output runs/where_kd_pays --runs teacher_l12 student_scratch_l12_s0
 """
 
 import argparse
@@ -99,7 +107,12 @@ def main(argv=None):
                              "records, the seed-0 models, the label subset")
     parser.add_argument("--results", type=pathlib.Path, default=utils.REPO_ROOT / "results",
                         help="where --publish writes (default: results/)")
+    parser.add_argument("--runs", nargs="+", metavar="RUN",
+                        help="train only these runs of --parts (default: every one), in "
+                             "the order of the grid")
     args = parser.parse_args(argv)
+    if args.runs and (args.evaluate or args.publish):
+        parser.error("--runs chooses runs to train: --evaluate and --publish take whole --parts")
     output = pathlib.Path(args.output)
     committed = utils.REPO_ROOT / "results"
     if args.profile == "full" and not (output / "profile.json").exists():
@@ -134,8 +147,14 @@ def main(argv=None):
                                                    precision=precision)
                 else:
                     teachers[name] = keras.models.load_model(path)
-            else:
-                teachers[name] = keras.models.load_model(profile.models_dir / f"{name}.keras")
+            else:  # a run of this grid: its best checkpoint exists long before it ends
+                files = utils.RunFiles(profile.models_dir, name)
+                if not files.record.exists():
+                    raise SystemExit(
+                        f"{name} has not finished training in {profile.models_dir}, and a "
+                        f"student must not learn from its checkpoint of the moment: train "
+                        f"it first (--runs {name}).")
+                teachers[name] = keras.models.load_model(files.model)
         return teachers[name]
 
     pseudo = {}
@@ -148,6 +167,13 @@ def main(argv=None):
         return pseudo[name]
 
     todo = [run for part in args.parts for run in runs_of(part, data, chosen, profile)]
+    if args.runs:
+        names = [run for run, *_ in todo]
+        unknown = [run for run in args.runs if run not in names]
+        if unknown:
+            parser.error(f"--runs {unknown}: not runs of --parts {args.parts}, whose runs "
+                         f"are {names}")
+        todo = [run for run in todo if run[0] in args.runs]
     if args.evaluate:
         return evaluate(todo, profile, data, subset)
     if args.publish:

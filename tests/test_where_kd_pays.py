@@ -58,6 +58,10 @@ def test_the_pseudo_labelled_students_learn_the_teachers_classes_outside_the_sub
     teacher = utils.build_unet(2, name="teacher_l12")
     profile.models_dir.mkdir(parents=True)
     teacher.save(profile.models_dir / "teacher_l12.keras")
+    with pytest.raises(SystemExit, match="teacher_l12 has not finished training"):
+        where_kd_pays.main(["--profile", "tiny", "--output", str(tmp_path), "--parts", "labels"])
+    assert "student_pseudo_t12_s0" not in trained  # nor learnt from its checkpoint
+    utils.RunFiles(profile.models_dir, "teacher_l12").record.write_text("{}")
     where_kd_pays.main(["--profile", "tiny", "--output", str(tmp_path), "--parts", "labels"])
     data = utils.profile_dataset(profile)
     chosen = utils.label_subset(data)
@@ -71,6 +75,26 @@ def test_the_pseudo_labelled_students_learn_the_teachers_classes_outside_the_sub
         assert settings["record"]["pseudo_teacher_sha1"] == where_kd_pays.runs.weights_fingerprint(
             teacher)
     assert (pseudo.y_train[~keep] != data.y_train[~keep]).any()  # the masks were replaced
+
+
+def test_runs_trains_the_named_runs_alone_and_refuses_others(tmp_path, monkeypatch, capsys):
+    trained = []
+
+    def train(name, *args, **settings):
+        trained.append(name)
+        return None, {}
+
+    monkeypatch.setattr(where_kd_pays.runs, "train", train)
+    argv = ["--profile", "tiny", "--output", str(tmp_path), "--parts", "width4"]
+    where_kd_pays.main(argv + ["--runs", "student_distilled_w4_s2", "student_scratch_w4_s0"])
+    # in training order; the tiny profile's teacher is trained when a student needs it
+    assert trained == ["student_scratch_w4_s0", "teacher", "student_distilled_w4_s2"]
+    with pytest.raises(SystemExit):
+        where_kd_pays.main(argv + ["--runs", "teacher_l12"])  # a run of another part
+    assert "--runs ['teacher_l12']: not runs of --parts ['width4']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        where_kd_pays.main(argv + ["--runs", "student_scratch_w4_s0", "--evaluate"])
+    assert len(trained) == 3
 
 
 def _finish(profile, todo, scored=True):
