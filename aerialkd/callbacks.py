@@ -3,6 +3,7 @@
 import json
 import pathlib
 import re
+import time
 
 import keras
 import numpy as np
@@ -54,18 +55,35 @@ def monitored_miou(model):
 
 
 class EpochRecord(keras.callbacks.Callback):
-    """Records how many epochs have finished, for a resumed run's first batches."""
+    """Records the epochs finished so far, and their seconds over every stretch.
+
+    A resumed run's first batches depend on the epochs already done, and its
+    training time is the seconds recorded before the interruption plus the
+    last stretch (`seconds` reads what the earlier stretches recorded).
+    """
 
     def __init__(self, path):
         super().__init__()
         self.path = pathlib.Path(path)
 
+    def _read(self):
+        return json.loads(self.path.read_text()) if self.path.exists() else {}
+
     def read(self):
-        return json.loads(self.path.read_text())["epochs_done"] if self.path.exists() else 0
+        """The epochs finished before this stretch (0 for a fresh run)."""
+        return self._read().get("epochs_done", 0)
+
+    def seconds(self):
+        """The seconds of training the finished epochs took, over the earlier stretches."""
+        return self._read().get("seconds", 0.0)
+
+    def on_train_begin(self, logs=None):
+        self._earlier, self._start = self.seconds(), time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_into_place(self.path, json.dumps({"epochs_done": epoch + 1}))
+        seconds = self._earlier + time.perf_counter() - self._start
+        write_into_place(self.path, json.dumps({"epochs_done": epoch + 1, "seconds": seconds}))
 
 
 class SharedBackup(keras.callbacks.BackupAndRestore):

@@ -21,6 +21,7 @@ from .datasets import SegmentationDataset, load_dataset
 from .synthetic import make_tiny_dataset
 from .models import with_dtype_policy
 from .distiller import Distiller
+from .callbacks import EpochRecord
 from .run_files import RunFiles, write_into_place
 from .training import compile_segmentation, fit_segmentation
 
@@ -369,9 +370,10 @@ def train_model(
     and `fit_segmentation` (best checkpoint by validation mean IoU,
     resumption after an interruption) under `profile.models_dir`, then
     `write_run_record` with the precision, the distillation settings and the
-    training time. Build `model` (cast with `with_dtype_policy`, wrapped in a
-    `Distiller` for distillation) after `keras.utils.set_random_seed(seed)`
-    for a reproducible run.
+    training time (of a resumed run: the seconds its epochs finished before the
+    interruption took, plus the whole last stretch). Build `model` (cast with
+    `with_dtype_policy`, wrapped in a `Distiller` for distillation) after
+    `keras.utils.set_random_seed(seed)` for a reproducible run.
 
     Args:
         model: an uncompiled model from `build_unet`, or a `Distiller`.
@@ -405,6 +407,8 @@ def train_model(
     compile_segmentation(model, profile.learning_rate_schedule(epochs, steps),
                          steps_per_execution=profile.steps_per_execution,
                          labelled_classes=data.labelled_classes)
+    files = RunFiles(profile.models_dir, name)
+    earlier = EpochRecord(files.epochs_done).seconds()  # a resumed run's earlier stretches
     start = time.perf_counter()
     fit_segmentation(model, data, epochs=epochs, output_dir=profile.models_dir, name=name,
                      batch_size=profile.batch_size, seed=seed, verbose=verbose,
@@ -414,8 +418,8 @@ def train_model(
                      precision=trained.dtype_policy.name,
                      distillation=_distillation_settings(model),
                      learning_rate=profile.learning_rate,
-                     train_seconds=time.perf_counter() - start, **fit_options)
-    return load_run(RunFiles(profile.models_dir, name).model)
+                     train_seconds=earlier + time.perf_counter() - start, **fit_options)
+    return load_run(files.model)
 
 
 def _distillation_settings(model):

@@ -107,6 +107,12 @@ class RunFiles:
         """Keras' `BackupAndRestore` folder of an unfinished run (`backup_<name>`)."""
         return self.folder / f"backup_{self.name}"
 
+    @property
+    def epochs_done(self) -> pathlib.Path:
+        """How many epochs an unfinished run has finished, and in how many seconds
+        of training over all its stretches (`backup_<name>/epochs_done.json`)."""
+        return self.backup / "epochs_done.json"
+
     def existing(self) -> list[pathlib.Path]:
         """The run's files and folders that exist."""
         paths = (self.model, self.best, self.history_csv, self.history, self.record,

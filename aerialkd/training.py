@@ -240,7 +240,7 @@ def fit_segmentation(
     # sequence must know a resumed run's epoch before fit starts: our own
     # record of finished epochs, kept in the backup folder beside Keras' backup
     # (and deleted with it when training ends).
-    epochs_done = EpochRecord(files.backup / "epochs_done.json")
+    epochs_done = EpochRecord(files.epochs_done)
     seen = gather_json(epochs_done.read())  # by every process, as each restores the backup
     if len(set(seen)) > 1:
         raise RuntimeError(

@@ -1,14 +1,17 @@
 """Tests of `aerialkd.notebook`: profiles, the Colab setup, loading or training a run."""
 
 import dataclasses
+import json
 import sys
+import time
 
+import keras
 import numpy as np
 import pytest
 
 import aerialkd
 import utils
-from helpers import small_data
+from helpers import AtEpochBegin, disconnect, small_data
 
 
 def test_profile_defaults_to_full_in_colab_and_tiny_elsewhere(fake_colab, monkeypatch):
@@ -73,3 +76,34 @@ def test_load_or_train_trains_what_is_missing_once_and_says_so(tiny_data, tmp_pa
     _, longer, record = utils.load_or_train(profile, small_data(tiny_data), "m2", build, epochs=2)
     assert "training it here, 2 epochs" in capsys.readouterr().out
     assert len(longer["loss"]) == 2 and record["epochs"] == 2
+
+
+class SlowEpochs(keras.callbacks.Callback):
+    """Adds `seconds` to the start of every epoch."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+
+    def on_epoch_begin(self, epoch, logs=None):
+        time.sleep(self.seconds)
+
+
+def test_a_resumed_runs_training_time_counts_its_earlier_stretches(tiny_data, tmp_path):
+    profile = dataclasses.replace(utils.load_profile("tiny", output_dir=tmp_path), epochs=3)
+    data, files = small_data(tiny_data), utils.RunFiles(profile.models_dir, "m")
+
+    def train(*callbacks):
+        keras.utils.set_random_seed(0)
+        return utils.train_model(utils.build_unet(2), data, profile, name="m", verbose=0,
+                                 callbacks=[SlowEpochs(0.5), *callbacks])
+
+    with pytest.raises(KeyboardInterrupt):
+        train(AtEpochBegin(2, disconnect))  # after two epochs of at least 0.5 s each
+    earlier = json.loads(files.epochs_done.read_text())
+    assert earlier["epochs_done"] == 2 and earlier["seconds"] >= 1.0
+    start = time.perf_counter()
+    _, history, record = train()
+    last = time.perf_counter() - start
+    assert len(history["loss"]) == 3 and not files.backup.exists()
+    assert last < record["train_seconds"] <= earlier["seconds"] + last
