@@ -60,6 +60,9 @@ FEW_LABELS = [
     ("student_pseudo_t12", "student from scratch, the other 36 labelled by the teacher of "
                            "the 12 (pseudo-labels)", 12, 48),
 ]
+#: The students from scratch on all labels, one per backend and machine (TensorFlow on the
+#: CPU, JAX on the H200): the few-labels arms' ceiling is the one trained where they were.
+ALL_LABELS_SCRATCH = (SCRATCH, "student_scratch")
 #: Base width -> (scratch, distilled) models of the width curve, all labels.
 WIDTHS = {8: (SCRATCH, DISTILLED), 4: ("student_scratch_w4", "student_distilled_w4"),
           2: ("student_scratch_w2", "student_distilled_w2")}
@@ -114,6 +117,20 @@ def where(entry):
     backend = {"tensorflow": "TensorFlow", "jax": "JAX"}[entry["backend"]]
     device = "an NVIDIA H200" if "H200" in entry["device"] else "a 2-core CPU"
     return f"{backend} on {device}"
+
+
+def trained_with(by_model, model):
+    """Where `model`'s runs were trained, e.g. 'JAX on an NVIDIA H200' ('' if not recorded)."""
+    return ", ".join(sorted({where(e) for e in by_model[model].values() if "backend" in e}))
+
+
+def ceiling(by_model, model="student_scratch_l12"):
+    """The all-labels scratch student trained where `model` was (`SCRATCH` if none was)."""
+    for candidate in ALL_LABELS_SCRATCH:
+        if candidate in by_model and model in by_model and (
+                trained_with(by_model, candidate) == trained_with(by_model, model)):
+            return candidate
+    return SCRATCH
 
 
 def headline(metrics, cpu, gpu, analysis, sizes):
@@ -211,11 +228,15 @@ def paired_table(metrics):
 
 
 def few_labels_table(metrics):
-    """Test mIoU5 of the few-labels arms, each student paired by seed with the scratch one."""
+    """Test mIoU5 of the few-labels arms, each student paired by seed with the scratch one.
+
+    The ceiling is the all-labels scratch student trained where the arms were (`ceiling`).
+    """
     by = groups(metrics)
     lines = ["| model | labelled images | images seen | seeds | mIoU5 | minus scratch on the "
              "12, paired by seed |", "|---|---|---|---|---|---|"]
     for model, what, labelled, seen in FEW_LABELS:
+        model = ceiling(by) if model == SCRATCH else model
         if model not in by:
             continue
         entries = [by[model][s] for s in sorted(by[model])]
@@ -230,15 +251,17 @@ def few_labels_table(metrics):
 def width_table(metrics, sizes):
     """Test mIoU5 by base width, from scratch and distilled, paired by seed.
 
-    `sizes` maps a width to `(parameters, GFLOPs)`, e.g. `unet_size`'s.
+    `sizes` maps a width to `(parameters, GFLOPs)`, e.g. `unet_size`'s. Each row says
+    where its runs were trained: a row's pair shares a backend and machine, rows may not.
     """
     by = groups(metrics)
     params, gflops = sizes[16]
     lines = ["| base width | parameters | GFLOPs | from scratch | distilled | distilled minus "
-             "scratch, paired by seed | seeds |", "|---|---|---|---|---|---|---|",
+             "scratch, paired by seed | seeds | trained with |",
+             "|---|---|---|---|---|---|---|---|",
              f"| 16 (teacher) | {params / 1e6:.2f} M | {gflops:.2f} | "
              f"{mean_sd(e['miou5'] for e in by['teacher'].values())} | | | "
-             f"{len(by['teacher'])} |"]
+             f"{len(by['teacher'])} | {trained_with(by, 'teacher')} |"]
     for width, (scratch, distilled) in WIDTHS.items():
         if scratch not in by or distilled not in by:
             continue
@@ -248,7 +271,8 @@ def width_table(metrics, sizes):
             f"| {width} | {params / 1e6:.2f} M | {gflops:.2f} | "
             f"{mean_sd(e['miou5'] for e in by[scratch].values())} | "
             f"{mean_sd(e['miou5'] for e in by[distilled].values())} | "
-            f"{mean_sd(gains.values(), signed=True)} | {len(gains)} |")
+            f"{mean_sd(gains.values(), signed=True)} | {len(gains)} | "
+            f"{' / '.join(dict.fromkeys(trained_with(by, m) for m in (scratch, distilled)))} |")
     return "\n".join(lines)
 
 
@@ -278,12 +302,13 @@ def where_kd_pays(metrics, sizes):
         return {row["model"]: row for row in aerialkd.seed_summary(metrics, models, baseline)}
 
     if {"student_scratch_l12", "student_distilled_l12"} <= set(by):
-        few = rows([SCRATCH, "student_scratch_l12", "student_distilled_l12",
+        top = ceiling(by)
+        few = rows([top, "student_scratch_l12", "student_distilled_l12",
                     "student_distilled_t12", "student_pseudo_t12"], "student_scratch_l12")
         text = (f"**With a quarter of the labels** (12 of the 48 training images labelled; "
                 f"test mIoU5, paired by seed), the student from "
                 f"scratch on the 12 scores {mean_sd(miou5(by, 'student_scratch_l12'))}, "
-                f"against {mean_sd(miou5(by, SCRATCH))} with every label. "
+                f"against {mean_sd(miou5(by, top))} with every label. "
                 f"Distilled from the teacher on all 48 images (the 36 without labels teach "
                 f"through the KD term alone), it changes by "
                 f"{aerialkd.describe_change(few['student_distilled_l12'])}")

@@ -45,8 +45,28 @@ def test_the_test_tools_are_in_the_dev_requirements():
     assert {"pytest", "nbmake", "ipykernel", "nbconvert"} <= _requirements("requirements-dev.txt")
 
 
+SIZES = {16: (1_941_190, 6.1), 8: (485_862, 1.54), 4: (121_638, 0.39), 2: (30_498, 0.1)}
+
+
 def _entry(model, seed, miou5):
     return {"model": model, "run": f"{model}_s{seed}", "seed": seed, "miou5": miou5}
+
+
+CPU = {"backend": "tensorflow", "device": "CPU (x86_64, 2 cores)"}
+H200 = {"backend": "jax", "device": "NVIDIA H200"}
+
+
+def test_the_few_labels_ceiling_is_the_scratch_student_trained_where_the_arms_were():
+    both = [{**_entry("student_scratch_tf", s, 0.66), **CPU} for s in range(3)] + [
+        {**_entry("student_scratch", s, 0.65), **H200} for s in range(3)]
+    for machine, top in ((H200, "student_scratch"), (CPU, "student_scratch_tf")):
+        metrics = both + [{**_entry("student_scratch_l12", s, 0.5), **machine} for s in range(3)]
+        assert report.ceiling(report.groups(metrics)) == top
+        ceiling_row = report.few_labels_table(metrics).splitlines()[2]
+        assert f"(the ceiling) (`{top}`) | 48 | 48 | 3 |" in ceiling_row
+        assert f"against {0.65 if top == 'student_scratch' else 0.66:.3f} ± 0.000 with every" in (
+            report.where_kd_pays(metrics + [{**_entry("student_distilled_l12", s, 0.55), **machine}
+                                           for s in range(3)], SIZES))
 
 
 def test_the_few_labels_table_pairs_each_student_with_the_scratch_one_by_seed():
@@ -74,10 +94,18 @@ def test_the_width_table_gives_sizes_and_the_paired_gain_of_each_width():
         for s in range(3)]
     sizes = {16: (1_941_190, 6.1), 8: (485_862, 1.54), 4: (121_638, 0.39), 2: (30_498, 0.1)}
     table = report.width_table(metrics, sizes).splitlines()
-    assert table[2] == "| 16 (teacher) | 1.94 M | 6.10 | 0.690 | | | 1 |"
-    assert table[3] == "| 8 | 0.49 M | 1.54 | 0.660 ± 0.000 | 0.670 ± 0.010 | +0.010 ± 0.010 | 3 |"
-    assert table[4] == "| 4 | 0.12 M | 0.39 | 0.620 ± 0.000 | 0.640 ± 0.010 | +0.020 ± 0.010 | 3 |"
+    assert table[2] == "| 16 (teacher) | 1.94 M | 6.10 | 0.690 | | | 1 |  |"
+    assert table[3] == ("| 8 | 0.49 M | 1.54 | 0.660 ± 0.000 | 0.670 ± 0.010 | +0.010 ± 0.010 | "
+                        "3 |  |")
+    assert table[4] == ("| 4 | 0.12 M | 0.39 | 0.620 ± 0.000 | 0.640 ± 0.010 | +0.020 ± 0.010 | "
+                        "3 |  |")
     assert len(table) == 5  # width 2 has no runs yet
+    on = {"student_scratch_tf": CPU, "student_distilled": CPU, "teacher": H200,
+          "student_scratch_w4": H200, "student_distilled_w4": H200}
+    table = report.width_table([{**e, **on[e["model"]]} for e in metrics], sizes).splitlines()
+    assert table[2].endswith("| 1 | JAX on an NVIDIA H200 |")
+    assert table[3].endswith("| 3 | TensorFlow on a 2-core CPU |")
+    assert table[4].endswith("| 3 | JAX on an NVIDIA H200 |")
     assert report.unet_size(2)[0] < report.unet_size(4)[0] < sizes[8][0] == report.unet_size(8)[0]
 
 
