@@ -35,9 +35,11 @@ scored only by `--evaluate`, once every run of a part has finished:
 or machines (a run that learns from `teacher_l12` refuses to start before that run
 has finished). On one GPU, train runs one after another in one process: separate
 processes side by side share the GPU by time-slicing and compile at the same time,
-which was slower than one process (`benchmarks/README.md`):
+which was slower than one process; with JAX's persistent compilation cache, the runs
+after the first of a model skip most of their compiling (`benchmarks/README.md`):
 
-    KERAS_BACKEND=jax python scripts/where_kd_pays.py --output runs/where_kd_pays --runs teacher_l12 student_scratch_l12_s0
+    export KERAS_BACKEND=jax JAX_COMPILATION_CACHE_DIR=~/.cache/jax
+    python scripts/where_kd_pays.py --output runs/where_kd_pays --runs teacher_l12 student_scratch_l12_s0
 """
 
 import argparse
