@@ -23,12 +23,13 @@ students trained from scratch with the same budget, three seeds, paired by seed:
 
 The recipe is the committed students': the profile's budget and the precision of
 `results/profile.json`, the KD settings of `results/models/distillation.json`.
-Runs checkpoint each epoch and resume when the command is rerun. The test split is
-scored only by `--evaluate`, once every run of a part has finished:
+Runs checkpoint each epoch and resume when the command is rerun. The finished runs
+are kept in `results/where_kd_pays/` until a part is complete (`results/README.md`). The
+test split is scored only by `--evaluate`, once every run of a part has finished:
 
-    nice -n 19 python scripts/where_kd_pays.py --output runs/where_kd_pays
-    python scripts/where_kd_pays.py --output runs/where_kd_pays --evaluate
-    python scripts/where_kd_pays.py --output runs/where_kd_pays --parts labels --publish
+    nice -n 19 python scripts/where_kd_pays.py --output results/where_kd_pays
+    python scripts/where_kd_pays.py --output results/where_kd_pays --evaluate
+    python scripts/where_kd_pays.py --output results/where_kd_pays --parts labels --publish
     python scripts/where_kd_pays.py --profile tiny --output /tmp/kd_pays   # a dry run
 
 `--runs` trains only the named runs, e.g. to spread the grid over several sessions
@@ -39,7 +40,7 @@ which was slower than one process; with JAX's persistent compilation cache, the 
 after the first of a model skip most of their compiling (`benchmarks/README.md`):
 
     export KERAS_BACKEND=jax JAX_COMPILATION_CACHE_DIR=~/.cache/jax
-    python scripts/where_kd_pays.py --output runs/where_kd_pays --runs teacher_l12 student_scratch_l12_s0
+    python scripts/where_kd_pays.py --output results/where_kd_pays --runs teacher_l12 student_scratch_l12_s0
 """
 
 import argparse
