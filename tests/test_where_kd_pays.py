@@ -146,3 +146,21 @@ def test_publish_refuses_a_part_with_unfinished_or_unscored_runs(tiny_data, chos
                                          r"but not scored \['student_distilled_w4_s2'\]"):
         where_kd_pays.publish(todo, profile, results)
     assert not results.exists()  # nothing written
+
+
+def test_the_committed_runs_of_the_grid_are_finished_runs_of_it(tiny_data, chosen, tmp_path):
+    folder = utils.REPO_ROOT / "results" / "where_kd_pays" / "models"
+    if not folder.exists():
+        pytest.skip("no run of the grid is committed yet")
+    profile = utils.load_profile("tiny", output_dir=tmp_path)
+    grid = {run for part in where_kd_pays.PARTS
+            for run, *_ in where_kd_pays.runs_of(part, tiny_data, chosen, profile)}
+    models = sorted(folder.glob("*.keras"))
+    assert models
+    for model in models:
+        files = utils.RunFiles.of_model(model)
+        assert files.name in grid and files.record.exists() and files.history.exists(), (
+            f"{model.name} is not a finished run of the grid")
+        record = json.loads(files.record.read_text())
+        assert record["profile"] == "full" and record["epochs"] >= 100
+    assert not [*folder.glob("backup_*"), *folder.glob("*_started.json")]  # unfinished state
