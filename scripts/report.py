@@ -195,7 +195,7 @@ def runs_table(metrics):
             continue
         entries = [by[model][s] for s in sorted(by[model])]
         lines.append(
-            f"| {NAMES[model]} (`{model}`) | {', '.join(sorted({where(e) for e in entries}))} "
+            f"| {NAMES[model]} (`{model}`) | {trained_with(by, model)} "
             f"| {', '.join(str(e['seed']) for e in entries)} "
             f"| {mean_sd(e['miou5'] for e in entries)} | {mean_sd(e['miou6'] for e in entries)} "
             f"| {mean_sd(e['pixel_acc'] for e in entries)} |")
