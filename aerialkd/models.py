@@ -48,8 +48,8 @@ def build_unet(
 
     Args:
         base_filters: filters of the first level (16 for the teacher, 8 for
-            the student). Below 4, all of the top level's few ReLU channels
-            are often dead at initialization (negative on almost every pixel,
+            the student). Below 4, the top level's few ReLU channels can
+            all be dead at initialization (negative on almost every pixel,
             so they get no gradient) and the model barely learns: on the
             Dubai validation patches, 2 of 10 seeds at width 2 on TensorFlow,
             none at 4 or 8 (`scripts/dead_units.py`).

@@ -21,7 +21,7 @@ students trained from scratch with the same budget, three seeds, paired by seed:
 2. **The width curve.** `student_scratch_w4` / `student_distilled_w4` (base width
    4), on all labels, distilled from the committed teacher. The same at width 2
    (`--parts width2`) is not trained by default: at that width the U-Net's top
-   level is often born dead (`scripts/dead_units.py`: on TensorFlow, seeds 0 and
+   level can be born dead (`scripts/dead_units.py`: on TensorFlow, seeds 0 and
    2 of the grid's three), so its scores would measure the draw of the initial
    weights, not what a thin student can learn.
 
