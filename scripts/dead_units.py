@@ -14,7 +14,7 @@ For each width and seed, this builds the model as the scripts do
 on the validation patches, the channels of the top level's two convolutions that
 are positive on more than `--threshold` of the pixels; with `--models`, the same
 for saved models (e.g. a trained run's best checkpoint). Inference only: a minute
-or two on a CPU. Prints a table and writes `<output>/dead_units.json` with the
+or two on a CPU. Prints each model's counts and writes `<output>/dead_units.json` with the
 machine, backend and versions:
 
     python scripts/dead_units.py --output results
@@ -27,7 +27,6 @@ import json
 import pathlib
 
 import keras
-import numpy as np
 
 import utils
 
@@ -49,12 +48,10 @@ def active_shares(model, images, layers=LAYERS, batch_size=16):
         `{layer name: [share of channel 0, share of channel 1, ...]}`, each share in
         `[0, 1]`, over every pixel of every image.
     """
-    probe = keras.Model(model.input, [model.get_layer(name).output for name in layers])
+    probe = keras.Model(model.input, {name: model.get_layer(name).output for name in layers})
     outputs = probe.predict(images, batch_size=batch_size, verbose=0)
-    if len(layers) == 1:
-        outputs = [outputs]
-    return {name: [float(s) for s in (np.asarray(out) > 0).mean(axis=(0, 1, 2))]
-            for name, out in zip(layers, outputs)}
+    return {name: [float(s) for s in (outputs[name] > 0).mean(axis=(0, 1, 2))]
+            for name in layers}
 
 
 def active_count(shares, threshold):

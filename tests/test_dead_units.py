@@ -15,7 +15,7 @@ def _bias(model, layer, value):
 
 
 def test_a_channel_pushed_below_zero_is_dead_and_one_above_is_active(tiny_data):
-    model = utils.build_unet(2, input_shape=(None, None, 3))
+    model = utils.build_unet(2)
     images = tiny_data.x_val[:3]
     _bias(model, "down0_conv2", -1e4)
     assert dead_units.active_shares(model, images)["down0_conv2"] == [0.0, 0.0]

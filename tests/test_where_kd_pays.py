@@ -94,7 +94,7 @@ def test_runs_trains_the_named_runs_alone_and_refuses_others(tmp_path, monkeypat
     assert "--runs ['teacher_l12']: not runs of --parts ['width4']" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         where_kd_pays.main(argv + ["--runs", "student_scratch_w4_s0", "--evaluate"])
-    with pytest.raises(SystemExit):  # width 2 only when asked for: often born dead
+    with pytest.raises(SystemExit):  # width 2 only when asked for: it can be born dead
         where_kd_pays.main(argv[:-2] + ["--runs", "student_scratch_w2_s0"])
     assert "not runs of --parts ['labels', 'width4']" in capsys.readouterr().err
     where_kd_pays.main(argv[:-1] + ["width2", "--runs", "student_scratch_w2_s1"])
