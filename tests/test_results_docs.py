@@ -147,11 +147,12 @@ def test_the_readme_says_where_distillation_paid_once_a_part_is_published():
 
 
 def test_the_runs_of_issue_35_are_named_and_kept_out_of_the_half_width_pairing():
-    committed = report.load("results/metrics.json")
+    models = ("student_scratch_l12", "student_distilled_l12", "student_distilled_w4")
+    committed = [entry for entry in report.load("results/metrics.json")
+                 if entry["model"] not in models]  # those published replaced by made-up ones
     added = [{**_entry(model, s, 0.5), "miou6": 0.4, "pixel_acc": 0.8, "backend": "tensorflow",
               "device": "CPU (x86_64, 2 cores)"}
-             for model in ("student_scratch_l12", "student_distilled_l12", "student_distilled_w4")
-             for s in range(3)]
+             for model in models for s in range(3)]
     runs = report.runs_table(committed + added)
     assert ("| student with 12 labelled images, distilled from the teacher "
             "(`student_distilled_l12`) | TensorFlow on a 2-core CPU | 0, 1, 2 | 0.500 ± 0.000 |"
