@@ -25,8 +25,9 @@ def _cells(path, kind):
 
 def test_the_series_is_numbered_in_order():
     stems = [p.stem for p in NOTEBOOKS]
-    assert [s[:3] for s in stems] == ["01_", "02_", "03_", "04_", "05_", "06_", "07_"]
-    assert stems[-1] == "07_your_data" and stems[5] == "06_sweep" and stems[1] == "02_teacher"
+    assert [s[:3] for s in stems] == ["01_", "02_", "03_", "04_", "05_", "06_", "07_", "08_"]
+    assert stems[1] == "02_teacher" and stems[5] == "06_sweep" and stems[6] == "07_your_data"
+    assert stems[-1] == "08_where_kd_pays"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
