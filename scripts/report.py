@@ -102,6 +102,12 @@ def paired(metrics, model, baseline=SCRATCH):
     return aerialkd.paired_differences(metrics, model, baseline)
 
 
+def by_seed(changes):
+    """'+0.060 (seed 0), -0.006 (seed 2)' from `{seed: change}`."""
+    return ", ".join(f"{round(change, 3) + 0.0:+.3f} (seed {seed})"
+                     for seed, change in sorted(changes.items()))
+
+
 def unet_size(width):
     """Parameters and GFLOPs at 256x256 of the U-Net of base width `width`."""
     model = aerialkd.build_unet(width)
@@ -332,7 +338,8 @@ def where_kd_pays(metrics, sizes):
             f"**At base width {width}** ({params / 1e6:.2f} M parameters, {gflops:.2f} GFLOPs; "
             f"all labels): from scratch {mean_sd(miou5(by, scratch))}, "
             f"distilled {mean_sd(miou5(by, distilled))} test mIoU5; distilled "
-            f"minus scratch, paired by seed: {aerialkd.describe_change(row)}.")
+            f"minus scratch, paired by seed: {aerialkd.describe_change(row)}; seed by seed: "
+            f"{by_seed(paired(metrics, distilled, scratch))}.")
     return "\n\n".join(parts)
 
 

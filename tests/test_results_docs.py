@@ -132,6 +132,7 @@ def test_the_readme_says_where_distillation_paid_once_a_part_is_published():
                             "from scratch 0.620 ± 0.000, distilled 0.621 ± 0.010 test mIoU5; "
                             "distilled minus scratch, paired by seed: +0.001 ± 0.010 over 3 "
                             "seeds, within the spread of the seeds (paired t-test")
+    assert width.endswith("; seed by seed: +0.010 (seed 0), -0.010 (seed 1), +0.003 (seed 2).")
     assert report.widths_block(metrics, sizes).startswith("| base width |")
     more = metrics + [
         _entry("student_distilled_t12", s, v) for s, v in enumerate((0.56, 0.55, 0.60))] + [
