@@ -241,7 +241,9 @@ def publish(todo, profile, results, labels=False):
     entry of the same run), its history and run record into `results/models/`,
     and the model too for seed 0 (and the one teacher); with `labels`, the label
     subset goes to `results/label_subset.json`. Nothing is written unless every
-    run of `todo` has finished and been scored by `--evaluate`.
+    run of `todo` has finished and been scored by `--evaluate`, and its students
+    (the runs that are not teachers) were all trained with one backend on one
+    machine.
     """
     scored = profile.output_dir / "metrics.json"
     entries = {e["run"]: e for e in json.loads(scored.read_text())} if scored.exists() else {}
@@ -252,6 +254,16 @@ def publish(todo, profile, results, labels=False):
         raise SystemExit(f"Not published: unfinished runs {unfinished}, finished but not scored "
                          f"{unscored}. Finish them (rerun without --publish), score them with "
                          f"--evaluate, then publish.")
+    machines = {}  # the students' (backend, device): one per part, teachers aside
+    for run, model, *_ in todo:
+        if not model.startswith("teacher"):
+            entry = entries[run]
+            machines.setdefault(f"{entry.get('backend')} on {entry.get('device')}", []).append(run)
+    if len(machines) > 1:
+        raise SystemExit(f"Not published: a part's students are compared with each other, so "
+                         f"they must share a backend and machine, and these differ: {machines}. "
+                         f"Keep one machine's runs in {profile.models_dir}, train the others "
+                         f"again there (--runs), then --evaluate and --publish.")
     (results / "models").mkdir(parents=True, exist_ok=True)
     for run, _, _, settings in todo:
         source = utils.RunFiles(profile.models_dir, run)

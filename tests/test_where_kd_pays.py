@@ -152,6 +152,29 @@ def test_publish_refuses_a_part_with_unfinished_or_unscored_runs(tiny_data, chos
     assert not results.exists()  # nothing written
 
 
+def test_publish_refuses_students_trained_on_different_machines(tiny_data, chosen, tmp_path):
+    profile = utils.load_profile("tiny", output_dir=tmp_path / "runs")
+    todo = where_kd_pays.runs_of("labels", tiny_data, chosen, profile)
+    _finish(profile, todo)
+    scored = profile.output_dir / "metrics.json"
+    unscored = json.loads(scored.read_text())
+    cpu = {"backend": "tensorflow", "device": "CPU (x86_64, 2 cores)"}
+    gpu = {"backend": "jax", "device": "NVIDIA H200"}
+
+    def score(on_gpu):
+        scored.write_text(json.dumps([{**e, **(gpu if e["run"] in on_gpu else cpu)}
+                                      for e in unscored]))
+
+    score({"teacher_l12", "student_distilled_t12_s0"})
+    results = tmp_path / "results"
+    with pytest.raises(SystemExit, match=r"'jax on NVIDIA H200': \['student_distilled_t12_s0'\]"):
+        where_kd_pays.publish(todo, profile, results)
+    assert not results.exists()  # nothing written
+    score({"teacher_l12"})  # a teacher from another machine is an input, not compared
+    where_kd_pays.publish(todo, profile, results)
+    assert len(json.loads((results / "metrics.json").read_text())) == len(todo)
+
+
 def test_the_committed_runs_of_the_grid_are_finished_runs_of_it(tiny_data, chosen, tmp_path):
     folder = utils.REPO_ROOT / "results" / "where_kd_pays" / "models"
     if not folder.exists():
