@@ -130,6 +130,12 @@ def trained_with(by_model, model):
     return ", ".join(sorted({where(e) for e in by_model[model].values() if "backend" in e}))
 
 
+def machine(*where_trained):
+    """'; trained with X' when the runs' records name one place, else ''."""
+    places = set(where_trained)
+    return f"; trained with {places.pop()}" if len(places) == 1 and "" not in places else ""
+
+
 def ceiling(by_model, model="student_scratch_l12"):
     """The all-labels scratch student trained where `model` was (`SCRATCH` if none was)."""
     for candidate in ALL_LABELS_SCRATCH:
@@ -296,6 +302,11 @@ def widths_block(metrics, sizes):
     return width_table(metrics, sizes) if published else NOT_YET
 
 
+#: The first line of the README's verdict on issue #35's parts.
+WHERE_KD_PAYS_INTRO = ("Where distillation is expected to pay more, measured with the same "
+                       "recipe (notebook `08_where_kd_pays`):")
+
+
 def where_kd_pays(metrics, sizes):
     """The README's verdict on the parts of issue #35 published so far (none: empty).
 
@@ -311,8 +322,10 @@ def where_kd_pays(metrics, sizes):
         top = ceiling(by)
         few = rows([top, "student_scratch_l12", "student_distilled_l12",
                     "student_distilled_t12", "student_pseudo_t12"], "student_scratch_l12")
+        students = [m for m in few if m != top]
         text = (f"**With a quarter of the labels** (12 of the 48 training images labelled; "
-                f"test mIoU5, paired by seed), the student from "
+                f"test mIoU5, paired by seed"
+                f"{machine(*(trained_with(by, m) for m in students))}), the student from "
                 f"scratch on the 12 scores {mean_sd(miou5(by, 'student_scratch_l12'))}, "
                 f"against {mean_sd(miou5(by, top))} with every label. "
                 f"Distilled from the teacher on all 48 images (the 36 without labels teach "
@@ -336,11 +349,14 @@ def where_kd_pays(metrics, sizes):
         params, gflops = sizes[width]
         parts.append(
             f"**At base width {width}** ({params / 1e6:.2f} M parameters, {gflops:.2f} GFLOPs; "
-            f"all labels): from scratch {mean_sd(miou5(by, scratch))}, "
+            f"all labels{machine(trained_with(by, scratch), trained_with(by, distilled))}): "
+            f"from scratch {mean_sd(miou5(by, scratch))}, "
             f"distilled {mean_sd(miou5(by, distilled))} test mIoU5; distilled "
             f"minus scratch, paired by seed: {aerialkd.describe_change(row)}; seed by seed: "
             f"{by_seed(paired(metrics, distilled, scratch))}.")
-    return "\n\n".join(parts)
+    if not parts:
+        return ""
+    return "\n\n".join([WHERE_KD_PAYS_INTRO] + parts)
 
 
 #: The models `scripts/export.py` exported (the seed-0 runs of `results/models`).

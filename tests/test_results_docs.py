@@ -121,7 +121,8 @@ def test_the_readme_says_where_distillation_paid_once_a_part_is_published():
         _entry("student_distilled_l12", s, v) for s, v in enumerate((0.55, 0.55, 0.58))] + [
         _entry("student_scratch_w4", s, 0.62) for s in range(3)] + [
         _entry("student_distilled_w4", s, 0.62 + d) for s, d in enumerate((0.01, -0.01, 0.003))]
-    few, width = report.where_kd_pays(metrics, sizes).split("\n\n")
+    intro, few, width = report.where_kd_pays(metrics, sizes).split("\n\n")
+    assert intro == report.WHERE_KD_PAYS_INTRO
     # paired +0.05, +0.03, +0.04: mean 0.04, sd 0.01, t = 6.93 with 2 degrees of freedom
     assert "from scratch on the 12 scores 0.520 ± 0.020, against 0.660 ± 0.000 with" in few
     assert few.endswith("it changes by +0.040 ± 0.010 over 3 seeds, real (paired t-test, "
@@ -133,11 +134,14 @@ def test_the_readme_says_where_distillation_paid_once_a_part_is_published():
                             "distilled minus scratch, paired by seed: +0.001 ± 0.010 over 3 "
                             "seeds, within the spread of the seeds (paired t-test")
     assert width.endswith("; seed by seed: +0.010 (seed 0), -0.010 (seed 1), +0.003 (seed 2).")
+    cpu = "TensorFlow on a 2-core CPU"
+    assert report.machine(cpu, cpu) == "; trained with TensorFlow on a 2-core CPU"
+    assert report.machine(cpu, "JAX on an NVIDIA H200") == report.machine(cpu, "") == ""
     assert report.widths_block(metrics, sizes).startswith("| base width |")
     more = metrics + [
         _entry("student_distilled_t12", s, v) for s, v in enumerate((0.56, 0.55, 0.60))] + [
         _entry("student_pseudo_t12", s, v) for s, v in enumerate((0.53, 0.54, 0.55))]
-    few = report.where_kd_pays(more, sizes).split("\n\n")[0]
+    few = report.where_kd_pays(more, sizes).split("\n\n")[1]
     # t12 minus scratch +0.06, +0.03, +0.06; pseudo minus scratch +0.03, +0.02, +0.01 (t = 3.46,
     # p = 1 - t / sqrt(2 + t^2) = 0.074); t12 minus pseudo +0.03, +0.01, +0.05 (p = 0.122)
     assert "teacher that had the same 12 labels only, by +0.050 ± 0.017 over 3 seeds" in few
