@@ -131,7 +131,7 @@ def trained_with(by_model, model):
 
 
 def machine(*where_trained):
-    """'; trained with X' when the runs' records name one place, else ''."""
+    """'; trained with X' when every group of runs was trained at X (`trained_with`), else ''."""
     places = set(where_trained)
     return f"; trained with {places.pop()}" if len(places) == 1 and "" not in places else ""
 
