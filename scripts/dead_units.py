@@ -14,8 +14,8 @@ For each width and seed, this builds the model as the scripts do
 on the validation patches, the channels of the top level's two convolutions that
 are positive on more than `--threshold` of the pixels; with `--models`, the same
 for saved models (e.g. a trained run's best checkpoint). Inference only: a minute
-or two on a CPU. Prints each model's counts and writes `<output>/dead_units.json` with the
-machine, backend and versions:
+or two on a CPU. Prints each model's counts and writes `<output>/dead_units.json` (or
+`<output>/<--name>`) with the machine, backend and versions:
 
     python scripts/dead_units.py --output results
     python scripts/dead_units.py --output /tmp/dead --models runs/models/student_scratch_w2_s0.keras
@@ -62,7 +62,9 @@ def active_count(shares, threshold):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="full", choices=sorted(utils.PROFILES))
-    parser.add_argument("--output", required=True, help="folder of dead_units.json")
+    parser.add_argument("--output", required=True, help="folder of the JSON file")
+    parser.add_argument("--name", default="dead_units.json",
+                        help="name of the JSON file in --output (default dead_units.json)")
     parser.add_argument("--widths", type=int, nargs="+", default=list(WIDTHS))
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--threshold", type=float, default=0.05,
@@ -73,6 +75,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not 0 <= args.threshold < 1:
         parser.error(f"--threshold must be in [0, 1), got {args.threshold}")
+    if pathlib.Path(args.name).name != args.name or not args.name.endswith(".json"):
+        parser.error(f"--name must be a file name ending in .json, got {args.name!r}")
     missing = [str(path) for path in args.models if not path.is_file()]
     if missing:
         parser.error(f"--models: no such file {missing}")
@@ -111,7 +115,7 @@ def main(argv=None):
         "profile": profile.name, **utils.run_info(), "rows": rows,
     }
     output.mkdir(parents=True, exist_ok=True)
-    utils.write_into_place(output / "dead_units.json", json.dumps(result, indent=1))
+    utils.write_into_place(output / args.name, json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

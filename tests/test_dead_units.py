@@ -53,3 +53,15 @@ def test_main_refuses_a_missing_model_and_a_bad_threshold(tmp_path, capsys):
     with pytest.raises(SystemExit):
         dead_units.main(["--profile", "tiny", "--output", str(tmp_path), "--threshold", "1"])
     assert "--threshold" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        dead_units.main(["--profile", "tiny", "--output", str(tmp_path), "--name", "a/b.json"])
+    assert "--name" in capsys.readouterr().err
+
+
+def test_main_writes_under_another_name_and_leaves_dead_units_json_alone(tmp_path):
+    (tmp_path / "dead_units.json").write_text("{}")
+    dead_units.main(["--profile", "tiny", "--output", str(tmp_path), "--widths", "4",
+                     "--seeds", "0", "--name", "trained.json"])
+    assert (tmp_path / "dead_units.json").read_text() == "{}"
+    rows = json.loads((tmp_path / "trained.json").read_text())["rows"]
+    assert [(r["model"], r["seed"]) for r in rows] == [("build_unet(4)", 0)]
