@@ -1,5 +1,7 @@
 """The pages tell the numbers the committed JSON holds, and the requirements suit Colab."""
 
+import datetime
+import json
 import pathlib
 import re
 
@@ -26,6 +28,26 @@ def test_a_changed_score_makes_the_check_fail(monkeypatch, capsys):
     monkeypatch.setattr(report, "load", load)
     assert report.main(["--check"]) == 1
     assert "README.md" in capsys.readouterr().out
+
+
+def _minutes_rendered(notebook):
+    """Minutes from the first cell's start to the last cell's end in a rendered notebook."""
+    stamps = [datetime.datetime.fromisoformat(times[key].replace("Z", "+00:00"))
+              for cell in json.loads(notebook.read_text())["cells"]
+              for times in [cell.get("metadata", {}).get("execution", {})]
+              for key in ("iopub.execute_input", "shell.execute_reply") if key in times]
+    return (max(stamps) - min(stamps)).total_seconds() / 60
+
+
+def test_the_readme_gives_each_notebook_the_time_its_rendered_run_took():
+    rows = re.findall(r"^\| `(\d\d_\w+)` .*\| ([^|]*) \|$", (REPO / "README.md").read_text(),
+                      re.M)
+    assert sorted(stem for stem, _ in rows) == sorted(
+        path.stem for path in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    for stem, time in rows:
+        said = re.search(r"(\d+(?:\.\d+)?) min", time)  # the loading time, or the whole run
+        took = _minutes_rendered(REPO / "notebooks" / f"{stem}.ipynb")
+        assert said and round(float(said.group(1))) == round(took), (stem, time, took)
 
 
 def _requirements(name):
