@@ -139,6 +139,25 @@ def test_segmentation_kd_round_trips_for_keras_own_distiller():
     assert (again.temperature, again.kind) == (3.0, "channel")
 
 
+def test_segmentation_kd_gives_keras_own_distiller_the_checked_loss_and_trains():
+    t, s = random_logits(SHAPE, 1), random_logits(SHAPE, 2)
+    kd = utils.SegmentationKD(temperature=3.0, kind="channel")
+    assert float(kd.compute_loss(t, s)) == pytest.approx(
+        float(utils.distillation_loss(t, s, 3.0, "channel")), rel=1e-6)
+    keras.utils.set_random_seed(0)
+    student = utils.build_unet(2, name="student")
+    distiller = keras.distillation.Distiller(
+        teacher=utils.build_unet(2, name="teacher"), student=student,
+        distillation_losses=kd, student_loss_weight=0.5)
+    distiller.compile(optimizer="adam", loss=utils.SegmentationLoss())
+    rng = np.random.default_rng(0)
+    x, y = rng.random((4, 32, 32, 3), "float32"), rng.integers(0, 6, (4, 32, 32))
+    before = [w.copy() for w in student.get_weights()]
+    loss = distiller.fit(x, y, batch_size=4, epochs=1, verbose=0).history["loss"][0]
+    assert np.isfinite(loss) and loss > 0
+    assert any(not np.array_equal(a, b) for a, b in zip(before, student.get_weights()))
+
+
 def _dist_by_hand(t, s, T):
     """DIST with numpy's corrcoef: each pixel a sample, classes and pixels correlated."""
     p = _softmax(t / T, -1).reshape(-1, t.shape[-1])
