@@ -31,3 +31,36 @@ def test_use_all_devices_changes_nothing_on_one_device(capsys):
 
 def test_precision_follows_the_device_and_is_exact_on_a_cpu():
     assert utils.mixed_precision_policy() == "float32"  # CI and this machine have no GPU
+
+
+def _pretend_gpu(monkeypatch, capability):
+    """Make the backend report one GPU of this compute capability (None: a TPU)."""
+    if keras.backend.backend() == "jax":
+        import types
+
+        import jax
+
+        device = types.SimpleNamespace(
+            platform="tpu" if capability is None else "gpu",
+            compute_capability=None if capability is None else f"{capability[0]}.{capability[1]}")
+        monkeypatch.setattr(jax, "devices", lambda *args: [device])
+    else:
+        import tensorflow as tf
+
+        monkeypatch.setattr(tf.config, "list_logical_devices",
+                            lambda kind=None: ["TPU:0"] if capability is None else [])
+        monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"])
+        monkeypatch.setattr(tf.config.experimental, "get_device_details",
+                            lambda device: {"compute_capability": capability})
+
+
+@pytest.mark.parametrize("capability, policy", [
+    ((7, 5), "mixed_float16"),  # Colab's T4: float16 tensor cores, no bfloat16
+    ((8, 0), "mixed_bfloat16"),  # A100
+    ((9, 0), "mixed_bfloat16"),  # H100, H200
+    ((6, 0), "float32"),  # P100: half precision is no faster
+    (None, "mixed_bfloat16"),  # a TPU
+])
+def test_precision_follows_the_gpu_that_the_backend_reports(monkeypatch, capability, policy):
+    _pretend_gpu(monkeypatch, capability)
+    assert utils.mixed_precision_policy() == policy
