@@ -113,7 +113,7 @@ def test_distiller_output_shape_mismatch():
 def test_zip_that_is_not_a_zip(tmp_path):
     bogus = tmp_path / "data.zip"
     bogus.write_text("not a zip")
-    with pytest.raises(ValueError, match="neither a folder nor a zip"):
+    with pytest.raises(ValueError, match=r"data\.zip is neither a folder nor a zip"):
         utils.download_dataset(tmp_path / "out", source=bogus)
 
 

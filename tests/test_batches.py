@@ -9,10 +9,17 @@ from helpers import load_flat, write_flat
 
 def test_patch_sequence_reshuffles_every_epoch(tiny_data):
     seq = utils.PatchSequence(tiny_data.x_train, tiny_data.y_train, 8)
-    first = seq[0][1].copy()
+
+    def epoch():
+        return np.concatenate([seq[i][1] for i in range(len(seq))])
+
+    first = epoch()
     seq.on_epoch_end()
     assert len(seq) == -(-len(tiny_data.x_train) // 8)
-    assert not np.array_equal(first, seq[0][1])
+    second = epoch()
+    assert not np.array_equal(first, second)
+    every = sorted(y.tobytes() for y in tiny_data.y_train)  # each patch once an epoch
+    assert sorted(y.tobytes() for y in first) == sorted(y.tobytes() for y in second) == every
 
 
 def test_patch_sequence_can_drop_the_last_partial_batch():

@@ -162,5 +162,5 @@ def test_kd_weight_schedule_parses_warmup_and_rejects_other_text():
     schedule = utils.KDWeightSchedule.parse("warmup:2:0.1")
     assert [schedule(e) for e in range(4)] == [1.0, 1.0, 0.1, 0.1]
     for bad in ("warmup:2", "cosine:1:0.1", "warmup:x:0.1", "warmup:2:1.5"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=f"warmup:K:ALPHA.*got '{bad}'"):
             utils.KDWeightSchedule.parse(bad)

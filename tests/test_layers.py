@@ -25,11 +25,15 @@ def test_the_eight_symmetries_are_distinct_and_undone_exactly():
 
 def test_training_draws_every_symmetry_and_inference_draws_none():
     layer = utils.RandomSymmetry(seed=1)
-    x = np.zeros((64, 8, 8, 3), "float32")
-    _, drawn = layer(x, training=True)
+    x = np.random.default_rng(0).random((64, 8, 8, 3)).astype("float32")
+    moved, drawn = layer(x, training=True)
     assert len({tuple(c) for c in keras.ops.convert_to_numpy(drawn)}) == 8
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(moved),
+                                  keras.ops.convert_to_numpy(utils.apply_symmetry(x, drawn)))
+    assert not np.array_equal(keras.ops.convert_to_numpy(moved), x)
     same, none = layer(x, training=False)
     assert not keras.ops.convert_to_numpy(none).any()
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(same), x)
 
 
 def test_loss_on_mapped_back_logits_equals_loss_on_transformed_labels():

@@ -38,6 +38,7 @@ def test_tiny_dataset_cuts_into_9_images_of_3_tiles_of_patches(tiny_data):
 def test_tiny_dataset_is_deterministic(tmp_path):
     a = utils.make_tiny_dataset(tmp_path / "a", tile_sizes=((64, 48),), images_per_tile=2)
     b = utils.make_tiny_dataset(tmp_path / "b", tile_sizes=((64, 48),), images_per_tile=2)
+    assert len(utils.find_pairs(a)) == len(utils.find_pairs(b)) == 2
     for (_, ia, ma), (_, ib, mb) in zip(utils.find_pairs(a), utils.find_pairs(b)):
         assert ia.read_bytes() == ib.read_bytes() and ma.read_bytes() == mb.read_bytes()
 
