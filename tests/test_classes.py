@@ -71,3 +71,12 @@ def test_classes_must_have_one_valid_colour_each():
         utils.read_classes({"A": "#010203", "B": "#010203"})
     with pytest.raises(ValueError, match="class 'A' has colour 'red'"):
         utils.read_classes({"A": "red"})
+
+
+def test_hex_colours_convert_to_rgb_and_back_and_bad_ones_are_named():
+    assert utils.hex_to_rgb("#3C1098") == (60, 16, 152)
+    assert utils.hex_to_rgb("3c1098") == (60, 16, 152)
+    assert utils.rgb_to_hex((60, 16, 152)) == "#3C1098"
+    for bad in ("#3C109", "#3C10G8", "red"):
+        with pytest.raises(ValueError, match=f"like '#3C1098', got '{bad}'"):
+            utils.hex_to_rgb(bad)

@@ -1,5 +1,7 @@
 """Tests of `aerialkd.datasets`: `load_dataset` and `SegmentationDataset`, split by source image."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -130,3 +132,14 @@ def test_deprecated_extra_colors_still_load_and_reread_the_same_labels(tiny_root
 def test_class_shares_are_shares_of_the_annotated_pixels_of_each_of_n_classes():
     labels = np.array([[0, 2, 2, utils.IGNORE_INDEX]])
     np.testing.assert_allclose(utils.class_shares(labels, n_classes=3), [1 / 3, 0, 2 / 3])
+
+
+def test_dataset_overview_counts_each_tiles_images_and_patches(tiny_data):
+    rows = utils.dataset_overview(tiny_data)
+    assert [row["tile"] for row in rows] == sorted({name.split("/")[0] for split in
+                                                    tiny_data.sources.values() for name in split})
+    for split in ("train", "val", "test"):
+        assert sum(row[split] for row in rows) == len(tiny_data.sources[split])
+    assert sum(row["patches"] for row in rows) == (
+        len(tiny_data.x_train) + len(tiny_data.x_val) + len(tiny_data.x_test))
+    assert all(re.fullmatch(r"\d+x\d+(, \d+x\d+)*", row["sizes"]) for row in rows)

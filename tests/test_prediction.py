@@ -1,5 +1,7 @@
 """Tests of `aerialkd.prediction`: logits of batches and a fast predict function."""
 
+import time
+
 import keras
 import numpy as np
 
@@ -17,3 +19,18 @@ def test_predict_function_matches_the_model_and_sees_new_weights():
     np.testing.assert_allclose(predict(x), 2 * direct, atol=1e-4)
     assert predict(x[:1]).shape == (1, 16, 16, 6)  # another batch size
     np.testing.assert_array_equal(utils.predict_logits(predict, x, batch_size=2), predict(x))
+
+
+def test_measure_latency_gives_every_model_a_positive_median_in_seconds():
+    calls = []
+
+    def slow(images):
+        calls.append(len(images))
+        time.sleep(0.01)
+        return np.zeros((*images.shape[:3], 2), "float32")
+
+    seconds = utils.measure_latency({"keras": pixelwise_model(), "slow": slow},
+                                    input_size=16, batch_size=2, repeats=3, warmup=1)
+    assert list(seconds) == ["keras", "slow"]
+    assert all(isinstance(s, float) and s > 0 for s in seconds.values())
+    assert seconds["slow"] >= 0.01 and calls == [2] * 4  # one warm-up, three timed passes
