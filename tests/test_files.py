@@ -80,6 +80,16 @@ def test_download_dataset_accepts_a_zip(tiny_root, tmp_path):
 
 
 def test_importing_utils_touches_no_network():
+    import subprocess
     import sys
 
-    assert "kagglehub" not in sys.modules
+    # a fresh interpreter where opening a connection or resolving a name raises
+    code = ("import socket, sys\n"
+            "def refuse(*args, **kwargs): raise AssertionError('network touched')\n"
+            "socket.socket.connect = socket.socket.connect_ex = refuse\n"
+            "socket.create_connection = socket.getaddrinfo = refuse\n"
+            "import utils\n"
+            "assert 'kagglehub' not in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=utils.REPO_ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
