@@ -109,6 +109,8 @@ def compare_evaluation(x, y):
                                            class_names=("a", "b", "c"), labelled_classes=CLASSES)
         logits = utils.predict_logits(model, x, BATCH)
     return {"patches": len(logits), "miou": abs(one["miou3"] - many["miou3"]),
+            "counted": int(np.asarray(many["confusion_matrix"]).sum()),
+            "annotated": int((y != utils.IGNORE_INDEX).sum()),
             "confusion": float(np.abs(np.asarray(one["confusion_matrix"])
                                       - np.asarray(many["confusion_matrix"])).max())}
 

@@ -92,6 +92,7 @@ def test_evaluation_of_a_split_the_devices_do_not_divide_counts_every_patch_once
         two_devices):
     result = two_devices["evaluation"]
     assert result["patches"] == 7
+    assert result["counted"] == result["annotated"]  # each annotated pixel once
     assert result["confusion"] == 0 and result["miou"] == 0
 
 
