@@ -98,7 +98,7 @@ def main():
     report = OUT / "report"
     report.mkdir(parents=True, exist_ok=True)
     np.savez(report / f"process_{processes.process_id}.npz",
-             *initial, *model.get_weights(), *resumed.get_weights())
+             *initial, *model.get_weights(), *resumed.get_weights(), logits=logits)
     print("RESULTS " + json.dumps({
         "process_id": processes.process_id, "num_processes": processes.num_processes,
         "replicas": parallel.num_replicas, "history": history,

@@ -150,6 +150,9 @@ def test_an_interrupted_two_process_run_resumes_to_the_weights_of_one(runs, proc
 
 def test_the_saved_model_predicts_after_the_data_parallel_block(runs):
     assert all(r["logits_shape"] == [2, 32, 32, len(utils.CLASSES)] for r in runs["two"])
+    one = runs["one"]["weights"]["logits"]
+    for result in runs["two"]:  # each process's saved model predicts as the one of one
+        np.testing.assert_allclose(result["weights"]["logits"], one, atol=1e-4)
 
 
 def test_tensorflow_with_several_processes_says_to_use_jax(monkeypatch):
