@@ -316,3 +316,30 @@ def test_seed_report_names_each_runs_machine_and_the_kd_settings(tmp_path):
     assert ("`student_distilled_x8` minus `student_scratch_tf`, mIoU5 paired by seed: "
             "seed 0 +0.040") in report
     assert "| student_scratch_tf | 1 | 0.610 |" in report
+
+
+def _constant_segmenter(logits):
+    """A model whose logits are `logits` at every pixel, whatever the image."""
+    inputs = keras.Input((None, None, 3))
+    layer = keras.layers.Conv2D(len(logits), 1)
+    outputs = layer(inputs)
+    layer.set_weights([np.zeros((1, 1, 3, len(logits)), "float32"),
+                       np.asarray(logits, "float32")])
+    return keras.Model(inputs, outputs)
+
+
+def test_ensemble_scores_average_the_students_then_add_the_teacher_as_one_more(monkeypatch):
+    monkeypatch.syspath_prepend(str(utils.REPO_ROOT / "scripts"))
+    import teacher_analysis
+
+    x = np.zeros((2, 16, 16, 3), "uint8")
+    y = np.ones((2, 16, 16), "uint8")  # every pixel is class 1
+    students = {"a": _constant_segmenter([2, 0, 0, 0, 0, 0]),  # says 0
+                "b": _constant_segmenter([0, 1.5, 0, 0, 0, 0])}  # says 1; with a: 0 (2 > 1.5)
+    teacher = np.zeros((2, 16, 16, 6), "float32")
+    teacher[..., 1] = 1.0  # with a and b: 1 (2 < 2.5)
+    scores = teacher_analysis.ensemble_scores(teacher, students, x, y, batch_size=2)
+    assert list(scores) == ["a_x8", "b_x8", "mean of the 2 students x8",
+                            "mean of the 2 students x8 and teacher_x8"]
+    assert [scores[k]["pixel_acc"] for k in scores] == [0.0, 1.0, 0.0, 1.0]
+    assert teacher_analysis.ensemble_scores(teacher, {}, x, y, batch_size=2) == {}
