@@ -2,7 +2,9 @@
 
 import json
 import pathlib
+import re
 import shutil
+import sys
 
 import keras
 import numpy as np
@@ -384,6 +386,7 @@ _KILLER = '''
 """Dask worker preload: SIGKILLs this worker mid-scene on the first `kills` attempts."""
 import os
 import pathlib
+import re
 import signal
 
 import aerialkd.scene_batch as batch
@@ -450,6 +453,20 @@ def test_a_scene_whose_workers_keep_dying_fails_and_leaves_no_finished_file(
     assert record["status"] == "failed" and record["error"].startswith("KilledWorker: ")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         ".scene_0_labels.tif.partial", "manifest.jsonl"]
+
+
+@pytest.mark.parametrize("engine, hint", [
+    ("ray", "engine='ray' needs ray: `pip install ray`, or use engine='dask'"),
+    ("dask", "engine='dask' needs 'dask[distributed]': `pip install 'dask[distributed]'`")])
+def test_a_missing_engine_says_how_to_install_it(tmp_path, models, scenes, monkeypatch,
+                                                 engine, hint):
+    # A None entry in sys.modules makes `import` raise ImportError, as on a machine
+    # without the package, whether or not it is installed here.
+    monkeypatch.setitem(sys.modules, "ray" if engine == "ray" else "distributed", None)
+    with pytest.raises(ImportError, match=re.escape(hint)):
+        utils.segment_scenes(models[0], scenes[:1], tmp_path, engine=engine, workers=1,
+                             tile_size=TILE, progress=False)
+    assert not any(tmp_path.iterdir())
 
 
 def test_ray_actors_label_every_scene(tmp_path, models, scenes, expected):
