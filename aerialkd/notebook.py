@@ -238,6 +238,10 @@ def saved_model_path(profile: Profile, name: str) -> pathlib.Path | None:
     for the full profile, the models committed with the repository
     (`COMMITTED_MODELS`, the ones the rendered notebooks show), so that a
     notebook opened alone in a fresh Colab runtime can go on from them.
+    A run is finished when its record (`<name>_run.json`) is written and no
+    backup of it is left: the model of an interrupted run (say, a Colab
+    runtime that disconnected) is only its best epoch so far, so it is not
+    returned, and training it again resumes from the backup.
 
     Args:
         profile: the `Profile`.
@@ -252,15 +256,15 @@ def saved_model_path(profile: Profile, name: str) -> pathlib.Path | None:
     >>> saved_model_path(profile, "teacher").relative_to(REPO_ROOT).as_posix()
     'results/models/teacher.keras'
     """
-    files = _saved_run(profile, name, lambda f: f.model)
+    files = _saved_run(profile, name, lambda f: (f.model.exists() and f.record.exists()
+                                                 and not f.backup.exists()))
     return None if files is None else files.model
 
 
-def _saved_run(profile, name, wanted):
-    """The `RunFiles` of `name` in the first folder that holds `wanted(files)`."""
+def _saved_run(profile, name, found):
+    """The `RunFiles` of `name` in the first folder where `found(files)` holds."""
     folders = [profile.models_dir] + ([COMMITTED_MODELS] if profile.name == "full" else [])
-    return next((RunFiles(f, name) for f in folders if wanted(RunFiles(f, name)).exists()),
-                None)
+    return next((RunFiles(f, name) for f in folders if found(RunFiles(f, name))), None)
 
 
 def load_run(
@@ -303,7 +307,7 @@ def saved_history(profile: Profile, name: str) -> dict[str, list[float]] | None:
     >>> len(saved_history(profile, "sweep_scratch")["val_miou5"])  # the sweep's epochs
     20
     """
-    files = _saved_run(profile, name, lambda f: f.history)
+    files = _saved_run(profile, name, lambda f: f.history.exists())
     return None if files is None else json.loads(files.history.read_text())
 
 

@@ -57,8 +57,14 @@ def test_saved_models_come_from_this_run_first_then_the_committed_ones(tmp_path)
     assert utils.saved_model_path(utils.load_profile("tiny", output_dir=tmp_path),
                                   "teacher") is None  # the tiny profile never takes them
     full.models_dir.mkdir(parents=True)
-    (full.models_dir / "teacher.keras").write_bytes(b"")
-    assert utils.saved_model_path(full, "teacher") == full.models_dir / "teacher.keras"
+    files = utils.RunFiles(full.models_dir, "teacher")
+    files.model.write_bytes(b"")  # the best epoch so far of a run that has not finished
+    files.backup.mkdir()
+    assert utils.saved_model_path(full, "teacher") == utils.COMMITTED_MODELS / "teacher.keras"
+    files.record.write_text("{}")
+    assert utils.saved_model_path(full, "teacher") == utils.COMMITTED_MODELS / "teacher.keras"
+    files.backup.rmdir()  # finished: the record written, the backup gone
+    assert utils.saved_model_path(full, "teacher") == files.model
     assert utils.saved_model_path(full, "no_such_model") is None
 
 
