@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 from .classes import IGNORE_INDEX
+from .files import cut_patches
 from .hosts import LocalRows, gather_json, local_batches, process_count, writes_files
 from .devices import data_parallel_size
 from .batches import ConsistentCropSequence, PatchSequence, RandomCropSequence
@@ -88,8 +89,29 @@ scaled, flipped and mixed crops for consistent teaching (`ConsistentCropSequence
 
 def check_sampling(sampling):
     if sampling not in SAMPLINGS:
-        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r} (from the "
-                         f"profile's profile.json or a --sampling flag?).")
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}.")
+
+
+def _whole_training_images(data, sampling):
+    """The training images and masks that crops are drawn from, read from disk.
+
+    Where `data.x_train` holds the grid patches of those images, their masks
+    must hold the labels of `data.y_train`: a dataset whose patch labels were
+    replaced (`unlabelled_elsewhere`, `pseudo_labelled`, or by hand) would
+    otherwise train on the masks it meant to hide or replace.
+    """
+    images, labels = data.whole_images("train")
+    on_disk = [cut_patches(mask, data.patch_size) for mask in labels]
+    if on_disk and sum(map(len, on_disk)) == len(data.y_train):
+        changed = (np.concatenate(on_disk) != data.y_train).reshape(len(data.y_train), -1)
+        n = int(changed.any(axis=1).sum())
+        if n:
+            raise ValueError(
+                f"sampling={sampling!r} draws crops from the training masks on disk, but "
+                f"{n} of the {len(data.y_train)} patches of data.y_train differ from them "
+                f"(a dataset from unlabelled_elsewhere or pseudo_labelled?): those labels "
+                f"would be ignored. Train with sampling='grid', which reads data.y_train.")
+    return images, labels
 
 
 def fit_segmentation(
@@ -165,7 +187,10 @@ def fit_segmentation(
             consistent teaching: the teacher (if any) runs on exactly the
             batch the student sees, so the model's own augmentation must be
             off (`build_unet(augment=False)`; an error says so otherwise).
-            Validation always uses the fixed patches.
+            The crops' labels are the masks on disk, so a dataset whose
+            `y_train` was changed (`unlabelled_elsewhere`, `pseudo_labelled`)
+            is refused: train it on the grid. Validation always uses the
+            fixed patches.
         mix, mix_probability: the batch mix of `sampling="consistent"`
             ("cutmix", "mixup" or `None`) and its probability per crop.
 
@@ -189,6 +214,7 @@ def fit_segmentation(
         raise ValueError("The dataset has no validation patches: set "
                          "val_per_tile >= 1 in load_dataset.")
     check_sampling(sampling)
+    whole = None if sampling == "grid" else _whole_training_images(data, sampling)
     if sampling == "consistent":
         _check_no_model_augmentation(model)
     if cache_teacher and getattr(model, "feature_weight", 0):
@@ -213,10 +239,10 @@ def fit_segmentation(
     if replicas > 1:  # whole batches only
         n_crops -= n_crops % batch_size
     if sampling == "random":
-        train = RandomCropSequence(*data.whole_images("train"), data.patch_size,
+        train = RandomCropSequence(*whole, data.patch_size,
                                    n_crops, batch_size, seed)
     elif sampling == "consistent":
-        train = ConsistentCropSequence(*data.whole_images("train"), data.patch_size,
+        train = ConsistentCropSequence(*whole, data.patch_size,
                                        n_crops, batch_size, seed, mix=mix,
                                        mix_probability=mix_probability)
     else:

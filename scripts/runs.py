@@ -148,7 +148,11 @@ def train(name, profile, data, *, build=utils.build_student, teacher=None, alpha
         from its checkpoint, and the history dict.
     """
     sampling = profile.sampling if sampling is None else sampling
-    aerialkd.training.check_sampling(sampling)  # before a wrong value moves finished runs aside
+    try:  # before a wrong value moves finished runs aside
+        aerialkd.training.check_sampling(sampling)
+    except ValueError as error:
+        raise ValueError(f"{error} It comes from the profile's profile.json or a "
+                         f"--sampling flag.") from None
     seed = profile.seed if seed is None else seed
     epochs = profile.epochs if epochs is None else epochs
     precision = precision or load_precision(profile)

@@ -8,6 +8,7 @@ rounds to 4.
 import collections
 import dataclasses
 
+import keras
 import numpy as np
 import pytest
 
@@ -100,3 +101,34 @@ def test_matched_epochs_give_the_steps_of_the_reference_run():
     assert utils.matched_epochs(10, 100, 420, batch_size=8) == 41  # 10 * 53 / 13 = 40.8
     with pytest.raises(ValueError, match="must be positive"):
         utils.matched_epochs(100, 0, 870, batch_size=16)
+
+
+class _Started(Exception):
+    pass
+
+
+class _StopAtStart(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        raise _Started
+
+
+@pytest.mark.parametrize("sampling", ["random", "consistent"])
+def test_crops_from_the_masks_on_disk_refuse_a_dataset_whose_labels_were_replaced(
+        tiny_data, chosen, tmp_path, sampling):
+    # Random and consistent crops read labels from the masks on disk, which still
+    # hold the 36 images' annotations that these datasets hide or replace.
+    model = utils.compile_segmentation(utils.build_unet(2, augment=False))
+    keep = utils.labelled_patches(tiny_data, chosen)
+    masked = utils.unlabelled_elsewhere(tiny_data, chosen)
+    pseudo = utils.pseudo_labelled(tiny_data, chosen, np.zeros_like(tiny_data.y_train))
+    for data in (masked, pseudo):
+        n = int((data.y_train != tiny_data.y_train).reshape(len(keep), -1).any(1).sum())
+        with pytest.raises(ValueError, match=rf"{sampling}.*{n} of the 420 patches of "
+                                             rf"data.y_train differ.*sampling='grid'"):
+            utils.fit_segmentation(model, data, epochs=1, output_dir=tmp_path, name="m",
+                                   sampling=sampling)
+    assert not (tmp_path / "m.keras").exists()
+    for data in (tiny_data, utils.only_labelled(tiny_data, chosen)):  # masks and patches agree
+        with pytest.raises(_Started):
+            utils.fit_segmentation(model, data, epochs=1, output_dir=tmp_path, name="m",
+                                   sampling=sampling, callbacks=[_StopAtStart()])
