@@ -208,6 +208,9 @@ def evaluate(todo, profile, data, subset):
         record_path = profile.models_dir / f"{run_name}_run.json"
         if not record_path.exists():
             print(f"{run_name}: not finished, not scored", flush=True)
+            if any(e.get("run") == run_name for e in entries):  # a score of an earlier run
+                entries = [e for e in entries if e.get("run") != run_name]
+                utils.write_into_place(path, json.dumps(entries, indent=1))
             continue
         run = json.loads(record_path.read_text())
         model = keras.models.load_model(profile.models_dir / f"{run_name}.keras")
@@ -234,6 +237,14 @@ def evaluate(todo, profile, data, subset):
         print(f"{run_name}: test mIoU5 {entry['miou5']:.4f}", flush=True)
 
 
+def _scored(entry, files):
+    """Whether the test `entry` scores the run whose record is in `files`, not an earlier one."""
+    if entry is None:
+        return False
+    record = json.loads(files.record.read_text())
+    return all(entry.get(key) == record.get(key) for key in ("date", "train_seconds"))
+
+
 def publish(todo, profile, results, labels=False):
     """Copies the finished and scored runs of `todo` into the folder `results`.
 
@@ -249,11 +260,12 @@ def publish(todo, profile, results, labels=False):
     entries = {e["run"]: e for e in json.loads(scored.read_text())} if scored.exists() else {}
     unfinished = [run for run, *_ in todo
                   if not utils.RunFiles(profile.models_dir, run).record.exists()]
-    unscored = [run for run, *_ in todo if run not in entries and run not in unfinished]
+    unscored = [run for run, *_ in todo if run not in unfinished and not _scored(
+        entries.get(run), utils.RunFiles(profile.models_dir, run))]
     if unfinished or unscored:
         raise SystemExit(f"Not published: unfinished runs {unfinished}, finished but not scored "
-                         f"{unscored}. Finish them (rerun without --publish), score them with "
-                         f"--evaluate, then publish.")
+                         f"(or scored before they were trained again) {unscored}. Finish them "
+                         f"(rerun without --publish), score them with --evaluate, then publish.")
     machines = {}  # the students' (backend, device): one per part, teachers aside
     for run, model, *_ in todo:
         if not model.startswith("teacher"):

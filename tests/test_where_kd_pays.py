@@ -101,14 +101,18 @@ def test_runs_trains_the_named_runs_alone_and_refuses_others(tmp_path, monkeypat
     assert trained[3:] == ["student_scratch_w2_s1"]
 
 
+_RECORD = {"date": "2026-12-05", "train_seconds": 60.0}  # a run, as its record and its score name it
+
+
 def _finish(profile, todo, scored=True):
     """Fake finished runs: the files `fit_segmentation` and `train_model` leave, and scores."""
     profile.models_dir.mkdir(parents=True, exist_ok=True)
     for run, *_ in todo:
         files = utils.RunFiles(profile.models_dir, run)
-        for path in (files.model, files.history, files.record):
+        for path in (files.model, files.history):
             path.write_text(f"{path.name} of {run}")
-    entries = [{"model": model, "run": run, "seed": s["seed"], "miou5": 0.5}
+        files.record.write_text(json.dumps(_RECORD))
+    entries = [{"model": model, "run": run, "seed": s["seed"], "miou5": 0.5, **_RECORD}
                for run, model, _, s in todo[:len(todo) if scored else -1]]
     (profile.output_dir / "metrics.json").write_text(json.dumps(entries))
     (profile.output_dir / "label_subset.json").write_text('{"labelled": []}')
@@ -147,9 +151,28 @@ def test_publish_refuses_a_part_with_unfinished_or_unscored_runs(tiny_data, chos
     utils.RunFiles(profile.models_dir, "student_scratch_w4_s1").record.unlink()
     results = tmp_path / "results"
     with pytest.raises(SystemExit, match=r"unfinished runs \['student_scratch_w4_s1'\], finished "
-                                         r"but not scored \['student_distilled_w4_s2'\]"):
+                                         r"but not scored .* \['student_distilled_w4_s2'\]"):
         where_kd_pays.publish(todo, profile, results)
     assert not results.exists()  # nothing written
+
+
+def test_a_score_of_a_run_trained_since_is_neither_published_nor_kept(
+        tiny_data, chosen, tmp_path):
+    profile = utils.load_profile("tiny", output_dir=tmp_path / "runs")
+    todo = where_kd_pays.runs_of("width4", tiny_data, chosen, profile)
+    _finish(profile, todo)
+    files = utils.RunFiles(profile.models_dir, "student_scratch_w4_s1")
+    files.record.write_text(json.dumps({**_RECORD, "train_seconds": 61.0}))  # trained again
+    results = tmp_path / "results"
+    with pytest.raises(SystemExit, match=r"not scored \(or scored before they were trained "
+                                         r"again\) \['student_scratch_w4_s1'\]"):
+        where_kd_pays.publish(todo, profile, results)
+    assert not results.exists()
+    files.record.unlink()  # training again, not finished: --evaluate drops the old score
+    where_kd_pays.evaluate([run for run in todo if run[0] == files.name], profile, tiny_data,
+                           {"labelled": []})
+    scored = json.loads((profile.output_dir / "metrics.json").read_text())
+    assert len(scored) == len(todo) - 1 and files.name not in {e["run"] for e in scored}
 
 
 def test_publish_refuses_students_trained_on_different_machines(tiny_data, chosen, tmp_path):
