@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import pathlib
 import time
 import uuid
+from collections.abc import Sequence
 
 
 def write_into_place(path: os.PathLike | str, data: str | bytes) -> None:
@@ -119,17 +121,29 @@ class RunFiles:
                  self.started, self.backup)
         return [path for path in paths if path.exists()]
 
-    def archive(self) -> pathlib.Path | None:
+    def archive(self, paths: Sequence[pathlib.Path] | None = None) -> pathlib.Path | None:
         """Moves the run's files to `previous/<name>-<time>/`, so a new run overwrites nothing.
 
+        Args:
+            paths: the files to move (default: all of `existing()`); those
+                that do not exist are skipped.
+
         Returns:
-            The archive folder, or `None` when the run had no files.
+            The archive folder (a new one each time), or `None` when there
+            was nothing to move.
         """
-        paths = self.existing()
+        paths = self.existing() if paths is None else [p for p in paths if p.exists()]
         if not paths:
             return None
-        archive = self.folder / "previous" / f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        archive.mkdir(parents=True, exist_ok=True)
+        stem = self.folder / "previous" / f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        for n in itertools.count(1):  # two archives in one second keep both
+            archive = stem if n == 1 else stem.with_name(f"{stem.name}-{n}")
+            try:
+                archive.mkdir()
+                break
+            except FileExistsError:
+                continue
         for path in paths:
             path.rename(archive / path.name)
         return archive

@@ -144,6 +144,10 @@ def fit_segmentation(
     - a NaN or infinite loss stops training and raises `FloatingPointError`
       saying which checkpoint was kept (the broken weights never replace it).
 
+    A fresh run (no backup of `name`) moves an earlier run's model, history
+    and record to `output_dir/previous/` (`RunFiles.archive`), so none of
+    them is mistaken for this run's, and nothing is lost.
+
     A run resumed after an interruption sees the same batches, augmentation
     and dropout draws as an uninterrupted one, so it ends with the same
     weights (on a deterministic backend and device). Augmentation is part of
@@ -256,6 +260,8 @@ def fit_segmentation(
     if writer and not files.backup.exists():  # a fresh run: forget an older run's files
         for stale in (files.history_csv, files.best):
             stale.unlink(missing_ok=True)
+        # and keep its model, history and record aside, which this run's would mix with
+        files.archive([files.model, files.history, files.record])
     # Build model, metrics and optimizer on one validation patch now: fit would
     # otherwise pull a training batch to do it, which shifts the batch order of
     # the first epoch of a resumed run. BackupAndRestore needs them built too.
@@ -306,7 +312,7 @@ def fit_segmentation(
     if stop_on_nan.stopped:
         epoch, loss = stop_on_nan.stopped
         kept = (f"the best checkpoint so far ({best.monitor} {best.best:.4f}) is kept "
-                f"at {best.path}" if best.path.exists() else
+                f"at {best.path}" if best.path.exists() and np.isfinite(best.best) else
                 "no checkpoint had been saved yet")
         raise FloatingPointError(
             f"Training stopped: the loss became {loss} in epoch {epoch}; {kept}. "

@@ -33,8 +33,15 @@ def test_nan_loss_stops_training_and_keeps_the_best_checkpoint(tiny_data, tmp_pa
     assert json.loads((tmp_path / "m.best.json").read_text())["epoch"] == 1
 
 
-def test_nan_in_the_first_epoch_saves_no_model(tiny_data, tmp_path):
+def test_nan_in_the_first_epoch_saves_no_model_and_mixes_none_with_an_earlier_run(
+        tiny_data, tmp_path):
+    earlier = utils.RunFiles(tmp_path, "m")  # a finished run of the same name
+    for path in (earlier.model, earlier.history, earlier.record):
+        path.write_text(f"earlier {path.name}")
     with pytest.raises(FloatingPointError, match="no checkpoint had been saved yet"):
         utils.fit_segmentation(fresh_segmenter(), small_data(tiny_data), epochs=2, output_dir=tmp_path,
                                name="m", batch_size=8, verbose=0, callbacks=[AtEpochBegin(0, poison)])
-    assert not (tmp_path / "m.keras").exists()
+    assert not earlier.model.exists() and not earlier.record.exists()
+    (kept,) = (tmp_path / "previous").iterdir()  # the earlier run's files, untouched
+    assert sorted(p.read_text() for p in kept.iterdir()) == [
+        "earlier m.keras", "earlier m_history.json", "earlier m_run.json"]

@@ -1,5 +1,7 @@
 """Tests of `aerialkd.run_files`: the names of a run's files, and writing a file whole."""
 
+import time
+
 import pytest
 
 import utils
@@ -12,7 +14,8 @@ def test_run_files_refuse_a_name_that_is_a_path():
         utils.RunFiles("runs", "")
 
 
-def test_archive_moves_every_file_of_the_run_and_nothing_else(tmp_path):
+def test_archive_moves_every_file_of_the_run_and_nothing_else(tmp_path, monkeypatch):
+    monkeypatch.setattr(time, "strftime", lambda _: "20261205-120000")  # all in one second
     files = utils.RunFiles(tmp_path, "student")
     files.model.write_text("model")
     files.record.write_text("{}")
@@ -22,6 +25,12 @@ def test_archive_moves_every_file_of_the_run_and_nothing_else(tmp_path):
     assert sorted(p.name for p in archive.iterdir()) == ["student.keras", "student_run.json"]
     assert files.existing() == [] and other.exists()
     assert utils.RunFiles(tmp_path, "absent").archive() is None
+    files.model.write_text("second model")
+    files.record.write_text("second record")
+    second = files.archive([files.model, files.history])  # in the same second: its own folder
+    assert second != archive and [p.name for p in second.iterdir()] == ["student.keras"]
+    assert (archive / "student.keras").read_text() == "model"
+    assert files.existing() == [files.record]
 
 
 def test_write_into_place_writes_text_and_bytes(tmp_path):
