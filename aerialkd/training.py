@@ -334,11 +334,13 @@ def _check_replica_batch(model, batch_size, n_train):
     """The number of devices `model` trains on; checks they divide `batch_size`."""
     replicas = data_parallel_size(model)
     if replicas > 1 and (batch_size % replicas or batch_size > n_train):
+        fits = min(batch_size, n_train) // replicas * replicas
+        advice = (f"pass e.g. batch_size={fits}" if fits else
+                  "there are fewer training patches than devices: train on fewer devices")
         raise ValueError(
             f"Under data_parallel on {replicas} devices, batch_size must be a multiple "
             f"of {replicas} and at most the {n_train} training patches (every batch is "
-            f"split evenly), got batch_size={batch_size}: pass e.g. "
-            f"batch_size={max(replicas, batch_size - batch_size % replicas)}.")
+            f"split evenly), got batch_size={batch_size}: {advice}.")
     return replicas
 
 

@@ -1,11 +1,13 @@
 """Tests of `aerialkd.training`: `compile_segmentation` and `fit_segmentation`, one way to train."""
 
+import dataclasses
 import json
 
 import keras
 import numpy as np
 import pytest
 
+import aerialkd
 import utils
 from helpers import AtEpochBegin, disconnect, fresh_segmenter, small_data
 
@@ -140,3 +142,17 @@ def test_the_readme_example_runs_and_scores_the_saved_best_student(tmp_path, mon
     assert printed == pytest.approx(  # the best epoch's student, as saved
         utils.evaluate_segmentation(saved, data.x_test, data.y_test,
                                     labelled_classes=data.labelled_classes)["miou5"], abs=1e-6)
+
+
+@pytest.mark.parametrize("n_train, batch_size, advice", [
+    (10, 16, "pass e.g. batch_size=10"), (24, 7, "pass e.g. batch_size=6"),
+    (24, 30, "pass e.g. batch_size=24"), (1, 2, "there are fewer training patches than devices")])
+def test_a_batch_the_devices_cannot_share_is_refused_with_one_they_can(
+        tiny_data, tmp_path, monkeypatch, n_train, batch_size, advice):
+    monkeypatch.setattr(aerialkd.training, "data_parallel_size", lambda model: 2)
+    data = dataclasses.replace(small_data(tiny_data), x_train=tiny_data.x_train[:n_train],
+                               y_train=tiny_data.y_train[:n_train])
+    with pytest.raises(ValueError, match=rf"batch_size={batch_size}: {advice}"):
+        utils.fit_segmentation(fresh_segmenter(), data, epochs=1, output_dir=tmp_path,
+                               name="m", batch_size=batch_size)
+    assert not any(tmp_path.iterdir())
