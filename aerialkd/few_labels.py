@@ -68,7 +68,7 @@ def label_subset(data: SegmentationDataset, n_images: int | None = None,
     (4, ['Tile 1', 'Tile 2', 'Tile 3'])
     """
     sources = list(data.sources["train"])
-    n_images = n_images or max(1, round(len(sources) / 4))
+    n_images = max(1, round(len(sources) / 4)) if n_images is None else n_images
     if not 0 < n_images <= len(sources):
         raise ValueError(f"n_images must be between 1 and the {len(sources)} training images; "
                          f"got {n_images}.")
@@ -174,8 +174,9 @@ def unlabelled_elsewhere(data: SegmentationDataset,
     >>> bool((masked.y_train[~labelled_patches(data, chosen)] == IGNORE_INDEX).all())
     True
     """
+    keep = labelled_patches(data, chosen)  # first: it says what is wrong with data
     y = data.y_train.copy()
-    y[~labelled_patches(data, chosen)] = IGNORE_INDEX
+    y[~keep] = IGNORE_INDEX
     return dataclasses.replace(data, y_train=y)
 
 
