@@ -1,5 +1,6 @@
 """Tests of `aerialkd.run_files`: the names of a run's files, and writing a file whole."""
 
+import pathlib
 import time
 
 import pytest
@@ -42,10 +43,18 @@ def test_write_into_place_writes_text_and_bytes(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no partial file left
 
 
-def test_write_into_place_leaves_the_old_file_when_writing_fails(tmp_path):
+def test_write_into_place_leaves_the_old_file_when_writing_fails(tmp_path, monkeypatch):
     path = tmp_path / "metrics.json"
     path.write_text("old")
-    with pytest.raises(TypeError):
-        utils.write_into_place(path, 42)  # neither text nor bytes: fails while writing
+
+    def disk_full(self, data, *args, **kwargs):  # writes a part, then fails
+        with open(self, "w") as file:
+            file.write(data[:3])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        utils.write_into_place(path, "new contents")
+    monkeypatch.undo()
     assert path.read_text() == "old"
-    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # the part is gone

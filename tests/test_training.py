@@ -60,18 +60,31 @@ def test_interrupted_training_resumes_and_ends_with_the_same_weights(tiny_data, 
     data = small_data(tiny_data)
     kwargs = dict(epochs=3, name="m", batch_size=4, verbose=0,  # 6 batches an epoch
                   sampling=sampling)
-    utils.fit_segmentation(fresh_segmenter(distil), data, output_dir=tmp_path / "straight", **kwargs)
+    ends = [_FinalWeights(), _FinalWeights()]
+    utils.fit_segmentation(fresh_segmenter(distil), data, output_dir=tmp_path / "straight",
+                           callbacks=[ends[0]], **kwargs)
     straight = keras.models.load_model(tmp_path / "straight" / "m.keras")
     with pytest.raises(KeyboardInterrupt):
         utils.fit_segmentation(fresh_segmenter(distil), data, output_dir=tmp_path / "resumed",
                                callbacks=[AtEpochBegin(2, disconnect)], **kwargs)
     assert (tmp_path / "resumed" / "backup_m").exists()
     history = utils.fit_segmentation(fresh_segmenter(distil), data, output_dir=tmp_path / "resumed",
-                                     **kwargs)
+                                     callbacks=[ends[1]], **kwargs)
     assert history["epoch"] == [0, 1, 2]  # epochs 1-2 kept, epoch 3 run after resuming
+    # the weights after epoch 3 (the best checkpoint may be of an epoch before the stop)
+    assert len(ends[1].weights) == len(ends[0].weights) > 0
+    for a, b in zip(ends[0].weights, ends[1].weights):
+        np.testing.assert_array_equal(a, b)
     resumed = keras.models.load_model(tmp_path / "resumed" / "m.keras")
     for a, b in zip(straight.get_weights(), resumed.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+class _FinalWeights(keras.callbacks.Callback):
+    """Keeps the model's weights as training ends."""
+
+    def on_train_end(self, logs=None):
+        self.weights = [np.array(w) for w in self.model.get_weights()]
 
 
 def test_distiller_trains_the_same_on_cached_teacher_logits(tiny_data, tmp_path):
