@@ -179,6 +179,7 @@ def train(name, profile, data, *, build=utils.build_student, teacher=None, alpha
     if sampling == "consistent":
         inputs = {"mix": mix, "mix_probability": mix_probability}
         wanted.update(inputs)
+    wanted = json.loads(json.dumps(wanted))  # as the record will hold it (tuples as lists)
     files = utils.RunFiles(profile.models_dir, name)
     if files.record.exists() and not retrain:
         info = json.loads(files.record.read_text())

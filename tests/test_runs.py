@@ -44,10 +44,20 @@ def test_random_crops_are_another_run(tiny_data, tmp_path, capsys):
         utils.fit_segmentation(fresh_segmenter(), data, epochs=1, output_dir=tmp_path, name="m",
                                sampling="grid2")
     # a wrong value is refused before the finished run is moved aside
-    with pytest.raises(ValueError, match="got 'Random'"):
+    with pytest.raises(ValueError, match="got 'Random'. It comes from the profile's profile.json"):
         runs.train("student_scratch", dataclasses.replace(profile, sampling="Random"), data,
                     epochs=1)
     assert run_path.exists() and "moved to" not in capsys.readouterr().out
+
+
+def test_a_finished_run_recorded_with_a_tuple_is_found_again(tiny_data, tmp_path, capsys):
+    profile = utils.load_profile("tiny", output_dir=tmp_path)
+    record = {"labelled": ("Tile 1/image_part_001", "Tile 2/image_part_002")}  # a list in JSON
+    runs.train("m", profile, small_data(tiny_data), epochs=1, record=record)
+    assert "Loading" not in capsys.readouterr().out
+    runs.train("m", profile, small_data(tiny_data), epochs=1, record=record)
+    assert "Loading the finished run 'm'" in capsys.readouterr().out
+    assert not (profile.models_dir / "previous").exists()
 
 
 def test_distillation_settings_come_from_distillation_json(tmp_path):
