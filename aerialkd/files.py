@@ -328,7 +328,8 @@ def download_dataset(
     before this function is called.
 
     Args:
-        destination: folder that a zip `source` is unpacked into.
+        destination: folder that a zip `source` is unpacked into; it must be
+            empty unless the archive holds a single folder.
         source: optional path of a folder or zip holding the dataset.
 
     Returns:
@@ -357,8 +358,17 @@ def download_dataset(
         destination = pathlib.Path(destination)
         destination.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(source) as archive:
+            tops = {pathlib.PurePosixPath(n).parts[0] for n in archive.namelist()
+                    if n.strip("/")} - {"__MACOSX"}
+            if len(tops) != 1 and any(destination.iterdir()):
+                raise ValueError(
+                    f"{source} unpacks {len(tops)} entries side by side, which {destination} "
+                    f"already holds files beside: the dataset found there could be an "
+                    f"older one. Pass an empty (or new) folder as destination.")
             archive.extractall(destination)
-        return find_dataset_root(destination)
+        # search only what this archive unpacked, not what the folder held before
+        top = destination / tops.pop() if len(tops) == 1 else destination
+        return find_dataset_root(top if top.is_dir() else destination)
     if source.is_file():
         raise ValueError(
             f"{source} is neither a folder nor a zip archive. Pass the "

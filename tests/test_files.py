@@ -75,8 +75,21 @@ def test_download_dataset_accepts_a_zip(tiny_root, tmp_path):
     import shutil
 
     archive = shutil.make_archive(str(tmp_path / "aerial"), "zip", tiny_root.parent)
-    root = utils.download_dataset(tmp_path / "unpacked", source=archive)
-    assert root.name == utils.DATASET_DIRNAME and len(utils.find_pairs(root)) == 27
+    older = tmp_path / "unpacked"  # already holds another dataset, in the flat layout
+    (older / "images").mkdir(parents=True)
+    (older / "masks").mkdir()
+    root = utils.download_dataset(older, source=archive)
+    assert root == older / utils.DATASET_DIRNAME and len(utils.find_pairs(root)) == 27
+    mine = tmp_path / "mine"  # a flat dataset: images/ and masks/ at the top of its zip
+    _, image, mask = utils.find_pairs(root)[0]
+    for folder, path in (("images", image), ("masks", mask)):
+        (mine / folder).mkdir(parents=True)
+        shutil.copy(path, mine / folder / f"a{path.suffix}")
+    flat = shutil.make_archive(str(tmp_path / "flat"), "zip", mine)
+    with pytest.raises(ValueError, match=r"flat.zip unpacks 2 entries side by side.*"
+                                         r"Pass an empty \(or new\) folder"):
+        utils.download_dataset(older, source=flat)
+    assert utils.download_dataset(tmp_path / "new", source=flat) == tmp_path / "new"
 
 
 def test_importing_utils_touches_no_network():
