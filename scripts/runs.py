@@ -191,8 +191,10 @@ def train(name, profile, data, *, build=utils.build_student, teacher=None, alpha
             if not load_model:
                 return None, history
             return keras.models.load_model(files.model), history
+    # a backup with no settings (left by a notebook's run of this name) is not this run's
     stale = files.record.exists() or (
-        files.started.exists() and json.loads(files.started.read_text()) != wanted)
+        json.loads(files.started.read_text()) != wanted if files.started.exists()
+        else files.backup.exists())
     if stale or retrain:
         archive = files.archive()
         if archive is not None:

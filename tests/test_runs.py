@@ -60,6 +60,18 @@ def test_a_finished_run_recorded_with_a_tuple_is_found_again(tiny_data, tmp_path
     assert not (profile.models_dir / "previous").exists()
 
 
+def test_a_backup_left_without_settings_is_moved_aside_not_resumed(tiny_data, tmp_path, capsys):
+    profile = utils.load_profile("tiny", output_dir=tmp_path)
+    files = utils.RunFiles(profile.models_dir, "m")  # e.g. a notebook's interrupted run "m"
+    files.backup.mkdir(parents=True)
+    (files.backup / "epochs_done.json").write_text('{"epochs_done": 3, "seconds": 9.0}')
+    runs.train("m", profile, small_data(tiny_data), epochs=1)
+    assert "files of the earlier run were moved to" in capsys.readouterr().out
+    (archived,) = (profile.models_dir / "previous").iterdir()
+    assert (archived / "backup_m" / "epochs_done.json").exists()
+    assert json.loads(files.record.read_text())["epochs"] == 1 and not files.backup.exists()
+
+
 def test_distillation_settings_come_from_distillation_json(tmp_path):
     profile = utils.load_profile("tiny", output_dir=tmp_path)
     assert runs.load_distillation_config(profile) == runs.DEFAULT_DISTILLATION
