@@ -89,15 +89,24 @@ def blend_tiles(model, read_rows, height, width, tile_size, overlap, batch_size,
                  consume):
     """Blends overlapping tiles; calls `consume(top, logits)` for each band, top to bottom.
 
-    The one tiling of `predict_image` and `segment_scene`. `read_rows(start,
-    stop)` returns the image rows `[start, stop)`, all columns, `(rows,
-    width, 3)`; it is asked for at most `tile_size` rows at a time. The
-    padded image is never built: each row of tiles reads its strip, padded by
-    reflection (`np.pad(..., mode="symmetric")`, rows mapped through the
-    same padding of their indices). Tiles run in the same row-major batches
-    and their weighted logits are summed in the same order as over a whole
-    padded array, so the bands are bit-identical to it; only the `tile_size`
-    rows under the current row of tiles are held.
+    The one tiling of `predict_image` and `segment_scene`. The image is
+    padded by reflection (`np.pad(..., mode="symmetric")`) at its bottom and
+    right to `tile_size + ceil((height - tile_size) / stride) * stride` rows
+    (at least `tile_size`) and as many columns likewise, `stride = tile_size
+    - overlap`, and cut into tiles at every multiple of `stride`. Each
+    tile's logits are weighted by `w[i] * w[j]` (row `i`, column `j` of the
+    tile), `w[k] = min(k + 1, tile_size - k, max(overlap, 1))`: a ramp across
+    the overlap, flat inside. A pixel's logits are the weighted sum over its
+    tiles divided by the sum of their weights.
+
+    `read_rows(start, stop)` returns the image rows `[start, stop)`, all
+    columns, `(rows, width, 3)`; it is asked for at most `tile_size` rows at
+    a time. The padded image is never built: each row of tiles reads its
+    strip, padded as above (rows mapped through the same padding of their
+    indices). Tiles run in the same row-major batches and their weighted
+    logits are summed in the same order as over a whole padded array, so the
+    bands are bit-identical to it; only the `tile_size` rows under the
+    current row of tiles are held.
 
     The model runs in the calling thread (so its device, distribution and
     dtype scopes apply); the blending and `consume` run in one worker
