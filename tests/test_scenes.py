@@ -265,6 +265,8 @@ def test_segment_scene_raises_an_error_of_its_writer_thread(tmp_path, conv_model
         utils.segment_scene(conv_model, scene, tmp_path / "labels.tif", tile_size=32,
                             batch_size=2, progress=progress)
     assert len(bands) == 1  # nothing ran on after the error
+    # Neither the label raster nor its temporary file is left.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
 
 
 def test_segment_scene_rejects_bad_inputs_naming_them(tmp_path, conv_model):
