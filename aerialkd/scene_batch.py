@@ -30,7 +30,7 @@ from .classes import class_names_for, generic_classes
 from .run_files import write_into_place
 from .scene_outputs import label_item, read_label_item, write_mosaics
 from .scene_sources import find_scenes
-from .scenes import polygonize, segment_scene
+from .scenes import check_class_count, polygonize, segment_scene
 from .tiling import check_tiling
 
 ENGINES = ("local", "dask", "ray")
@@ -102,7 +102,8 @@ def segment_scenes(
     its workers by spawning fresh Python processes.
 
     Args:
-        model: path of a `.keras` model returning logits.
+        model: path of a `.keras` model returning logits of at most 255
+            classes.
         sources: the scenes: a path, a glob pattern (`"tiles/**/*.tif"`), a
             `.txt` file listing paths, patterns or Item files (one a line,
             relative to the list's folder; `#` starts a comment), a STAC Item
@@ -173,6 +174,7 @@ def segment_scenes(
     workers = _check_engine(engine, workers)
     keras_model = keras.saving.load_model(model_path)
     n_classes = keras_model.output_shape[-1]
+    check_class_count(n_classes, f"model {model_path}")
     class_names = list(class_names_for(n_classes, class_names))
     palette = generic_classes(n_classes)[1] if palette is None else np.asarray(palette)
     if palette.shape != (n_classes, 3):

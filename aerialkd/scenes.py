@@ -56,8 +56,9 @@ def segment_scene(
     place when finished, so `dst_path` never holds a partial raster.
 
     Args:
-        model: model returning logits; must accept `tile_size` inputs. Or
-            the function `make_predict_function` makes of it.
+        model: model returning logits of at most 255 classes; must accept
+            `tile_size` inputs. Or the function `make_predict_function` makes
+            of it.
         src_path: the scene, any raster rasterio reads (GeoTIFF, JPEG, PNG).
         dst_path: the label GeoTIFF to write (folders are created).
         tile_size: tile side, a multiple of 16.
@@ -103,6 +104,7 @@ def segment_scene(
     if dst_path.resolve() == src_path.resolve():
         raise ValueError(f"dst_path must differ from src_path, got {dst_path} for both.")
     n_classes = getattr(model, "model", model).output_shape[-1]
+    check_class_count(n_classes, "model")
     class_names = class_names_for(n_classes, class_names)
     palette = generic_classes(n_classes)[1] if palette is None else np.asarray(palette,
                                                                                np.uint8)
@@ -153,6 +155,15 @@ def segment_scene(
             "class_pixels": {name: int(counts[i]) for i, name in enumerate(class_names)},
             "nodata_pixels": int(counts[IGNORE_INDEX]),
             "seconds": time.perf_counter() - started}
+
+
+def check_class_count(n_classes: int, model: str) -> None:
+    """Raises unless a label raster can hold `n_classes`: uint8, 255 being nodata."""
+    if n_classes > IGNORE_INDEX:
+        raise ValueError(f"{model} has {n_classes} output classes; a label raster holds "
+                         f"at most {IGNORE_INDEX} (uint8 class indices 0-"
+                         f"{IGNORE_INDEX - 1}, {IGNORE_INDEX} being nodata). Segment with "
+                         f"a model of at most {IGNORE_INDEX} classes.")
 
 
 @contextlib.contextmanager

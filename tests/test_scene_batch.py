@@ -352,6 +352,11 @@ def test_segment_scenes_rejects_bad_arguments_naming_them(tmp_path, models, scen
         segment(models[0], [_item("remote", "https://example.com/a.tif")], tmp_path)
     with pytest.raises(ValueError, match="class_names must name the 6 classes"):
         segment(models[0], scenes, tmp_path, class_names=["a", "b"])
+    inputs = keras.Input((None, None, 3))
+    keras.Model(inputs, keras.layers.Conv2D(256, 1)(inputs)).save(tmp_path / "wide.keras")
+    with pytest.raises(ValueError, match="wide.keras has 256 output classes; a label "
+                                         "raster holds at most 255"):
+        segment(tmp_path / "wide.keras", scenes, tmp_path)
 
 
 def test_a_missing_scene_fails_and_the_others_go_on(tmp_path, models, scenes):

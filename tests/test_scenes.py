@@ -295,6 +295,23 @@ def test_segment_scene_rejects_bad_inputs_naming_them(tmp_path, conv_model):
         utils.segment_scene(conv_model, tmp_path / "notes.tif", tmp_path / "out.tif")
 
 
+def _pointwise_model(classes):
+    inputs = keras.Input((None, None, 3))
+    return keras.Model(inputs, keras.layers.Conv2D(classes, 1)(inputs))
+
+
+def test_segment_scene_takes_at_most_255_classes_as_255_is_nodata(tmp_path):
+    scene = _write_rgb(tmp_path / "scene.tif", _image(16, 16))
+    with pytest.raises(ValueError, match="model has 256 output classes; a label raster "
+                                         "holds at most 255"):
+        utils.segment_scene(_pointwise_model(256), scene, tmp_path / "labels.tif",
+                            tile_size=16)
+    assert not (tmp_path / "labels.tif").exists()
+    result = utils.segment_scene(_pointwise_model(255), scene, tmp_path / "labels.tif",
+                                 tile_size=16)
+    assert len(result["class_pixels"]) == 255 and result["nodata_pixels"] == 0
+
+
 # -- polygonize -------------------------------------------------------------
 
 
