@@ -46,7 +46,8 @@ def segment_scene(
     classes` bytes (the blended rows under one row of tiles) besides the
     model, with GDAL's block cache held to the blocks under two rows of
     tiles (for tiled or striped sources). The output is a single-band uint8
-    GeoTIFF of class indices with the source's CRS, transform and size,
+    GeoTIFF of class indices with the source's size and georeference (its
+    CRS and transform, or its ground control points, and its RPCs if any),
     tiled and deflate-compressed, with `palette` as its colour map and the
     class names in its tags (`CLASS_NAMES`, a JSON list, and `CLASS_<i>`).
     Source pixels that are nodata (the nodata value in every chosen band, an
@@ -264,6 +265,11 @@ def _label_profile(src, tile_size):
         profile.update(crs=src.crs, transform=src.transform)
     elif not src.transform.is_identity:
         profile.update(transform=src.transform)
+    gcps, gcp_crs = src.gcps
+    if gcps and "transform" not in profile:  # georeferenced by ground control points
+        profile.update(gcps=gcps, **({"crs": gcp_crs} if gcp_crs is not None else {}))
+    if src.rpcs is not None:
+        profile.update(rpcs=src.rpcs)
     if src.height >= tile_size and src.width >= tile_size:
         profile.update(tiled=True, blockxsize=tile_size, blockysize=tile_size)
     return profile

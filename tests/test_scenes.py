@@ -74,6 +74,41 @@ def test_segment_scene_keeps_the_crs_transform_and_size(tmp_path, conv_model):
     assert labels.shape == (70, 90) == (src.height, src.width)
 
 
+@pytest.mark.parametrize("cog", [False, True])
+def test_segment_scene_keeps_the_ground_control_points_of_a_scene_without_a_transform(
+        tmp_path, conv_model, cog):
+    from rasterio.control import GroundControlPoint
+
+    gcps = [GroundControlPoint(row, col, 500_000.0 + col / 2, 2_800_000.0 - row / 2)
+            for row, col in [(0, 0), (0, 60), (40, 0), (40, 60)]]
+    scene = _write_rgb(tmp_path / "scene.tif", _image(40, 60), transform=None, gcps=gcps)
+    with rasterio.open(scene) as src:
+        assert src.crs is None and src.transform.is_identity  # only the GCPs
+    utils.segment_scene(conv_model, scene, tmp_path / "labels.tif", tile_size=32, cog=cog)
+    with rasterio.open(tmp_path / "labels.tif") as labels:
+        written, crs = labels.gcps
+    assert crs.to_epsg() == 32640
+    assert [(p.row, p.col, p.x, p.y) for p in written] == [
+        (p.row, p.col, p.x, p.y) for p in gcps]
+
+
+def test_segment_scene_keeps_the_rpcs_of_a_scene(tmp_path, conv_model):
+    from rasterio.rpc import RPC
+
+    rpcs = RPC(height_off=0, height_scale=100, lat_off=25.3, lat_scale=0.1,
+               long_off=57.0, long_scale=0.1, line_off=20, line_scale=20,
+               samp_off=30, samp_scale=30,
+               line_num_coeff=[0, 0, -1] + [0] * 17, line_den_coeff=[1] + [0] * 19,
+               samp_num_coeff=[0, 1] + [0] * 18, samp_den_coeff=[1] + [0] * 19)
+    scene = _write_rgb(tmp_path / "scene.tif", _image(40, 60), crs=None, transform=None,
+                       rpcs=rpcs)
+    utils.segment_scene(conv_model, scene, tmp_path / "labels.tif", tile_size=32, cog=True)
+    with rasterio.open(tmp_path / "labels.tif") as labels:
+        written = labels.rpcs.to_dict()
+    expected = {k: v for k, v in rpcs.to_dict().items() if v is not None}  # GDAL: -1 errors
+    assert {k: written[k] for k in expected} == expected
+
+
 def test_segment_scene_writes_uint8_classes_with_nodata_colormap_and_names(
         tmp_path, conv_model):
     scene = _write_rgb(tmp_path / "scene.tif", _image(300, 280))
