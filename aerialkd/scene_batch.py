@@ -104,7 +104,8 @@ def segment_scenes(
     Args:
         model: path of a `.keras` model returning logits of at most 255
             classes.
-        sources: the scenes: a path, a glob pattern (`"tiles/**/*.tif"`), a
+        sources: the scenes: a path, a glob pattern (`"tiles/**/*.tif"`; a
+            folder is refused, and the folders a pattern matches left out), a
             `.txt` file listing paths, patterns or Item files (one a line,
             relative to the list's folder; `#` starts a comment), a STAC Item
             (a dict, or the path of its `.json`; an ItemCollection's `.json`

@@ -33,7 +33,9 @@ def find_scenes(sources: Any) -> list[Scene]:
     any of these. An Item's scene is its asset keyed "visual", else "image",
     else its one asset with the role "data", and must be a local (or mounted)
     file. A path named twice counts once; a path that does not exist is still
-    a scene (it fails when segmented).
+    a scene (it fails when segmented). A folder is refused: name its scenes
+    with a pattern (`"tiles/*.tif"`); the folders a pattern matches are left
+    out.
 
     A scene is named after its file stem, or its STAC Item's id. Files of the
     same stem in different folders (`Tile 1/images/image_part_001.jpg`,
@@ -95,7 +97,8 @@ def _expand(source, base):
         text = os.fspath(source)
         path = base / text
         if any(c in text for c in "*?[") and not path.exists():
-            matches = sorted(glob.glob(str(path), recursive=True))
+            matches = [match for match in sorted(glob.glob(str(path), recursive=True))
+                       if not os.path.isdir(match)]  # "tiles/*" matches subfolders too
             if not matches:
                 raise ValueError(f"The pattern {text!r} matches no files.")
             for match in matches:  # each already under `base`
@@ -115,6 +118,10 @@ def _expand(source, base):
                 line = line.split("#", 1)[0].strip()
                 if line:
                     yield from _expand(line, path.parent)
+        elif path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder, not a scene; pass a pattern of "
+                                    f"its scenes, e.g. {str(path / '*.tif')!r} (or "
+                                    f"{str(path / '**' / '*.tif')!r} with its subfolders).")
         else:
             yield Scene(path, _safe_name(path.stem), None, None)
     elif isinstance(source, Iterable):

@@ -99,6 +99,10 @@ def segment_scene(
     started = time.perf_counter()
     src_path, dst_path = pathlib.Path(src_path), pathlib.Path(dst_path)
     overlap = check_tiling(tile_size, overlap)
+    if src_path.is_dir():
+        raise IsADirectoryError(f"src_path {src_path} is a folder; pass the path of one "
+                                f"scene in it, or segment them all with segment_scenes "
+                                f"and a pattern such as {str(src_path / '*.tif')!r}.")
     if not src_path.is_file():
         raise FileNotFoundError(f"src_path {src_path} does not exist; pass the path "
                                 f"of a GeoTIFF, JPEG or PNG scene.")

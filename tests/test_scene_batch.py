@@ -317,6 +317,20 @@ def test_segment_scenes_reads_globs_list_files_and_stac_items(tmp_path, models, 
     assert item["links"][0]["href"] == (folder / "item.json").resolve().as_uri()
 
 
+def test_a_folder_is_no_scene_but_a_pattern_of_its_files_is(tmp_path, models, scenes):
+    (tmp_path / "tiles" / "2024").mkdir(parents=True)
+    shutil.copy(scenes[0], tmp_path / "tiles")
+    with pytest.raises(IsADirectoryError, match=re.escape(
+            f"{tmp_path / 'tiles'} is a folder, not a scene; pass a pattern of its "
+            f"scenes, e.g. '{tmp_path / 'tiles' / '*.tif'}'")):
+        utils.segment_scenes(models[0], tmp_path / "tiles", tmp_path / "out",
+                             tile_size=TILE, progress=False)
+    assert not (tmp_path / "out").exists()
+    # "tiles/*" matches the subfolder 2024 too: left out, not a failed scene.
+    found = aerialkd.scene_sources.find_scenes(str(tmp_path / "tiles" / "*"))
+    assert [scene.path.name for scene in found] == ["scene_0.tif"]
+
+
 def test_scenes_of_one_name_in_different_folders_take_their_folder_names(
         tmp_path, models, scenes):
     for tile in ("Tile 1", "Tile 2"):

@@ -308,6 +308,12 @@ def test_segment_scene_rejects_bad_inputs_naming_them(tmp_path, conv_model):
     missing = tmp_path / "missing.tif"
     with pytest.raises(FileNotFoundError, match="missing.tif"):
         utils.segment_scene(conv_model, missing, tmp_path / "out.tif")
+    (tmp_path / "tiles").mkdir()
+    with pytest.raises(IsADirectoryError, match=re.escape(
+            f"src_path {tmp_path / 'tiles'} is a folder; pass the path of one scene in "
+            f"it, or segment them all with segment_scenes and a pattern such as "
+            f"'{tmp_path / 'tiles' / '*.tif'}'")):
+        utils.segment_scene(conv_model, tmp_path / "tiles", tmp_path / "out.tif")
     gray = _write_raster(tmp_path / "gray.tif", np.zeros((1, 8, 8), np.uint8))
     with pytest.raises(ValueError, match=r"gray.tif has 1 band\(s\)"):
         utils.segment_scene(conv_model, gray, tmp_path / "out.tif")
