@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import tempfile
 import time
 import uuid
@@ -77,7 +78,9 @@ def segment_scenes(
     the pixels of each class and the scene's key: the SHA-256 of the model
     file, the source's size and modification time, and the parameters. Files
     are written under hidden temporary names and renamed when complete, the
-    sidecar last, so a killed worker never leaves a file that looks finished.
+    sidecar last, so a killed worker never leaves a file that looks finished;
+    what it left is removed when its scene runs again (so run one call at a
+    time in a `dst_dir`).
 
     Before submitting anything, scenes whose sidecar says "ok" with the same
     key are skipped (another model file or other parameters redo them; so
@@ -332,6 +335,7 @@ def _segment_task(task, model=None):
         model = _worker_model(task["model"], task["model_sha256"], task["threads"])
     parameters = task["parameters"]
     labels = pathlib.Path(task["labels"])
+    _remove_leftovers(labels)
     try:
         result = segment_scene(
             model, task["source"], labels, tile_size=parameters["tile_size"],
@@ -360,6 +364,15 @@ def _segment_task(task, model=None):
         source_item_path=task["item_path"])
     write_into_place(task["sidecar"], json.dumps(item, indent=1))
     return record
+
+
+def _remove_leftovers(labels):
+    """Removes the temporary files and folders a killed attempt at a scene left."""
+    for partial in labels.parent.glob(f".{labels.name}.*.partial"):  # segment_scene's
+        partial.unlink(missing_ok=True)
+    polygons = labels.with_suffix(".geojson")
+    for folder in labels.parent.glob(f".{polygons.name}.*"):  # _polygonize_into_place's
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @functools.lru_cache(maxsize=1)

@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -53,8 +54,9 @@ def segment_scene(
     Source pixels that are nodata (the nodata value in every chosen band, an
     internal mask or an alpha band) are written as 255, the output's nodata.
     JPEG and PNG images work too; their output has no CRS. The raster is
-    written under a hidden temporary name beside `dst_path` and moved into
-    place when finished, so `dst_path` never holds a partial raster.
+    written under a hidden temporary name of its own beside `dst_path`
+    (`.<name>.<random>.partial`) and moved into place when finished, so
+    `dst_path` never holds a partial raster.
 
     Args:
         model: model returning logits of at most 255 classes; must accept
@@ -176,13 +178,17 @@ def _moved_into_place(dst_path, cog, tile_size):
     """Yields a hidden temporary path beside `dst_path`; moves the raster there when done.
 
     On leaving without an error, the raster (as a COG if `cog`) is renamed to
-    `dst_path` (atomic on one file system); on an error it is removed. A killed
-    process leaves only `.<name>.partial`, which the next attempt overwrites.
+    `dst_path` (atomic on one file system); on an error it is removed. The
+    temporary names, `.<name>.<random>.partial` and `.<name>.<random>.cog.partial`,
+    are this writer's own, as `write_into_place`'s are: two writers of one
+    `dst_path` never write into one file. A killed process leaves them;
+    `segment_scenes` removes a scene's before running it again.
     """
     import rasterio.shutil
 
-    partial = dst_path.with_name(f".{dst_path.name}.partial")
-    cog_partial = dst_path.with_name(f".{dst_path.name}.cog.partial")
+    token = uuid.uuid4().hex[:8]
+    partial = dst_path.with_name(f".{dst_path.name}.{token}.partial")
+    cog_partial = dst_path.with_name(f".{dst_path.name}.{token}.cog.partial")
     try:
         yield partial
         if cog:  # overviews by mode: the commonest class, never a blend

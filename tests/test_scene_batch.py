@@ -272,6 +272,21 @@ def test_a_touched_source_or_overwrite_redoes_a_scene(tmp_path, models, scenes):
                                           progress=False)) == ["ok", "ok"]
 
 
+def test_a_scene_run_again_removes_what_a_killed_attempt_left(tmp_path, models, scenes):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".scene_0_labels.tif.0badc0de.partial").write_text("half a raster")
+    (out / ".scene_0_labels.tif.0badc0de.cog.partial").write_text("half a COG")
+    (out / ".scene_0_labels.geojson.k1lled").mkdir()  # polygonize's folder
+    (out / ".scene_0_labels.geojson.k1lled" / "scene_0_labels.geojson").write_text("{")
+    (out / ".scene_1_labels.tif.0badc0de.partial").write_text("another scene's")
+    (record,) = utils.segment_scenes(models[0], scenes[:1], out, tile_size=TILE,
+                                     polygons=True, progress=False)
+    assert record["status"] == "ok"
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [
+        ".scene_1_labels.tif.0badc0de.partial"]  # not this run's scene: left alone
+
+
 def test_cog_false_writes_plain_tiled_geotiffs_and_redoes_the_cogs(tmp_path, models,
                                                                     scenes, expected):
     utils.segment_scenes(models[0], scenes[:1], tmp_path, tile_size=TILE, progress=False)
@@ -412,16 +427,23 @@ import aerialkd.scene_batch as batch
 
 MARKERS = pathlib.Path({markers!r})
 KILLS = {kills!r}
-# Preloads may run more than once in a worker: wrap the original only.
+# Preloads may run more than once in a worker: wrap the originals only.
 segment_scene = batch.__dict__.setdefault("_unkilled_segment_scene", batch.segment_scene)
+remove_leftovers = batch.__dict__.setdefault("_unkilled_remove_leftovers",
+                                             batch._remove_leftovers)
+
+
+def recording_remove_leftovers(labels):
+    # What earlier attempts left of this scene, seen by this one before it cleans up.
+    name = labels.name.removesuffix("_labels.tif")
+    batch._left = sorted(p.name for p in labels.parent.iterdir() if name in p.name)
+    remove_leftovers(labels)
 
 
 def killing_segment_scene(model, src_path, dst_path, **kwargs):
     name = pathlib.Path(src_path).stem
     attempt = len(list(MARKERS.glob(name + ".*")))
-    # What earlier attempts left of this scene, seen by this one.
-    left = sorted(p.name for p in pathlib.Path(dst_path).parent.iterdir() if name in p.name)
-    (MARKERS / f"{{name}}.{{attempt}}").write_text("\\n".join(left))
+    (MARKERS / f"{{name}}.{{attempt}}").write_text("\\n".join(batch._left))
 
     def progress(rows, height):  # after the first band is written
         if attempt < KILLS.get(name, 0):
@@ -431,6 +453,7 @@ def killing_segment_scene(model, src_path, dst_path, **kwargs):
 
 
 batch.segment_scene = killing_segment_scene
+batch._remove_leftovers = recording_remove_leftovers
 '''
 
 
@@ -454,8 +477,10 @@ def test_a_worker_killed_mid_scene_leaves_no_finished_file_and_the_retry_complet
     assert _statuses(records) == ["ok"] * 3
     assert sorted(p.name for p in markers.iterdir() if "scene_1" in p.name) == [
         "scene_1.0", "scene_1.1"]  # killed once, run again
-    # The retry found only the killed attempt's temporary raster, nothing finished.
-    assert (markers / "scene_1.1").read_text().split() == [".scene_1_labels.tif.partial"]
+    # The retry found only the killed attempt's temporary raster, nothing finished,
+    # and removed it.
+    (left,) = (markers / "scene_1.1").read_text().split()
+    assert re.fullmatch(r"\.scene_1_labels\.tif\.[0-9a-f]{8}\.partial", left)
     np.testing.assert_array_equal(_read(records[1]["labels"]), expected["scene_1.tif"])
     assert not [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
 
@@ -470,8 +495,9 @@ def test_a_scene_whose_workers_keep_dying_fails_and_leaves_no_finished_file(
                                          engine="dask", workers=1, retries=0,
                                          tile_size=TILE, progress=False)
     assert record["status"] == "failed" and record["error"].startswith("KilledWorker: ")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        ".scene_0_labels.tif.partial", "manifest.jsonl"]
+    partial, manifest = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert re.fullmatch(r"\.scene_0_labels\.tif\.[0-9a-f]{8}\.partial", partial)
+    assert manifest == "manifest.jsonl"
 
 
 @pytest.mark.parametrize("engine, hint", [

@@ -288,6 +288,22 @@ def test_segment_scene_runs_the_model_in_the_calling_thread(tmp_path, conv_model
                                   _read(tmp_path / "b.tif")[0])
 
 
+def test_segment_scene_writes_under_a_temporary_name_of_its_own(tmp_path, conv_model):
+    scene = _write_rgb(tmp_path / "scene.tif", _image(70, 40))
+    seen = []
+
+    def progress(rows, height):  # while the raster is being written
+        seen.extend(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
+
+    for _ in range(2):
+        utils.segment_scene(conv_model, scene, tmp_path / "labels.tif", tile_size=32,
+                            progress=progress)
+    names = sorted(set(seen))
+    assert len(names) == 2  # one per call: two writers never share one
+    assert all(re.fullmatch(r"\.labels\.tif\.[0-9a-f]{8}\.partial", n) for n in names)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.tif", "scene.tif"]
+
+
 def test_segment_scene_raises_an_error_of_its_writer_thread(tmp_path, conv_model):
     scene = _write_rgb(tmp_path / "scene.tif", _image(300, 60))
     bands = []
