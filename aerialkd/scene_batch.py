@@ -76,7 +76,8 @@ def segment_scenes(
     `polygons`, `<name>_labels.geojson`; and last `<name>_labels.json`, a STAC
     Item (label extension, `label:type` "raster") with the status, the time,
     the pixels of each class and the scene's key: the SHA-256 of the model
-    file, the source's size and modification time, and the parameters. Files
+    file, the source's resolved path (and STAC Item id), size and
+    modification time, and the parameters. Files
     are written under hidden temporary names and renamed when complete, the
     sidecar last, so a killed worker never leaves a file that looks finished;
     what it left is removed when its scene runs again (so run one call at a
@@ -84,7 +85,10 @@ def segment_scenes(
 
     Before submitting anything, scenes whose sidecar says "ok" with the same
     key are skipped (another model file or other parameters redo them; so
-    does `overwrite`). A scene's own error (an unreadable file, too few
+    does `overwrite`). A scene whose sidecar in `dst_dir` records another
+    source (a file of the same name elsewhere, e.g. `2023/a.tif` and then
+    `2024/a.tif`) is refused with an error before anything runs, unless
+    `overwrite` is set. A scene's own error (an unreadable file, too few
     bands, ...) is recorded with its message and the others go on. The driver
     alone writes `manifest.jsonl` (a line per scene, as they finish) and a VRT
     mosaic of the label rasters that share a CRS: `labels.vrt`, or one
@@ -132,7 +136,8 @@ def segment_scenes(
         palette: `(classes, 3)` uint8 colours; generic colours if `None`.
         cog: cloud-optimized GeoTIFFs; `False` writes the plain tiled
             GeoTIFF of `segment_scene`.
-        overwrite: redo scenes already done with the same key.
+        overwrite: redo scenes already done with the same key, and replace
+            the outputs of another source of the same name.
         retries: times a scene is run again after its worker died (or an
             error outside the scene, e.g. loading the model).
         polygons: also write each scene's class regions as GeoJSON
@@ -193,17 +198,23 @@ def segment_scenes(
     dst_dir.mkdir(parents=True, exist_ok=True)
     model_sha256 = _file_sha256(model_path)
 
-    records, done, tasks = [None] * len(scenes), [], []
+    records, done, tasks, clashes = [None] * len(scenes), [], [], []
     for index, scene in enumerate(scenes):
         try:
             task = _task(scene, index, dst_dir, model_path, model_sha256, parameters)
         except OSError as error:  # no file to look at: a failed record, no task
             done.append((index, _failed_record(str(scene.path.absolute()), error)))
             continue
-        if not overwrite and (sidecar := _finished(task)):
+        sidecar = None if overwrite else read_label_item(task["sidecar"])
+        recorded = sidecar and sidecar["source"]  # None: an older sidecar, keyed without it
+        if recorded and recorded != task["key_parts"]["source"]:
+            clashes.append((task, recorded))
+        elif sidecar is not None and _finished(task, sidecar):
             done.append((index, _skipped_record(task, sidecar)))
         else:
             tasks.append(task)
+    if clashes:
+        raise ValueError(_clash_message(clashes))
 
     bar = keras.utils.Progbar(len(scenes), unit_name="scene") if progress else None
     counts = dict.fromkeys(STATUSES, 0)
@@ -278,8 +289,10 @@ def _task(scene, index, dst_dir, model_path, model_sha256, parameters):
     stem = f"{scene.name}_labels"
     path = scene.path.absolute()
     stat = path.stat()
-    key_parts = {"model_sha256": model_sha256, "source_size": stat.st_size,
-                 "source_mtime_ns": stat.st_mtime_ns, "parameters": parameters}
+    key_parts = {"model_sha256": model_sha256, "source": str(path.resolve()),
+                 "source_item": scene.item.get("id") if scene.item else None,
+                 "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns,
+                 "parameters": parameters}
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()
     polygons = dst_dir / f"{stem}.geojson" if parameters["polygons"] else None
     return {"index": index, "source": str(path), "name": scene.name, "item": scene.item,
@@ -298,13 +311,22 @@ def _file_sha256(path):
     return digest.hexdigest()
 
 
-def _finished(task):
-    """What the sidecar of a scene done with the task's key holds (its files there), or `None`."""
-    sidecar = read_label_item(task["sidecar"])
-    if sidecar is None or (sidecar["status"], sidecar["key"]) != ("ok", task["key"]):
-        return None
+def _finished(task, sidecar):
+    """Whether `sidecar` (`read_label_item`'s) says the task is done: "ok", its key, its files."""
+    if (sidecar["status"], sidecar["key"]) != ("ok", task["key"]):
+        return False
     outputs = [task["labels"]] + ([task["polygons"]] if task["polygons"] else [])
-    return sidecar if all(pathlib.Path(p).is_file() for p in outputs) else None
+    return all(pathlib.Path(p).is_file() for p in outputs)
+
+
+def _clash_message(clashes):
+    """The error for scenes whose outputs in `dst_dir` are another source's."""
+    task, other = clashes[0]
+    more = f" (and {len(clashes) - 1} more scenes likewise)" if len(clashes) > 1 else ""
+    return (f"{task['sidecar']} records the scene {other}, not {task['key_parts']['source']}"
+            f"{more}: both would be {pathlib.Path(task['labels']).name}. Pass another "
+            f"dst_dir for these scenes, or overwrite=True to replace the outputs of the "
+            f"other source.")
 
 
 def _skipped_record(task, sidecar):

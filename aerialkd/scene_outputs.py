@@ -155,7 +155,10 @@ def _footprint(labels):
 
 
 def read_label_item(path: os.PathLike | str) -> dict[str, Any] | None:
-    """The status, key and class pixels in a sidecar of `label_item`; `None` if unreadable.
+    """Status, key, source and class pixels of a `label_item` sidecar; `None` if unreadable.
+
+    The source is the resolved path of the scene its `key_parts` name (`None`
+    if they name none).
 
     Example:
 
@@ -166,6 +169,7 @@ def read_label_item(path: os.PathLike | str) -> dict[str, Any] | None:
         properties = json.loads(pathlib.Path(path).read_text())["properties"]
         counts = (properties.get("label:overviews") or [{"counts": []}])[0]["counts"]
         return {"status": properties["aerialkd:status"], "key": properties["aerialkd:key"],
+                "source": (properties.get("aerialkd:key_parts") or {}).get("source"),
                 "class_pixels": {count["name"]: count["count"] for count in counts}}
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         return None

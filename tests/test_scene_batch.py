@@ -1,6 +1,7 @@
 """Tests of many scenes: `segment_scenes` on small GeoTIFFs, in this process and on Dask."""
 
 import json
+import os
 import pathlib
 import re
 import shutil
@@ -285,6 +286,35 @@ def test_a_scene_run_again_removes_what_a_killed_attempt_left(tmp_path, models, 
     assert record["status"] == "ok"
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [
         ".scene_1_labels.tif.0badc0de.partial"]  # not this run's scene: left alone
+
+
+def test_a_scene_of_the_same_name_from_another_folder_is_refused_unless_overwrite(
+        tmp_path, models, scenes):
+    # 2023/a.tif and 2024/a.tif: one output name, the same size and time, other pixels.
+    with rasterio.open(scenes[0]) as src:
+        pixels, transform = src.read(), src.transform
+    for year, flip in (("2023", False), ("2024", True)):
+        (tmp_path / year).mkdir()
+        _write_raster(tmp_path / year / "a.tif", pixels[:, ::-1] if flip else pixels,
+                      transform)
+        os.utime(tmp_path / year / "a.tif", ns=(1_700_000_000 * 10**9,) * 2)
+    utils.segment_scenes(models[0], str(tmp_path / "2023" / "*.tif"), tmp_path / "out",
+                         tile_size=TILE, progress=False)
+    labels_2023 = _read(tmp_path / "out" / "a_labels.tif")
+    with pytest.raises(ValueError, match=re.escape(
+            f"{tmp_path / 'out' / 'a_labels.json'} records the scene "
+            f"{(tmp_path / '2023' / 'a.tif').resolve()}, not "
+            f"{(tmp_path / '2024' / 'a.tif').resolve()}: both would be a_labels.tif")):
+        utils.segment_scenes(models[0], str(tmp_path / "2024" / "*.tif"), tmp_path / "out",
+                             tile_size=TILE, progress=False)
+    np.testing.assert_array_equal(_read(tmp_path / "out" / "a_labels.tif"), labels_2023)
+    (record,) = utils.segment_scenes(models[0], str(tmp_path / "2024" / "*.tif"),
+                                     tmp_path / "out", tile_size=TILE, overwrite=True,
+                                     progress=False)
+    assert record["status"] == "ok"
+    utils.segment_scene(keras.saving.load_model(models[0]), tmp_path / "2024" / "a.tif",
+                        tmp_path / "expected.tif", tile_size=TILE)
+    np.testing.assert_array_equal(_read(record["labels"]), _read(tmp_path / "expected.tif"))
 
 
 def test_cog_false_writes_plain_tiled_geotiffs_and_redoes_the_cogs(tmp_path, models,
