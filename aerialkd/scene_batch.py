@@ -77,11 +77,11 @@ def segment_scenes(
     Item (label extension, `label:type` "raster") with the status, the time,
     the pixels of each class and the scene's key: the SHA-256 of the model
     file, the source's resolved path (and STAC Item id), size and
-    modification time, and the parameters. Files
-    are written under hidden temporary names and renamed when complete, the
-    sidecar last, so a killed worker never leaves a file that looks finished;
-    what it left is removed when its scene runs again (so run one call at a
-    time in a `dst_dir`).
+    modification time, and the parameters. Files are written under hidden
+    temporary names and renamed when complete, the sidecar last, so a killed
+    worker never leaves a file that looks finished (a scene's earlier sidecar
+    and polygons are removed before it runs); what it left is removed when
+    its scene runs again (so run one call at a time in a `dst_dir`).
 
     Before submitting anything, scenes whose sidecar says "ok" with the same
     key are skipped (another model file or other parameters redo them; so
@@ -347,6 +347,9 @@ def _failed_record(source, error):
 def _segment_task(task, model=None):
     """Runs one scene: the label raster, its polygons, then (last) its sidecar.
 
+    The scene's earlier sidecar and polygons are removed first, so a run
+    stopped halfway leaves no sidecar and its scene runs again.
+
     `model` is the loaded model in this process ("local"); a worker process
     loads the task's model once and keeps it. An error of the scene is its
     record; an error outside it (loading the model, writing the sidecar) is
@@ -357,6 +360,10 @@ def _segment_task(task, model=None):
         model = _worker_model(task["model"], task["model_sha256"], task["threads"])
     parameters = task["parameters"]
     labels = pathlib.Path(task["labels"])
+    # An earlier run's sidecar would vouch for the new labels until this run's
+    # replaced it, and its polygons would lie beside them: both go first.
+    pathlib.Path(task["sidecar"]).unlink(missing_ok=True)
+    labels.with_suffix(".geojson").unlink(missing_ok=True)
     _remove_leftovers(labels)
     try:
         result = segment_scene(

@@ -273,6 +273,37 @@ def test_a_touched_source_or_overwrite_redoes_a_scene(tmp_path, models, scenes):
                                           progress=False)) == ["ok", "ok"]
 
 
+def test_a_scene_stopped_halfway_keeps_no_sidecar_of_its_earlier_run(
+        tmp_path, models, scenes, expected, monkeypatch):
+    out = tmp_path / "out"
+    utils.segment_scenes(models[0], scenes[:1], out, tile_size=TILE, progress=False)
+
+    def interrupt(*args, **kwargs):  # after the new labels are in place
+        raise KeyboardInterrupt("stopped while polygonizing")
+
+    monkeypatch.setattr(aerialkd.scene_batch, "polygonize", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        utils.segment_scenes(models[0], scenes[:1], out, tile_size=TILE, overlap=0,
+                             polygons=True, progress=False)
+    monkeypatch.undo()
+    assert not (out / "scene_0_labels.json").exists()  # nothing vouches for overlap=0's
+    (record,) = utils.segment_scenes(models[0], scenes[:1], out, tile_size=TILE,
+                                     progress=False)
+    assert record["status"] == "ok"  # run again, not skipped on the first run's sidecar
+    np.testing.assert_array_equal(_read(record["labels"]), expected["scene_0.tif"])
+
+
+def test_a_rerun_without_polygons_leaves_no_polygons_of_an_earlier_run(
+        tmp_path, models, scenes):
+    utils.segment_scenes(models[0], scenes[:1], tmp_path, tile_size=TILE, polygons=True,
+                         progress=False)
+    assert (tmp_path / "scene_0_labels.geojson").is_file()
+    (record,) = utils.segment_scenes(models[0], scenes[:1], tmp_path, tile_size=TILE,
+                                     progress=False)
+    assert record["status"] == "ok"
+    assert not (tmp_path / "scene_0_labels.geojson").exists()
+
+
 def test_a_scene_run_again_removes_what_a_killed_attempt_left(tmp_path, models, scenes):
     out = tmp_path / "out"
     out.mkdir()
