@@ -91,8 +91,9 @@ def segment_scenes(
     `overwrite` is set. A scene's own error (an unreadable file, too few
     bands, ...) is recorded with its message and the others go on. The driver
     alone writes `manifest.jsonl` (a line per scene, as they finish) and a VRT
-    mosaic of the label rasters that share a CRS: `labels.vrt`, or one
-    `labels_<crs>.vrt` per CRS.
+    mosaic of every finished label raster in `dst_dir` (its sidecar says "ok":
+    this call's and earlier calls', in name order) that share a CRS:
+    `labels.vrt`, or one `labels_<crs>.vrt` per CRS.
 
     Engines: "local" runs the scenes one after another in this process.
     "dask" starts a `dask.distributed.LocalCluster` of `workers` processes
@@ -232,7 +233,7 @@ def segment_scenes(
         if tasks:  # nothing to do: no engine is started
             for task, record in _run(engine, tasks, keras_model, workers, retries):
                 finish(task["index"], record)
-    write_mosaics(dst_dir, [r["labels"] for r in records if r["status"] != "failed"])
+    write_mosaics(dst_dir, _finished_labels(dst_dir))
     return records
 
 
@@ -317,6 +318,16 @@ def _finished(task, sidecar):
         return False
     outputs = [task["labels"]] + ([task["polygons"]] if task["polygons"] else [])
     return all(pathlib.Path(p).is_file() for p in outputs)
+
+
+def _finished_labels(dst_dir):
+    """The label rasters in `dst_dir` whose sidecar says "ok", in name order."""
+    finished = []
+    for sidecar in sorted(dst_dir.glob("*_labels.json")):
+        labels, item = sidecar.with_suffix(".tif"), read_label_item(sidecar)
+        if item is not None and item["status"] == "ok" and labels.is_file():
+            finished.append(labels)
+    return finished
 
 
 def _clash_message(clashes):

@@ -203,6 +203,25 @@ def test_segment_scenes_writes_a_vrt_mosaic_of_the_scenes(batch, scenes, expecte
         assert np.all(mosaic.read(1)[:, 90:100] == 255)  # the gap between two scenes
 
 
+def test_the_mosaic_holds_every_finished_scene_of_the_folder(tmp_path, models, scenes,
+                                                             expected):
+    sources = [pathlib.Path(shutil.copy(scene, tmp_path)) for scene in scenes[:3]]
+    out = tmp_path / "out"
+    utils.segment_scenes(models[0], sources[:2], out, tile_size=TILE, progress=False)
+    utils.segment_scenes(models[0], sources[2:], out, tile_size=TILE, progress=False)
+    for source in sources:
+        source.unlink()
+    failed = utils.segment_scenes(models[0], sources, out, tile_size=TILE, progress=False)
+    assert _statuses(failed) == ["failed"] * 3  # the sources are gone, the labels not
+    with rasterio.open(out / "labels.vrt") as mosaic:
+        assert (mosaic.width, mosaic.height) == (90 + 10 + 64 + 10 + 80, 100)
+        for scene in scenes[:3]:
+            with rasterio.open(scene) as src:
+                window = mosaic.window(*src.bounds)
+            np.testing.assert_array_equal(mosaic.read(1, window=window),
+                                          expected[scene.name])
+
+
 def test_segment_scenes_leaves_no_temporary_files(batch):
     _, dst, _ = batch
     assert sorted(p.name for p in dst.iterdir() if p.name.startswith(".")) == []
