@@ -15,6 +15,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import pathlib
 import shutil
@@ -105,9 +106,11 @@ def segment_scenes(
     and `dst_dir` at the same paths (a shared file system); lost workers are
     retried as its scheduler's `distributed.scheduler.allowed-failures` says.
     "ray" (if Ray is installed) runs `workers` actors that each load the
-    model once. Each worker process loads the model once and keeps it. In a
-    script, call this under `if __name__ == "__main__":`, since Dask starts
-    its workers by spawning fresh Python processes.
+    model once, each asking for the cluster's CPUs divided among them (a
+    fraction of one if `workers` outnumber them, so that all are placed).
+    Each worker process loads the model once and keeps it. In a script, call
+    this under `if __name__ == "__main__":`, since Dask starts its workers by
+    spawning fresh Python processes.
 
     Args:
         model: path of a `.keras` model returning logits of at most 255
@@ -526,8 +529,13 @@ def _run_ray(tasks, workers, retries):
     if started:
         ray.init()
     try:
-        threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
-        actor = ray.remote(num_cpus=threads, max_restarts=retries,
+        cpus = ray.cluster_resources().get("CPU", 1)
+        threads = max(1, int(cpus) // workers)
+        # More workers than CPUs: each asks for its share of one (to Ray's 1e-4
+        # precision), or the actors beyond the CPUs would never be placed and
+        # their scenes would be waited for forever.
+        share = threads if workers <= cpus else math.floor(cpus / workers * 1e4) / 1e4
+        actor = ray.remote(num_cpus=share, max_restarts=retries,
                            max_task_retries=retries)(_SceneActor)
         model = (tasks[0]["model"], tasks[0]["model_sha256"], threads)
         idle = [actor.remote(*model) for _ in range(workers)]

@@ -6,6 +6,7 @@ import pathlib
 import re
 import shutil
 import sys
+import threading
 
 import keras
 import numpy as np
@@ -594,12 +595,31 @@ def test_a_missing_engine_says_how_to_install_it(tmp_path, models, scenes, monke
     assert not any(tmp_path.iterdir())
 
 
-def test_ray_actors_label_every_scene(tmp_path, models, scenes, expected):
-    pytest.importorskip("ray")
-    records = utils.segment_scenes(models[0], scenes[:2], tmp_path, engine="ray",
-                                   workers=2, tile_size=TILE, progress=False)
-    assert _statuses(records) == ["ok", "ok"]
-    for record in records:
+def test_ray_actors_label_every_scene_even_with_more_workers_than_cpus(
+        tmp_path, models, scenes, expected):
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=1, include_dashboard=False)  # two actors, one CPU: both must run
+    try:
+        done = {}
+
+        def run():  # in a thread: an actor never placed would make it wait forever
+            try:
+                done["records"] = utils.segment_scenes(
+                    models[0], scenes[:3], tmp_path, engine="ray", workers=2,
+                    tile_size=TILE, progress=False)
+            except BaseException as error:
+                done["error"] = error
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(timeout=300)
+        assert not thread.is_alive(), "segment_scenes still waits for an actor"
+        assert "error" not in done, done.get("error")
+        assert ray.is_initialized()  # not shut down: segment_scenes did not start it
+    finally:
+        ray.shutdown()
+    assert _statuses(done["records"]) == ["ok"] * 3
+    for record in done["records"]:
         name = pathlib.Path(record["source"]).name
         np.testing.assert_array_equal(_read(record["labels"]), expected[name])
 
