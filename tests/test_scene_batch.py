@@ -595,6 +595,17 @@ def test_a_missing_engine_says_how_to_install_it(tmp_path, models, scenes, monke
     assert not any(tmp_path.iterdir())
 
 
+def test_ray_started_by_segment_scenes_labels_every_scene_and_is_shut_down(
+        tmp_path, models, scenes, expected):
+    ray = pytest.importorskip("ray")
+    records = utils.segment_scenes(models[0], scenes[:2], tmp_path, engine="ray",
+                                   workers=2, tile_size=TILE, progress=False)
+    assert _statuses(records) == ["ok", "ok"] and not ray.is_initialized()
+    for record in records:
+        name = pathlib.Path(record["source"]).name
+        np.testing.assert_array_equal(_read(record["labels"]), expected[name])
+
+
 def test_ray_actors_label_every_scene_even_with_more_workers_than_cpus(
         tmp_path, models, scenes, expected):
     ray = pytest.importorskip("ray")
