@@ -195,13 +195,17 @@ def test_segment_scenes_writes_a_vrt_mosaic_of_the_scenes(batch, scenes, expecte
     with rasterio.open(dst / "labels.vrt") as mosaic:
         assert mosaic.crs.to_epsg() == 32640 and mosaic.nodata == 255
         assert mosaic.colormap(1)[255] == (0, 0, 0, 0)
-        assert (mosaic.width, mosaic.height) == (90 + 10 + 64 + 10 + 80, 100)
-        for scene in scenes[:3]:
-            with rasterio.open(scene) as src:
-                window = mosaic.window(*src.bounds)
-            np.testing.assert_array_equal(mosaic.read(1, window=window),
-                                          expected[scene.name])
+        _assert_mosaic_of(mosaic, scenes[:3], expected)
         assert np.all(mosaic.read(1)[:, 90:100] == 255)  # the gap between two scenes
+
+
+def _assert_mosaic_of(mosaic, scenes, expected):
+    """The mosaic spans the three scenes and holds each one's labels where it lies."""
+    assert (mosaic.width, mosaic.height) == (90 + 10 + 64 + 10 + 80, 100)
+    for scene in scenes:
+        with rasterio.open(scene) as src:
+            window = mosaic.window(*src.bounds)
+        np.testing.assert_array_equal(mosaic.read(1, window=window), expected[scene.name])
 
 
 def test_the_mosaic_holds_every_finished_scene_of_the_folder(tmp_path, models, scenes,
@@ -215,12 +219,7 @@ def test_the_mosaic_holds_every_finished_scene_of_the_folder(tmp_path, models, s
     failed = utils.segment_scenes(models[0], sources, out, tile_size=TILE, progress=False)
     assert _statuses(failed) == ["failed"] * 3  # the sources are gone, the labels not
     with rasterio.open(out / "labels.vrt") as mosaic:
-        assert (mosaic.width, mosaic.height) == (90 + 10 + 64 + 10 + 80, 100)
-        for scene in scenes[:3]:
-            with rasterio.open(scene) as src:
-                window = mosaic.window(*src.bounds)
-            np.testing.assert_array_equal(mosaic.read(1, window=window),
-                                          expected[scene.name])
+        _assert_mosaic_of(mosaic, scenes[:3], expected)
 
 
 def test_segment_scenes_leaves_no_temporary_files(batch):
