@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import warnings
@@ -280,6 +281,8 @@ def fit_segmentation(
             f"process: {seen}), and each must restore the one process 0 wrote: train "
             f"with an output_dir every process reads (on several machines, a shared "
             f"file system).")
+    if writer and files.backup.exists():  # resuming: the history of the backup's epochs
+        _keep_history_rows(files.history_csv, seen[0])
     sequence = getattr(train, "sequence", train)  # within LocalRows
     sequence.set_epoch(seen[0])
     monitor = monitored_miou(model)
@@ -294,14 +297,18 @@ def fit_segmentation(
         validation_data=(val_x, val_y),
         validation_batch_size=val_batch_size,
         epochs=epochs,
+        # At an epoch's end its history row and best model are written before
+        # the backup, and the record of epochs done last: a run killed in
+        # between resumes from the epoch before and writes them again (the
+        # extra rows are cut when it resumes), never missing one.
         callbacks=[
             SyncEpoch(sequence),
-            SharedBackup(str(files.backup)),  # every process restores, process 0 writes
             # on several processes, the others only train
-            *([epochs_done] if writer else []),
-            stop_on_nan,
-            *([best, keras.callbacks.CSVLogger(str(files.history_csv), append=True)]
+            *([keras.callbacks.CSVLogger(str(files.history_csv), append=True), best]
               if writer else []),
+            stop_on_nan,
+            SharedBackup(str(files.backup)),  # every process restores, process 0 writes
+            *([epochs_done] if writer else []),
             *callbacks,
         ],
         verbose=verbose if writer else 0,
@@ -358,6 +365,28 @@ def _pad_to_replicas(x, y, replicas):
         [a, np.full((extra, *a.shape[1:]), value, a.dtype)])
     x = tuple(pad(a) for a in x) if isinstance(x, tuple) else pad(x)
     return x, pad(y, IGNORE_INDEX)
+
+
+def _keep_history_rows(path, epochs):
+    """Cuts a history CSV to the whole rows of its first `epochs` epochs.
+
+    Rows of an epoch that a killed run wrote before its backup (it runs again
+    on resuming) and a row cut short by the kill are dropped.
+    """
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    header, kept = rows[0], []
+    for row in rows[1:]:
+        if len(row) == len(header) and row[0].isdigit() and int(row[0]) == len(kept) < epochs:
+            kept.append(row)
+    if len(kept) + 1 != len(rows):
+        text = io.StringIO()
+        csv.writer(text).writerows([header, *kept])  # as CSVLogger writes them
+        write_into_place(path, text.getvalue())
 
 
 def read_history(path: os.PathLike | str) -> dict[str, list[float]]:

@@ -80,6 +80,26 @@ def test_interrupted_training_resumes_and_ends_with_the_same_weights(tiny_data, 
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_run_killed_between_its_history_row_and_its_backup_resumes_with_one_row_an_epoch(
+        tiny_data, tmp_path):
+    data = small_data(tiny_data)
+    kwargs = dict(epochs=3, name="m", batch_size=4, verbose=0)
+    straight = utils.fit_segmentation(fresh_segmenter(), data, output_dir=tmp_path / "a", **kwargs)
+    with pytest.raises(KeyboardInterrupt):
+        utils.fit_segmentation(fresh_segmenter(), data, output_dir=tmp_path / "b",
+                               callbacks=[AtEpochBegin(2, disconnect)], **kwargs)
+    csv_path = utils.RunFiles(tmp_path / "b", "m").history_csv
+    rows = csv_path.read_text().splitlines()
+    assert len(rows) == 3  # the header and epochs 1-2, as the backup holds
+    # killed at the end of epoch 3 after its row, before its backup, as a row of
+    # epoch 4 was being written
+    csv_path.write_text("\r\n".join(rows + ["2" + rows[2][1:], "3,0.5,0."]))
+    resumed = utils.fit_segmentation(fresh_segmenter(), data, output_dir=tmp_path / "b", **kwargs)
+    assert resumed["epoch"] == [0, 1, 2]
+    for key in straight:
+        np.testing.assert_array_equal(resumed[key], straight[key], err_msg=key)
+
+
 class _FinalWeights(keras.callbacks.Callback):
     """Keeps the model's weights as training ends."""
 
