@@ -30,7 +30,7 @@ import numpy as np
 
 from .classes import class_names_for, generic_classes
 from .run_files import write_into_place
-from .scene_outputs import label_item, read_label_item, write_mosaics
+from .scene_outputs import finished_labels, label_item, read_label_item, write_mosaics
 from .scene_sources import find_scenes
 from .scenes import check_class_count, polygonize, segment_scene
 from .tiling import check_tiling
@@ -236,7 +236,7 @@ def segment_scenes(
         if tasks:  # nothing to do: no engine is started
             for task, record in _run(engine, tasks, keras_model, workers, retries):
                 finish(task["index"], record)
-    write_mosaics(dst_dir, _finished_labels(dst_dir))
+    write_mosaics(dst_dir, finished_labels(dst_dir))
     return records
 
 
@@ -321,16 +321,6 @@ def _finished(task, sidecar):
         return False
     outputs = [task["labels"]] + ([task["polygons"]] if task["polygons"] else [])
     return all(pathlib.Path(p).is_file() for p in outputs)
-
-
-def _finished_labels(dst_dir):
-    """The label rasters in `dst_dir` whose sidecar says "ok", in name order."""
-    finished = []
-    for sidecar in sorted(dst_dir.glob("*_labels.json")):
-        labels, item = sidecar.with_suffix(".tif"), read_label_item(sidecar)
-        if item is not None and item["status"] == "ok" and labels.is_file():
-            finished.append(labels)
-    return finished
 
 
 def _clash_message(clashes):

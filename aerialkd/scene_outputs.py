@@ -175,6 +175,22 @@ def read_label_item(path: os.PathLike | str) -> dict[str, Any] | None:
         return None
 
 
+def finished_labels(dst_dir: os.PathLike | str) -> list[pathlib.Path]:
+    """The label rasters in `dst_dir` whose `label_item` sidecar says "ok", by name.
+
+    Example:
+
+    >>> finished_labels(".")  # no sidecars here
+    []
+    """
+    finished = []
+    for sidecar in sorted(pathlib.Path(dst_dir).glob("*_labels.json")):
+        labels, item = sidecar.with_suffix(".tif"), read_label_item(sidecar)
+        if item is not None and item["status"] == "ok" and labels.is_file():
+            finished.append(labels)
+    return finished
+
+
 def write_mosaics(dst_dir: os.PathLike | str,
                   label_paths: Sequence[os.PathLike | str]) -> list[pathlib.Path]:
     """Writes a VRT mosaic of the label rasters in `dst_dir`, one for each CRS.
