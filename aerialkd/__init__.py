@@ -29,8 +29,9 @@ topic per module; a module imports only modules above it in this list:
 - `scenes`: raster scenes of any size to label GeoTIFFs and polygons.
 - `scene_sources`: the scenes of a batch: paths, globs, list files, STAC Items.
 - `scene_outputs`: a batch's bookkeeping: STAC label sidecars, a VRT mosaic.
-- `scene_batch`: `segment_scenes`, many scenes on an engine (this process, Dask,
-  Ray), resumable.
+- `scene_tasks`: one scene of a batch as a task a worker runs: key, outputs, sidecar.
+- `scene_engines`: the engines that run a batch's tasks: this process, Dask, Ray.
+- `scene_batch`: `segment_scenes`, many scenes on an engine, resumable.
 - `tables`: readable names of metrics, history rows, scores over seeds, Markdown tables.
 - `plots`: the figures of the notebooks.
 - `notebook`: the notebooks' conveniences: profiles, Colab setup, load or train.

@@ -10,18 +10,9 @@ raster, a manifest of the run and a VRT mosaic of the outputs.
 
 from __future__ import annotations
 
-import collections
-import functools
-import hashlib
 import json
-import logging
-import math
 import os
 import pathlib
-import shutil
-import tempfile
-import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,15 +20,12 @@ import keras
 import numpy as np
 
 from .classes import class_names_for, generic_classes
-from .run_files import write_into_place
-from .scene_outputs import finished_labels, label_item, read_label_item, write_mosaics
+from .scene_engines import check_engine, run_tasks
+from .scene_outputs import finished_labels, read_label_item, write_mosaics
 from .scene_sources import find_scenes
-from .scenes import check_class_count, polygonize, segment_scene
+from .scene_tasks import failed_record, file_sha256, scene_task
+from .scenes import check_class_count
 from .tiling import check_tiling
-
-ENGINES = ("local", "dask", "ray")
-"""The engines `segment_scenes` starts by name; a `dask.distributed.Client` or a
-scheduler address ("tcp://host:8786") uses an existing Dask cluster."""
 
 MANIFEST_NAME = "manifest.jsonl"
 """The file in `dst_dir` where the driver writes one JSON line per scene."""
@@ -184,7 +172,7 @@ def segment_scenes(
         rescale = [float(v) for v in rescale]
         if len(rescale) != 2 or not rescale[1] > rescale[0]:
             raise ValueError(f"rescale must be (low, high) with high > low, got {rescale}.")
-    workers = _check_engine(engine, workers)
+    workers = check_engine(engine, workers)
     keras_model = keras.saving.load_model(model_path)
     n_classes = keras_model.output_shape[-1]
     check_class_count(n_classes, f"model {model_path}")
@@ -200,14 +188,14 @@ def segment_scenes(
     scenes = find_scenes(sources)
     dst_dir = pathlib.Path(dst_dir).absolute()
     dst_dir.mkdir(parents=True, exist_ok=True)
-    model_sha256 = _file_sha256(model_path)
+    model_sha256 = file_sha256(model_path)
 
     records, done, tasks, clashes = [None] * len(scenes), [], [], []
     for index, scene in enumerate(scenes):
         try:
-            task = _task(scene, index, dst_dir, model_path, model_sha256, parameters)
+            task = scene_task(scene, index, dst_dir, model_path, model_sha256, parameters)
         except OSError as error:  # no file to look at: a failed record, no task
-            done.append((index, _failed_record(str(scene.path.absolute()), error)))
+            done.append((index, failed_record(str(scene.path.absolute()), error)))
             continue
         sidecar = None if overwrite else read_label_item(task["sidecar"])
         recorded = sidecar and sidecar["source"]  # None: an older sidecar, keyed without it
@@ -234,85 +222,13 @@ def segment_scenes(
         for index, record in done:
             finish(index, record)
         if tasks:  # nothing to do: no engine is started
-            for task, record in _run(engine, tasks, keras_model, workers, retries):
+            for task, record in run_tasks(engine, tasks, keras_model, workers, retries):
                 finish(task["index"], record)
     write_mosaics(dst_dir, finished_labels(dst_dir))
     return records
 
 
-def _check_engine(engine, workers):
-    """Validates `engine` and `workers`; returns the workers to start, or `None`."""
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
-                                or workers < 1):
-        raise ValueError(f"workers must be an int >= 1 or None, got {workers!r}.")
-    if engine in ("dask", "ray"):
-        _import_engine(engine)
-        return workers or _cores()
-    if engine == "local":
-        if workers not in (None, 1):
-            raise ValueError(f"engine='local' runs the scenes one after another in this "
-                             f"process, got workers={workers}; pass engine='dask' to run "
-                             f"them in {workers} processes.")
-        return None
-    if isinstance(engine, str) and "://" not in engine:
-        raise ValueError(f"engine must be one of {ENGINES}, a dask.distributed.Client or a "
-                         f"scheduler address such as 'tcp://host:8786', got {engine!r}.")
-    if not isinstance(engine, str):
-        distributed = _import_engine("dask")
-        if not isinstance(engine, distributed.Client):
-            raise TypeError(f"engine must be one of {ENGINES}, a dask.distributed.Client "
-                            f"or a scheduler address, got a {type(engine).__name__}.")
-    if workers is not None:
-        raise ValueError(f"workers={workers} sizes a cluster segment_scenes starts; an "
-                         f"existing cluster ({engine!r}) has its own. Pass workers=None.")
-    return None
-
-
-def _import_engine(engine):
-    """Imports Dask's `distributed` or Ray, saying how to install it if missing."""
-    try:
-        return __import__("distributed" if engine == "dask" else "ray")
-    except ImportError as error:
-        package = "'dask[distributed]'" if engine == "dask" else "ray"
-        other = "" if engine == "dask" else ", or use engine='dask'"
-        raise ImportError(f"engine={engine!r} needs {package}: `pip install "
-                          f"{package}`{other}.") from error
-
-
-def _cores():
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-        os.cpu_count() or 1)
-
-
-# -- tasks, keys and the resume check ---------------------------------------
-
-
-def _task(scene, index, dst_dir, model_path, model_sha256, parameters):
-    """A scene's task: a dict a worker can run, with the scene's key."""
-    stem = f"{scene.name}_labels"
-    path = scene.path.absolute()
-    stat = path.stat()
-    key_parts = {"model_sha256": model_sha256, "source": str(path.resolve()),
-                 "source_item": scene.item.get("id") if scene.item else None,
-                 "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns,
-                 "parameters": parameters}
-    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()
-    polygons = dst_dir / f"{stem}.geojson" if parameters["polygons"] else None
-    return {"index": index, "source": str(path), "name": scene.name, "item": scene.item,
-            "item_path": str(scene.item_path.absolute()) if scene.item_path else None,
-            "labels": str(dst_dir / f"{stem}.tif"), "sidecar": str(dst_dir / f"{stem}.json"),
-            "polygons": str(polygons) if polygons else None,
-            "key": key, "key_parts": key_parts, "model": str(model_path),
-            "model_sha256": model_sha256, "threads": None, "parameters": parameters}
-
-
-def _file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+# -- the resume check ------------------------------------------------------
 
 
 def _finished(task, sidecar):
@@ -336,214 +252,3 @@ def _clash_message(clashes):
 def _skipped_record(task, sidecar):
     return {"source": task["source"], "labels": task["labels"], "status": "skipped",
             "error": None, "seconds": 0.0, "class_pixels": sidecar["class_pixels"]}
-
-
-def _failed_record(source, error):
-    """The record of a scene that failed outside its task (or whose workers all died)."""
-    return {"source": source, "labels": None, "status": "failed",
-            "error": f"{type(error).__name__}: {error}", "seconds": None,
-            "class_pixels": None}
-
-
-# -- what a worker runs -----------------------------------------------------
-
-
-def _segment_task(task, model=None):
-    """Runs one scene: the label raster, its polygons, then (last) its sidecar.
-
-    The scene's earlier sidecar and polygons are removed first, so a run
-    stopped halfway leaves no sidecar and its scene runs again.
-
-    `model` is the loaded model in this process ("local"); a worker process
-    loads the task's model once and keeps it. An error of the scene is its
-    record; an error outside it (loading the model, writing the sidecar) is
-    raised, for the engine to retry.
-    """
-    started, clock = time.time(), time.perf_counter()
-    if model is None:
-        model = _worker_model(task["model"], task["model_sha256"], task["threads"])
-    parameters = task["parameters"]
-    labels = pathlib.Path(task["labels"])
-    # An earlier run's sidecar would vouch for the new labels until this run's
-    # replaced it, and its polygons would lie beside them: both go first.
-    pathlib.Path(task["sidecar"]).unlink(missing_ok=True)
-    labels.with_suffix(".geojson").unlink(missing_ok=True)
-    _remove_leftovers(labels)
-    try:
-        result = segment_scene(
-            model, task["source"], labels, tile_size=parameters["tile_size"],
-            overlap=parameters["overlap"], batch_size=parameters["batch_size"],
-            bands=parameters["bands"], rescale=parameters["rescale"],
-            class_names=parameters["class_names"],
-            palette=np.asarray(parameters["palette"], np.uint8), cog=parameters["cog"])
-        if task["polygons"]:
-            _polygonize_into_place(labels, pathlib.Path(task["polygons"]),
-                                   parameters["class_names"])
-        error = None
-    except Exception as exception:  # the scene's own error: recorded, the batch goes on
-        result, error = None, f"{type(exception).__name__}: {exception}"
-        for stale in filter(None, (task["labels"], task["polygons"])):
-            pathlib.Path(stale).unlink(missing_ok=True)
-    record = {"source": task["source"], "labels": None if error else str(labels),
-              "status": "failed" if error else "ok", "error": error,
-              "seconds": time.perf_counter() - clock,
-              "class_pixels": result["class_pixels"] if result else None}
-    item = label_item(
-        record, class_names=parameters["class_names"], palette=parameters["palette"],
-        key=task["key"], key_parts=task["key_parts"], model_path=task["model"],
-        started=started, labels_path=labels,
-        nodata_pixels=result["nodata_pixels"] if result else None,
-        polygons_path=task["polygons"], cog=parameters["cog"], source_item=task["item"],
-        source_item_path=task["item_path"])
-    write_into_place(task["sidecar"], json.dumps(item, indent=1))
-    return record
-
-
-def _remove_leftovers(labels):
-    """Removes the temporary files and folders a killed attempt at a scene left."""
-    for partial in labels.parent.glob(f".{labels.name}.*.partial"):  # segment_scene's
-        partial.unlink(missing_ok=True)
-    polygons = labels.with_suffix(".geojson")
-    for folder in labels.parent.glob(f".{polygons.name}.*"):  # _polygonize_into_place's
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@functools.lru_cache(maxsize=1)
-def _worker_model(path, sha256, threads):
-    """The model of a worker process, loaded once and kept for its next scenes.
-
-    `sha256` keys the cache: a new model file at the same path is loaded anew.
-    `threads` sizes TensorFlow's thread pools, if TensorFlow has not started.
-    """
-    if threads and keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(threads)
-        except RuntimeError:  # TensorFlow already runs in this process: its pools stay
-            pass
-    return keras.saving.load_model(path)
-
-
-def _polygonize_into_place(labels, dst_path, class_names):
-    """`polygonize` into a hidden folder beside `dst_path`, then renamed into place."""
-    folder = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst_path.name}.",
-                                           dir=dst_path.parent))
-    try:
-        polygonize(labels, folder / dst_path.name, class_names=class_names)
-        os.replace(folder / dst_path.name, dst_path)
-    finally:
-        for leftover in folder.iterdir():
-            leftover.unlink()
-        folder.rmdir()
-
-
-# -- engines ----------------------------------------------------------------
-
-
-def _run(engine, tasks, model, workers, retries):
-    """Yields `(task, record)` of each task as the engine finishes it."""
-    if engine == "local":
-        return _run_local(tasks, model, retries)
-    if engine == "ray":
-        return _run_ray(tasks, workers, retries)
-    return _run_dask(tasks, engine, workers, retries)
-
-
-def _run_local(tasks, model, retries):
-    for task in tasks:
-        for _ in range(retries + 1):
-            try:
-                record = _segment_task(task, model)
-                break
-            except Exception as error:  # outside the scene (e.g. writing the sidecar)
-                record = _failed_record(task["source"], error)
-        yield task, record
-
-
-def _run_dask(tasks, engine, workers, retries):
-    import dask
-    import distributed
-
-    cluster = client = None
-    threads = None
-    try:
-        if engine == "dask":
-            threads = max(1, _cores() // workers)
-            # A worker holds only the scene it runs (saturation 1), so its death
-            # counts against that scene alone; `retries` deaths are forgiven. No
-            # dashboard, so no statistical profiler: it cost ~8% of the CPU time.
-            with dask.config.set({"distributed.scheduler.worker-saturation": 1.0,
-                                  "distributed.worker.profile.enabled": False}):
-                cluster = distributed.LocalCluster(
-                    n_workers=workers, threads_per_worker=1, processes=True,
-                    dashboard_address=None, silence_logs=logging.ERROR,
-                    scheduler_kwargs={"allowed_failures": retries,
-                                      "dashboard_address": ":0"})  # not 8787
-            client = distributed.Client(cluster)
-        elif isinstance(engine, str):
-            client = distributed.Client(engine)
-        futures = {}
-        for task in tasks:
-            future = (client or engine).submit(
-                _segment_task, {**task, "threads": threads}, pure=False, retries=retries,
-                key=f"segment_scene-{uuid.uuid4().hex}")  # one task group
-            futures[future] = task
-        for future in distributed.as_completed(futures):
-            try:
-                record = future.result()
-            except Exception as error:  # the workers running it died too often
-                record = _failed_record(futures[future]["source"], error)
-            yield futures.pop(future), record
-    finally:
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
-
-
-class _SceneActor:
-    """A Ray actor: a process that loads the model once, then segments scenes."""
-
-    def __init__(self, model_path, sha256, threads):
-        _worker_model(model_path, sha256, threads)
-
-    def run(self, task):
-        return _segment_task(task)
-
-
-def _run_ray(tasks, workers, retries):
-    ray = _import_engine("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init()
-    try:
-        cpus = ray.cluster_resources().get("CPU", 1)
-        threads = max(1, int(cpus) // workers)
-        # More workers than CPUs: each asks for its share of one (to Ray's 1e-4
-        # precision), or the actors beyond the CPUs would never be placed and
-        # their scenes would be waited for forever.
-        share = threads if workers <= cpus else math.floor(cpus / workers * 1e4) / 1e4
-        actor = ray.remote(num_cpus=share, max_restarts=retries,
-                           max_task_retries=retries)(_SceneActor)
-        model = (tasks[0]["model"], tasks[0]["model_sha256"], threads)
-        idle = [actor.remote(*model) for _ in range(workers)]
-        queue, pending = collections.deque(tasks), {}
-        while queue or pending:
-            while idle and queue:
-                worker, task = idle.pop(), queue.popleft()
-                pending[worker.run.remote({**task, "threads": threads})] = (worker, task)
-            (ready,), _ = ray.wait(list(pending), num_returns=1)
-            worker, task = pending.pop(ready)
-            try:
-                record = ray.get(ready)
-                idle.append(worker)
-            except Exception as error:  # the actor died more than `retries` times
-                record = _failed_record(task["source"], error)
-                ray.kill(worker)  # (or failed outside the scene): a fresh one
-                idle.append(actor.remote(*model))
-            yield task, record
-    finally:
-        if started:
-            ray.shutdown()

@@ -31,7 +31,8 @@ import warnings
 import keras
 
 import utils
-from aerialkd.scene_batch import ENGINES, MANIFEST_NAME
+from aerialkd.scene_batch import MANIFEST_NAME
+from aerialkd.scene_engines import ENGINES
 
 
 def main(argv=None):

@@ -251,8 +251,8 @@ def test_a_rerun_skips_finished_scenes_and_starts_no_engine(tmp_path, models, sc
 def test_a_rerun_runs_only_the_failed_scenes_again(tmp_path, models, scenes, monkeypatch):
     utils.segment_scenes(models[0], scenes, tmp_path, tile_size=TILE, progress=False)
     ran = []
-    segment_scene = aerialkd.scene_batch.segment_scene
-    monkeypatch.setattr(aerialkd.scene_batch, "segment_scene",
+    segment_scene = aerialkd.scene_tasks.segment_scene
+    monkeypatch.setattr(aerialkd.scene_tasks, "segment_scene",
                         lambda model, src, *args, **kwargs: ran.append(src) or
                         segment_scene(model, src, *args, **kwargs))
     again = utils.segment_scenes(models[0], scenes, tmp_path, tile_size=TILE,
@@ -300,7 +300,7 @@ def test_a_scene_stopped_halfway_keeps_no_sidecar_of_its_earlier_run(
     def interrupt(*args, **kwargs):  # after the new labels are in place
         raise KeyboardInterrupt("stopped while polygonizing")
 
-    monkeypatch.setattr(aerialkd.scene_batch, "polygonize", interrupt)
+    monkeypatch.setattr(aerialkd.scene_tasks, "polygonize", interrupt)
     with pytest.raises(KeyboardInterrupt):
         utils.segment_scenes(models[0], scenes[:1], out, tile_size=TILE, overlap=0,
                              polygons=True, progress=False)
@@ -503,7 +503,7 @@ import pathlib
 import re
 import signal
 
-import aerialkd.scene_batch as batch
+import aerialkd.scene_tasks as batch
 
 MARKERS = pathlib.Path({markers!r})
 KILLS = {kills!r}
