@@ -21,7 +21,6 @@ from .datasets import SegmentationDataset, load_dataset
 from .synthetic import make_tiny_dataset
 from .models import with_dtype_policy
 from .distiller import Distiller
-from .callbacks import EpochRecord
 from .run_files import RunFiles, write_into_place
 from .training import compile_segmentation, fit_segmentation
 
@@ -412,8 +411,7 @@ def train_model(
                          steps_per_execution=profile.steps_per_execution,
                          labelled_classes=data.labelled_classes)
     files = RunFiles(profile.models_dir, name)
-    earlier = EpochRecord(files.epochs_done).seconds()  # a resumed run's earlier stretches
-    start = time.perf_counter()
+    start = time.perf_counter() - files.seconds_trained()  # a resumed run's earlier stretches
     fit_segmentation(model, data, epochs=epochs, output_dir=profile.models_dir, name=name,
                      batch_size=profile.batch_size, seed=seed, verbose=verbose,
                      callbacks=callbacks, **fit_options)
@@ -422,7 +420,7 @@ def train_model(
                      precision=trained.dtype_policy.name,
                      distillation=_distillation_settings(model),
                      learning_rate=profile.learning_rate,
-                     train_seconds=earlier + time.perf_counter() - start, **fit_options)
+                     train_seconds=time.perf_counter() - start, **fit_options)
     return load_run(files.model)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import os
 import pathlib
 import time
@@ -114,6 +115,24 @@ class RunFiles:
         """How many epochs an unfinished run has finished, and in how many seconds
         of training over all its stretches (`backup_<name>/epochs_done.json`)."""
         return self.backup / "epochs_done.json"
+
+    def seconds_trained(self) -> float:
+        """The seconds of training an unfinished run's finished epochs took so far.
+
+        Summed over every stretch of a run that was interrupted and resumed
+        (read from `epochs_done`); 0.0 before the run starts and after it
+        finishes, when its backup is gone. A run's whole training time is
+        this, read before `fit_segmentation` resumes it, plus the time the
+        call takes.
+
+        Example:
+
+        >>> RunFiles("runs", "teacher").seconds_trained()  # nothing trained yet
+        0.0
+        """
+        if not self.epochs_done.exists():
+            return 0.0
+        return float(json.loads(self.epochs_done.read_text()).get("seconds", 0.0))
 
     def existing(self) -> list[pathlib.Path]:
         """The run's files and folders that exist."""

@@ -6,6 +6,7 @@ import time
 import pytest
 
 import utils
+from aerialkd.callbacks import EpochRecord
 
 
 def test_run_files_refuse_a_name_that_is_a_path():
@@ -32,6 +33,20 @@ def test_archive_moves_every_file_of_the_run_and_nothing_else(tmp_path, monkeypa
     assert second != archive and [p.name for p in second.iterdir()] == ["student.keras"]
     assert (archive / "student.keras").read_text() == "model"
     assert files.existing() == [files.record]
+
+
+def test_seconds_trained_reads_the_epochs_a_run_finished_over_its_stretches(tmp_path):
+    files = utils.RunFiles(tmp_path, "student")
+    assert files.seconds_trained() == 0.0  # not started
+    for stretch in range(2):  # interrupted after an epoch, then resumed for one more
+        record = EpochRecord(files.epochs_done)
+        record.on_train_begin()
+        time.sleep(0.2)
+        record.on_epoch_end(stretch)
+        assert files.seconds_trained() >= 0.2 * (stretch + 1)
+    assert record.read() == 2 and files.seconds_trained() == record.seconds()
+    files.epochs_done.unlink()  # the backup goes when the run finishes
+    assert files.seconds_trained() == 0.0
 
 
 def test_write_into_place_writes_text_and_bytes(tmp_path):
