@@ -270,7 +270,8 @@ def load_dataset(
             print how many; otherwise such a pair is an error naming both
             sizes.
         test_parts: Kaggle layout: image names (without extension) held out
-            for testing in every tile; `TEST_PARTS` by default.
+            for testing in every tile; `TEST_PARTS` by default, `()` for no
+            test split. A name that no tile holds is an error.
         val_per_tile: Kaggle layout: validation images drawn in every tile;
             1 by default.
         test_images: flat layout: stems of the images held out for testing.
@@ -395,11 +396,25 @@ def _split_tiles(root, names, test_parts, val_per_tile, test_images, val_fractio
             f"{root} is in the Kaggle tile layout, split by test_parts and "
             f"val_per_tile; {sorted(given)} apply to flat layouts (images/ + masks/). "
             f"Leave them out, or pass test_parts=... and val_per_tile=... instead.")
-    test_parts = TEST_PARTS if test_parts is None else test_parts
+    test_parts = TEST_PARTS if test_parts is None else (
+        (test_parts,) if isinstance(test_parts, str) else tuple(test_parts))
+    parts = sorted({name.split("/")[1] for name in names})
+    unknown = sorted(set(test_parts) - set(parts))
+    if unknown:
+        raise ValueError(
+            f"test_parts names {unknown[:5]}, which no tile of {root} holds (its "
+            f"images are named like {parts[:3]}); give image names without extension "
+            f"or folder, or test_parts=() for no test split.")
     val_per_tile = 1 if val_per_tile is None else val_per_tile
-    if val_per_tile < 0:
-        raise ValueError(f"val_per_tile must be >= 0, got {val_per_tile}.")
-    return _split_by_source(names, test_parts, val_per_tile, seed)
+    if isinstance(val_per_tile, bool) or not isinstance(val_per_tile, int) or val_per_tile < 0:
+        raise ValueError(f"val_per_tile must be an int >= 0, got {val_per_tile!r}.")
+    split_of = _split_by_source(names, test_parts, val_per_tile, seed)
+    if "train" not in split_of.values():
+        raise ValueError(
+            f"{root} holds {len(names)} images: test_parts={list(test_parts)} and "
+            f"val_per_tile={val_per_tile} leave none for training. Lower val_per_tile "
+            f"or hold out fewer test_parts.")
+    return split_of
 
 
 def _split_by_source(names, test_parts, val_per_tile, seed):

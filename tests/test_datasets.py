@@ -54,6 +54,16 @@ def test_tile_and_flat_split_arguments_are_not_mixed(tmp_path, tiny_root):
         load_flat(tmp_path, val_fraction=0.5, test_fraction=0.5)
 
 
+def test_a_tile_split_that_names_no_image_or_leaves_no_training_is_refused(tiny_root):
+    with pytest.raises(ValueError, match=r"test_parts names \['image_part_008.jpg'\]"):
+        utils.load_dataset(tiny_root, 32, test_parts=["image_part_008.jpg"])
+    one = utils.load_dataset(tiny_root, 32, test_parts="image_part_009", val_per_tile=0)
+    assert all(n.endswith("/image_part_009") for n in one.sources["test"])  # not a substring
+    assert len(one.sources["test"]) == 3
+    with pytest.raises(ValueError, match="leave none for training"):
+        utils.load_dataset(tiny_root, 32, val_per_tile=7)
+
+
 def test_patch_size_must_be_a_multiple_of_16(tiny_root):
     with pytest.raises(ValueError, match="patch_size must be a multiple of 16"):
         utils.load_dataset(tiny_root, patch_size=50)
