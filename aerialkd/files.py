@@ -220,7 +220,15 @@ def read_pair(
 
 
 def decode_pair(image_path, mask_path, table, resize_masks=False):
-    image = _read_image(image_path).convert("RGB")
+    image = _read_image(image_path)
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        depth = "floating-point" if image.mode == "F" else "16- or 32-bit"
+        raise ValueError(
+            f"{image_path}: image is {depth} (mode {image.mode}); images must be "
+            f"8-bit RGB, and converting would clip every value above 255 to white. "
+            f"Rescale it to 0..255 and save it as 8-bit first (for whole GeoTIFF "
+            f"scenes, segment_scene(..., rescale=(low, high)) does that).")
+    image = image.convert("RGB")
     mask = _read_image(mask_path)
     if mask.mode in ("L", "LA", "I", "I;16", "F", "1"):
         raise ValueError(

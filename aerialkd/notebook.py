@@ -8,7 +8,9 @@ import math
 import os
 import pathlib
 import platform
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -212,8 +214,10 @@ def profile_data_root(profile: Profile) -> pathlib.Path:
     """The folder of a profile's dataset.
 
     `tiny` writes the synthetic dataset into the output folder (once).
-    `full` reads `$SSSI_DATA` if set, else `data/` in the repository, else
-    downloads from Kaggle into it.
+    `full` reads `$SSSI_DATA` if set (an error if that folder does not
+    exist), else `data/` in the repository, else downloads the dataset from
+    Kaggle (`download_dataset`, into kagglehub's cache). `tiny` writes the
+    synthetic dataset once under the output folder, whole or not at all.
 
     Example:
 
@@ -222,12 +226,27 @@ def profile_data_root(profile: Profile) -> pathlib.Path:
     """
     if profile.name == "tiny":
         root = profile.output_dir / "data" / DATASET_DIRNAME
-        if not root.exists():
-            make_tiny_dataset(profile.output_dir / "data")
+        if not root.exists():  # written beside it, then renamed: never found half-written
+            root.parent.mkdir(parents=True, exist_ok=True)
+            staging = pathlib.Path(tempfile.mkdtemp(prefix=".tiny.", dir=root.parent))
+            try:
+                os.replace(make_tiny_dataset(staging), root)
+            except OSError:  # another notebook wrote it first
+                if not root.exists():
+                    raise
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
         return root
-    candidates = [os.environ.get("SSSI_DATA"), REPO_ROOT / "data"]
-    root = next((c for c in candidates if c and pathlib.Path(c).exists()), None)
-    return find_dataset_root(download_dataset(REPO_ROOT / "data") if root is None else root)
+    given = os.environ.get("SSSI_DATA")
+    if given and not pathlib.Path(given).exists():
+        raise FileNotFoundError(
+            f"SSSI_DATA is {given!r}, which does not exist. Point it at the folder of "
+            f"the dataset (e.g. a mounted Drive folder), or unset it to use data/ in "
+            f"the repository or a Kaggle download.")
+    if given:
+        return find_dataset_root(given)
+    local = REPO_ROOT / "data"
+    return find_dataset_root(local if local.exists() else download_dataset(local))
 
 
 def saved_model_path(profile: Profile, name: str) -> pathlib.Path | None:
@@ -403,6 +422,13 @@ def train_model(
     >>> record["epochs"], record["distillation"]
     (1, {'kind': 'none'})
     """
+    if not isinstance(data, SegmentationDataset) or not data.in_memory:
+        raise ValueError(
+            f"train_model trains on a SegmentationDataset loaded into memory, got "
+            f"{'a streamed one' if isinstance(data, SegmentationDataset) else repr(data)}: "
+            f"pass profile_dataset(profile), or load_dataset(..., in_memory=True). A "
+            f"streamed dataset trains with plain Keras fit on data.stream(...), as in "
+            f"notebook 07.")
     epochs = profile.epochs if epochs is None else epochs
     seed = profile.seed if seed is None else seed
     fit_options.setdefault("sampling", profile.sampling)
@@ -477,6 +503,11 @@ def load_or_train(
         model, history, record = load_run(path)
         print(f"Loaded {describe_run(path, record)}")
         return model, history, record
+    if data is None:
+        raise FileNotFoundError(
+            f"No saved {name} in {profile.models_dir}"
+            f"{' or the committed models' if profile.name == 'full' else ''}, and no "
+            f"dataset to train it on: pass the data (profile_dataset(profile)).")
     epochs = profile.epochs if epochs is None else epochs
     print(f"No saved {name} in {profile.models_dir}: training it here, {epochs} epochs.")
     keras.utils.set_random_seed(profile.seed)

@@ -72,6 +72,18 @@ def test_greyscale_mask_is_refused(root):
         _load(root)
 
 
+@pytest.mark.parametrize("mode", ["I;16", "F"])
+def test_a_16_bit_or_float_image_is_refused_not_clipped_to_white(root, mode):
+    image = root / "Tile 1" / "images" / "image_part_001.png"
+    (root / "Tile 1" / "images" / "image_part_001.jpg").unlink()
+    values = np.linspace(0, 4000, 64 * 64).reshape(64, 64)
+    Image.fromarray(values.astype(np.uint16 if mode == "I;16" else np.float32)).save(
+        image.with_suffix(".tif"))
+    with pytest.raises(ValueError, match=rf"image_part_001\.tif: image is .*mode {mode}.*"
+                                         rf"8-bit"):
+        _load(root)
+
+
 def test_opaque_rgba_and_palette_masks_are_converted(root):
     before = _load(root).y_train
     masks = root / "Tile 1" / "masks"

@@ -84,6 +84,37 @@ def test_load_or_train_trains_what_is_missing_once_and_says_so(tiny_data, tmp_pa
     assert len(longer["loss"]) == 2 and record["epochs"] == 2
 
 
+def test_train_model_and_load_or_train_say_what_data_they_need(tiny_root, tmp_path):
+    profile = utils.load_profile("tiny", output_dir=tmp_path)
+    streamed = utils.load_dataset(tiny_root, 32, in_memory=False)
+    with pytest.raises(ValueError, match="a streamed one.*in_memory=True"):
+        utils.train_model(utils.build_unet(2), streamed, profile, name="m")
+    with pytest.raises(FileNotFoundError, match="No saved m .*pass the data"):
+        utils.load_or_train(profile, None, "m", utils.build_student)
+
+
+def test_the_tiny_dataset_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    profile = utils.load_profile("tiny", output_dir=tmp_path)
+    write = aerialkd.notebook.make_tiny_dataset
+
+    def killed(path):
+        write(path, images_per_tile=1)  # partway: one image a tile written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(aerialkd.notebook, "make_tiny_dataset", killed)
+    with pytest.raises(KeyboardInterrupt):
+        utils.profile_data_root(profile)
+    monkeypatch.undo()
+    root = utils.profile_data_root(profile)  # written again, whole
+    assert len(utils.find_pairs(root)) == 27 and list(root.parent.iterdir()) == [root]
+
+
+def test_a_missing_sssi_data_folder_is_an_error_not_a_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSSI_DATA", str(tmp_path / "typo"))
+    with pytest.raises(FileNotFoundError, match="SSSI_DATA is .*typo.*does not exist"):
+        utils.profile_data_root(utils.load_profile("full", output_dir=tmp_path))
+
+
 class SlowEpochs(keras.callbacks.Callback):
     """Adds `seconds` to the start of every epoch."""
 
