@@ -286,13 +286,23 @@ class ColorTable:
         known = self._codes[index] == code
         if not known.all():
             values, counts = np.unique(code[~known], return_counts=True)
-            unknown = {code_to_hex(v): int(n) for v, n in list(zip(values, counts))[:5]}
+            order = np.argsort(-counts, kind="stable")[:5]  # the most frequent first
+            unknown = {code_to_hex(values[i]): int(counts[i]) for i in order}
+            share = counts.sum() / code.size
+            # many colours, each rare: the mask's edges were blended or compressed
+            lossy = (" So many colours suggest a mask saved with lossy compression "
+                     "(JPEG) or resized with blending (anti-aliased edges): save masks "
+                     "as PNG and resize them with nearest-neighbour sampling."
+                     if len(values) > 20 else "")
+            colours = f"{len(values)} colour{'s' * (len(values) > 1)}"
             raise ValueError(
-                f"{source}: colours outside the classes: {unknown} (colour: pixel "
-                f"count). Known colours are the class colours "
+                f"{source}: {colours} outside the classes, on {share:.1%} of "
+                f"its pixels; the most frequent: {unknown} (colour: pixel count). "
+                f"Known colours are the class colours "
                 f"{[rgb_to_hex(c) for c in self.palette]} and ignore_colors "
                 f"{list(self.ignore_colors)}. Add the colour to `classes` if it is a "
-                f"class, to `ignore_colors` if it means 'not annotated', or fix the mask."
+                f"class, to `ignore_colors` if it means 'not annotated', or fix the "
+                f"mask.{lossy}"
             )
         return self._labels[index]
 

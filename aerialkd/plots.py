@@ -267,6 +267,13 @@ def plot_pr_curves(
                              squeeze=False)
     for ax in axes.flat[len(drawn):]:
         ax.set_visible(False)
+    for model_name, res in results.items():
+        if not any(class_names[c] in res["pr_curves"] for c in drawn):
+            plt.close(fig)
+            raise ValueError(
+                f"The curves of {model_name!r} are of the classes "
+                f"{sorted(res['pr_curves'])}, none of {[class_names[c] for c in drawn]}: "
+                f"pass the class_names its segmentation_metrics were computed with.")
     for c, ax in zip(drawn, axes.flat):
         name = class_names[c]
         for model_name, res in results.items():
@@ -347,6 +354,10 @@ def plot_class_shares(data: SegmentationDataset, path: os.PathLike | str | None 
 
     from matplotlib.patches import Patch
 
+    if not data.in_memory:
+        raise ValueError("plot_class_shares counts the labels of every split, which a "
+                         "streamed dataset has not read: load it with "
+                         "load_dataset(..., in_memory=True).")
     names, palette = tuple(data.classes), np.asarray(data.palette)
     fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(names)), 3.4))
     width = 0.27

@@ -105,8 +105,20 @@ def test_colour_outside_the_palette(root):
     mask = root / "Tile 1" / "masks" / "image_part_002.png"
     rgb = np.asarray(Image.open(mask).convert("RGB")).copy()
     rgb[:2, :2] = (1, 2, 3)
+    rgb[2:5, :2] = (9, 9, 9)
     Image.fromarray(rgb).save(mask)
-    with pytest.raises(ValueError, match=r"image_part_002\.png: colours outside the classes: \{'#010203': 4\}"):
+    with pytest.raises(ValueError, match=r"image_part_002\.png: 2 colours outside the classes, "
+                                         r"on 0\.2% of its pixels; the most frequent: "
+                                         r"\{'#090909': 6, '#010203': 4\}"):
+        _load(root)
+
+
+def test_a_mask_saved_as_jpeg_is_said_to_be_lossy(root):
+    mask = root / "Tile 1" / "masks" / "image_part_002.png"
+    Image.open(mask).convert("RGB").save(mask.with_suffix(".jpg"), quality=95)
+    mask.unlink()
+    with pytest.raises(ValueError, match=r"image_part_002\.jpg: \d+ colours .*lossy "
+                                         r"compression \(JPEG\)"):
         _load(root)
 
 

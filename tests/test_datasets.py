@@ -120,7 +120,7 @@ def test_unknown_colour_is_an_error_naming_the_file_and_the_colour(tmp_path):
     mask = utils.labels_to_rgb(labels, OWN_PALETTE)
     mask[0, :5] = [255, 0, 255]
     write_pair(tmp_path, "a", labels, mask=mask)
-    with pytest.raises(ValueError, match=r"masks/a\.png: colours outside the classes.*#FF00FF"):
+    with pytest.raises(ValueError, match=r"masks/a\.png: 1 colour outside the classes.*#FF00FF"):
         load_flat(tmp_path)
 
 

@@ -41,6 +41,11 @@ def test_history_pr_and_confusion_plots_return_figures():
     fig = utils.plot_confusion_matrix(res["confusion_matrix"], "m")
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert texts.count("1.00") == 6  # normalised rows
+    fig = utils.plot_confusion_matrix(np.array([[3, 1], [0, 4]]), "m")
+    texts = [t.get_text() for t in fig.axes[0].texts]  # row by row: truth down, prediction across
+    assert texts == ["0.75", "0.25", "0.00", "1.00"]  # by row (truth), not by column
+    with pytest.raises(ValueError, match=r"classes \['class 0', .*none of \['Building'"):
+        utils.plot_pr_curves({"m": res}, class_names=utils.CLASSES)
 
 
 def test_sweep_heatmap_shows_each_setting_against_the_scratch_reference():
@@ -65,6 +70,10 @@ def test_class_shares_are_drawn_for_the_data_s_own_classes(tmp_path):
     fig = utils.plot_class_shares(data)
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert labels == list(data.classes) and len(labels) == 3
+    streamed = utils.load_dataset(root, patch_size=32, classes=root / "classes.json",
+                                  resize_masks=True, in_memory=False)
+    with pytest.raises(ValueError, match="streamed dataset.*in_memory=True"):
+        utils.plot_class_shares(streamed)
 
 
 def test_tradeoff_draws_each_group_at_the_mean_of_its_seeds_with_every_seed(tmp_path):
