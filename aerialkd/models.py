@@ -187,7 +187,9 @@ def count_flops(model: keras.Model, input_size: int = 256) -> int:
     activations and dropout are negligible and left out.
 
     Args:
-        model: a model from `build_unet` (or any stack of 2D convolutions).
+        model: a model from `build_unet` (or any stack of 2D convolutions),
+            or a `symmetry_ensemble` or `ensemble_teacher` of such models
+            (8 passes of the model, one pass of each member).
         input_size: side of the square input.
 
     Returns:
@@ -201,7 +203,11 @@ def count_flops(model: keras.Model, input_size: int = 256) -> int:
     shapes = _layer_output_shapes(model, input_size)
     flops = 0
     for layer in model.layers:
-        if isinstance(layer, layers.Conv2DTranspose):
+        if isinstance(layer, SymmetryAverage):
+            flops += 8 * count_flops(layer.model, input_size)
+        elif isinstance(layer, keras.Model):  # a member of an ensemble
+            flops += count_flops(layer, input_size)
+        elif isinstance(layer, layers.Conv2DTranspose):
             h, w = shapes[layer.name][1:3]
             c_in = layer.input.shape[-1]
             k = np.prod(layer.kernel_size)

@@ -27,6 +27,14 @@ def test_flops_match_a_hand_count_and_the_4x_ratio():
     assert abs(teacher / 1e9 - 6.08) < 0.01 and abs(student / 1e9 - 1.54) < 0.01
 
 
+def test_flops_of_ensembles_count_every_pass():
+    small = utils.build_unet(2)
+    once = utils.count_flops(small, 64)
+    assert utils.count_flops(utils.symmetry_ensemble(small), 64) == 8 * once  # was 0
+    members = [utils.build_unet(2, name=f"m{i}") for i in range(3)]
+    assert utils.count_flops(utils.ensemble_teacher(members), 64) == 3 * once
+
+
 def test_unet_returns_logits_not_probabilities(small_unet):
     out = keras.ops.convert_to_numpy(small_unet(np.random.default_rng(0).uniform(
         0, 255, (2, 48, 80, 3)).astype("float32")))
