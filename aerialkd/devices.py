@@ -40,7 +40,9 @@ def data_parallel(devices: int | Sequence[str] | None = None) -> Iterator[DataPa
     its share, and the gradients are summed, so a step on N devices with a
     batch of B patches is the step one device takes with the same B patches:
     the losses of this package (`SegmentationLoss`, `Distiller`) give the same
-    value and gradient, to float rounding, on any number of devices. Under
+    value and gradient, to float rounding, on any number of devices (but for
+    a `Distiller` of `kind="dist"` on TensorFlow, whose intra-class term
+    correlates each replica's share of the batch, not the whole batch). Under
     it, `fit_segmentation` drops an epoch's last, partial training batch (so
     use a `batch_size` the devices divide), and `predict_logits` (and so
     `evaluate_segmentation`) pads a batch the devices do not divide and drops

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -101,8 +102,8 @@ class Distiller(keras.Model):
         check_kd_arguments(temperature, kind)
         if not isinstance(standardize, bool):
             raise ValueError(f"standardize must be True or False, got {standardize!r}.")
-        if isinstance(feature_weight, bool) or not isinstance(feature_weight, (int, float)) \
-                or not feature_weight >= 0:
+        if isinstance(feature_weight, (bool, np.bool_)) \
+                or not isinstance(feature_weight, numbers.Real) or not feature_weight >= 0:
             raise ValueError(f"feature_weight must be a number >= 0 (0 turns the feature "
                              f"term off), got {feature_weight!r}.")
         _check_teacher_and_student(teacher, student)
@@ -234,7 +235,7 @@ def _trains_in_float16(model):
 
 
 def _check_alpha(alpha):
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) \
+    if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, numbers.Real) \
             or not 0 <= alpha <= 1:
         raise ValueError(
             f"alpha is the weight of the student's own loss and must be "

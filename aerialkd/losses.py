@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 from numpy.typing import ArrayLike
 
@@ -18,10 +20,14 @@ class SegmentationLoss(keras.losses.Loss):
     """Dice plus (focal) cross-entropy on logits, ignoring unannotated pixels.
 
     The sum of a cross-entropy term, computed with Keras'
-    `categorical_crossentropy` or `categorical_focal_crossentropy` from
-    logits, and a soft multi-class Dice term, computed with Keras' `dice`
-    per class over the whole batch and averaged over classes. Pixels
-    labelled `IGNORE_INDEX` count in neither.
+    `categorical_crossentropy` from logits, or a focal one (Lin et al., 2017:
+    `-(1 - p)^gamma log p` of the true class, from the log-softmax, so a
+    confidently wrong pixel keeps its gradient, which Keras'
+    `categorical_focal_crossentropy` clips away), and a soft multi-class
+    Dice term, computed as Keras' `dice` per class over the whole batch and
+    averaged over classes. Pixels labelled `IGNORE_INDEX` count in neither;
+    a batch with none annotated has loss 0. Labels may carry a trailing
+    axis of 1, as Keras' sparse losses allow.
 
     Args:
         kind: "cross_entropy" or "focal".
@@ -70,6 +76,8 @@ class SegmentationLoss(keras.losses.Loss):
     def call(self, y_true: ArrayLike, y_pred: ArrayLike) -> ArrayLike:
         logits = ops.cast(y_pred, "float32")
         labels = ops.cast(y_true, "int32")
+        if len(labels.shape) == len(logits.shape) and labels.shape[-1] == 1:
+            labels = ops.squeeze(labels, axis=-1)  # (N, H, W, 1), as Keras' sparse losses take
         n_classes = self.n_classes or logits.shape[-1]
         if logits.shape[-1] is not None and logits.shape[-1] != n_classes:
             raise ValueError(f"SegmentationLoss(n_classes={n_classes}) got logits of "
@@ -84,8 +92,8 @@ class SegmentationLoss(keras.losses.Loss):
         weights = (ops.ones((n_classes,)) if self.class_weights is None
                    else ops.convert_to_tensor(self.class_weights, "float32"))
         if self.kind == "focal":
-            ce = keras.losses.categorical_focal_crossentropy(
-                onehot, logits, alpha=1.0, gamma=self.gamma, from_logits=True)
+            log_p = ops.log_softmax(logits, axis=-1)
+            ce = -ops.sum(onehot * (1.0 - ops.exp(log_p)) ** self.gamma * log_p, axis=-1)
         else:
             ce = keras.losses.categorical_crossentropy(
                 onehot, logits, from_logits=True)
@@ -108,7 +116,10 @@ class SegmentationLoss(keras.losses.Loss):
             intersection = sums[2 : 2 + n_classes]
             total = sums[2 + n_classes :]
             per_class = 1.0 - 2.0 * intersection / (total + keras.backend.epsilon())
-            loss += self.dice_weight * ops.sum(per_class * weights) / ops.sum(weights)
+            # (a batch with no annotated pixel would count 1 for each class)
+            annotated = ops.cast(sums[1] > 0, "float32")
+            loss += (self.dice_weight * annotated * ops.sum(per_class * weights)
+                     / ops.sum(weights))
         # Keras reduces per-sample losses; a batch-wide scalar is broadcast.
         return ops.ones_like(logits[:, 0, 0, 0]) * loss
 
@@ -148,7 +159,8 @@ def distillation_loss(
       1 - Pearson correlation of teacher and student `p` over the classes
       of a pixel, averaged over pixels; the intra-class term is 1 - Pearson
       correlation over all `N * H * W` pixels of a class, averaged over
-      classes. The loss is `T^2 * (inter + intra)` (DIST's beta and gamma
+      classes (under `data_parallel` on TensorFlow, over each device's share
+      of the batch, so the term differs a little from one device's). The loss is `T^2 * (inter + intra)` (DIST's beta and gamma
       fixed at 1). It asks the student to match the teacher's *relations*,
       not its exact probabilities: it is 0 for a student whose
       probabilities are a positive affine map of the teacher's.
@@ -276,9 +288,10 @@ class SegmentationKD(_KERAS_DISTILLATION_LOSS):
         return cls(**config)
 
 
-def check_kd_arguments(temperature, kind):
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-            or not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}.")
+def check_kd_arguments(temperature: float, kind: str) -> None:
+    """Raises a `ValueError` unless `temperature` is a number > 0 and `kind` one of `KD_KINDS`."""
+    if isinstance(temperature, (bool, np.bool_)) \
+            or not isinstance(temperature, numbers.Real) or not temperature > 0:
+        raise ValueError(f"temperature must be a number > 0, got {temperature!r}.")
     if kind not in KD_KINDS:
         raise ValueError(f"kind must be one of {KD_KINDS}, got {kind!r}.")

@@ -57,7 +57,7 @@ def test_distiller_rejects_bad_arguments():
     for alpha in (-0.1, 1.5):
         with pytest.raises(ValueError, match=r"alpha .* must be in \[0, 1\]"):
             utils.Distiller(teacher=teacher, student=student, alpha=alpha)
-    with pytest.raises(ValueError, match="temperature must be > 0"):
+    with pytest.raises(ValueError, match="temperature must be a number > 0"):
         utils.Distiller(teacher=teacher, student=student, temperature=0)
     with pytest.raises(ValueError, match="kind must be"):
         utils.Distiller(teacher=teacher, student=student, kind="feature")

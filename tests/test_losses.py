@@ -56,10 +56,17 @@ def test_keras_logits_distillation_agrees_only_with_a_kl_instance():
     assert float(trap.compute_loss(t, s)) != pytest.approx(ours, rel=0.1)
 
 
-@pytest.mark.parametrize("bad", [0.0, -1.0])
+@pytest.mark.parametrize("bad", [0.0, -1.0, np.float32(0.0), True])
 def test_kd_rejects_non_positive_temperature(bad):
-    with pytest.raises(ValueError, match="temperature must be > 0"):
+    with pytest.raises(ValueError, match="temperature must be a number > 0"):
         utils.distillation_loss(random_logits(SHAPE), random_logits(SHAPE), bad)
+
+
+def test_kd_takes_numpy_numbers_as_temperature():
+    t, s = random_logits(SHAPE, 1), random_logits(SHAPE, 2)
+    ours = float(utils.distillation_loss(t, s, 2.0))
+    assert float(utils.distillation_loss(t, s, np.float32(2.0))) == pytest.approx(ours)
+    assert float(utils.distillation_loss(t, s, np.int64(2))) == pytest.approx(ours)
 
 
 def test_kd_teaches_on_unannotated_pixels_and_the_label_loss_does_not():
@@ -122,6 +129,40 @@ def test_keras_dice_default_is_one_global_score_not_a_class_mean():
     per_class = keras.ops.convert_to_numpy(keras.losses.dice(y, p, axis=0))
     assert global_dice == pytest.approx(1 - 6 / 8)
     assert per_class[0] == pytest.approx(1 - 6 / 7) and per_class[1] == pytest.approx(1.0)
+
+
+def test_focal_loss_is_keras_focal_loss_where_keras_does_not_clip():
+    logits = random_logits((2, 8, 8, 6), 5)
+    labels = np.random.default_rng(6).integers(0, 6, (2, 8, 8))
+    keras_focal = keras.losses.categorical_focal_crossentropy(
+        np.eye(6)[labels], logits, alpha=1.0, gamma=2.0, from_logits=True)
+    ours = utils.SegmentationLoss("focal", dice_weight=0)(labels, logits)
+    assert float(ours) == pytest.approx(float(keras.ops.mean(keras_focal)), rel=1e-5)
+
+
+def test_focal_loss_keeps_a_confidently_wrong_pixel_s_loss():
+    # The true class trails by 20: p = e^-20 (Keras clips p to 1e-7, a loss of
+    # 16.12 and no gradient); -(1 - p)^2 log p is 20 by hand.
+    logits = np.zeros((1, 1, 1, 6), "float32")
+    logits[..., 1] = 20.0
+    labels = np.zeros((1, 1, 1), "int32")
+    loss = utils.SegmentationLoss("focal", dice_weight=0)(labels, logits)
+    p = 1 / (1 + np.exp(20) + 4)
+    assert float(loss) == pytest.approx(-(1 - p) ** 2 * np.log(p), rel=1e-5)
+    assert float(loss) == pytest.approx(20.0, abs=1e-3)
+
+
+def test_a_batch_without_annotated_pixels_has_no_loss():
+    logits = random_logits((2, 4, 4, 6), 1)
+    ignored = np.full((2, 4, 4), utils.IGNORE_INDEX)
+    assert float(utils.SegmentationLoss()(ignored, logits)) == 0.0  # was 1: Dice of nothing
+
+
+def test_labels_with_a_trailing_axis_of_one_give_the_same_loss():
+    logits = random_logits((2, 4, 4, 6), 1)
+    labels = np.random.default_rng(2).integers(0, 6, (2, 4, 4))
+    loss = utils.SegmentationLoss()
+    assert float(loss(labels[..., None], logits)) == pytest.approx(float(loss(labels, logits)))
 
 
 def test_focal_loss_is_below_cross_entropy():
