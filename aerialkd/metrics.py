@@ -95,8 +95,8 @@ def iou_scores(
         raise ValueError(f"y_true has {y_true.size} labels but y_pred has {y_pred.size}.")
     valid = y_true != IGNORE_INDEX
     y_true, y_pred = y_true[valid].astype(np.int64), y_pred[valid].astype(np.int64)
-    if y_true.size and (y_true.max() >= n_classes or y_pred.min() < 0
-                        or y_pred.max() >= n_classes):
+    if y_true.size and (y_true.min() < 0 or y_true.max() >= n_classes
+                        or y_pred.min() < 0 or y_pred.max() >= n_classes):
         raise ValueError(f"labels must lie in [0, {n_classes}) or be {IGNORE_INDEX}.")
     cm = metrics.confusion_matrix(y_true, y_pred, labels=np.arange(n_classes))
     tp = np.diag(cm).astype(np.float64)

@@ -45,6 +45,8 @@ def test_iou_scores_match_scikit_learn_and_the_full_metrics():
         k: scores[k] for k in ("miou5", "miou6", "pixel_acc", "per_class_iou")}
     with pytest.raises(ValueError, match="labels must lie in"):
         utils.iou_scores(np.array([0, 7]), np.array([0, 1]), n_classes=6)
+    with pytest.raises(ValueError, match="labels must lie in"):  # another ignore convention
+        utils.iou_scores(np.array([0, -1, 1]), np.array([0, 1, 1]), n_classes=6)
 
 
 def test_scores_follow_the_class_count_and_the_labelled_classes():
