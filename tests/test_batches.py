@@ -172,6 +172,32 @@ def test_consistent_crops_keep_labels_in_the_valid_set(tiny_data, mix):
         assert set(np.unique(y)) <= allowed
 
 
+def test_scaled_and_turned_consistent_crops_keep_each_pixel_with_its_label():
+    # Blocks of 16 pixels, each labelled 0..5 and coloured 40 * label in red: in a
+    # crop, wherever the labels around a pixel agree (away from the blended block
+    # edges), its red must be 40 * its label. A flip of one side only, or labels
+    # sampled a pixel off, breaks that by 40 or more.
+    rng = np.random.default_rng(0)
+    images, labels = [], []
+    for height, width in ((96, 128), (128, 96)):
+        grid = rng.integers(0, 6, (height // 16, width // 16)).astype(np.uint8)
+        label = np.kron(grid, np.ones((16, 16), np.uint8))
+        images.append(np.stack([label * 40, 255 - label * 40, np.full_like(label, 7)], -1))
+        labels.append(label)
+    sequence = utils.ConsistentCropSequence(images, labels, 32, 64, batch_size=8, seed=1,
+                                            scale=(0.5, 2.0), symmetry=True, mix=None)
+    assert set(sequence.crops[:, 4]) == set(range(8)) and len(set(sequence.crops[:, 3])) > 10
+    checked = 0
+    for index in range(len(sequence)):
+        for x, y in zip(*sequence[index]):
+            window = np.lib.stride_tricks.sliding_window_view(y, (5, 5))
+            interior = window.max(axis=(2, 3)) == window.min(axis=(2, 3))
+            inner_x, inner_y = x[2:-2, 2:-2, 0], y[2:-2, 2:-2]
+            np.testing.assert_array_equal(inner_x[interior], 40 * inner_y[interior])
+            checked += interior.sum()
+    assert checked > 64 * 28 * 28 / 2
+
+
 def test_a_consistent_crop_at_scale_one_without_symmetry_or_mix_is_the_window(tiny_data):
     images, labels = tiny_data.whole_images("train")
     sequence = utils.ConsistentCropSequence(images, labels, 32, 8, batch_size=8,
