@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -226,6 +227,7 @@ def load_dataset(
     test_images: str | Sequence[str] | None = None,
     val_fraction: float | None = None,
     test_fraction: float | None = None,
+    group: str | None = None,
     seed: int = 0,
     in_memory: bool = True,
     extra_colors: Mapping[str, int] | None = None,
@@ -247,7 +249,11 @@ def load_dataset(
       gives 1305 patches, 290 of them in the default test set.
     - Flat folders: the images named in `test_images` (or a `test_fraction`
       of all images, drawn with `seed`) go to test, then a `val_fraction` of
-      all images, drawn with `seed` from the rest, to validation.
+      all images, drawn with `seed` from the rest, to validation. Images
+      cut from one larger scene (`scene7_r0_c0.png`, `scene7_r0_c1.png`,
+      ...) would put neighbouring ground in training and test: `group`
+      keeps each scene's images in one split, and the fractions count
+      scenes.
 
     With `in_memory=False` no pixel is read now (only the files' headers):
     `data.stream(split)` reads batches from the files as training asks for
@@ -279,6 +285,13 @@ def load_dataset(
             validation; 0.1 by default (at least one image if > 0).
         test_fraction: flat layout: share of the images drawn for testing
             when `test_images` is not given; 0.1 by default.
+        group: flat layout: a regular expression that finds an image's
+            scene in its stem (its first group, else its whole match, e.g.
+            `r"^(.+)_r\d+_c\d+$"` or `r"^[^_]+"`): images of one scene go
+            to one split, `test_images` takes their whole scenes, and
+            `val_fraction` and `test_fraction` are shares of the scenes. A
+            stem it does not match is an error. `None`: every image is its
+            own scene.
         seed: seed of the validation (and test fraction) draw.
         in_memory: hold every patch as arrays (`x_train`, ...); `False` to
             read batches from the files (`SegmentationDataset.stream`).
@@ -315,11 +328,15 @@ def load_dataset(
     pairs = find_pairs(root)
     stems = [name for name, _, _ in pairs]
     if folders is None:
+        if group is not None:
+            raise ValueError(f"{root} is in the Kaggle tile layout, where every image is "
+                             f"a scene of its own; group applies to flat layouts. Leave "
+                             f"it out.")
         split_of = _split_tiles(root, stems, test_parts, val_per_tile, test_images,
                                 val_fraction, test_fraction, seed)
     else:
         split_of = _split_flat(root, stems, test_parts, val_per_tile, test_images,
-                               val_fraction, test_fraction, seed)
+                               val_fraction, test_fraction, seed, group)
     sizes, resized = read_image_sizes(pairs, patch_size, resize_masks)
     if resized:
         print(f"resize_masks: rescaled {resized} of {len(pairs)} masks to the size of "
@@ -436,7 +453,7 @@ def _split_by_source(names, test_parts, val_per_tile, seed):
 
 
 def _split_flat(root, names, test_parts, val_per_tile, test_images, val_fraction,
-                test_fraction, seed):
+                test_fraction, seed, group=None):
     given = {k: v for k, v in (("test_parts", test_parts), ("val_per_tile", val_per_tile))
              if v is not None}
     if given:
@@ -453,6 +470,9 @@ def _split_flat(root, names, test_parts, val_per_tile, test_images, val_fraction
         if not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
             raise ValueError(f"{label} must be a number in [0, 1), got {fraction!r}.")
     rng = np.random.default_rng(seed)
+    scene_of = _scenes(root, names, group)
+    scenes = list(dict.fromkeys(scene_of[n] for n in names))  # in the images' order
+    what = "scenes" if group is not None else "images"
     if test_images is not None:
         test_images = [test_images] if isinstance(test_images, str) else list(test_images)
         unknown = sorted(set(test_images) - set(names))
@@ -460,17 +480,40 @@ def _split_flat(root, names, test_parts, val_per_tile, test_images, val_fraction
             raise ValueError(
                 f"test_images names {unknown[:5]}, not images of {root} (the stems "
                 f"there are like {names[:3]}); give file names without extension.")
-        test = set(test_images)
+        test = {scene_of[n] for n in test_images}
     else:
-        test = set(rng.permutation(names)[: _fraction_count(test_fraction, len(names))])
-    rest = [n for n in names if n not in test]
-    n_val = _fraction_count(val_fraction, len(names))
+        test = set(rng.permutation(scenes)[: _fraction_count(test_fraction, len(scenes))])
+    rest = [n for n in scenes if n not in test]
+    n_val = _fraction_count(val_fraction, len(scenes))
     if len(rest) - n_val < 1:
         raise ValueError(
-            f"{root} holds {len(names)} images: {len(test)} for test and {n_val} for "
+            f"{root} holds {len(scenes)} {what}: {len(test)} for test and {n_val} for "
             f"validation leave none for training. Lower test_fraction or val_fraction.")
     val = set(rng.permutation(rest)[:n_val]) if n_val else set()
-    return {n: "test" if n in test else "val" if n in val else "train" for n in names}
+    return {n: "test" if scene_of[n] in test else "val" if scene_of[n] in val else "train"
+            for n in names}
+
+
+def _scenes(root, names, group):
+    """Each image's scene: `group`'s first group (or whole match) in its stem, or itself."""
+    if group is None:
+        return {n: n for n in names}
+    try:
+        pattern = re.compile(group)
+    except (re.error, TypeError) as error:
+        raise ValueError(f"group must be a regular expression, got {group!r}: "
+                         f"{error}.") from error
+    scene_of, unmatched = {}, []
+    for name in names:
+        found = pattern.search(name)
+        if found is None:
+            unmatched.append(name)
+        else:
+            scene_of[name] = found.group(1) if pattern.groups else found.group(0)
+    if unmatched:
+        raise ValueError(f"group {group!r} finds no scene in the stems {unmatched[:5]} "
+                         f"of {root}: change the pattern to match every image's name.")
+    return scene_of
 
 
 def _fraction_count(fraction, n):

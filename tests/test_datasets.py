@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import utils
+from aerialkd.datasets import SPLITS
 from helpers import (OWN_CLASSES, OWN_PALETTE, block_labels, load_flat, write_flat,
                      write_pair)
 
@@ -42,6 +43,28 @@ def test_test_images_named_by_stem_go_to_test(tmp_path):
     assert data.sources["test"] == ["a1", "a4"] and len(data.sources["val"]) == 1
     with pytest.raises(ValueError, match=r"test_images names \['a9'\]"):
         load_flat(tmp_path, test_images=["a9"])
+
+
+def test_images_cut_from_one_scene_stay_in_one_split(tmp_path, tiny_root):
+    for scene in range(5):
+        for tile in range(4):
+            write_pair(tmp_path, f"s{scene}_r{tile // 2}_c{tile % 2}",
+                       block_labels(16, 16, seed=4 * scene + tile))
+    data = load_flat(tmp_path, group=r"^(s\d+)_", val_fraction=0.2, test_fraction=0.2)
+    scenes = {split: {n.split("_")[0] for n in data.sources[split]} for split in SPLITS}
+    assert [len(scenes[s]) for s in SPLITS] == [3, 1, 1]  # fractions of the 5 scenes
+    assert [len(data.sources[s]) for s in SPLITS] == [12, 4, 4]  # whole scenes
+    alone = load_flat(tmp_path, val_fraction=0.2, test_fraction=0.2)  # every image a scene
+    assert len(alone.sources["test"]) == 4 and len(
+        {n.split("_")[0] for n in alone.sources["test"]}) > 1
+    named = load_flat(tmp_path, group=r"^s\d+", test_images=["s2_r1_c0"])
+    assert named.sources["test"] == ["s2_r0_c0", "s2_r0_c1", "s2_r1_c0", "s2_r1_c1"]
+    with pytest.raises(ValueError, match=r"group '\^t' finds no scene in the stems"):
+        load_flat(tmp_path, group="^t")
+    with pytest.raises(ValueError, match="group must be a regular expression"):
+        load_flat(tmp_path, group="(")
+    with pytest.raises(ValueError, match="group applies to flat layouts"):
+        utils.load_dataset(tiny_root, 32, group="^image")
 
 
 def test_tile_and_flat_split_arguments_are_not_mixed(tmp_path, tiny_root):
