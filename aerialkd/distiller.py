@@ -50,7 +50,9 @@ class Distiller(keras.Model):
     the teacher's. This term needs the teacher to run at every step:
     cached teacher logits are then used for nothing (`fit_segmentation`
     does not cache them). The student's logits of the loss come from the
-    same forward pass as its features.
+    same forward pass as its features; Keras' `train_step` runs the student
+    once more for the training metrics (with its own augmentation draw), so
+    a step costs a second student pass.
 
     It is the design of `keras.distillation.Distiller` reduced to one logits
     term, with two additions: it serializes whole (`get_config`,
