@@ -360,7 +360,16 @@ def download_dataset(
     if source is None:
         import kagglehub  # Imported here: only this path needs the network.
 
-        return find_dataset_root(kagglehub.dataset_download(KAGGLE_HANDLE))
+        try:
+            path = kagglehub.dataset_download(KAGGLE_HANDLE)
+        except Exception as error:  # network, API or credentials: kagglehub's many kinds
+            raise RuntimeError(
+                f"Downloading the dataset {KAGGLE_HANDLE} from Kaggle failed ({error}). "
+                f"Check the connection (on Kaggle, turn the notebook's Internet on), or "
+                f"download it yourself from https://www.kaggle.com/datasets/"
+                f"{KAGGLE_HANDLE} and pass the zip or folder: download_dataset("
+                f"source=...), or set SSSI_DATA to the unpacked folder.") from error
+        return find_dataset_root(path)
     source = pathlib.Path(source).expanduser()
     if source.is_file() and zipfile.is_zipfile(source):
         destination = pathlib.Path(destination)

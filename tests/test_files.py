@@ -106,3 +106,14 @@ def test_importing_utils_touches_no_network():
     done = subprocess.run([sys.executable, "-c", code], cwd=utils.REPO_ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_failed_kaggle_download_says_what_else_to_do(monkeypatch):
+    kagglehub = pytest.importorskip("kagglehub")
+
+    def offline(handle):
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(kagglehub, "dataset_download", offline)
+    with pytest.raises(RuntimeError, match=r"no route to host.*Internet.*source=.*SSSI_DATA"):
+        utils.download_dataset()
