@@ -257,9 +257,10 @@ def saved_model_path(profile: Profile, name: str) -> pathlib.Path | None:
     (`COMMITTED_MODELS`, the ones the rendered notebooks show), so that a
     notebook opened alone in a fresh Colab runtime can go on from them.
     A run is finished when its record (`<name>_run.json`) is written and no
-    backup of it is left: the model of an interrupted run (say, a Colab
-    runtime that disconnected) is only its best epoch so far, so it is not
-    returned, and training it again resumes from the backup.
+    backup of it is left. An interrupted run in this run's folder (say, on
+    Drive, after a Colab runtime disconnected) gives `None`, whatever was
+    committed: its model is only its best epoch so far, and training it
+    again resumes it from the backup.
 
     Args:
         profile: the `Profile`.
@@ -274,6 +275,8 @@ def saved_model_path(profile: Profile, name: str) -> pathlib.Path | None:
     >>> saved_model_path(profile, "teacher").relative_to(REPO_ROOT).as_posix()
     'results/models/teacher.keras'
     """
+    if RunFiles(profile.models_dir, name).backup.exists():  # unfinished here: resume it
+        return None
     files = _saved_run(profile, name, lambda f: (f.model.exists() and f.record.exists()
                                                  and not f.backup.exists()))
     return None if files is None else files.model
@@ -509,7 +512,11 @@ def load_or_train(
             f"{' or the committed models' if profile.name == 'full' else ''}, and no "
             f"dataset to train it on: pass the data (profile_dataset(profile)).")
     epochs = profile.epochs if epochs is None else epochs
-    print(f"No saved {name} in {profile.models_dir}: training it here, {epochs} epochs.")
+    if RunFiles(profile.models_dir, name).backup.exists():
+        print(f"{name} in {profile.models_dir} was interrupted: resuming it from its "
+              f"backup, {epochs} epochs in all.")
+    else:
+        print(f"No saved {name} in {profile.models_dir}: training it here, {epochs} epochs.")
     keras.utils.set_random_seed(profile.seed)
     precision = mixed_precision_policy()
     model = with_dtype_policy(build(), precision)

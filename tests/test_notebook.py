@@ -59,10 +59,11 @@ def test_saved_models_come_from_this_run_first_then_the_committed_ones(tmp_path)
     full.models_dir.mkdir(parents=True)
     files = utils.RunFiles(full.models_dir, "teacher")
     files.model.write_bytes(b"")  # the best epoch so far of a run that has not finished
-    files.backup.mkdir()
     assert utils.saved_model_path(full, "teacher") == utils.COMMITTED_MODELS / "teacher.keras"
+    files.backup.mkdir()  # interrupted here: neither it nor the committed one, it resumes
+    assert utils.saved_model_path(full, "teacher") is None
     files.record.write_text("{}")
-    assert utils.saved_model_path(full, "teacher") == utils.COMMITTED_MODELS / "teacher.keras"
+    assert utils.saved_model_path(full, "teacher") is None
     files.backup.rmdir()  # finished: the record written, the backup gone
     assert utils.saved_model_path(full, "teacher") == files.model
     assert utils.saved_model_path(full, "no_such_model") is None
