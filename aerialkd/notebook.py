@@ -118,13 +118,18 @@ def in_colab() -> bool:
     return "google.colab" in sys.modules
 
 
+def _on_kaggle():
+    """Whether this runs in a Kaggle notebook."""
+    return "KAGGLE_KERNEL_RUN_TYPE" in os.environ
+
+
 def load_profile(
     name: str | None = None, output_dir: os.PathLike | str | None = None
 ) -> Profile:
     """Returns the `Profile` chosen by `name` or the environment.
 
     The profile is `name`, else `$SSSI_PROFILE`, else "full" in Colab and
-    "tiny" elsewhere. The output folder is `output_dir`, else
+    Kaggle notebooks and "tiny" elsewhere. The output folder is `output_dir`, else
     `$SSSI_OUTPUT`, else `outputs/<profile>` in the repository. The recipe is
     `PROFILES[name]`, nothing else: change it there or with
     `dataclasses.replace`, in view.
@@ -134,7 +139,8 @@ def load_profile(
     >>> load_profile("tiny").epochs
     3
     """
-    name = name or os.environ.get("SSSI_PROFILE") or ("full" if in_colab() else "tiny")
+    name = name or os.environ.get("SSSI_PROFILE") or (
+        "full" if in_colab() or _on_kaggle() else "tiny")
     if name not in PROFILES:
         raise ValueError(
             f"Unknown profile {name!r} (from SSSI_PROFILE?): choose one of "

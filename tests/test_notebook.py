@@ -22,7 +22,10 @@ def test_profile_defaults_to_full_in_colab_and_tiny_elsewhere(fake_colab, monkey
     assert utils.load_profile().name == "tiny"
     monkeypatch.delitem(sys.modules, "google.colab")
     monkeypatch.delenv("SSSI_PROFILE")
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
     assert utils.load_profile().name == "tiny"
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")  # a Kaggle notebook
+    assert utils.load_profile().name == "full"
 
 
 def test_unknown_profile_is_refused(monkeypatch):

@@ -46,7 +46,7 @@ def test_committed_notebooks_hold_no_tiny_run_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_setup_cell_clones_and_installs_only_in_colab(path, fake_colab, tmp_path,
+def test_setup_cell_clones_and_installs_only_in_colab_and_kaggle(path, fake_colab, tmp_path,
                                                       monkeypatch):
     calls = []
 
@@ -70,9 +70,13 @@ def test_setup_cell_clones_and_installs_only_in_colab(path, fake_colab, tmp_path
     assert [c[0] for c in calls].count("git") == 1
 
     monkeypatch.delitem(sys.modules, "google.colab")
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
     calls.clear()
     exec(bootstrap, {})
-    assert calls == []
+    assert calls == []  # locally and in CI
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")  # a Kaggle notebook
+    exec(bootstrap, {})
+    assert calls[0][1:] == ["-m", "pip", "install", "-q", "-r", "sssi/requirements.txt"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
