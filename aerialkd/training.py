@@ -273,7 +273,18 @@ def fit_segmentation(
     # sequence must know a resumed run's epoch before fit starts: our own
     # record of finished epochs, kept in the backup folder beside Keras' backup
     # (and deleted with it when training ends).
-    epochs_done = EpochRecord(files.epochs_done)
+    precision = getattr(model, "student", model).dtype_policy.name
+    epochs_done = EpochRecord(files.epochs_done, precision)
+    recorded = epochs_done.recorded_precision()
+    if files.backup.exists() and recorded not in (None, precision):
+        raise ValueError(
+            f"The backup in {files.backup} trained in {recorded}, and this model computes "
+            f"in {precision} (another kind of device picks another precision, e.g. a "
+            f"T4's mixed_float16, a CPU's float32): its optimizer state would not load, "
+            f"and the resumed run would start its learning-rate schedule again. Resume "
+            f"on the same kind of device, or build the model with "
+            f"with_dtype_policy(model, {recorded!r}), or delete the backup to train "
+            f"afresh.")
     seen = gather_json(epochs_done.read())  # by every process, as each restores the backup
     if len(set(seen)) > 1:
         raise RuntimeError(

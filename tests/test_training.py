@@ -100,6 +100,24 @@ def test_a_run_killed_between_its_history_row_and_its_backup_resumes_with_one_ro
         np.testing.assert_array_equal(resumed[key], straight[key], err_msg=key)
 
 
+def test_a_backup_is_not_resumed_in_another_precision(tiny_data, tmp_path):
+    # A T4 trains in mixed_float16 with a loss-scale optimizer; a CPU runtime that
+    # resumed its backup in float32 would load the weights but not the optimizer.
+    data = small_data(tiny_data)
+    kwargs = dict(epochs=2, name="m", batch_size=4, verbose=0, output_dir=tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        utils.fit_segmentation(fresh_segmenter(), data, callbacks=[AtEpochBegin(1, disconnect)],
+                               **kwargs)
+    keras.utils.set_random_seed(0)
+    other = utils.compile_segmentation(utils.with_dtype_policy(utils.build_unet(2),
+                                                               "mixed_bfloat16"))
+    with pytest.raises(ValueError, match=r"trained in float32, and this model computes in "
+                                         r"mixed_bfloat16.*with_dtype_policy\(model, 'float32'\)"):
+        utils.fit_segmentation(other, data, **kwargs)
+    history = utils.fit_segmentation(fresh_segmenter(), data, **kwargs)  # the same: resumes
+    assert history["epoch"] == [0, 1]
+
+
 class _FinalWeights(keras.callbacks.Callback):
     """Keeps the model's weights as training ends."""
 
