@@ -318,7 +318,10 @@ def fit_segmentation(
             *([keras.callbacks.CSVLogger(str(files.history_csv), append=True), best]
               if writer else []),
             stop_on_nan,
-            SharedBackup(str(files.backup)),  # every process restores, process 0 writes
+            # every process restores, process 0 writes; a backup cut short by a kill
+            # (an epoch's weights half-written) falls back to the epoch before,
+            # which the record of epochs done, written after it, still names
+            SharedBackup(str(files.backup), double_checkpoint=True),
             *([epochs_done] if writer else []),
             *callbacks,
         ],

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -98,6 +99,31 @@ def test_a_run_killed_between_its_history_row_and_its_backup_resumes_with_one_ro
     assert resumed["epoch"] == [0, 1, 2]
     for key in straight:
         np.testing.assert_array_equal(resumed[key], straight[key], err_msg=key)
+
+
+def test_a_run_killed_while_writing_its_backup_resumes_from_the_epoch_before(
+        tiny_data, tmp_path):
+    data = small_data(tiny_data)
+    kwargs = dict(epochs=3, name="m", batch_size=4, verbose=0)
+    ends = [_FinalWeights(), _FinalWeights()]
+    utils.fit_segmentation(fresh_segmenter(), data, output_dir=tmp_path / "a",
+                           callbacks=[ends[0]], **kwargs)
+    with pytest.raises(KeyboardInterrupt):
+        utils.fit_segmentation(fresh_segmenter(), data, output_dir=tmp_path / "b",
+                               callbacks=[AtEpochBegin(2, disconnect)], **kwargs)
+    # As if killed while Keras wrote epoch 2's weights: they are garbage, its
+    # record of the epoch is the one before, and so is ours (written after).
+    files = utils.RunFiles(tmp_path / "b", "m")
+    (files.backup / "latest.weights.h5").write_bytes(b"half a file")
+    shutil.copy(files.backup / "training_metadata.json.bkp",
+                files.backup / "training_metadata.json")
+    done = json.loads(files.epochs_done.read_text())
+    files.epochs_done.write_text(json.dumps({**done, "epochs_done": 1}))
+    history = utils.fit_segmentation(fresh_segmenter(), data, output_dir=tmp_path / "b",
+                                     callbacks=[ends[1]], **kwargs)
+    assert history["epoch"] == [0, 1, 2]
+    for a, b in zip(ends[0].weights, ends[1].weights):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_a_backup_is_not_resumed_in_another_precision(tiny_data, tmp_path):
