@@ -219,11 +219,10 @@ def profile_dataset(profile: Profile) -> SegmentationDataset:
 def profile_data_root(profile: Profile) -> pathlib.Path:
     """The folder of a profile's dataset.
 
-    `tiny` writes the synthetic dataset into the output folder (once).
-    `full` reads `$SSSI_DATA` if set (an error if that folder does not
-    exist), else `data/` in the repository, else downloads the dataset from
-    Kaggle (`download_dataset`, into kagglehub's cache). `tiny` writes the
-    synthetic dataset once under the output folder, whole or not at all.
+    `tiny` writes the synthetic dataset into the output folder, once, whole
+    or not at all. `full` reads `$SSSI_DATA` if set (an error if that folder
+    does not exist), else `data/` in the repository, else downloads the
+    dataset from Kaggle (`download_dataset`, into kagglehub's cache).
 
     Example:
 
