@@ -70,6 +70,8 @@ class SegmentationLoss(keras.losses.Loss):
         self.dice_weight = float(dice_weight)
         self.class_weights = (None if class_weights is None
                               else [float(w) for w in class_weights])
+        if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or gamma < 0:
+            raise ValueError(f"gamma must be a number >= 0, got {gamma!r}.")
         self.gamma = float(gamma)
         self.n_classes = None if n_classes is None else int(n_classes)
 
@@ -93,7 +95,10 @@ class SegmentationLoss(keras.losses.Loss):
                    else ops.convert_to_tensor(self.class_weights, "float32"))
         if self.kind == "focal":
             log_p = ops.log_softmax(logits, axis=-1)
-            ce = -ops.sum(onehot * (1.0 - ops.exp(log_p)) ** self.gamma * log_p, axis=-1)
+            # 1 - p floored: at a saturated pixel it is 0, where x ** gamma has an
+            # infinite slope for gamma < 1 (0 * inf would make the batch's gradient NaN)
+            focus = ops.maximum(1.0 - ops.exp(log_p), 1e-12) ** self.gamma
+            ce = -ops.sum(onehot * focus * log_p, axis=-1)
         else:
             ce = keras.losses.categorical_crossentropy(
                 onehot, logits, from_logits=True)

@@ -152,6 +152,23 @@ def test_focal_loss_keeps_a_confidently_wrong_pixel_s_loss():
     assert float(loss) == pytest.approx(20.0, abs=1e-3)
 
 
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+def test_focal_loss_has_a_finite_gradient_beside_a_saturated_pixel(gamma):
+    # 1 - p is 0 where a logit leads by 30: x ** gamma has an infinite slope there
+    import tensorflow as tf
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the gradient is taken with tf.GradientTape")
+    logits = tf.Variable(np.zeros((1, 2, 2, 3), "float32"))
+    logits[0, 0, 0, 1].assign(30.0)
+    labels = np.array([[[1, 0], [2, 1]]])
+    with tf.GradientTape() as tape:
+        loss = utils.SegmentationLoss("focal", dice_weight=0, gamma=gamma)(labels, logits)
+    assert np.isfinite(tape.gradient(loss, logits).numpy()).all()
+    with pytest.raises(ValueError, match="gamma must be a number >= 0"):
+        utils.SegmentationLoss("focal", gamma=-1)
+
+
 def test_a_batch_without_annotated_pixels_has_no_loss():
     logits = random_logits((2, 4, 4, 6), 1)
     ignored = np.full((2, 4, 4), utils.IGNORE_INDEX)
