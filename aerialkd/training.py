@@ -233,6 +233,20 @@ def fit_segmentation(
     replicas = _check_replica_batch(model, batch_size, len(data.x_train))
     files = RunFiles(output_dir, name)
     writer = writes_files()  # on several processes (see data_parallel), process 0 alone
+    # Only float16 brings its own optimizer (Keras' LossScaleOptimizer): a backup
+    # of a float16 run does not restore into another one's optimizer, or back.
+    precision = getattr(model, "student", model).dtype_policy.name
+    recorded = EpochRecord(files.epochs_done).recorded_precision()
+    if (files.backup.exists() and recorded is not None
+            and (recorded == "mixed_float16") != (precision == "mixed_float16")):
+        raise ValueError(
+            f"The backup in {files.backup} trained in {recorded}, and this model computes "
+            f"in {precision} (a T4 trains in mixed_float16, a CPU in float32): the "
+            f"optimizer's state (its loss scale in float16) would not load, and the "
+            f"resumed run would start its learning-rate schedule again. Resume on the "
+            f"same kind of device, or with the model in {recorded} "
+            f"(with_dtype_policy(model, {recorded!r})), or delete {files.backup} to "
+            f"train afresh.")
     if writer:
         files.folder.mkdir(parents=True, exist_ok=True)
     train_logits, val_x = None, data.x_val
@@ -273,18 +287,7 @@ def fit_segmentation(
     # sequence must know a resumed run's epoch before fit starts: our own
     # record of finished epochs, kept in the backup folder beside Keras' backup
     # (and deleted with it when training ends).
-    precision = getattr(model, "student", model).dtype_policy.name
     epochs_done = EpochRecord(files.epochs_done, precision)
-    recorded = epochs_done.recorded_precision()
-    if files.backup.exists() and recorded not in (None, precision):
-        raise ValueError(
-            f"The backup in {files.backup} trained in {recorded}, and this model computes "
-            f"in {precision} (another kind of device picks another precision, e.g. a "
-            f"T4's mixed_float16, a CPU's float32): its optimizer state would not load, "
-            f"and the resumed run would start its learning-rate schedule again. Resume "
-            f"on the same kind of device, or build the model with "
-            f"with_dtype_policy(model, {recorded!r}), or delete the backup to train "
-            f"afresh.")
     seen = gather_json(epochs_done.read())  # by every process, as each restores the backup
     if len(set(seen)) > 1:
         raise RuntimeError(
@@ -318,10 +321,11 @@ def fit_segmentation(
             *([keras.callbacks.CSVLogger(str(files.history_csv), append=True), best]
               if writer else []),
             stop_on_nan,
-            # every process restores, process 0 writes; a backup cut short by a kill
-            # (an epoch's weights half-written) falls back to the epoch before,
-            # which the record of epochs done, written after it, still names
-            SharedBackup(str(files.backup), double_checkpoint=True),
+            # every process restores, process 0 writes; on one process a backup cut
+            # short by a kill (an epoch's weights half-written) falls back to the
+            # epoch before, which the record of epochs done, written after it,
+            # still names (on several, each would repair the shared files at once)
+            SharedBackup(str(files.backup), double_checkpoint=process_count() == 1),
             *([epochs_done] if writer else []),
             *callbacks,
         ],
