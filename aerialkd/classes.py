@@ -296,8 +296,8 @@ class ColorTable:
                      if len(values) > 20 else "")
             colours = f"{len(values)} colour{'s' * (len(values) > 1)}"
             raise ValueError(
-                f"{source}: {colours} outside the classes, on {share:.1%} of "
-                f"its pixels; the most frequent: {unknown} (colour: pixel count). "
+                f"{source}: {colours} outside the classes, on {int(counts.sum())} of "
+                f"its {code.size} pixels ({share:.1%}); the most frequent: {unknown} (colour: pixel count). "
                 f"Known colours are the class colours "
                 f"{[rgb_to_hex(c) for c in self.palette]} and ignore_colors "
                 f"{list(self.ignore_colors)}. Add the colour to `classes` if it is a "

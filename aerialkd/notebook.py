@@ -243,6 +243,7 @@ def profile_data_root(profile: Profile) -> pathlib.Path:
                 shutil.rmtree(staging, ignore_errors=True)
         return root
     given = os.environ.get("SSSI_DATA")
+    given = given and str(pathlib.Path(given).expanduser())
     if given and not pathlib.Path(given).exists():
         raise FileNotFoundError(
             f"SSSI_DATA is {given!r}, which does not exist. Point it at the folder of "
@@ -319,10 +320,18 @@ def load_run(
     return keras.models.load_model(files.model), history, record
 
 
-def saved_history(profile: Profile, name: str) -> dict[str, list[float]] | None:
+def saved_history(profile: Profile, name: str,
+                  committed: bool = True) -> dict[str, list[float]] | None:
     """The training history of the run `name`, where `saved_model_path` would look.
 
     For runs whose history is kept without their model (the sweep's).
+
+    Args:
+        profile: the `Profile`.
+        name: the run's file stem, e.g. "sweep_scratch".
+        committed: also look in the committed models (full profile);
+            `False` for this run's folder alone, e.g. to train again what
+            was committed but keep what this runtime finished.
 
     Returns:
         The history dict, or `None` when no history of `name` is found.
@@ -333,6 +342,9 @@ def saved_history(profile: Profile, name: str) -> dict[str, list[float]] | None:
     >>> len(saved_history(profile, "sweep_scratch")["val_miou5"])  # the sweep's epochs
     20
     """
+    if not committed:
+        files = RunFiles(profile.models_dir, name)
+        return json.loads(files.history.read_text()) if files.history.exists() else None
     files = _saved_run(profile, name, lambda f: f.history.exists())
     return None if files is None else json.loads(files.history.read_text())
 
@@ -511,13 +523,19 @@ def load_or_train(
         model, history, record = load_run(path)
         print(f"Loaded {describe_run(path, record)}")
         return model, history, record
+    backup = RunFiles(profile.models_dir, name).backup
+    if data is None and backup.exists():
+        raise FileNotFoundError(
+            f"{name} in {profile.models_dir} was interrupted, and there is no dataset to "
+            f"resume it on: pass the data (profile_dataset(profile)), or delete {backup} "
+            f"to use the saved model.")
     if data is None:
         raise FileNotFoundError(
             f"No saved {name} in {profile.models_dir}"
             f"{' or the committed models' if profile.name == 'full' else ''}, and no "
             f"dataset to train it on: pass the data (profile_dataset(profile)).")
     epochs = profile.epochs if epochs is None else epochs
-    if RunFiles(profile.models_dir, name).backup.exists():
+    if backup.exists():
         print(f"{name} in {profile.models_dir} was interrupted: resuming it from its "
               f"backup, {epochs} epochs in all.")
     else:

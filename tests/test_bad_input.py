@@ -108,7 +108,7 @@ def test_colour_outside_the_palette(root):
     rgb[2:5, :2] = (9, 9, 9)
     Image.fromarray(rgb).save(mask)
     with pytest.raises(ValueError, match=r"image_part_002\.png: 2 colours outside the classes, "
-                                         r"on 0\.2% of its pixels; the most frequent: "
+                                         r"on 10 of its 4096 pixels \(0\.2%\); the most frequent: "
                                          r"\{'#090909': 6, '#010203': 4\}"):
         _load(root)
 

@@ -80,7 +80,8 @@ def test_tile_and_flat_split_arguments_are_not_mixed(tmp_path, tiny_root):
 def test_a_tile_split_that_names_no_image_or_leaves_no_training_is_refused(tiny_root):
     with pytest.raises(ValueError, match=r"test_parts names \['image_part_008.jpg'\]"):
         utils.load_dataset(tiny_root, 32, test_parts=["image_part_008.jpg"])
-    one = utils.load_dataset(tiny_root, 32, test_parts="image_part_009", val_per_tile=0)
+    one = utils.load_dataset(tiny_root, 32, test_parts="image_part_009",
+                             val_per_tile=np.int64(0))  # numpy integers too
     assert all(n.endswith("/image_part_009") for n in one.sources["test"])  # not a substring
     assert len(one.sources["test"]) == 3
     with pytest.raises(ValueError, match="leave none for training"):

@@ -72,6 +72,16 @@ def test_saved_models_come_from_this_run_first_then_the_committed_ones(tmp_path)
     assert utils.saved_model_path(full, "no_such_model") is None
 
 
+def test_saved_history_can_leave_the_committed_runs_out(tmp_path):
+    full = utils.load_profile("full", output_dir=tmp_path)
+    assert utils.saved_history(full, "sweep_scratch") is not None  # committed
+    assert utils.saved_history(full, "sweep_scratch", committed=False) is None
+    files = utils.RunFiles(full.models_dir, "sweep_scratch")
+    full.models_dir.mkdir(parents=True)
+    files.history.write_text('{"val_miou5": [0.5]}')  # finished in this runtime
+    assert utils.saved_history(full, "sweep_scratch", committed=False) == {"val_miou5": [0.5]}
+
+
 def test_load_or_train_trains_what_is_missing_once_and_says_so(tiny_data, tmp_path, capsys):
     profile = dataclasses.replace(utils.load_profile("tiny", output_dir=tmp_path), epochs=1)
     build = lambda: utils.build_unet(2, name="small")  # noqa: E731
@@ -94,6 +104,9 @@ def test_train_model_and_load_or_train_say_what_data_they_need(tiny_root, tmp_pa
     with pytest.raises(ValueError, match="a streamed one.*in_memory=True"):
         utils.train_model(utils.build_unet(2), streamed, profile, name="m")
     with pytest.raises(FileNotFoundError, match="No saved m .*pass the data"):
+        utils.load_or_train(profile, None, "m", utils.build_student)
+    utils.RunFiles(profile.models_dir, "m").backup.mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="m in .* was interrupted.*or delete .*backup_m"):
         utils.load_or_train(profile, None, "m", utils.build_student)
 
 
