@@ -118,11 +118,6 @@ def in_colab() -> bool:
     return "google.colab" in sys.modules
 
 
-def _on_kaggle():
-    """Whether this runs in a Kaggle notebook."""
-    return "KAGGLE_KERNEL_RUN_TYPE" in os.environ
-
-
 def load_profile(
     name: str | None = None, output_dir: os.PathLike | str | None = None
 ) -> Profile:
@@ -139,8 +134,8 @@ def load_profile(
     >>> load_profile("tiny").epochs
     3
     """
-    name = name or os.environ.get("SSSI_PROFILE") or (
-        "full" if in_colab() or _on_kaggle() else "tiny")
+    hosted = in_colab() or "KAGGLE_KERNEL_RUN_TYPE" in os.environ  # Colab or Kaggle
+    name = name or os.environ.get("SSSI_PROFILE") or ("full" if hosted else "tiny")
     if name not in PROFILES:
         raise ValueError(
             f"Unknown profile {name!r} (from SSSI_PROFILE?): choose one of "
@@ -288,9 +283,10 @@ def saved_model_path(profile: Profile, name: str) -> pathlib.Path | None:
     return None if files is None else files.model
 
 
-def _saved_run(profile, name, found):
+def _saved_run(profile, name, found, committed=True):
     """The `RunFiles` of `name` in the first folder where `found(files)` holds."""
-    folders = [profile.models_dir] + ([COMMITTED_MODELS] if profile.name == "full" else [])
+    folders = [profile.models_dir] + (
+        [COMMITTED_MODELS] if committed and profile.name == "full" else [])
     return next((RunFiles(f, name) for f in folders if found(RunFiles(f, name))), None)
 
 
@@ -342,10 +338,7 @@ def saved_history(profile: Profile, name: str,
     >>> len(saved_history(profile, "sweep_scratch")["val_miou5"])  # the sweep's epochs
     20
     """
-    if not committed:
-        files = RunFiles(profile.models_dir, name)
-        return json.loads(files.history.read_text()) if files.history.exists() else None
-    files = _saved_run(profile, name, lambda f: f.history.exists())
+    files = _saved_run(profile, name, lambda f: f.history.exists(), committed)
     return None if files is None else json.loads(files.history.read_text())
 
 
