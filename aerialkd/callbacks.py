@@ -11,7 +11,7 @@ from keras import ops
 
 from .hosts import without_distribution, writes_files
 from .models import save_model
-from .run_files import RunFiles, write_into_place
+from .run_files import RunFiles, RunProgress, write_into_place
 
 
 class SyncEpoch(keras.callbacks.Callback):
@@ -59,39 +59,22 @@ class EpochRecord(keras.callbacks.Callback):
 
     A resumed run's first batches depend on the epochs already done, and its
     training time is the seconds recorded before the interruption plus the
-    last stretch (`seconds` reads what the earlier stretches recorded). It
-    also records `precision`, the dtype policy the run trains in, which a
-    resumed run must share to restore its optimizer.
+    last stretch. After each epoch it writes the run's `RunProgress` (see
+    `RunFiles.progress`), with `precision`, the dtype policy the run trains
+    in, which a resumed run must share to restore its optimizer.
     """
 
-    def __init__(self, path, precision=None):
+    def __init__(self, files: RunFiles, precision: str | None = None):
         super().__init__()
-        self.path = pathlib.Path(path)
+        self.files = files
         self.precision = precision
 
-    def _read(self):
-        return json.loads(self.path.read_text()) if self.path.exists() else {}
-
-    def read(self):
-        """The epochs finished before this stretch (0 for a fresh run)."""
-        return self._read().get("epochs_done", 0)
-
-    def seconds(self):
-        """The seconds of training the finished epochs took, over the earlier stretches."""
-        return self._read().get("seconds", 0.0)
-
-    def recorded_precision(self):
-        """The precision the finished epochs trained in (`None` if not recorded)."""
-        return self._read().get("precision")
-
     def on_train_begin(self, logs=None):
-        self._earlier, self._start = self.seconds(), time.perf_counter()
+        self._earlier, self._start = self.files.progress().seconds, time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         seconds = self._earlier + time.perf_counter() - self._start
-        write_into_place(self.path, json.dumps({"epochs_done": epoch + 1, "seconds": seconds,
-                                                "precision": self.precision}))
+        self.files.record_progress(RunProgress(epoch + 1, seconds, self.precision))
 
 
 class SharedBackup(keras.callbacks.BackupAndRestore):

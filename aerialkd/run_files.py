@@ -42,6 +42,26 @@ def write_into_place(path: os.PathLike | str, data: str | bytes) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
+class RunProgress:
+    """How far an unfinished run has come, over all its stretches.
+
+    What `RunFiles.progress` reads from `backup_<name>/epochs_done.json` and
+    `RunFiles.record_progress` writes there after each epoch.
+
+    Attributes:
+        epochs: the epochs finished (a resumed run starts at the next one).
+        seconds: the seconds of training they took, summed over every stretch
+            of a run that was interrupted and resumed.
+        precision: the dtype policy they trained in (e.g. "mixed_float16"),
+            which the run's optimizer state depends on; `None` if not recorded.
+    """
+
+    epochs: int = 0
+    seconds: float = 0.0
+    precision: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class RunFiles:
     """Where the files of the training run `name` live in `folder`.
 
@@ -116,11 +136,43 @@ class RunFiles:
         of training over all its stretches (`backup_<name>/epochs_done.json`)."""
         return self.backup / "epochs_done.json"
 
+    def progress(self) -> RunProgress:
+        """How far the unfinished run has come (read from `epochs_done`).
+
+        A fresh `RunProgress()` (no epochs, no seconds) before the run starts
+        and after it finishes, when its backup is gone.
+
+        Example:
+
+        >>> RunFiles("runs", "teacher").progress()  # nothing trained yet
+        RunProgress(epochs=0, seconds=0.0, precision=None)
+        """
+        if not self.epochs_done.exists():
+            return RunProgress()
+        done = json.loads(self.epochs_done.read_text())
+        return RunProgress(int(done.get("epochs_done", 0)), float(done.get("seconds", 0.0)),
+                           done.get("precision"))
+
+    def record_progress(self, progress: RunProgress) -> None:
+        """Writes `progress` to `epochs_done`, whole (see `write_into_place`).
+
+        Example:
+
+        >>> files = RunFiles("runs", "teacher")
+        >>> files.record_progress(RunProgress(epochs=3, seconds=42.0, precision="float32"))
+        >>> files.progress().epochs, files.seconds_trained()
+        (3, 42.0)
+        """
+        self.epochs_done.parent.mkdir(parents=True, exist_ok=True)
+        write_into_place(self.epochs_done, json.dumps(
+            {"epochs_done": progress.epochs, "seconds": progress.seconds,
+             "precision": progress.precision}))
+
     def seconds_trained(self) -> float:
         """The seconds of training an unfinished run's finished epochs took so far.
 
         Summed over every stretch of a run that was interrupted and resumed
-        (read from `epochs_done`); 0.0 before the run starts and after it
+        (`progress().seconds`); 0.0 before the run starts and after it
         finishes, when its backup is gone. A run's whole training time is
         this, read before `fit_segmentation` resumes it, plus the time the
         call takes.
@@ -130,9 +182,7 @@ class RunFiles:
         >>> RunFiles("runs", "teacher").seconds_trained()  # nothing trained yet
         0.0
         """
-        if not self.epochs_done.exists():
-            return 0.0
-        return float(json.loads(self.epochs_done.read_text()).get("seconds", 0.0))
+        return self.progress().seconds
 
     def existing(self) -> list[pathlib.Path]:
         """The run's files and folders that exist."""

@@ -236,7 +236,8 @@ def fit_segmentation(
     # Only float16 brings its own optimizer (Keras' LossScaleOptimizer): a backup
     # of a float16 run does not restore into another one's optimizer, or back.
     precision = getattr(model, "student", model).dtype_policy.name
-    recorded = EpochRecord(files.epochs_done).recorded_precision()
+    progress = files.progress()  # of an interrupted run, which this call resumes
+    recorded = progress.precision
     if (files.backup.exists() and recorded is not None
             and (recorded == "mixed_float16") != (precision == "mixed_float16")):
         raise ValueError(
@@ -285,10 +286,9 @@ def fit_segmentation(
         _pad_to_replicas(data.x_val[:1], data.y_val[:1], replicas), replicas)[0])
     # Keras prefetches batches before the callbacks' on_epoch_begin, so the
     # sequence must know a resumed run's epoch before fit starts: our own
-    # record of finished epochs, kept in the backup folder beside Keras' backup
-    # (and deleted with it when training ends).
-    epochs_done = EpochRecord(files.epochs_done, precision)
-    seen = gather_json(epochs_done.read())  # by every process, as each restores the backup
+    # record of finished epochs (`progress`), kept in the backup folder beside
+    # Keras' backup (and deleted with it when training ends).
+    seen = gather_json(progress.epochs)  # by every process, as each restores the backup
     if len(set(seen)) > 1:
         raise RuntimeError(
             f"The processes see different backups in {files.backup} (epochs done, by "
@@ -326,7 +326,7 @@ def fit_segmentation(
             # epoch before, which the record of epochs done, written after it,
             # still names (on several, each would repair the shared files at once)
             SharedBackup(str(files.backup), double_checkpoint=process_count() == 1),
-            *([epochs_done] if writer else []),
+            *([EpochRecord(files, precision)] if writer else []),
             *callbacks,
         ],
         verbose=verbose if writer else 0,

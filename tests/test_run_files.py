@@ -7,6 +7,7 @@ import pytest
 
 import utils
 from aerialkd.callbacks import EpochRecord
+from aerialkd.run_files import RunProgress
 
 
 def test_run_files_refuse_a_name_that_is_a_path():
@@ -35,18 +36,27 @@ def test_archive_moves_every_file_of_the_run_and_nothing_else(tmp_path, monkeypa
     assert files.existing() == [files.record]
 
 
-def test_seconds_trained_reads_the_epochs_a_run_finished_over_its_stretches(tmp_path):
+def test_epoch_record_sums_the_seconds_of_a_run_over_its_stretches(tmp_path):
     files = utils.RunFiles(tmp_path, "student")
-    assert files.seconds_trained() == 0.0  # not started
+    assert files.progress() == RunProgress() and files.seconds_trained() == 0.0  # not started
     for stretch in range(2):  # interrupted after an epoch, then resumed for one more
-        record = EpochRecord(files.epochs_done)
+        record = EpochRecord(files, "float32")
         record.on_train_begin()
         time.sleep(0.2)
         record.on_epoch_end(stretch)
         assert files.seconds_trained() >= 0.2 * (stretch + 1)
-    assert record.read() == 2 and files.seconds_trained() == record.seconds()
+    progress = files.progress()
+    assert progress.epochs == 2 and progress.precision == "float32"
+    assert files.seconds_trained() == progress.seconds
     files.epochs_done.unlink()  # the backup goes when the run finishes
     assert files.seconds_trained() == 0.0
+
+
+def test_progress_reads_a_record_written_before_it_held_the_precision(tmp_path):
+    files = utils.RunFiles(tmp_path, "student")
+    files.backup.mkdir()
+    files.epochs_done.write_text('{"epochs_done": 194, "seconds": 5159.1}')
+    assert files.progress() == RunProgress(194, 5159.1, None)
 
 
 def test_write_into_place_writes_text_and_bytes(tmp_path):
