@@ -324,7 +324,7 @@ def save_model(model: keras.Model, path: os.PathLike | str) -> None:
         path: the `.keras` file to write; it is written whole or not at all
             (to a temporary file first, then renamed).
     """
-    if any(layer.dtype_policy.name != "float32" for layer in model.layers):
+    if any(policy != "float32" for policy in _layer_policies(model)):
         model = with_dtype_policy(model, "float32")
     path = pathlib.Path(path)
     partial = path.with_name(f".{path.stem}.partial.keras")  # Keras wants the suffix
@@ -334,6 +334,9 @@ def save_model(model: keras.Model, path: os.PathLike | str) -> None:
 
 def with_dtype_policy(model: keras.Model, policy: str) -> keras.Model:
     """A copy of a functional model whose layers all use dtype `policy`.
+
+    The layers of nested models (the members of an `ensemble_teacher`) too;
+    the logits and the symmetry layers stay float32 in mixed precision.
 
     Args:
         model: a functional Keras model.
@@ -345,13 +348,25 @@ def with_dtype_policy(model: keras.Model, policy: str) -> keras.Model:
         Keras' `LossScaleOptimizer`.
     """
     config = model.get_config()
-    for layer in config["layers"]:
-        if layer["class_name"] != "InputLayer":
-            # the logits and the symmetry layers stay float32 in mixed precision
-            keep = layer["config"]["name"] in ("logits", "augment", "augment_undo",
-                                               "mean_logits")
-            layer["config"]["dtype"] = "float32" if keep else policy
+    _set_dtype_policy(config, policy)
     copy = keras.Model.from_config(config)
     copy.set_weights(model.get_weights())
     copy.dtype_policy = policy  # compile adds loss scaling for "mixed_float16"
     return copy
+
+
+def _set_dtype_policy(config, policy):
+    for layer in config["layers"]:
+        if "layers" in layer["config"]:  # a nested functional model
+            _set_dtype_policy(layer["config"], policy)
+        elif layer["class_name"] != "InputLayer":
+            keep = layer["config"]["name"] in ("logits", "augment", "augment_undo",
+                                               "mean_logits")
+            layer["config"]["dtype"] = "float32" if keep else policy
+
+
+def _layer_policies(model):
+    for layer in model.layers:
+        yield layer.dtype_policy.name
+        if isinstance(layer, keras.Model):
+            yield from _layer_policies(layer)

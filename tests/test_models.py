@@ -102,6 +102,28 @@ def test_ensemble_teacher_rejects_members_of_other_shapes():
         utils.ensemble_teacher([])
 
 
+def _policies(model):
+    return {layer.name: (layer.dtype_policy.name, _policies(layer) if isinstance(layer, keras.Model)
+                         else None) for layer in model.layers}
+
+
+def test_dtype_policies_reach_the_members_of_an_ensemble(tmp_path):
+    members = [utils.build_unet(2, name=f"m{i}") for i in range(2)]
+    mixed = utils.with_dtype_policy(utils.ensemble_teacher(members), "mixed_bfloat16")
+    member = mixed.get_layer("member0")
+    assert member.get_layer("down0_conv1").dtype_policy.name == "mixed_bfloat16"
+    assert member.get_layer("logits").dtype_policy.name == "float32"
+    assert mixed.get_layer("mean_logits").dtype_policy.name == "float32"
+    path = tmp_path / "ensemble.keras"
+    utils.save_model(mixed, path)  # for inference: float32 throughout, members too
+    loaded = keras.models.load_model(path)
+    assert "mixed_bfloat16" not in str(_policies(loaded))
+    assert _policies(loaded) == _policies(utils.with_dtype_policy(mixed, "float32"))
+    x = np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0),
+                               utils.ensemble_teacher(members).predict(x, verbose=0), atol=1e-5)
+
+
 def test_saved_student_loads_alone_and_predicts_identically(tiny_data, tmp_path):
     keras.utils.set_random_seed(0)
     student = utils.build_student()
