@@ -34,7 +34,9 @@ topic per module; a module imports only modules above it in this list:
 - `scene_batch`: `segment_scenes`, many scenes on an engine, resumable.
 - `tables`: readable names of metrics, history rows, scores over seeds, Markdown tables.
 - `plots`: the figures of the notebooks.
-- `notebook`: the notebooks' conveniences: profiles, Colab setup, load or train.
+- `profiles`: the recipe and folders of a run of the series (`Profile`), the Colab
+  and Kaggle setup, a profile's dataset.
+- `notebook`: the notebooks' conveniences: runs that are loaded or trained, their records.
 
 Everything public is re-exported here with `__all__` (and by the top-level
 `utils.py` the notebooks import): `aerialkd.Distiller` is
@@ -194,7 +196,7 @@ from .plots import (  # noqa: F401
     plot_sweep,
     plot_tradeoff,
 )
-from .notebook import (  # noqa: F401
+from .profiles import (  # noqa: F401
     GITHUB_REPOSITORY,
     REPO_ROOT,
     COMMITTED_MODELS,
@@ -208,6 +210,8 @@ from .notebook import (  # noqa: F401
     run_info,
     profile_dataset,
     profile_data_root,
+)
+from .notebook import (  # noqa: F401
     saved_model_path,
     load_run,
     saved_history,

@@ -2,8 +2,8 @@
 
 The notebooks themselves run under `pytest --nbmake notebooks`, each alone in an
 empty output folder (see conftest.py); the last test runs the two training
-notebooks again on two simulated devices. `aerialkd.notebook` is tested in
-test_notebook.py.
+notebooks again on two simulated devices. `aerialkd.profiles` and
+`aerialkd.notebook` are tested in test_profiles.py and test_notebook.py.
 """
 
 import json
