@@ -10,6 +10,7 @@ topic per module; a module imports only modules above it in this list:
 - `run_files`: the files of a training run (`RunFiles`), one owner for their names;
   `write_into_place`, which writes a file whole or not at all.
 - `files`: dataset layouts on disk, image/mask pairs, reading and cutting them.
+- `splits`: which image goes to which split: by tile and image name, by share, by scene.
 - `batches`: batches for `fit`: patches in memory or streamed, random and
   consistent crops.
 - `datasets`: `load_dataset` and `SegmentationDataset`, split by source image.
@@ -87,9 +88,11 @@ from .batches import (  # noqa: F401
     MIXES,
     ConsistentCropSequence,
 )
-from .datasets import (  # noqa: F401
+from .splits import (  # noqa: F401
     TEST_PARTS,
     SPLITS,
+)
+from .datasets import (  # noqa: F401
     SegmentationDataset,
     dataset_overview,
     class_shares,
