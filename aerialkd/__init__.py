@@ -68,6 +68,7 @@ from .devices import (  # noqa: F401
 )
 from .run_files import (  # noqa: F401
     RunFiles,
+    RunProgress,
     write_into_place,
 )
 from .files import (  # noqa: F401
@@ -91,6 +92,7 @@ from .batches import (  # noqa: F401
 from .splits import (  # noqa: F401
     TEST_PARTS,
     SPLITS,
+    assign_splits,
 )
 from .datasets import (  # noqa: F401
     SegmentationDataset,
@@ -226,6 +228,7 @@ from .notebook import (  # noqa: F401
 
 __all__ = [
     "RunFiles",
+    "RunProgress",
     "write_into_place",
     "CLASSES",
     "PALETTE",
@@ -259,6 +262,7 @@ __all__ = [
     "ConsistentCropSequence",
     "TEST_PARTS",
     "SPLITS",
+    "assign_splits",
     "SegmentationDataset",
     "dataset_overview",
     "class_shares",

@@ -335,8 +335,9 @@ def save_model(model: keras.Model, path: os.PathLike | str) -> None:
 def with_dtype_policy(model: keras.Model, policy: str) -> keras.Model:
     """A copy of a functional model whose layers all use dtype `policy`.
 
-    The layers of nested models (the members of an `ensemble_teacher`) too;
-    the logits and the symmetry layers stay float32 in mixed precision.
+    The layers of nested models too (the members of an `ensemble_teacher`,
+    the model a `symmetry_ensemble` wraps); the logits and the symmetry
+    layers stay float32 in mixed precision.
 
     Args:
         model: a functional Keras model.
@@ -355,18 +356,24 @@ def with_dtype_policy(model: keras.Model, policy: str) -> keras.Model:
     return copy
 
 
+_FLOAT32_LAYERS = ("logits", "augment", "augment_undo", "mean_logits", "symmetry_average")
+
+
 def _set_dtype_policy(config, policy):
     for layer in config["layers"]:
-        if "layers" in layer["config"]:  # a nested functional model
-            _set_dtype_policy(layer["config"], policy)
-        elif layer["class_name"] != "InputLayer":
-            keep = layer["config"]["name"] in ("logits", "augment", "augment_undo",
-                                               "mean_logits")
-            layer["config"]["dtype"] = "float32" if keep else policy
+        inner = layer["config"]
+        if "layers" in inner:  # a nested model (an ensemble's member)
+            _set_dtype_policy(inner, policy)
+            continue
+        if isinstance(inner.get("model"), dict):  # a wrapped one (symmetry_ensemble's)
+            _set_dtype_policy(inner["model"]["config"], policy)
+        if layer["class_name"] != "InputLayer":
+            inner["dtype"] = "float32" if inner["name"] in _FLOAT32_LAYERS else policy
 
 
 def _layer_policies(model):
     for layer in model.layers:
         yield layer.dtype_policy.name
-        if isinstance(layer, keras.Model):
-            yield from _layer_policies(layer)
+        inner = layer if isinstance(layer, keras.Model) else getattr(layer, "model", None)
+        if isinstance(inner, keras.Model):
+            yield from _layer_policies(inner)

@@ -208,7 +208,8 @@ def profile_data_root(profile: Profile) -> pathlib.Path:
     """The folder of a profile's dataset.
 
     `tiny` writes the synthetic dataset into the output folder, once, whole
-    or not at all. `full` reads `$SSSI_DATA` if set (an error if that folder
+    or not at all (beside it first, in a hidden `.tiny.*` folder; one that a
+    killed run left, an hour old or more, goes then). `full` reads `$SSSI_DATA` if set (an error if that folder
     does not exist), else `data/` in the repository, else downloads the
     dataset from Kaggle (`download_dataset`, into kagglehub's cache).
 
@@ -221,9 +222,12 @@ def profile_data_root(profile: Profile) -> pathlib.Path:
         root = profile.output_dir / "data" / DATASET_DIRNAME
         if not root.exists():  # written beside it, then renamed: never found half-written
             root.parent.mkdir(parents=True, exist_ok=True)
-            for leftover in root.parent.glob(".tiny.*"):  # of a killed run (hours old)
-                if time.time() - leftover.stat().st_mtime > 3600:
-                    shutil.rmtree(leftover, ignore_errors=True)
+            for leftover in root.parent.glob(".tiny.*"):  # of a killed run (an hour old)
+                try:
+                    if time.time() - leftover.stat().st_mtime > 3600:
+                        shutil.rmtree(leftover, ignore_errors=True)
+                except FileNotFoundError:  # another notebook removed it first
+                    continue
             staging = pathlib.Path(tempfile.mkdtemp(prefix=".tiny.", dir=root.parent))
             try:
                 os.replace(make_tiny_dataset(staging), root)

@@ -124,6 +124,19 @@ def test_dtype_policies_reach_the_members_of_an_ensemble(tmp_path):
                                utils.ensemble_teacher(members).predict(x, verbose=0), atol=1e-5)
 
 
+def test_dtype_policies_reach_the_model_a_symmetry_ensemble_wraps(tmp_path):
+    unet = utils.build_unet(2)
+    mixed = utils.with_dtype_policy(utils.symmetry_ensemble(unet), "mixed_bfloat16")
+    wrapped = mixed.get_layer("symmetry_average")
+    assert wrapped.dtype_policy.name == "float32"
+    assert wrapped.model.get_layer("down0_conv1").dtype_policy.name == "mixed_bfloat16"
+    path = tmp_path / "ensemble.keras"
+    utils.save_model(utils.symmetry_ensemble(utils.with_dtype_policy(unet, "mixed_bfloat16")),
+                     path)  # cast, then wrapped: saved in float32 all the same
+    loaded = keras.models.load_model(path).get_layer("symmetry_average").model
+    assert {layer.dtype_policy.name for layer in loaded.layers} == {"float32"}
+
+
 def test_saved_student_loads_alone_and_predicts_identically(tiny_data, tmp_path):
     keras.utils.set_random_seed(0)
     student = utils.build_student()
