@@ -86,6 +86,7 @@ def test_the_few_labels_ceiling_is_the_scratch_student_trained_where_the_arms_we
         assert report.ceiling(report.groups(metrics)) == top
         ceiling_row = report.few_labels_table(metrics).splitlines()[2]
         assert f"(the ceiling) (`{top}`) | 48 | 48 | 3 |" in ceiling_row
+        assert ceiling_row.endswith(f"| {report.where(machine)} |")
         assert f"against {0.65 if top == 'student_scratch' else 0.66:.3f} ± 0.000 with every" in (
             report.where_kd_pays(metrics + [{**_entry("student_distilled_l12", s, 0.55), **machine}
                                            for s in range(3)], SIZES))
@@ -102,10 +103,10 @@ def test_the_few_labels_table_pairs_each_student_with_the_scratch_one_by_seed():
                                "(`student_scratch_tf`) | 48 | 48 | 3 | 0.660 ± 0.000 | "
                                "+0.140 ± 0.020 |")  # 0.16, 0.14, 0.12
     assert table[3] == ("| teacher, from scratch on the 12 labelled images (`teacher_l12`) | "
-                        "12 | 12 | 1 | 0.600 |  |")
-    assert table[4].endswith("| 12 | 12 | 3 | 0.520 ± 0.020 |  |")
+                        "12 | 12 | 1 | 0.600 |  |  |")  # where: not recorded here
+    assert table[4].endswith("| 12 | 12 | 3 | 0.520 ± 0.020 |  |  |")
     # paired: +0.05, +0.03, +0.04, mean +0.04, sample sd 0.01
-    assert table[5].endswith("| 12 | 48 | 3 | 0.560 ± 0.017 | +0.040 ± 0.010 |")
+    assert table[5].endswith("| 12 | 48 | 3 | 0.560 ± 0.017 | +0.040 ± 0.010 |  |")
 
 
 def test_the_width_table_gives_sizes_and_the_paired_gain_of_each_width():
@@ -190,3 +191,22 @@ def test_the_runs_of_issue_35_are_named_and_kept_out_of_the_half_width_pairing()
                                     "student_scratch_w4",
                                     "student_distilled_w4", "student_scratch_w2",
                                     "student_distilled_w2"}
+
+
+def test_where_names_the_backend_and_the_machine_a_run_recorded():
+    assert report.where(CPU) == "TensorFlow on a 2-core CPU"
+    assert report.where(H200) == "JAX on an NVIDIA H200"
+    assert report.where({"backend": "tensorflow", "device": "CPU (x86_64, 16 cores)"}) == (
+        "TensorFlow on a 16-core CPU")
+    assert report.where({"backend": "jax", "device": "NVIDIA H100 80GB HBM3"}) == (
+        "JAX on an NVIDIA H100 80GB HBM3")
+    assert report.where({"backend": "tensorflow", "device": "Tesla T4, Tesla T4"}) == (
+        "TensorFlow on 2 × Tesla T4")
+
+
+def test_a_where_kd_pays_student_with_fewer_than_three_seeds_is_refused():
+    metrics = [_entry("student_scratch_w4", s, 0.62) for s in range(3)] + [
+        _entry("student_distilled_w4", s, 0.63) for s in range(2)] + [_entry("teacher_l12", 0, 0.6)]
+    with pytest.raises(SystemExit, match=r"fewer than three seeds: \{'student_distilled_w4': \[0, 1\]\}"):
+        report.check_seeds(metrics)
+    report.check_seeds(metrics + [_entry("student_distilled_w4", 2, 0.63)])  # the teacher: one
