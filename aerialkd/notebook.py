@@ -113,6 +113,31 @@ def saved_history(profile: Profile, name: str,
     return None if files is None else json.loads(files.history.read_text())
 
 
+def saved_record(profile: Profile, name: str, committed: bool = True) -> dict[str, Any] | None:
+    """The run record (`<name>_run.json`) of the run whose history `saved_history` reads.
+
+    Where, when and how it was trained: backend, device, date, epochs, seed.
+
+    Args:
+        profile: the `Profile`.
+        name: the run's file stem, e.g. "sweep_scratch".
+        committed: as for `saved_history`.
+
+    Returns:
+        The record dict, or `None` when that run has none (or no history).
+
+    Example:
+
+    >>> profile = load_profile("full", output_dir="outputs")  # nothing trained here yet
+    >>> saved_record(profile, "sweep_scratch")["epochs"]
+    20
+    """
+    files = _saved_run(profile, name, lambda f: f.history.exists(), committed)
+    if files is None or not files.record.exists():
+        return None
+    return json.loads(files.record.read_text())
+
+
 def describe_run(path: os.PathLike | str, record: dict[str, Any]) -> str:
     """One line on a saved model: which file, and where, when and how it was trained.
 

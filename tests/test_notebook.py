@@ -40,6 +40,19 @@ def test_saved_history_can_leave_the_committed_runs_out(tmp_path):
     assert utils.saved_history(full, "sweep_scratch", committed=False) == {"val_miou5": [0.5]}
 
 
+def test_saved_record_is_the_record_of_the_history_saved_history_reads(tmp_path):
+    full = utils.load_profile("full", output_dir=tmp_path)
+    committed = utils.saved_record(full, "sweep_scratch")
+    assert committed["epochs"] == len(utils.saved_history(full, "sweep_scratch")["val_miou5"])
+    files = utils.RunFiles(full.models_dir, "sweep_scratch")
+    full.models_dir.mkdir(parents=True)
+    files.history.write_text('{"val_miou5": [0.5]}')  # this runtime's run, not recorded yet
+    assert utils.saved_record(full, "sweep_scratch") is None  # not the committed run's
+    files.record.write_text('{"backend": "jax", "epochs": 1}')
+    assert utils.saved_record(full, "sweep_scratch") == {"backend": "jax", "epochs": 1}
+    assert utils.saved_record(full, "no_such_run") is None
+
+
 def test_load_or_train_trains_what_is_missing_once_and_says_so(tiny_data, tmp_path, capsys):
     profile = dataclasses.replace(utils.load_profile("tiny", output_dir=tmp_path), epochs=1)
     build = lambda: utils.build_unet(2, name="small")  # noqa: E731
