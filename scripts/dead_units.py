@@ -18,8 +18,8 @@ or two on a CPU. Prints each model's counts and writes `<output>/dead_units.json
 `<output>/<--name>`) with the machine, backend and versions:
 
     python scripts/dead_units.py --output results
-    python scripts/dead_units.py --output /tmp/dead --models runs/models/student_scratch_w2_s0.keras
-    python scripts/dead_units.py --profile tiny --output /tmp/dead   # a dry run
+    python scripts/dead_units.py --output outputs/dead_units --models runs/models/student_scratch_w2_s0.keras
+    python scripts/dead_units.py --profile tiny --output outputs/dead_units   # a dry run
 """
 
 import argparse

@@ -30,7 +30,7 @@ and student both see; the students are built without their own augmentation). Wi
 Each run records its recipe in its `_run.json` and its `metrics.json` entry.
 
     KERAS_BACKEND=jax python scripts/experiment.py --profile full --output results
-    python scripts/experiment.py --profile tiny --output /tmp/experiment   # a dry run
+    python scripts/experiment.py --profile tiny --output outputs/experiment   # a dry run
 
 Every run checkpoints each epoch and resumes when the command is rerun; finished runs
 are evaluated again, not retrained.

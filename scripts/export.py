@@ -6,7 +6,7 @@ and test mIoU5 / pixel accuracy, next to the Keras model. Prints a table and wri
 `<output>/export.json`. Needs the TensorFlow backend (LiteRT conversion).
 
     python scripts/export.py --profile full --output results
-    python scripts/export.py --profile tiny --output /tmp/experiment   # after a tiny experiment
+    python scripts/export.py --profile tiny --output outputs/experiment   # after a tiny experiment
 
 int8 is calibrated on 64 training patches (never test patches).
 """

@@ -27,7 +27,7 @@ Inference only, so it runs on a CPU (a few minutes on 2 cores); writes
 `<output>/teacher_analysis.json` with the machine, backend and versions.
 
     python scripts/teacher_analysis.py --profile full --output results
-    python scripts/teacher_analysis.py --profile tiny --output /tmp/experiment   # a dry run
+    python scripts/teacher_analysis.py --profile tiny --output outputs/experiment   # a dry run
 """
 
 import argparse

@@ -34,7 +34,7 @@ test split is scored only by `--evaluate`, once every run of a part has finished
     nice -n 19 python scripts/where_kd_pays.py --output results/where_kd_pays
     python scripts/where_kd_pays.py --output results/where_kd_pays --evaluate
     python scripts/where_kd_pays.py --output results/where_kd_pays --parts labels --publish
-    python scripts/where_kd_pays.py --profile tiny --output /tmp/kd_pays   # a dry run
+    python scripts/where_kd_pays.py --profile tiny --output outputs/where_kd_pays   # a dry run
 
 `--runs` trains only the named runs, e.g. to spread the grid over several sessions
 or machines (a run that learns from `teacher_l12` refuses to start before that run
