@@ -107,7 +107,14 @@ def _expand(source, base):
             raise FileNotFoundError(f"{path} does not exist; pass a list of scenes (.txt) "
                                     f"or a STAC Item (.json) that does.")
         elif path.suffix.lower() == ".json":
-            collection = json.loads(path.read_text())
+            try:
+                collection = json.loads(path.read_text())
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise ValueError(f"{path} is not a JSON file ({error}); a STAC Item or a "
+                                 f"FeatureCollection of them is a JSON object.") from error
+            if not isinstance(collection, dict):
+                raise ValueError(f"{path} holds a JSON {type(collection).__name__}, not a "
+                                 f"STAC Item or a FeatureCollection of them (a JSON object).")
             if collection.get("type") == "FeatureCollection":
                 for item in collection.get("features", []):
                     yield _item_scene(item, path, base)
@@ -134,6 +141,9 @@ def _expand(source, base):
 
 def _item_scene(item, item_path, base):
     """The scene of a STAC Item: its "visual", else "image", else only "data" asset."""
+    if not isinstance(item, dict):
+        raise ValueError(f"{item_path} holds a feature that is a JSON {type(item).__name__}, "
+                         f"not a STAC Item (a JSON object).")
     where = f"STAC Item {item.get('id', '?')!r}" + (f" ({item_path})" if item_path else "")
     if item.get("type") != "Feature" or not isinstance(item.get("assets"), dict):
         raise ValueError(f"{where} is not a STAC Item: it needs 'type': 'Feature' and "
@@ -148,7 +158,10 @@ def _item_scene(item, item_path, base):
                              f"{sorted(assets)}); segment_scenes takes one of those. Pass "
                              f"the scene's path.")
         key = data[0]
-    href = assets[key]["href"]
+    href = assets[key].get("href") if isinstance(assets[key], dict) else None
+    if not isinstance(href, str) or not href:
+        raise ValueError(f"{where}: its asset {key!r} has no 'href' (the scene's path or "
+                         f"URL); add it, or pass the scene's path.")
     if href.startswith("file://"):
         href = urllib.parse.unquote(urllib.parse.urlparse(href).path)
     elif "://" in href:

@@ -81,8 +81,9 @@ def failed_record(source: str, error: BaseException) -> dict[str, Any]:
 def run_scene_task(task: dict[str, Any], model: keras.Model | None = None) -> dict[str, Any]:
     """Runs one scene: the label raster, its polygons, then (last) its sidecar.
 
-    The scene's earlier sidecar and polygons are removed first, so a run
-    stopped halfway leaves no sidecar and its scene runs again.
+    The scene's earlier sidecar, labels and polygons are removed first, so a
+    run stopped halfway leaves no output of an earlier run under the scene's
+    names, and its scene runs again.
 
     Args:
         task: a `scene_task`.
@@ -101,9 +102,10 @@ def run_scene_task(task: dict[str, Any], model: keras.Model | None = None) -> di
     parameters = task["parameters"]
     labels = pathlib.Path(task["labels"])
     # An earlier run's sidecar would vouch for the new labels until this run's
-    # replaced it, and its polygons would lie beside them: both go first.
-    pathlib.Path(task["sidecar"]).unlink(missing_ok=True)
-    polygons_path(labels).unlink(missing_ok=True)
+    # replaced it, and its labels and polygons, left by a run stopped here, would
+    # pass for this one's outputs: all go first.
+    for earlier in (pathlib.Path(task["sidecar"]), labels, polygons_path(labels)):
+        earlier.unlink(missing_ok=True)
     _remove_leftovers(labels)
     try:
         result = segment_scene(

@@ -312,6 +312,23 @@ def test_a_scene_stopped_halfway_keeps_no_sidecar_of_its_earlier_run(
     np.testing.assert_array_equal(_read(record["labels"]), expected["scene_0.tif"])
 
 
+def test_a_scene_stopped_before_its_labels_leaves_none_of_its_earlier_run(
+        tmp_path, models, scenes, monkeypatch):
+    out = tmp_path / "out"
+    utils.segment_scenes(models[0], scenes[:1], out, tile_size=TILE, polygons=True,
+                         progress=False)
+
+    def interrupt(*args, **kwargs):  # before the new labels are written
+        raise KeyboardInterrupt("stopped")
+
+    monkeypatch.setattr(aerialkd.scene_tasks, "segment_scene", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        utils.segment_scenes(models[0], scenes[:1], out, tile_size=TILE, overlap=0,
+                             progress=False)
+    # no labels.tif, sidecar or polygons of the first run (its mosaic is written again at the end)
+    assert sorted(p.name for p in out.iterdir()) == ["labels.vrt", "manifest.jsonl"]
+
+
 def test_a_rerun_without_polygons_leaves_no_polygons_of_an_earlier_run(
         tmp_path, models, scenes):
     utils.segment_scenes(models[0], scenes[:1], tmp_path, tile_size=TILE, polygons=True,
@@ -459,6 +476,19 @@ def test_segment_scenes_rejects_bad_arguments_naming_them(tmp_path, models, scen
         segment(models[0], [two_data], tmp_path)
     with pytest.raises(ValueError, match="is at https://example.com/a.tif, not a local file"):
         segment(models[0], [_item("remote", "https://example.com/a.tif")], tmp_path)
+    no_href = _item("bare", "a.tif")
+    del no_href["assets"]["image"]["href"]
+    with pytest.raises(ValueError, match="'bare'.*its asset 'image' has no 'href'"):
+        segment(models[0], [no_href], tmp_path)
+    items = tmp_path / "items"
+    items.mkdir()
+    for name, text, message in (("cut.json", '{"type": "Feat', r"cut.json is not a JSON file"),
+                                ("list.json", "[]", r"list.json holds a JSON list, not a STAC"),
+                                ("odd.json", '{"type": "FeatureCollection", "features": [1]}',
+                                 r"odd.json holds a feature that is a JSON int")):
+        (items / name).write_text(text)
+        with pytest.raises(ValueError, match=message):
+            segment(models[0], str(items / name), tmp_path)
     with pytest.raises(ValueError, match="class_names must name the 6 classes"):
         segment(models[0], scenes, tmp_path, class_names=["a", "b"])
     inputs = keras.Input((None, None, 3))
