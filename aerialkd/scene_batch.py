@@ -82,7 +82,8 @@ def segment_scenes(
     alone writes `manifest.jsonl` (a line per scene, as they finish) and a VRT
     mosaic of every finished label raster in `dst_dir` (its sidecar says "ok":
     this call's and earlier calls', in name order) that share a CRS:
-    `labels.vrt`, or one `labels_<crs>.vrt` per CRS.
+    `labels.vrt`, or one `labels_<crs>.vrt` per CRS. A folder whose finished
+    scenes have other class names is refused before anything runs.
 
     Engines: "local" runs the scenes one after another in this process.
     "dask" starts a `dask.distributed.LocalCluster` of `workers` processes
@@ -207,6 +208,7 @@ def segment_scenes(
             tasks.append(task)
     if clashes:
         raise ValueError(_clash_message(clashes))
+    _check_classes(dst_dir, {task["sidecar"] for task in tasks}, class_names)
 
     bar = keras.utils.Progbar(len(scenes), unit_name="scene") if progress else None
     counts = dict.fromkeys(STATUSES, 0)
@@ -247,6 +249,19 @@ def _clash_message(clashes):
             f"{more}: both would be {pathlib.Path(task['labels']).name}. Pass another "
             f"dst_dir for these scenes, or overwrite=True to replace the outputs of the "
             f"other source.")
+
+
+def _check_classes(dst_dir, rewritten, class_names):
+    """Refuses a batch into a folder of finished scenes with other classes (its mosaic)."""
+    for sidecar in sorted(dst_dir.glob("*_labels.json")):
+        item = None if str(sidecar) in rewritten else read_label_item(sidecar)
+        if item is not None and item["status"] == "ok" and item["classes"] not in (
+                None, class_names):
+            raise ValueError(
+                f"{sidecar} records a finished scene with the classes {item['classes']}, "
+                f"and this batch labels {class_names}: the folder's mosaic would show one's "
+                f"labels under the other's classes. Pass another dst_dir, or delete that "
+                f"folder's other rasters with their sidecars (*_labels.json).")
 
 
 def _skipped_record(task, sidecar):

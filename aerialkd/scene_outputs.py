@@ -155,10 +155,11 @@ def _footprint(labels):
 
 
 def read_label_item(path: os.PathLike | str) -> dict[str, Any] | None:
-    """Status, key, source and class pixels of a `label_item` sidecar; `None` if unreadable.
+    """Status, key, source, classes and class pixels of a `label_item` sidecar; `None` if unreadable.
 
     The source is the resolved path of the scene its `key_parts` name (`None`
-    if they name none).
+    if they name none); the classes are the names of its label values, in
+    order (`None` if it names none).
 
     Example:
 
@@ -168,8 +169,10 @@ def read_label_item(path: os.PathLike | str) -> dict[str, Any] | None:
     try:
         properties = json.loads(pathlib.Path(path).read_text())["properties"]
         counts = (properties.get("label:overviews") or [{"counts": []}])[0]["counts"]
+        classes = (properties.get("label:classes") or [{"classes": None}])[0]["classes"]
         return {"status": properties["aerialkd:status"], "key": properties["aerialkd:key"],
                 "source": (properties.get("aerialkd:key_parts") or {}).get("source"),
+                "classes": classes,
                 "class_pixels": {count["name"]: count["count"] for count in counts}}
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         return None
@@ -202,6 +205,9 @@ def write_mosaics(dst_dir: os.PathLike | str,
     CRSs, into one `labels_EPSG_<code>.vrt` (`labels_crs_<i>.vrt`) each. The
     mosaic has the finest resolution among them; rasters without a CRS, or not
     north-up, are left out. The VRTs an earlier call wrote are replaced.
+    Rasters of one CRS whose class names or colour maps differ (the outputs
+    of two models in one folder) are an error: one mosaic would show the
+    labels of one under the classes of the other.
 
     Args:
         dst_dir: the folder of the label rasters, where the VRTs go.
@@ -227,7 +233,7 @@ def write_mosaics(dst_dir: os.PathLike | str,
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
 
-    groups = {}
+    groups, styles = {}, {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         for path in label_paths:
@@ -237,7 +243,18 @@ def write_mosaics(dst_dir: os.PathLike | str,
                     continue
                 groups.setdefault(src.crs, []).append(
                     (pathlib.Path(path), src.width, src.height, t, src.block_shapes[0]))
+                styles.setdefault(src.crs, {}).setdefault(_style(src), pathlib.Path(path))
     dst_dir = pathlib.Path(dst_dir)
+    for by_style in styles.values():
+        if len(by_style) > 1:
+            (names, _), (other_names, _) = list(by_style)[:2]
+            first, other = list(by_style.values())[:2]
+            raise ValueError(
+                f"The label rasters {first.name} and {other.name} in {dst_dir} name or "
+                f"colour their classes differently ({names} and {other_names}): one "
+                f"mosaic would show the labels of one under the classes of the other. "
+                f"Keep the outputs of each model (or set of classes) in a folder of their "
+                f"own, or delete the older rasters with their sidecars (*_labels.json).")
     for old in [*dst_dir.glob("labels.vrt"), *dst_dir.glob("labels_*.vrt")]:
         old.unlink()
     written = []
@@ -248,6 +265,15 @@ def write_mosaics(dst_dir: os.PathLike | str,
         write_into_place(dst_dir / name, _vrt_xml(crs, members))
         written.append(dst_dir / name)
     return written
+
+
+def _style(src):
+    """A label raster's class names (its `CLASS_NAMES` tag) and colour map."""
+    try:
+        colormap = tuple(sorted(src.colormap(1).items()))
+    except ValueError:  # no colour map
+        colormap = None
+    return src.tags().get("CLASS_NAMES"), colormap
 
 
 def _vrt_xml(crs, members):

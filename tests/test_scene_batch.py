@@ -222,6 +222,35 @@ def test_the_mosaic_holds_every_finished_scene_of_the_folder(tmp_path, models, s
         _assert_mosaic_of(mosaic, scenes[:3], expected)
 
 
+def test_a_folder_of_scenes_with_other_classes_is_refused_before_anything_runs(
+        tmp_path, models, scenes):
+    out = tmp_path / "out"
+    utils.segment_scenes(models[0], scenes[:1], out, tile_size=TILE, progress=False)
+    before = sorted(p.name for p in out.iterdir())
+    renamed = [f"other {i}" for i in range(6)]
+    with pytest.raises(ValueError, match=r"scene_0_labels.json records a finished scene with "
+                                         r"the classes \['class 0'.*this batch labels "
+                                         r"\['other 0'"):
+        utils.segment_scenes(models[0], scenes[1:2], out, tile_size=TILE, class_names=renamed,
+                             progress=False)
+    assert sorted(p.name for p in out.iterdir()) == before
+    records = utils.segment_scenes(models[0], scenes[:1], out, tile_size=TILE,
+                                   class_names=renamed, overwrite=True, progress=False)
+    assert _statuses(records) == ["ok"]  # the folder's own scene, relabelled on purpose
+
+
+def test_a_mosaic_of_rasters_with_other_classes_is_refused(tmp_path):
+    for name, classes in (("a", ["Building", "Road"]), ("b", ["Water", "Sand"])):
+        with rasterio.open(tmp_path / f"{name}.tif", "w", driver="GTiff", width=8, height=8,
+                           count=1, dtype="uint8", crs=CRS, transform=_transform(0)) as dst:
+            dst.write(np.zeros((1, 8, 8), np.uint8))
+            dst.update_tags(CLASS_NAMES=json.dumps(classes))
+    with pytest.raises(ValueError, match=r"a.tif and b.tif in .* name or colour their classes "
+                                         r"differently"):
+        aerialkd.scene_outputs.write_mosaics(tmp_path, [tmp_path / "a.tif", tmp_path / "b.tif"])
+    assert not list(tmp_path.glob("*.vrt"))
+
+
 def test_segment_scenes_leaves_no_temporary_files(batch):
     _, dst, _ = batch
     assert sorted(p.name for p in dst.iterdir() if p.name.startswith(".")) == []
