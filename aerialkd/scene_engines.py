@@ -172,7 +172,10 @@ def _run_ray(tasks, workers, retries):
         while queue or pending:
             while idle and queue:
                 worker, task = idle.pop(), queue.popleft()
-                pending[worker.run.remote({**task, "threads": threads})] = (worker, task)
+                # an error outside the scene (writing its sidecar) is retried too, as
+                # the other engines do; Ray retries only a dead actor's tasks by default
+                run = worker.run.options(retry_exceptions=True)
+                pending[run.remote({**task, "threads": threads})] = (worker, task)
             (ready,), _ = ray.wait(list(pending), num_returns=1)
             worker, task = pending.pop(ready)
             try:

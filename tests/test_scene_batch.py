@@ -664,6 +664,41 @@ def test_ray_started_by_segment_scenes_labels_every_scene_and_is_shut_down(
         np.testing.assert_array_equal(_read(record["labels"]), expected[name])
 
 
+def _fail_each_sidecar_once():
+    """Ray's worker setup hook (pickled by value): writing a sidecar fails once a scene."""
+    import pathlib
+
+    import aerialkd.scene_tasks
+
+    write = aerialkd.scene_tasks.write_into_place
+
+    def flaky(path, data):
+        marker = pathlib.Path(f"{path}.failed-once")
+        if not marker.exists():
+            marker.touch()
+            raise OSError(f"a flaky file system dropped {path}")
+        return write(path, data)
+
+    aerialkd.scene_tasks.write_into_place = flaky
+
+
+def test_ray_retries_an_error_outside_the_scene_as_the_other_engines_do(
+        tmp_path, models, scenes):
+    ray = pytest.importorskip("ray")
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=1, include_dashboard=False,
+             runtime_env={"worker_process_setup_hook": _fail_each_sidecar_once})
+    try:
+        records = utils.segment_scenes(models[0], scenes[:2], tmp_path, engine="ray",
+                                       workers=1, retries=1, tile_size=TILE, progress=False)
+    finally:
+        ray.shutdown()
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert sorted(p.name for p in tmp_path.glob("*.failed-once")) == [
+        "scene_0_labels.json.failed-once", "scene_1_labels.json.failed-once"]
+    assert _statuses(records) == ["ok", "ok"]
+
+
 def test_ray_actors_label_every_scene_even_with_more_workers_than_cpus(
         tmp_path, models, scenes, expected):
     ray = pytest.importorskip("ray")
