@@ -10,6 +10,7 @@ raster, a manifest of the run and a VRT mosaic of the outputs.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import pathlib
@@ -83,7 +84,9 @@ def segment_scenes(
     mosaic of every finished label raster in `dst_dir` (its sidecar says "ok":
     this call's and earlier calls', in name order) that share a CRS:
     `labels.vrt`, or one `labels_<crs>.vrt` per CRS. A folder whose finished
-    scenes have other class names is refused before anything runs.
+    scenes have other class names is refused before anything runs. A scene
+    keeps the name an earlier batch into `dst_dir` gave it (`find_scenes`
+    names a file after the folders that tell it apart from the batch's others).
 
     Engines: "local" runs the scenes one after another in this process.
     "dask" starts a `dask.distributed.LocalCluster` of `workers` processes
@@ -186,8 +189,8 @@ def segment_scenes(
                   "bands": bands, "rescale": rescale, "class_names": class_names,
                   "palette": palette.astype(np.uint8).tolist(), "cog": bool(cog),
                   "polygons": bool(polygons)}
-    scenes = find_scenes(sources)
     dst_dir = pathlib.Path(dst_dir).absolute()
+    scenes = _earlier_names(find_scenes(sources), dst_dir)
     dst_dir.mkdir(parents=True, exist_ok=True)
     model_sha256 = file_sha256(model_path)
 
@@ -249,6 +252,32 @@ def _clash_message(clashes):
             f"{more}: both would be {pathlib.Path(task['labels']).name}. Pass another "
             f"dst_dir for these scenes, or overwrite=True to replace the outputs of the "
             f"other source.")
+
+
+def _earlier_names(scenes, dst_dir):
+    """Scenes named as their outputs in `dst_dir` already are, if any.
+
+    A file's name depends on the batch (`a.tif` alone is "a", beside another
+    folder's `a.tif` "2023_a"): a later batch must find and skip, or
+    replace, the outputs an earlier one wrote for it.
+    """
+    earlier = {}
+    for sidecar in sorted(dst_dir.glob("*_labels.json")):
+        item = read_label_item(sidecar)
+        if item is not None and item["source"]:
+            earlier.setdefault(item["source"], sidecar.name[:-len("_labels.json")])
+    if not earlier:
+        return scenes
+    named = [scene if scene.item is not None else scene._replace(
+        name=earlier.get(str(scene.path.absolute().resolve()), scene.name)) for scene in scenes]
+    names = collections.Counter(scene.name for scene in named)
+    for scene in named:
+        if names[scene.name] > 1:
+            clash = [str(s.path) for s in named if s.name == scene.name]
+            raise ValueError(f"{' and '.join(clash)} would all write {scene.name}_labels.tif "
+                             f"(one of them named so by an earlier batch into {dst_dir}); "
+                             f"segment them into different dst_dir folders.")
+    return named
 
 
 def _check_classes(dst_dir, rewritten, class_names):

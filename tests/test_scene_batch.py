@@ -485,6 +485,21 @@ def test_scenes_of_one_name_in_different_folders_take_their_folder_names(
         "part_2_labels.tif"]
 
 
+def test_a_scene_keeps_the_name_an_earlier_batch_gave_it(tmp_path, models, scenes):
+    for year, scene in (("2023", scenes[0]), ("2024", scenes[1])):
+        (tmp_path / year).mkdir()
+        shutil.copy(scene, tmp_path / year / "a.tif")
+    out = tmp_path / "out"
+    utils.segment_scenes(models[0], tmp_path / "2023" / "a.tif", out, tile_size=TILE,
+                         progress=False)  # alone in its batch: "a"
+    records = utils.segment_scenes(models[0], str(tmp_path / "*" / "a.tif"), out,
+                                   tile_size=TILE, progress=False)  # "2023_a" in this one
+    assert _statuses(records) == ["skipped", "ok"]  # found, not labelled twice
+    assert [pathlib.Path(r["labels"]).name for r in records] == [
+        "a_labels.tif", "2024_a_labels.tif"]
+    assert sorted(p.name for p in out.glob("*.tif")) == ["2024_a_labels.tif", "a_labels.tif"]
+
+
 def test_segment_scenes_rejects_bad_arguments_naming_them(tmp_path, models, scenes):
     segment = utils.segment_scenes
     with pytest.raises(FileNotFoundError, match="model .*missing.keras does not exist"):
