@@ -244,7 +244,8 @@ def _cache_bytes(src, tile_size):
     it is full, so a process's memory would grow with the scene's area.
     """
     block_rows = max(rows for rows, _ in src.block_shapes)
-    return max(64 * 2**20, 2 * (tile_size + block_rows) * src.width * (src.count + 1))
+    pixel_bytes = sum(np.dtype(dtype).itemsize for dtype in src.dtypes) + 1  # + the labels
+    return max(64 * 2**20, 2 * (tile_size + block_rows) * src.width * pixel_bytes)
 
 
 def _read_window(src, bands, rescale, start, stop):
