@@ -137,7 +137,8 @@ def segment_scenes(
         retries: times a scene is run again after its worker died (or an
             error outside the scene, e.g. loading the model).
         polygons: also write each scene's class regions as GeoJSON
-            (`polygonize`).
+            (`polygonize`, which holds a scene's whole label raster and its
+            polygons in memory, unlike the labelling itself).
         progress: show a progress bar over the scenes.
 
     Returns:
