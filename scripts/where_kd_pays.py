@@ -136,7 +136,14 @@ def main(argv=None):
     subset = {"labelled": chosen, "rule": utils.label_subset.__doc__.splitlines()[0],
               "patches": int(utils.labelled_patches(data, chosen).sum()),
               "train_patches": len(data.x_train)}
-    utils.write_into_place(output / "label_subset.json", json.dumps(subset, indent=1))
+    written = output / "label_subset.json"
+    if written.exists() and json.loads(written.read_text()) != subset:
+        raise SystemExit(
+            f"{written} names other labelled images than utils.label_subset chooses now "
+            f"({json.loads(written.read_text())['labelled']} against {chosen}): the runs in "
+            f"{output} were trained on those. Train the part in a new --output folder.")
+    if not written.exists():
+        utils.write_into_place(written, json.dumps(subset, indent=1))
     print(f"Labelled images ({len(chosen)}, {subset['patches']} of {len(data.x_train)} "
           f"patches): {chosen}", flush=True)
     if args.profile == "full":
@@ -186,7 +193,8 @@ def main(argv=None):
     if args.evaluate:
         return evaluate(todo, profile, data, subset)
     if args.publish:
-        return publish(todo, profile, args.results, labels="labels" in args.parts)
+        return publish(todo, profile, args.results, labels="labels" in args.parts,
+                       fingerprint=lambda name: runs.weights_fingerprint(teacher(name)))
     for run_name, _, run_data, settings in todo:
         settings = dict(settings)
         if "pseudo" in settings:
@@ -201,18 +209,26 @@ def main(argv=None):
 
 
 def evaluate(todo, profile, data, subset):
-    """Scores each finished run on the test split into `<output>/metrics.json`."""
+    """Scores the runs of `todo` on the test split into `<output>/metrics.json`.
+
+    Only once every run of the parts has finished: the test split is looked at
+    once, at the end, never while the grid is still training.
+    """
     path = profile.output_dir / "metrics.json"
     entries = json.loads(path.read_text()) if path.exists() else []
+    unfinished = [run for run, *_ in todo
+                  if not utils.RunFiles(profile.models_dir, run).record.exists()]
+    if unfinished:
+        stale = [e["run"] for e in entries if e.get("run") in unfinished]
+        if stale:  # scores of earlier runs of these names, trained again since
+            entries = [e for e in entries if e.get("run") not in unfinished]
+            utils.write_into_place(path, json.dumps(entries, indent=1))
+        raise SystemExit(f"Not scored: the test split is scored once every run of the part "
+                         f"has finished, and these have not: {unfinished}"
+                         + (f" (the scores of their earlier runs {stale} are dropped)"
+                            if stale else "") + ".")
     for run_name, model_name, _, settings in todo:
-        record_path = profile.models_dir / f"{run_name}_run.json"
-        if not record_path.exists():
-            print(f"{run_name}: not finished, not scored", flush=True)
-            if any(e.get("run") == run_name for e in entries):  # a score of an earlier run
-                entries = [e for e in entries if e.get("run") != run_name]
-                utils.write_into_place(path, json.dumps(entries, indent=1))
-            continue
-        run = json.loads(record_path.read_text())
+        run = json.loads(utils.RunFiles(profile.models_dir, run_name).record.read_text())
         model = keras.models.load_model(profile.models_dir / f"{run_name}.keras")
         logits = utils.predict_logits(model, data.x_test, profile.batch_size)
         result = utils.iou_scores(data.y_test, logits.argmax(-1), n_classes=data.n_classes,
@@ -245,16 +261,18 @@ def _scored(entry, files):
     return all(entry.get(key) == record.get(key) for key in ("date", "train_seconds"))
 
 
-def publish(todo, profile, results, labels=False):
+def publish(todo, profile, results, labels=False, fingerprint=None):
     """Copies the finished and scored runs of `todo` into the folder `results`.
 
     Every run's test entry goes into `results/metrics.json` (replacing an earlier
     entry of the same run), its history and run record into `results/models/`,
     and the model too for seed 0 (and the one teacher); with `labels`, the label
     subset goes to `results/label_subset.json`. Nothing is written unless every
-    run of `todo` has finished and been scored by `--evaluate`, and its students
-    (the runs that are not teachers) were all trained with one backend on one
-    machine.
+    run of `todo` has finished and been scored by `--evaluate` with the epochs
+    and seed of the grid, its students (the runs that are not teachers) were all
+    trained with one backend on one machine, and the students of one teacher
+    all learnt from the same weights (`fingerprint(name)`'s, if given: the
+    teacher's `runs.weights_fingerprint`).
     """
     scored = profile.output_dir / "metrics.json"
     entries = {e["run"]: e for e in json.loads(scored.read_text())} if scored.exists() else {}
@@ -266,6 +284,27 @@ def publish(todo, profile, results, labels=False):
         raise SystemExit(f"Not published: unfinished runs {unfinished}, finished but not scored "
                          f"(or scored before they were trained again) {unscored}. Finish them "
                          f"(rerun without --publish), score them with --evaluate, then publish.")
+    records = {run: json.loads(utils.RunFiles(profile.models_dir, run).record.read_text())
+               for run, *_ in todo}
+    other = [f"{run} ({key} {records[run].get(key)}, the grid's {value})"
+             for run, _, _, settings in todo
+             for key, value in (("epochs", settings.get("epochs", profile.epochs)),
+                                ("seed", settings["seed"]))
+             if records[run].get(key) != value]
+    learnt = {}  # teacher name: {its fingerprint in the students' records: runs}
+    for run, _, _, settings in todo:
+        for key, name in (("teacher_sha1", settings.get("teacher")),
+                          ("pseudo_teacher_sha1", settings.get("pseudo"))):
+            if name is not None:
+                learnt.setdefault(name, {}).setdefault(records[run].get(key), []).append(run)
+    for name, by_weights in learnt.items():
+        expected = {fingerprint(name)} if fingerprint else set(list(by_weights)[:1])
+        other += [f"{runs_} (learnt from {name} {sha}, not {sorted(expected)[0]})"
+                  for sha, runs_ in by_weights.items() if sha not in expected]
+    if other:
+        raise SystemExit(f"Not published: runs that are not the grid's: {other}. Train them "
+                         f"again in {profile.models_dir} (--runs), then --evaluate and "
+                         f"--publish.")
     machines = {}  # the students' (backend, device): one per part, teachers aside
     for run, model, *_ in todo:
         if not model.startswith("teacher"):

@@ -107,11 +107,13 @@ _RECORD = {"date": "2026-12-05", "train_seconds": 60.0}  # a run, as its record 
 def _finish(profile, todo, scored=True):
     """Fake finished runs: the files `fit_segmentation` and `train_model` leave, and scores."""
     profile.models_dir.mkdir(parents=True, exist_ok=True)
-    for run, *_ in todo:
+    for run, _, _, settings in todo:
         files = utils.RunFiles(profile.models_dir, run)
         for path in (files.model, files.history):
             path.write_text(f"{path.name} of {run}")
-        files.record.write_text(json.dumps(_RECORD))
+        files.record.write_text(json.dumps({
+            **_RECORD, "seed": settings["seed"],
+            "epochs": settings.get("epochs", profile.epochs)}))
     entries = [{"model": model, "run": run, "seed": s["seed"], "miou5": 0.5, **_RECORD}
                for run, model, _, s in todo[:len(todo) if scored else -1]]
     (profile.output_dir / "metrics.json").write_text(json.dumps(entries))
@@ -162,15 +164,17 @@ def test_a_score_of_a_run_trained_since_is_neither_published_nor_kept(
     todo = where_kd_pays.runs_of("width4", tiny_data, chosen, profile)
     _finish(profile, todo)
     files = utils.RunFiles(profile.models_dir, "student_scratch_w4_s1")
-    files.record.write_text(json.dumps({**_RECORD, "train_seconds": 61.0}))  # trained again
+    trained_again = {**json.loads(files.record.read_text()), "train_seconds": 61.0}
+    files.record.write_text(json.dumps(trained_again))
     results = tmp_path / "results"
     with pytest.raises(SystemExit, match=r"not scored \(or scored before they were trained "
                                          r"again\) \['student_scratch_w4_s1'\]"):
         where_kd_pays.publish(todo, profile, results)
     assert not results.exists()
     files.record.unlink()  # training again, not finished: --evaluate drops the old score
-    where_kd_pays.evaluate([run for run in todo if run[0] == files.name], profile, tiny_data,
-                           {"labelled": []})
+    with pytest.raises(SystemExit, match=r"these have not: \['student_scratch_w4_s1'\] \(the "
+                                         r"scores of their earlier runs .* are dropped\)"):
+        where_kd_pays.evaluate(todo, profile, tiny_data, {"labelled": []})  # nor scores any
     scored = json.loads((profile.output_dir / "metrics.json").read_text())
     assert len(scored) == len(todo) - 1 and files.name not in {e["run"] for e in scored}
 
@@ -214,3 +218,46 @@ def test_the_committed_runs_of_the_grid_are_finished_runs_of_it(tiny_data, chose
         record = json.loads(files.record.read_text())
         assert record["profile"] == "full" and record["epochs"] >= 100
     assert not [*folder.glob("backup_*"), *folder.glob("*_started.json")]  # unfinished state
+
+
+def test_publish_refuses_runs_of_other_epochs_or_another_teacher(tiny_data, chosen, tmp_path):
+    profile = utils.load_profile("tiny", output_dir=tmp_path / "runs")
+    todo = where_kd_pays.runs_of("labels", tiny_data, chosen, profile)
+    _finish(profile, todo)
+    results = tmp_path / "results"
+
+    def record(run, **changes):
+        files = utils.RunFiles(profile.models_dir, run)
+        files.record.write_text(json.dumps({**json.loads(files.record.read_text()), **changes}))
+
+    record("student_scratch_l12_s1", epochs=profile.epochs)  # not the matched epochs
+    with pytest.raises(SystemExit, match=r"student_scratch_l12_s1 \(epochs 3, the grid's \d+\)"):
+        where_kd_pays.publish(todo, profile, results)
+    record("student_scratch_l12_s1", epochs=todo[0][3]["epochs"])
+    for run, _, _, settings in todo:  # every student of teacher_l12 learnt from its weights
+        if settings.get("teacher") == "teacher_l12":
+            record(run, teacher_sha1="t12")
+        if settings.get("pseudo") == "teacher_l12":
+            record(run, pseudo_teacher_sha1="t12")
+    record("student_distilled_t12_s2", teacher_sha1="t12-retrained")
+    with pytest.raises(SystemExit, match=r"\['student_distilled_t12_s2'\] \(learnt from "
+                                         r"teacher_l12 t12-retrained, not t12\)"):
+        where_kd_pays.publish(todo, profile, results)
+    record("student_distilled_t12_s2", teacher_sha1="t12")
+    fingerprints = {"teacher": None, "teacher_l12": "t12-now"}  # teacher_l12 trained again
+    with pytest.raises(SystemExit, match=r"learnt from teacher_l12 t12, not t12-now"):
+        where_kd_pays.publish(todo, profile, results, fingerprint=fingerprints.get)
+    assert not results.exists()  # nothing written
+    where_kd_pays.publish(todo, profile, results, fingerprint={"teacher_l12": "t12"}.get)
+    assert len(json.loads((results / "metrics.json").read_text())) == len(todo)
+
+
+def test_the_label_subset_of_a_folder_is_never_rewritten(tmp_path, monkeypatch):
+    monkeypatch.setattr(where_kd_pays.runs, "train", lambda *args, **kwargs: (None, {}))
+    argv = ["--profile", "tiny", "--output", str(tmp_path), "--parts", "width4"]
+    where_kd_pays.main(argv)
+    written = tmp_path / "label_subset.json"
+    subset = json.loads(written.read_text())
+    written.write_text(json.dumps({**subset, "labelled": subset["labelled"][:1]}))
+    with pytest.raises(SystemExit, match="label_subset.json names other labelled images"):
+        where_kd_pays.main(argv)
