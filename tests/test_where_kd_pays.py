@@ -3,6 +3,7 @@ datasets are aerialkd.few_labels', tested in test_few_labels.py)."""
 
 import json
 
+import keras
 import numpy as np
 import pytest
 
@@ -261,3 +262,33 @@ def test_the_label_subset_of_a_folder_is_never_rewritten(tmp_path, monkeypatch):
     written.write_text(json.dumps({**subset, "labelled": subset["labelled"][:1]}))
     with pytest.raises(SystemExit, match="label_subset.json names other labelled images"):
         where_kd_pays.main(argv)
+
+
+def test_evaluate_scores_each_run_of_a_finished_part_on_the_test_split(
+        tiny_data, chosen, tmp_path):
+    profile = utils.load_profile("tiny", output_dir=tmp_path / "runs")
+    todo = where_kd_pays.runs_of("width4", tiny_data, chosen, profile)[:2]  # seed 0's pair
+    profile.models_dir.mkdir(parents=True)
+    models = {}
+    for run, _, _, settings in todo:
+        keras.utils.set_random_seed(len(models))
+        models[run] = utils.build_unet(2, name=run)
+        utils.save_model(models[run], utils.RunFiles(profile.models_dir, run).model)
+        record = {**utils.run_info(profile), "epochs": 3, "train_seconds": 9.0, "seed": 0,
+                  "distillation": {"kind": "none"}, "learning_rate": profile.learning_rate,
+                  "precision": "float32"}
+        utils.RunFiles(profile.models_dir, run).record.write_text(json.dumps(record))
+    where_kd_pays.evaluate(todo, profile, tiny_data, {"labelled": chosen})
+    entries = json.loads((profile.output_dir / "metrics.json").read_text())
+    assert [(e["run"], e["model"], e["seed"], e["width"]) for e in entries] == [
+        ("student_scratch_w4_s0", "student_scratch_w4", 0, 4),
+        ("student_distilled_w4_s0", "student_distilled_w4", 0, 4)]
+    for entry in entries:
+        predicted = utils.predict_logits(models[entry["run"]], tiny_data.x_test).argmax(-1)
+        expected = utils.iou_scores(tiny_data.y_test, predicted, n_classes=6,
+                                    labelled_classes=tiny_data.labelled_classes)
+        assert entry["miou5"] == pytest.approx(expected["miou5"])
+        assert entry["split"]["test"] == tiny_data.sources["test"]
+        assert (entry["train_seconds"], entry["backend"]) == (9.0, keras.backend.backend())
+        assert "labelled" not in entry  # all labels: no subset to name
+    assert entries[0]["miou5"] != entries[1]["miou5"]  # each run's own model
