@@ -83,7 +83,8 @@ def segment_scenes(
     alone writes `manifest.jsonl` (a line per scene, as they finish) and a VRT
     mosaic of every finished label raster in `dst_dir` (its sidecar says "ok":
     this call's and earlier calls', in name order) that share a CRS:
-    `labels.vrt`, or one `labels_<crs>.vrt` per CRS. A folder whose finished
+    `labels.vrt`, or one `labels_<crs>.vrt` per CRS (while the batch runs, it
+    leaves out the scenes being labelled again). A folder whose finished
     scenes have other class names is refused before anything runs. A scene
     keeps the name an earlier batch into `dst_dir` gave it (`find_scenes`
     names a file after the folders that tell it apart from the batch's others).
@@ -228,6 +229,11 @@ def segment_scenes(
         for index, record in done:
             finish(index, record)
         if tasks:  # nothing to do: no engine is started
+            # the scenes about to be labelled again leave the mosaic until they are
+            # finished, which a batch stopped halfway would otherwise name, deleted
+            redone = {task["labels"] for task in tasks}
+            write_mosaics(dst_dir, [path for path in finished_labels(dst_dir)
+                                    if str(path) not in redone])
             for task, record in run_tasks(engine, tasks, keras_model, workers, retries):
                 finish(task["index"], record)
     write_mosaics(dst_dir, finished_labels(dst_dir))

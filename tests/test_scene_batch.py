@@ -344,7 +344,7 @@ def test_a_scene_stopped_halfway_keeps_no_sidecar_of_its_earlier_run(
 def test_a_scene_stopped_before_its_labels_leaves_none_of_its_earlier_run(
         tmp_path, models, scenes, monkeypatch):
     out = tmp_path / "out"
-    utils.segment_scenes(models[0], scenes[:1], out, tile_size=TILE, polygons=True,
+    utils.segment_scenes(models[0], scenes[:2], out, tile_size=TILE, polygons=True,
                          progress=False)
 
     def interrupt(*args, **kwargs):  # before the new labels are written
@@ -354,8 +354,11 @@ def test_a_scene_stopped_before_its_labels_leaves_none_of_its_earlier_run(
     with pytest.raises(KeyboardInterrupt):
         utils.segment_scenes(models[0], scenes[:1], out, tile_size=TILE, overlap=0,
                              progress=False)
-    # no labels.tif, sidecar or polygons of the first run (its mosaic is written again at the end)
-    assert sorted(p.name for p in out.iterdir()) == ["labels.vrt", "manifest.jsonl"]
+    # no labels.tif, sidecar or polygons of scene_0's first run, and a mosaic of scene_1 alone
+    assert sorted(p.name for p in out.iterdir() if "scene_1" not in p.name) == [
+        "labels.vrt", "manifest.jsonl"]
+    with rasterio.open(out / "labels.vrt") as mosaic:
+        assert [pathlib.Path(f).name for f in mosaic.files[1:]] == ["scene_1_labels.tif"]
 
 
 def test_a_rerun_without_polygons_leaves_no_polygons_of_an_earlier_run(
