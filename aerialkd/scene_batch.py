@@ -192,7 +192,8 @@ def segment_scenes(
                   "palette": palette.astype(np.uint8).tolist(), "cog": bool(cog),
                   "polygons": bool(polygons)}
     dst_dir = pathlib.Path(dst_dir).absolute()
-    scenes = _earlier_names(find_scenes(sources), dst_dir)
+    sidecars = _read_sidecars(dst_dir)  # once: names, resume, and classes
+    scenes = _earlier_names(find_scenes(sources), sidecars, dst_dir)
     dst_dir.mkdir(parents=True, exist_ok=True)
     model_sha256 = file_sha256(model_path)
 
@@ -203,7 +204,7 @@ def segment_scenes(
         except OSError as error:  # no file to look at: a failed record, no task
             done.append((index, failed_record(str(scene.path.absolute()), error)))
             continue
-        sidecar = None if overwrite else read_label_item(task["sidecar"])
+        sidecar = None if overwrite else sidecars.get(task["sidecar"])
         recorded = sidecar and sidecar["source"]  # None: an older sidecar, keyed without it
         if recorded and recorded != task["key_parts"]["source"]:
             clashes.append((task, recorded))
@@ -213,7 +214,7 @@ def segment_scenes(
             tasks.append(task)
     if clashes:
         raise ValueError(_clash_message(clashes))
-    _check_classes(dst_dir, {task["sidecar"] for task in tasks}, class_names)
+    _check_classes(sidecars, {task["sidecar"] for task in tasks}, class_names)
 
     bar = keras.utils.Progbar(len(scenes), unit_name="scene") if progress else None
     counts = dict.fromkeys(STATUSES, 0)
@@ -261,18 +262,23 @@ def _clash_message(clashes):
             f"other source.")
 
 
-def _earlier_names(scenes, dst_dir):
-    """Scenes named as their outputs in `dst_dir` already are, if any.
+def _read_sidecars(dst_dir):
+    """The readable sidecars in `dst_dir`: path -> `read_label_item`'s record."""
+    items = {str(path): read_label_item(path) for path in sorted(dst_dir.glob("*_labels.json"))}
+    return {path: item for path, item in items.items() if item is not None}
+
+
+def _earlier_names(scenes, sidecars, dst_dir):
+    """Scenes named as their outputs in `dst_dir` (its `sidecars`) already are, if any.
 
     A file's name depends on the batch (`a.tif` alone is "a", beside another
     folder's `a.tif` "2023_a"): a later batch must find and skip, or
     replace, the outputs an earlier one wrote for it.
     """
     earlier = {}
-    for sidecar in sorted(dst_dir.glob("*_labels.json")):
-        item = read_label_item(sidecar)
-        if item is not None and item["source"]:
-            earlier.setdefault(item["source"], sidecar.name[:-len("_labels.json")])
+    for sidecar, item in sidecars.items():  # by path: the first name wins
+        if item["source"]:
+            earlier.setdefault(item["source"], pathlib.Path(sidecar).name[:-len("_labels.json")])
     if not earlier:
         return scenes
     named = [scene if scene.item is not None else scene._replace(
@@ -287,11 +293,10 @@ def _earlier_names(scenes, dst_dir):
     return named
 
 
-def _check_classes(dst_dir, rewritten, class_names):
+def _check_classes(sidecars, rewritten, class_names):
     """Refuses a batch into a folder of finished scenes with other classes (its mosaic)."""
-    for sidecar in sorted(dst_dir.glob("*_labels.json")):
-        item = None if str(sidecar) in rewritten else read_label_item(sidecar)
-        if item is not None and item["status"] == "ok" and item["classes"] not in (
+    for sidecar, item in sidecars.items():
+        if sidecar not in rewritten and item["status"] == "ok" and item["classes"] not in (
                 None, class_names):
             raise ValueError(
                 f"{sidecar} records a finished scene with the classes {item['classes']}, "
