@@ -124,14 +124,23 @@ def where(entry):
     backend = {"tensorflow": "TensorFlow", "jax": "JAX"}.get(entry["backend"], entry["backend"])
     cpu = re.fullmatch(r"CPU \([^,]*, (\d+) cores\)", entry["device"])  # run_info's
     if cpu:
-        return f"{backend} on a {cpu.group(1)}-core CPU"
+        return f"{backend} on {article(cpu.group(1))} {cpu.group(1)}-core CPU"
     devices = entry["device"].split(", ")  # accelerator_names, one a device
     if len(set(devices)) > 1:
         return f"{backend} on {entry['device']}"
     if len(devices) > 1:
         return f"{backend} on {len(devices)} × {devices[0]}"
-    article = "an" if devices[0][:1] in "AEIOUN" else "a"  # an NVIDIA ..., an H100
-    return f"{backend} on {article} {devices[0]}"
+    return f"{backend} on {article(devices[0])} {devices[0]}"
+
+
+def article(name):
+    """'a' or 'an' before `name` read aloud: an 8-core, a 16-core, an NVIDIA, an H100, a Tesla."""
+    word = name.split()[0] if name.split() else "?"
+    if word.isdigit():
+        return "an" if word[0] == "8" or word in ("11", "18") else "a"
+    if word.isupper() or any(c.isdigit() for c in word):  # read letter by letter
+        return "an" if word[0] in "AEFHILMNORSX" else "a"
+    return "an" if word[0].lower() in "aeiou" else "a"
 
 
 def trained_with(by_model, model):

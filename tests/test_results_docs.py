@@ -202,6 +202,14 @@ def test_where_names_the_backend_and_the_machine_a_run_recorded():
         "JAX on an NVIDIA H100 80GB HBM3")
     assert report.where({"backend": "tensorflow", "device": "Tesla T4, Tesla T4"}) == (
         "TensorFlow on 2 × Tesla T4")
+    assert report.where({"backend": "tensorflow", "device": "CPU (x86_64, 8 cores)"}) == (
+        "TensorFlow on an 8-core CPU")
+
+
+def test_article_goes_by_how_the_name_is_read_aloud():
+    names = {"8": "an", "18": "an", "80": "an", "2": "a", "16": "a", "NVIDIA A100": "an",
+             "H100": "an", "TPU v4": "a", "Tesla T4": "a", "Intel Xeon": "an", "AMD EPYC": "an"}
+    assert {name: report.article(name) for name in names} == names
 
 
 def test_a_where_kd_pays_student_with_fewer_than_three_seeds_is_refused():
