@@ -261,18 +261,14 @@ def _scored(entry, files):
     return all(entry.get(key) == record.get(key) for key in ("date", "train_seconds"))
 
 
-def publish(todo, profile, results, labels=False, fingerprint=None):
-    """Copies the finished and scored runs of `todo` into the folder `results`.
+def check_publishable(todo, profile, fingerprint=None):
+    """The test entries of the runs of `todo`, if they may be published; else `SystemExit`.
 
-    Every run's test entry goes into `results/metrics.json` (replacing an earlier
-    entry of the same run), its history and run record into `results/models/`,
-    and the model too for seed 0 (and the one teacher); with `labels`, the label
-    subset goes to `results/label_subset.json`. Nothing is written unless every
-    run of `todo` has finished and been scored by `--evaluate` with the epochs
-    and seed of the grid, its students (the runs that are not teachers) were all
-    trained with one backend on one machine, and the students of one teacher
-    all learnt from the same weights (`fingerprint(name)`'s, if given: the
-    teacher's `runs.weights_fingerprint`).
+    They may be if every run has finished and been scored by `--evaluate` with
+    the epochs and seed of the grid, its students (the runs that are not
+    teachers) were all trained with one backend on one machine, and the
+    students of one teacher all learnt from the same weights
+    (`fingerprint(name)`'s, if given: the teacher's `runs.weights_fingerprint`).
     """
     scored = profile.output_dir / "metrics.json"
     entries = {e["run"]: e for e in json.loads(scored.read_text())} if scored.exists() else {}
@@ -284,6 +280,26 @@ def publish(todo, profile, results, labels=False, fingerprint=None):
         raise SystemExit(f"Not published: unfinished runs {unfinished}, finished but not scored "
                          f"(or scored before they were trained again) {unscored}. Finish them "
                          f"(rerun without --publish), score them with --evaluate, then publish.")
+    other = _not_the_grids(todo, profile, fingerprint)
+    if other:
+        raise SystemExit(f"Not published: runs that are not the grid's: {other}. Train them "
+                         f"again in {profile.models_dir} (--runs), then --evaluate and "
+                         f"--publish.")
+    machines = {}  # the students' (backend, device): one per part, teachers aside
+    for run, model, *_ in todo:
+        if not model.startswith("teacher"):
+            entry = entries[run]
+            machines.setdefault(f"{entry.get('backend')} on {entry.get('device')}", []).append(run)
+    if len(machines) > 1:
+        raise SystemExit(f"Not published: a part's students are compared with each other, so "
+                         f"they must share a backend and machine, and these differ: {machines}. "
+                         f"Keep one machine's runs in {profile.models_dir}, train the others "
+                         f"again there (--runs), then --evaluate and --publish.")
+    return entries
+
+
+def _not_the_grids(todo, profile, fingerprint):
+    """The runs of `todo` whose records differ from the grid's (epochs, seed, teacher's weights)."""
     records = {run: json.loads(utils.RunFiles(profile.models_dir, run).record.read_text())
                for run, *_ in todo}
     other = [f"{run} ({key} {records[run].get(key)}, the grid's {value})"
@@ -301,20 +317,19 @@ def publish(todo, profile, results, labels=False, fingerprint=None):
         expected = {fingerprint(name)} if fingerprint else set(list(by_weights)[:1])
         other += [f"{runs_} (learnt from {name} {sha}, not {sorted(expected)[0]})"
                   for sha, runs_ in by_weights.items() if sha not in expected]
-    if other:
-        raise SystemExit(f"Not published: runs that are not the grid's: {other}. Train them "
-                         f"again in {profile.models_dir} (--runs), then --evaluate and "
-                         f"--publish.")
-    machines = {}  # the students' (backend, device): one per part, teachers aside
-    for run, model, *_ in todo:
-        if not model.startswith("teacher"):
-            entry = entries[run]
-            machines.setdefault(f"{entry.get('backend')} on {entry.get('device')}", []).append(run)
-    if len(machines) > 1:
-        raise SystemExit(f"Not published: a part's students are compared with each other, so "
-                         f"they must share a backend and machine, and these differ: {machines}. "
-                         f"Keep one machine's runs in {profile.models_dir}, train the others "
-                         f"again there (--runs), then --evaluate and --publish.")
+    return other
+
+
+def publish(todo, profile, results, labels=False, fingerprint=None):
+    """Copies the finished and scored runs of `todo` into the folder `results`.
+
+    Every run's test entry goes into `results/metrics.json` (replacing an earlier
+    entry of the same run), its history and run record into `results/models/`,
+    and the model too for seed 0 (and the one teacher); with `labels`, the label
+    subset goes to `results/label_subset.json`. Nothing is written unless
+    `check_publishable` passes.
+    """
+    entries = check_publishable(todo, profile, fingerprint)
     (results / "models").mkdir(parents=True, exist_ok=True)
     for run, _, _, settings in todo:
         source = utils.RunFiles(profile.models_dir, run)
