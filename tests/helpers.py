@@ -119,3 +119,55 @@ def load_flat(root, **kwargs):
         defaults["test_fraction"] = 0
     kwargs = {**defaults, **kwargs}
     return utils.load_dataset(root, 16, **kwargs)
+
+
+# -- scenes: small GeoTIFFs in UTM zone 40N, for the test_scene_*.py modules ------
+# rasterio is optional (the modules that use these skip without it): imported when used.
+
+CRS = "EPSG:32640"  # WGS 84 / UTM zone 40N, Dubai's
+TILE = 32
+
+
+def utm_transform(x):
+    """0.5 m pixels, the top left corner `x` metres east of 500,000 E, 2,800,000 N."""
+    from affine import Affine
+
+    return Affine(0.5, 0.0, 500_000.0 + x, 0.0, -0.5, 2_800_000.0)
+
+
+def write_raster(path, pixels, transform, **profile):
+    import rasterio
+
+    count, height, width = pixels.shape
+    with rasterio.open(path, "w", driver="GTiff", height=height, width=width, count=count,
+                       dtype=pixels.dtype, crs=CRS, transform=transform, **profile) as dst:
+        dst.write(pixels)
+    return path
+
+
+def save_conv_model(path, seed):
+    """A 3x3 convolution to six classes: tiny, sees its neighbours, differs by seed."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    keras.Model(inputs, keras.layers.Conv2D(6, 3, padding="same")(x)).save(path)
+    return path
+
+
+def read_labels(path):
+    """The first band of the raster at `path`."""
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return src.read(1)
+
+
+def statuses(records):
+    return [record["status"] for record in records]
+
+
+def stac_item(item_id, href, roles=("data",), key="image"):
+    return {"type": "Feature", "stac_version": "1.0.0", "id": item_id,
+            "geometry": None, "properties": {"datetime": "2024-05-01T07:00:00Z"},
+            "links": [], "assets": {"thumbnail": {"href": "thumb.png"},
+                                    key: {"href": href, "roles": list(roles)}}}

@@ -1,6 +1,6 @@
 """Trains a tiny U-Net with `fit_segmentation` under `data_parallel`, as one process of a run.
 
-`test_multihost.py` runs it alone (one process) and as two JAX processes on
+`test_hosts.py` runs it alone (one process) and as two JAX processes on
 localhost, each with one CPU device, joined through Keras' variables:
 
     python tests/multihost_check.py DATA_ROOT OUT [straight]  # one process

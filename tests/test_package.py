@@ -84,7 +84,7 @@ def test_every_committed_model_loads(path):
 
 def test_xdist_groups_run_on_one_worker(tmp_path):
     # pytest.ini's `--dist loadgroup` keeps each xdist_group on one worker (the
-    # subprocesses of test_distributed.py and test_multihost.py run once); some
+    # subprocesses of test_distributed.py and test_hosts.py run once); some
     # pytest and pytest-xdist versions silently spread them (requirements-dev.txt).
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     (tmp_path / "test_groups.py").write_text(

@@ -1,4 +1,4 @@
-"""`data_parallel` over several processes (JAX): two processes train as one does.
+"""Tests of `aerialkd.hosts`: `data_parallel` on two JAX processes trains as one process does.
 
 Two JAX processes on localhost, each with one CPU device, join through Keras'
 `KERAS_DISTRIBUTION_*` variables and train a tiny U-Net with `fit_segmentation`
