@@ -26,6 +26,7 @@ pytestmark = pytest.mark.xdist_group("scene_batch")
 
 def test_segment_scenes_labels_equal_segment_scene_for_each_scene(batch, scenes, expected):
     _, dst, records = batch
+    assert len(records) == len(scenes)  # the three good scenes first, then the broken file
     for scene, record in zip(scenes[:3], records):
         assert record["source"] == str(scene)
         assert record["labels"] == str(dst / f"{scene.stem}_labels.tif")
