@@ -37,6 +37,16 @@ class PatchSequence(keras.utils.PyDataset):
         drop_remainder: whether to leave out the epoch's last batch when it
             is partial (the patches left out change with the order), so that
             every batch has `batch_size` patches, as `data_parallel` needs.
+
+    Example:
+
+    >>> sequence = PatchSequence(data.x_train, data.y_train, batch_size=16, seed=0)
+    >>> len(sequence), [array.shape for array in sequence[0]]
+    (27, [(16, 32, 32, 3), (16, 32, 32)])
+    >>> len(sequence[26][0])  # the last batch holds the 420 - 26 * 16 patches left
+    4
+    >>> len(PatchSequence(data.x_train, data.y_train, 16, drop_remainder=True))
+    26
     """
 
     def __init__(

@@ -107,7 +107,22 @@ def class_names_for(n_classes, class_names=None):
 
 
 def hex_to_rgb(color: str) -> tuple[int, int, int]:
-    """Converts "#RRGGBB" to a tuple of three ints."""
+    """Converts a mask colour "#RRGGBB" to a tuple of three ints.
+
+    The leading "#" is optional and the hex digits may be in either case;
+    anything else raises `ValueError`.
+
+    Args:
+        color: a colour like "#3C1098".
+
+    Returns:
+        `(red, green, blue)`, each an int in 0..255.
+
+    Example:
+
+    >>> hex_to_rgb("#3C1098")  # Building
+    (60, 16, 152)
+    """
     text = str(color).lstrip("#")
     if len(text) != 6 or any(c not in "0123456789abcdefABCDEF" for c in text):
         raise ValueError(f"Expected a colour like '#3C1098', got {color!r}.")
@@ -115,7 +130,21 @@ def hex_to_rgb(color: str) -> tuple[int, int, int]:
 
 
 def rgb_to_hex(rgb: Sequence[int]) -> str:
-    """Converts three ints to "#RRGGBB"."""
+    """Converts three ints to a mask colour "#RRGGBB" (upper-case hex digits).
+
+    The inverse of `hex_to_rgb`.
+
+    Args:
+        rgb: three ints in 0..255, e.g. a row of `PALETTE`.
+
+    Returns:
+        The colour as a string, like "#3C1098".
+
+    Example:
+
+    >>> rgb_to_hex(PALETTE[2])  # Road
+    '#6EC1E4'
+    """
     return "#{:02X}{:02X}{:02X}".format(*(int(c) for c in rgb))
 
 

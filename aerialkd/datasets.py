@@ -45,6 +45,17 @@ class SegmentationDataset:
             rescaled to it.
         resized_masks: how many masks were rescaled.
         extra_colors: the deprecated `extra_colors` policy, if one was given.
+
+    Example:
+
+    `load_dataset` makes one; `data` is the tiny dataset at 32 px.
+
+    >>> data.x_train.shape, data.y_train.shape, data.n_classes
+    ((420, 32, 32, 3), (420, 32, 32), 6)
+    >>> data.classes[:2], data.labelled_classes, data.patch_count("val")
+    (('Building', 'Land'), (0, 1, 2, 3, 4), 70)
+    >>> data.sources["val"]  # whole source images: no patch of them in another split
+    ['Tile 1/image_part_006', 'Tile 2/image_part_005', 'Tile 3/image_part_004']
     """
 
     x_train: np.ndarray | None
@@ -180,6 +191,15 @@ def dataset_overview(data: SegmentationDataset) -> list[dict[str, Any]]:
 
     Returns:
         List of dicts, one per tile, for `markdown_table`.
+
+    Example:
+
+    >>> print(markdown_table(dataset_overview(data)))
+    | tile | train | val | test | sizes | patches |
+    |---|---|---|---|---|---|
+    | Tile 1 | 6 | 1 | 2 | 150x136 | 144 |
+    | Tile 2 | 6 | 1 | 2 | 200x170 | 270 |
+    | Tile 3 | 6 | 1 | 2 | 136x200 | 216 |
     """
     rows = {}
     for split in SPLITS:

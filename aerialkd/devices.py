@@ -24,6 +24,15 @@ class DataParallel:
         num_replicas: the number of devices a batch is split over.
         strategy: the `tf.distribute` strategy or the `keras.distribution`
             object; `None` where `use_all_devices` changed nothing.
+
+    Example:
+
+    Scale the batch with the devices, so each one gets 16 patches:
+
+    >>> with data_parallel() as parallel:
+    ...     batch_size = 16 * parallel.num_replicas
+    >>> parallel.num_replicas, len(parallel.devices), batch_size  # one CPU here
+    (1, 1, 16)
     """
 
     backend: str

@@ -97,6 +97,16 @@ def load_litert(
     Returns:
         A function from images `(N, S, S, 3)` (uint8 or float) to float32
         logits `(N, S, S, C)`, for `measure_latency` among others.
+
+    Example:
+
+    >>> path = export_litert(student, "student.tflite", input_size=data.patch_size)
+    >>> predict = load_litert(path, num_threads=1)
+    >>> logits = predict(data.x_test[:2])
+    >>> logits.shape, logits.dtype
+    ((2, 32, 32, 6), dtype('float32'))
+    >>> np.allclose(logits, predict_logits(student, data.x_test[:2]), atol=1e-4)
+    True
     """
     try:
         from ai_edge_litert.interpreter import Interpreter

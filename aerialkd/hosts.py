@@ -25,6 +25,15 @@ class Processes:
         num_processes: how many processes train together (1: this one alone).
         coordinator: the address of process 0 ("host:port"), `None` on one
             process or where JAX found it by itself (a TPU pod).
+
+    Example:
+
+    A script run alone (none of Keras' `KERAS_DISTRIBUTION_*` variables set)
+    is process 0 of 1, and so writes the run's files:
+
+    >>> processes = initialize_processes()
+    >>> processes.process_id, processes.num_processes, processes.coordinator
+    (0, 1, None)
     """
 
     process_id: int

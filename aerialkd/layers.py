@@ -114,7 +114,25 @@ class RandomSymmetry(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="utils")
 class UndoSymmetry(layers.Layer):
-    """Maps predictions of symmetry-transformed images back, in training; see `RandomSymmetry`."""
+    """Maps predictions of symmetry-transformed images back, in training.
+
+    The other half of `RandomSymmetry`: called on `[outputs, symmetry]`, a
+    model's outputs `(N, S, S, C)` for the transformed images and the `(N, 3)`
+    draws `RandomSymmetry` returned, it undoes each image's symmetry, so the
+    outputs line up with the untransformed images and their labels. Outside
+    training it returns `outputs` unchanged.
+
+    Args:
+        **kwargs: `name`, `dtype`, ... as for `keras.layers.Layer` (float32
+            unless given).
+
+    Example:
+
+    >>> outputs = np.arange(4.0).reshape(1, 2, 2, 1)  # of an image flipped upside down
+    >>> undone = UndoSymmetry()([outputs, np.array([[0, 1, 0]])], training=True)
+    >>> np.asarray(undone)[0, ..., 0].tolist()
+    [[2.0, 3.0], [0.0, 1.0]]
+    """
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("dtype", "float32")

@@ -323,6 +323,13 @@ def save_model(model: keras.Model, path: os.PathLike | str) -> None:
         model: a functional Keras model.
         path: the `.keras` file to write; it is written whole or not at all
             (to a temporary file first, then renamed).
+
+    Example:
+
+    >>> save_model(with_dtype_policy(student, "mixed_float16"), "student.keras")
+    >>> model = keras.models.load_model("student.keras")
+    >>> model.count_params(), model.get_layer("down0_conv1").dtype_policy.name
+    (485862, 'float32')
     """
     if any(policy != "float32" for policy in _layer_policies(model)):
         model = with_dtype_policy(model, "float32")
@@ -347,6 +354,12 @@ def with_dtype_policy(model: keras.Model, policy: str) -> keras.Model:
         A new model with the same architecture and (float32) weights, not
         compiled; with "mixed_float16", `compile` wraps its optimizer in
         Keras' `LossScaleOptimizer`.
+
+    Example:
+
+    >>> mixed = with_dtype_policy(student, "mixed_bfloat16")
+    >>> mixed.get_layer("down0_conv1").dtype_policy.name, mixed.get_layer("logits").dtype
+    ('mixed_bfloat16', 'float32')
     """
     config = model.get_config()
     _set_dtype_policy(config, policy)

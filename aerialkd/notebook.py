@@ -174,8 +174,24 @@ def write_run_record(profile: Profile, name: str, **settings: Any) -> pathlib.Pa
     `settings` given, e.g. `precision`, `train_seconds` or the distillation's
     `alpha` and `temperature`.
 
+    Args:
+        profile: the `Profile`; the record goes into its `models_dir`.
+        name: the run's file stem, e.g. "student_scratch_s0".
+        **settings: entries to add to `run_info(profile)`; they replace
+            entries of the same name.
+
     Returns:
         The path written.
+
+    Example:
+
+    >>> import json
+    >>> profile = load_profile("tiny", output_dir="run")
+    >>> profile.models_dir.mkdir(parents=True)  # as fit_segmentation makes it
+    >>> path = write_run_record(profile, "student", epochs=1, precision="float32")
+    >>> record = json.loads(path.read_text())
+    >>> path.as_posix(), record["profile"], record["epochs"], record["precision"]
+    ('run/models/student_run.json', 'tiny', 1, 'float32')
     """
     path = RunFiles(profile.models_dir, name).record
     write_into_place(path, json.dumps({**run_info(profile), **settings}, indent=1))

@@ -72,6 +72,18 @@ class Profile:
             grid of `06_sweep`.
         output_dir: where models, histories and results go.
         pictures_dir: where figures go (`pictures/` for the full profile).
+
+    Example:
+
+    `load_profile` makes one; change its recipe with `dataclasses.replace`.
+
+    >>> import dataclasses
+    >>> profile = load_profile("tiny", output_dir="run")
+    >>> profile.epochs, profile.batch_size, profile.models_dir.as_posix()
+    (3, 4, 'run/models')
+    >>> longer = dataclasses.replace(profile, epochs=10, schedule="constant")
+    >>> longer.epochs, longer.learning_rate_schedule()
+    (10, 0.005)
     """
 
     name: str
@@ -107,7 +119,16 @@ class Profile:
 
 
 def in_colab() -> bool:
-    """Whether this runs in Google Colab."""
+    """Whether this runs in Google Colab.
+
+    Returns:
+        `True` where `google.colab` is imported, as in a Colab notebook.
+
+    Example:
+
+    >>> in_colab()  # True in a Colab notebook
+    False
+    """
     return "google.colab" in sys.modules
 
 
@@ -155,6 +176,21 @@ def setup_notebook(profile: str | None = None, mount_drive: bool = False) -> Pro
 
     Returns:
         The `Profile`.
+
+    Example:
+
+    A notebook starts with `profile = setup_notebook()`. Outputs go to `$SSSI_OUTPUT`
+    (else `outputs/<profile>` in the repository), here set for this call alone:
+
+    >>> import os
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, SSSI_OUTPUT="run"):
+    ...     profile = setup_notebook("tiny")  # doctest: +ELLIPSIS
+    Profile 'tiny': 3 epochs, batch 4, patches 64px, cosine learning rate from 0.005, seed 0
+    Keras ... on ...; device: ...; training precision: ...
+    Outputs: ...run
+    >>> profile.models_dir.is_dir()
+    True
     """
     output_dir = None
     if mount_drive and in_colab():
@@ -177,7 +213,24 @@ def setup_notebook(profile: str | None = None, mount_drive: bool = False) -> Pro
 
 
 def run_info(profile: Profile | None = None) -> dict[str, Any]:
-    """Where a number comes from: backend, versions, device, date, budget."""
+    """Where a number comes from: backend, versions, device, date, budget.
+
+    Args:
+        profile: a `Profile`, to add its name and budget (epochs, batch size,
+            patch size, seed, schedule, sampling); `None` for the machine alone.
+
+    Returns:
+        A dict: `backend`, `keras` (its version), `device` (the accelerators,
+        else the CPU), `date` (YYYY-MM-DD), and the profile's entries.
+
+    Example:
+
+    >>> sorted(run_info())  # the values depend on the machine and the day
+    ['backend', 'date', 'device', 'keras']
+    >>> info = run_info(load_profile("tiny", output_dir="run"))
+    >>> info["profile"], info["epochs"], info["sampling"]
+    ('tiny', 3, 'grid')
+    """
     devices = accelerator_names()
     info = {
         "backend": keras.backend.backend(),

@@ -54,6 +54,13 @@ class RunProgress:
             of a run that was interrupted and resumed.
         precision: the dtype policy they trained in (e.g. "mixed_float16"),
             which the run's optimizer state depends on; `None` if not recorded.
+
+    Example:
+
+    >>> files = RunFiles("runs", "student")
+    >>> files.record_progress(RunProgress(epochs=2, seconds=30.5, precision="float32"))
+    >>> files.progress()
+    RunProgress(epochs=2, seconds=30.5, precision='float32')
     """
 
     epochs: int = 0

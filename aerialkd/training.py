@@ -202,6 +202,21 @@ def fit_segmentation(
     Returns:
         The history as a dict of lists, over all epochs including resumed
         ones.
+
+    Example:
+
+    One epoch of a small U-Net on a few patches of `data`:
+
+    >>> import dataclasses, os
+    >>> few = dataclasses.replace(data, x_train=data.x_train[:32], y_train=data.y_train[:32],
+    ...                           x_val=data.x_val[:8], y_val=data.y_val[:8])
+    >>> model = compile_segmentation(build_unet(4), labelled_classes=few.labelled_classes)
+    >>> history = fit_segmentation(model, few, epochs=1, output_dir="runs", name="unet",
+    ...                            verbose=0)
+    >>> sorted(history), len(history["val_miou5"])
+    (['epoch', 'loss', 'miou5', 'pixel_acc', 'val_loss', 'val_miou5', 'val_pixel_acc'], 1)
+    >>> sorted(os.listdir("runs"))  # the best model, its score, the history; no backup left
+    ['unet.best.json', 'unet.keras', 'unet_history.csv', 'unet_history.json']
     """
     if not model.compiled:
         raise ValueError(
@@ -408,7 +423,26 @@ def _keep_history_rows(path, epochs):
 
 
 def read_history(path: os.PathLike | str) -> dict[str, list[float]]:
-    """Reads a history CSV (from `fit_segmentation`) into a dict of lists."""
+    """Reads a history CSV (from `fit_segmentation`) into a dict of lists.
+
+    `fit_segmentation` appends a row per epoch to `<name>_history.csv`
+    (`RunFiles.history_csv`) as training goes, so this reads the epochs of a
+    run that is still training or was interrupted.
+
+    Args:
+        path: the CSV file, one column per metric and a row per epoch.
+
+    Returns:
+        A dict mapping each column to its values as floats; `{}` for a file
+        without rows.
+
+    Example:
+
+    >>> np.savetxt("unet_history.csv", [[0, 1.25, 0.31], [1, 0.75, 0.42]], fmt="%g",
+    ...            delimiter=",", header="epoch,loss,val_miou5", comments="")  # as CSVLogger
+    >>> read_history("unet_history.csv")
+    {'epoch': [0.0, 1.0], 'loss': [1.25, 0.75], 'val_miou5': [0.31, 0.42]}
+    """
     with open(path) as f:
         rows = list(csv.DictReader(f))
     if not rows:

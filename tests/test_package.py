@@ -1,6 +1,7 @@
 """The package's shape: layers import only downwards, the pages' names resolve, saved models load."""
 
 import ast
+import inspect
 import json
 import pathlib
 import re
@@ -68,6 +69,18 @@ def _names_used_through_utils():
 def test_every_utils_name_the_notebooks_readme_and_scripts_use_exists():
     missing = sorted(name for name in _names_used_through_utils() if not hasattr(utils, name))
     assert not missing
+
+
+def test_every_public_function_and_class_has_an_example_the_doctests_run():
+    objects = {name: getattr(aerialkd, name) for name in aerialkd.__all__}
+    documented = {name: obj.__doc__ or "" for name, obj in objects.items()
+                  if inspect.isfunction(obj) or inspect.isclass(obj)}
+    assert len(documented) > 100  # the check sees the API, not an empty list
+    # defined in the package, so `pytest --doctest-modules aerialkd` runs the examples
+    assert {objects[name].__module__.split(".")[0] for name in documented} == {"aerialkd"}
+    without = sorted(name for name, doc in documented.items() if "\n>>> " not in
+                     "\n".join(line.strip() for line in doc.splitlines()))
+    assert not without, f"no `>>>` example in the docstrings of {without}"
 
 
 def test_utils_reexports_exactly_the_public_api():
