@@ -19,6 +19,26 @@ from .classes import ColorTable
 from .files import decode_pair, read_image_sizes
 
 
+MIXES = ("cutmix", "mixup")
+"""The batch mixes `ConsistentCropSequence` can apply."""
+
+
+def check_count(label: str, value: Any) -> int:
+    """`value` as an int if it is a whole number >= 1; else a `ValueError` naming `label`."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+            or value < 1:
+        raise ValueError(f"{label} must be an int >= 1, got {value!r}.")
+    return int(value)
+
+
+def check_mix(mix: str | None, mix_probability: float) -> None:
+    """Refuses a batch mix other than `MIXES` or `None`, or a probability outside [0, 1]."""
+    if mix not in (*MIXES, None):
+        raise ValueError(f"mix must be one of {MIXES} or None, got {mix!r}.")
+    if not 0 <= mix_probability <= 1:
+        raise ValueError(f"mix_probability must be in [0, 1], got {mix_probability!r}.")
+
+
 class PatchSequence(keras.utils.PyDataset):
     """Batches of patches in a new order every epoch, drawn from the seed.
 
@@ -72,7 +92,7 @@ class PatchSequence(keras.utils.PyDataset):
             )
         self.x, self.y = x, y
         self.teacher_logits = teacher_logits
-        self.batch_size = batch_size
+        self.batch_size = check_count("batch_size", batch_size)
         self.seed = seed
         self.drop_remainder = drop_remainder
         if drop_remainder and len(x) < batch_size:
@@ -115,12 +135,9 @@ class _CropSequence(keras.utils.PyDataset):
     def __init__(self, images, labels, patch_size, n_patches, batch_size, seed, **kwargs):
         super().__init__(**kwargs)
         _check_crop_sources(images, labels, patch_size)
-        if n_patches < 1 or batch_size < 1:
-            raise ValueError(f"n_patches and batch_size must be >= 1, got {n_patches} and "
-                             f"{batch_size}.")
         self.images, self.labels = images, labels
-        self.patch_size, self.n_patches = patch_size, n_patches
-        self.batch_size, self.seed = batch_size, seed
+        self.patch_size, self.n_patches = patch_size, check_count("n_patches", n_patches)
+        self.batch_size, self.seed = check_count("batch_size", batch_size), seed
         self._sizes = np.array([image.shape[:2] for image in images])
         self._room = self._sizes - patch_size + 1  # crop positions along each axis
         positions = self._room.prod(1).astype(np.float64)
@@ -229,7 +246,9 @@ class PatchStream(keras.utils.PyDataset):
 
     Example:
 
-    `SegmentationDataset.stream` makes one for a split; pass it to `model.fit`.
+    `SegmentationDataset.stream` makes one for a split; pass it to
+    `model.fit(stream, shuffle=False)`: Keras' default shuffle would reorder
+    the batches at random again, decoding each image many times an epoch.
 
     >>> stream = PatchStream(data.files["train"], patch_size=32, shuffle=True)
     >>> stream.num_patches, len(stream), [array.shape for array in stream[0]]
@@ -255,13 +274,11 @@ class PatchStream(keras.utils.PyDataset):
         files = [(pathlib.Path(image), pathlib.Path(mask)) for image, mask in files]
         if not files:
             raise ValueError("files must list at least one (image_path, mask_path) pair.")
-        for label, value in (("patch_size", patch_size), ("batch_size", batch_size),
-                             ("cache_size", cache_size)):
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{label} must be an int >= 1, got {value!r}.")
         self.files = files
-        self.patch_size, self.batch_size = int(patch_size), int(batch_size)
-        self.shuffle, self.seed, self.cache_size = bool(shuffle), seed, int(cache_size)
+        self.patch_size = check_count("patch_size", patch_size)
+        self.batch_size = check_count("batch_size", batch_size)
+        self.shuffle, self.seed = bool(shuffle), seed
+        self.cache_size = check_count("cache_size", cache_size)
         self.resize_masks = bool(resize_masks)
         self._table = ColorTable(palette, ignore_colors, extra_colors)
         sizes, _ = read_image_sizes([(str(i), i, m) for i, m in files], self.patch_size,
@@ -335,10 +352,6 @@ class PatchStream(keras.utils.PyDataset):
         self._lock = threading.Lock()
 
 
-MIXES = ("cutmix", "mixup")
-"""The batch mixes `ConsistentCropSequence` can apply."""
-
-
 class ConsistentCropSequence(_CropSequence):
     """Strongly augmented crops for consistent teaching: teacher and student see one batch.
 
@@ -406,10 +419,7 @@ class ConsistentCropSequence(_CropSequence):
         super().__init__(images, labels, patch_size, n_patches, batch_size, seed, **kwargs)
         if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
             raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {scale!r}.")
-        if mix not in (*MIXES, None):
-            raise ValueError(f"mix must be one of {MIXES} or None, got {mix!r}.")
-        if not 0 <= mix_probability <= 1:
-            raise ValueError(f"mix_probability must be in [0, 1], got {mix_probability!r}.")
+        check_mix(mix, mix_probability)
         self.scale, self.symmetry = (float(scale[0]), float(scale[1])), bool(symmetry)
         self.mix, self.mix_probability = mix, float(mix_probability)
         self.set_epoch(0)

@@ -1,8 +1,10 @@
 """The callbacks of `fit_segmentation`: resumable randomness, best checkpoint, NaN stop."""
 
 import json
+import os
 import pathlib
 import re
+import shutil
 import time
 
 import keras
@@ -86,6 +88,34 @@ class SharedBackup(keras.callbacks.BackupAndRestore):
     across machines. Only process 0 saves and deletes it. On one process it
     is `BackupAndRestore`.
     """
+
+    METADATA = "training_metadata.json"
+    """The file in which Keras' `BackupAndRestore` records the epochs its backup holds."""
+
+    @classmethod
+    def restored_epochs(cls, folder: os.PathLike | str, repair: bool = True) -> int | None:
+        """The epochs done that a run resuming from the backup in `folder` starts after.
+
+        `None` if the backup records none. Keras writes its record in place
+        after the epoch's weights: a record cut short by a kill is replaced
+        (with `repair`) by the previous checkpoint's, weights and record, as
+        Keras itself falls back on a weights file cut short.
+        """
+        record = pathlib.Path(folder) / cls.METADATA
+        if not record.exists():
+            return None
+        try:
+            return int(json.loads(record.read_text())["epoch"])
+        except (ValueError, KeyError, TypeError):
+            previous = sorted(pathlib.Path(folder).glob("*.bkp"))
+            if not repair or record.with_name(f"{cls.METADATA}.bkp") not in previous:
+                raise ValueError(
+                    f"{record} was cut short (a run killed while Keras wrote its backup) "
+                    f"and no earlier checkpoint is beside it: delete {folder} to train "
+                    f"afresh (the run's earlier files are kept in previous/).") from None
+            for path in previous:  # the weights and the record of the epoch before
+                shutil.copyfile(path, path.with_suffix(""))
+            return int(json.loads(record.read_text())["epoch"])
 
     def on_epoch_end(self, epoch, logs=None):
         if writes_files():

@@ -147,7 +147,9 @@ class SegmentationDataset:
 
         Example:
 
-        Train with `model.fit(data.stream("train"), validation_data=data.stream("val"))`.
+        Train with `model.fit(data.stream("train"), shuffle=False,
+        validation_data=data.stream("val"))`: the stream orders itself (see
+        `PatchStream`), and Keras' own shuffle would break up its cache windows.
 
         >>> images, labels = data.stream("train", batch_size=8)[0]
         >>> images.shape, labels.shape

@@ -17,7 +17,8 @@ from .classes import IGNORE_INDEX
 from .files import cut_patches
 from .hosts import LocalRows, gather_json, local_batches, process_count, writes_files
 from .devices import data_parallel_size
-from .batches import ConsistentCropSequence, PatchSequence, RandomCropSequence
+from .batches import (ConsistentCropSequence, PatchSequence, RandomCropSequence, check_count,
+                      check_mix)
 from .layers import RandomSymmetry
 from .losses import SegmentationLoss
 from .distiller import Distiller
@@ -145,9 +146,10 @@ def fit_segmentation(
     - a NaN or infinite loss stops training and raises `FloatingPointError`
       saying which checkpoint was kept (the broken weights never replace it).
 
-    A fresh run (no backup of `name`) moves an earlier run's model, history
-    and record to `output_dir/previous/` (`RunFiles.archive`), so none of
-    them is mistaken for this run's, and nothing is lost.
+    A fresh run (no backup of `name`) moves an earlier run's model, best
+    score, history (its CSV too, of a run interrupted before it ended) and
+    record to `output_dir/previous/` (`RunFiles.archive`), so none of them is
+    mistaken for this run's, and nothing is lost.
 
     A run resumed after an interruption sees the same batches, augmentation
     and dropout draws as an uninterrupted one, so it ends with the same
@@ -173,7 +175,9 @@ def fit_segmentation(
         batch_size: patches per batch.
         seed: seed of the batch order.
         verbose: passed to `fit`.
-        callbacks: extra Keras callbacks.
+        callbacks: extra Keras callbacks. They run before the history's row
+            is written, so what they add to an epoch's logs (e.g.
+            `KDWeightSchedule`'s `alpha`) is in the history.
         cache_teacher: for a `Distiller`, run its teacher once over the
             training and validation patches before training and feed those
             logits with the images, instead of running the teacher at every
@@ -227,13 +231,17 @@ def fit_segmentation(
         raise ValueError(
             "fit_segmentation trains on a dataset held in memory, and this one is "
             "streamed (load_dataset(..., in_memory=False)): train with "
-            "`model.fit(data.stream('train'), validation_data=data.stream('val'))`, "
+            "`model.fit(data.stream('train'), shuffle=False, "
+            "validation_data=data.stream('val'))`, "
             "or load it with in_memory=True."
         )
     if len(data.x_val) == 0:
         raise ValueError("The dataset has no validation patches: set "
                          "val_per_tile >= 1 in load_dataset.")
+    check_count("epochs", epochs)
+    check_count("batch_size", batch_size)
     check_sampling(sampling)
+    check_mix(mix, mix_probability)  # for every sampling: a typo is never silently ignored
     whole = None if sampling == "grid" else _whole_training_images(data, sampling)
     if sampling == "consistent":
         _check_no_model_augmentation(model)
@@ -288,11 +296,10 @@ def fit_segmentation(
     (val_x, val_y), val_batch_size = local_batches((val_x, val_y), batch_size)
     if process_count() > 1:
         train = LocalRows(train)
-    if writer and not files.backup.exists():  # a fresh run: forget an older run's files
-        for stale in (files.history_csv, files.best):
-            stale.unlink(missing_ok=True)
-        # and keep its model, history and record aside, which this run's would mix with
-        files.archive([files.model, files.history, files.record])
+    if writer and not files.backup.exists():  # a fresh run: an older run's files, which
+        # this run's would mix with, go aside (an interrupted one's history too)
+        files.archive([files.model, files.history, files.record, files.history_csv,
+                       files.best])
     # Build model, metrics and optimizer on one validation patch now: fit would
     # otherwise pull a training batch to do it, which shifts the batch order of
     # the first epoch of a resumed run. BackupAndRestore needs them built too.
@@ -300,10 +307,11 @@ def fit_segmentation(
     model.test_on_batch(*local_batches(
         _pad_to_replicas(data.x_val[:1], data.y_val[:1], replicas), replicas)[0])
     # Keras prefetches batches before the callbacks' on_epoch_begin, so the
-    # sequence must know a resumed run's epoch before fit starts: our own
-    # record of finished epochs (`progress`), kept in the backup folder beside
-    # Keras' backup (and deleted with it when training ends).
-    seen = gather_json(progress.epochs)  # by every process, as each restores the backup
+    # sequence must know a resumed run's epoch before fit starts: the epochs
+    # Keras' backup restores. Our record (`progress`, written after it) agrees
+    # unless a kill fell between the two: then it lacks the last epoch's seconds.
+    restored = SharedBackup.restored_epochs(files.backup, repair=writer)
+    seen = gather_json(progress.epochs if restored is None else restored)  # by every process
     if len(set(seen)) > 1:
         raise RuntimeError(
             f"The processes see different backups in {files.backup} (epochs done, by "
@@ -332,6 +340,8 @@ def fit_segmentation(
         # extra rows are cut when it resumes), never missing one.
         callbacks=[
             SyncEpoch(sequence),
+            # before the history row, so what they add to the logs is in it
+            *callbacks,
             # on several processes, the others only train
             *([keras.callbacks.CSVLogger(str(files.history_csv), append=True), best]
               if writer else []),
@@ -342,7 +352,6 @@ def fit_segmentation(
             # still names (on several, each would repair the shared files at once)
             SharedBackup(str(files.backup), double_checkpoint=process_count() == 1),
             *([EpochRecord(files, precision)] if writer else []),
-            *callbacks,
         ],
         verbose=verbose if writer else 0,
     )

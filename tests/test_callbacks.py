@@ -45,3 +45,10 @@ def test_nan_in_the_first_epoch_saves_no_model_and_mixes_none_with_an_earlier_ru
     (kept,) = (tmp_path / "previous").iterdir()  # the earlier run's files, untouched
     assert sorted(p.read_text() for p in kept.iterdir()) == [
         "earlier m.keras", "earlier m_history.json", "earlier m_run.json"]
+
+
+def test_a_backup_record_cut_short_without_a_checkpoint_before_names_the_folder(tmp_path):
+    (tmp_path / aerialkd.callbacks.SharedBackup.METADATA).write_text('{"epo')
+    with pytest.raises(ValueError, match=rf"cut short .* delete {tmp_path} to train afresh"):
+        aerialkd.callbacks.SharedBackup.restored_epochs(tmp_path)
+    assert aerialkd.callbacks.SharedBackup.restored_epochs(tmp_path / "none") is None

@@ -126,6 +126,72 @@ def test_a_run_killed_while_writing_its_backup_resumes_from_the_epoch_before(
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("kill", ["after Keras' record", "while Keras wrote its record"])
+def test_a_run_killed_around_keras_record_of_its_backup_resumes_where_keras_does(
+        tiny_data, tmp_path, kill):
+    data = small_data(tiny_data)
+    kwargs = dict(epochs=3, name="m", batch_size=4, verbose=0)
+    ends = [_FinalWeights(), _FinalWeights()]
+    straight = utils.fit_segmentation(fresh_segmenter(), data, output_dir=tmp_path / "a",
+                                      callbacks=[ends[0]], **kwargs)
+    with pytest.raises(KeyboardInterrupt):
+        utils.fit_segmentation(fresh_segmenter(), data, output_dir=tmp_path / "b",
+                               callbacks=[AtEpochBegin(2, disconnect)], **kwargs)
+    files = utils.RunFiles(tmp_path / "b", "m")
+    record = files.backup / aerialkd.callbacks.SharedBackup.METADATA  # Keras' file, by its name
+    assert json.loads(record.read_text())["epoch"] == 2 == files.progress().epochs
+    if kill == "while Keras wrote its record":  # of epoch 2: the checkpoint before is whole
+        record.write_text('{"epo')
+    # ours comes after Keras' record: the kill left it at epoch 1
+    files.record_progress(dataclasses.replace(files.progress(), epochs=1))
+    history = utils.fit_segmentation(fresh_segmenter(), data, output_dir=tmp_path / "b",
+                                     callbacks=[ends[1]], **kwargs)
+    assert history["epoch"] == [0, 1, 2]
+    for key in straight:
+        np.testing.assert_array_equal(history[key], straight[key], err_msg=key)
+    for a, b in zip(ends[0].weights, ends[1].weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_fresh_run_keeps_an_interrupted_runs_history_aside(tiny_data, tmp_path):
+    data = small_data(tiny_data)
+    kwargs = dict(epochs=2, name="m", batch_size=4, verbose=0, output_dir=tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        utils.fit_segmentation(fresh_segmenter(), data, callbacks=[AtEpochBegin(1, disconnect)],
+                               **kwargs)
+    files = utils.RunFiles(tmp_path, "m")
+    earlier = {path.name: path.read_bytes() for path in (files.history_csv, files.best)}
+    shutil.rmtree(files.backup)  # as the advice to train afresh says
+    utils.fit_segmentation(fresh_segmenter(), data, **kwargs)
+    (archive,) = (tmp_path / "previous").iterdir()
+    assert {name: (archive / name).read_bytes() for name in earlier} == earlier
+
+
+@pytest.mark.parametrize("argument, value", [
+    ("batch_size", 0), ("batch_size", 8.0), ("batch_size", True), ("epochs", 0),
+    ("mix", "blend"), ("mix_probability", 7)])
+def test_a_bad_argument_is_refused_by_name_before_an_earlier_run_is_moved(
+        tiny_data, tmp_path, argument, value):
+    data = small_data(tiny_data)
+    kwargs = dict(epochs=1, name="m", batch_size=8, verbose=0, output_dir=tmp_path)
+    utils.fit_segmentation(fresh_segmenter(), data, **kwargs)
+    before = sorted(path.name for path in tmp_path.iterdir())
+    with pytest.raises(ValueError, match=rf"^{argument} must be"):
+        utils.fit_segmentation(fresh_segmenter(), data, **{**kwargs, argument: value})
+    assert sorted(path.name for path in tmp_path.iterdir()) == before
+
+
+def test_what_a_callback_adds_to_the_logs_is_in_the_history(tiny_data, tmp_path):
+    keras.utils.set_random_seed(0)
+    distiller = utils.compile_segmentation(utils.Distiller(
+        teacher=utils.build_unet(2, name="t"), student=utils.build_unet(2, name="s")))
+    schedule = utils.KDWeightSchedule(utils.KDWeightSchedule.warmup(1, 0.25))
+    history = utils.fit_segmentation(distiller, small_data(tiny_data), epochs=2,
+                                     output_dir=tmp_path, name="d", batch_size=8, verbose=0,
+                                     callbacks=[schedule])
+    assert history["alpha"] == [1.0, 0.25]
+
+
 def test_a_float16_backup_is_not_resumed_in_another_precision_nor_back(tiny_data, tmp_path):
     # A T4 trains in mixed_float16 with a loss-scale optimizer; a CPU runtime that
     # resumed its backup in float32 would load the weights but not the optimizer.
