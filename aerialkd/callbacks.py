@@ -63,20 +63,23 @@ class EpochRecord(keras.callbacks.Callback):
     training time is the seconds recorded before the interruption plus the
     last stretch. After each epoch it writes the run's `RunProgress` (see
     `RunFiles.progress`), with `precision`, the dtype policy the run trains
-    in, which a resumed run must share to restore its optimizer.
+    in, which a resumed run must share to restore its optimizer, and the
+    `settings` it must share to draw the same batches.
     """
 
-    def __init__(self, files: RunFiles, precision: str | None = None):
+    def __init__(self, files: RunFiles, precision: str | None = None,
+                 settings: dict | None = None):
         super().__init__()
         self.files = files
-        self.precision = precision
+        self.precision, self.settings = precision, settings
 
     def on_train_begin(self, logs=None):
         self._earlier, self._start = self.files.progress().seconds, time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = self._earlier + time.perf_counter() - self._start
-        self.files.record_progress(RunProgress(epoch + 1, seconds, self.precision))
+        self.files.record_progress(RunProgress(epoch + 1, seconds, self.precision,
+                                               self.settings))
 
 
 class SharedBackup(keras.callbacks.BackupAndRestore):

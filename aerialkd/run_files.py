@@ -10,6 +10,7 @@ import pathlib
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 
 def write_into_place(path: os.PathLike | str, data: str | bytes) -> None:
@@ -54,18 +55,22 @@ class RunProgress:
             of a run that was interrupted and resumed.
         precision: the dtype policy they trained in (e.g. "mixed_float16"),
             which the run's optimizer state depends on; `None` if not recorded.
+        settings: what else a resumed run must share with them to draw what
+            an uninterrupted run draws (`fit_segmentation`'s batch size, seed,
+            sampling); `None` if not recorded.
 
     Example:
 
     >>> files = RunFiles("runs", "student")
     >>> files.record_progress(RunProgress(epochs=2, seconds=30.5, precision="float32"))
     >>> files.progress()
-    RunProgress(epochs=2, seconds=30.5, precision='float32')
+    RunProgress(epochs=2, seconds=30.5, precision='float32', settings=None)
     """
 
     epochs: int = 0
     seconds: float = 0.0
     precision: str | None = None
+    settings: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,13 +157,13 @@ class RunFiles:
         Example:
 
         >>> RunFiles("runs", "teacher").progress()  # nothing trained yet
-        RunProgress(epochs=0, seconds=0.0, precision=None)
+        RunProgress(epochs=0, seconds=0.0, precision=None, settings=None)
         """
         if not self.epochs_done.exists():
             return RunProgress()
         done = json.loads(self.epochs_done.read_text())
         return RunProgress(int(done.get("epochs_done", 0)), float(done.get("seconds", 0.0)),
-                           done.get("precision"))
+                           done.get("precision"), done.get("settings"))
 
     def record_progress(self, progress: RunProgress) -> None:
         """Writes `progress` to `epochs_done`, whole (see `write_into_place`).
@@ -173,7 +178,7 @@ class RunFiles:
         self.epochs_done.parent.mkdir(parents=True, exist_ok=True)
         write_into_place(self.epochs_done, json.dumps(
             {"epochs_done": progress.epochs, "seconds": progress.seconds,
-             "precision": progress.precision}))
+             "precision": progress.precision, "settings": progress.settings}))
 
     def seconds_trained(self) -> float:
         """The seconds of training an unfinished run's finished epochs took so far.

@@ -271,6 +271,18 @@ def fit_segmentation(
             f"same kind of device, or with the model in {recorded} "
             f"(with_dtype_policy(model, {recorded!r})), or delete {files.backup} to "
             f"train afresh.")
+    # A resumed run draws what an uninterrupted one draws only with the same batches
+    settings = {"batch_size": batch_size, "seed": seed, "sampling": sampling}
+    if sampling == "consistent":
+        settings.update(mix=mix, mix_probability=mix_probability)
+    changed = {key: value for key, value in (progress.settings or {}).items()
+               if settings.get(key) != value}
+    if changed:
+        raise ValueError(
+            f"The backup in {files.backup} trained with {changed}, and this call asks for "
+            f"{ {key: settings.get(key) for key in changed} }: the resumed run would not be "
+            f"the run it continues. Pass {changed} to resume it, or delete {files.backup} "
+            f"to train afresh.")
     if writer:
         files.folder.mkdir(parents=True, exist_ok=True)
     train_logits, val_x = None, data.x_val
@@ -351,7 +363,7 @@ def fit_segmentation(
             # epoch before, which the record of epochs done, written after it,
             # still names (on several, each would repair the shared files at once)
             SharedBackup(str(files.backup), double_checkpoint=process_count() == 1),
-            *([EpochRecord(files, precision)] if writer else []),
+            *([EpochRecord(files, precision, settings)] if writer else []),
         ],
         verbose=verbose if writer else 0,
     )

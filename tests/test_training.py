@@ -153,6 +153,19 @@ def test_a_run_killed_around_keras_record_of_its_backup_resumes_where_keras_does
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_run_is_not_resumed_with_other_batches(tiny_data, tmp_path):
+    data = small_data(tiny_data)
+    kwargs = dict(epochs=2, name="m", verbose=0, output_dir=tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        utils.fit_segmentation(fresh_segmenter(), data, batch_size=4,
+                               callbacks=[AtEpochBegin(1, disconnect)], **kwargs)
+    with pytest.raises(ValueError, match=r"trained with \{'batch_size': 4, 'seed': 0\}, and "
+                                         r"this call asks for \{'batch_size': 8, 'seed': 1\}"):
+        utils.fit_segmentation(fresh_segmenter(), data, batch_size=8, seed=1, **kwargs)
+    history = utils.fit_segmentation(fresh_segmenter(), data, batch_size=4, **kwargs)
+    assert history["epoch"] == [0, 1]  # resumed
+
+
 def test_a_fresh_run_keeps_an_interrupted_runs_history_aside(tiny_data, tmp_path):
     data = small_data(tiny_data)
     kwargs = dict(epochs=2, name="m", batch_size=4, verbose=0, output_dir=tmp_path)
