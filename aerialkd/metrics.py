@@ -84,11 +84,12 @@ def iou_scores(
     Pixels labelled `IGNORE_INDEX` are left out. The confusion matrix is
     scikit-learn's; IoU of a class is TP / (TP + FP + FN) from it; a class
     absent from both truth and prediction has IoU NaN and is left out of the
-    means. The cheap part of `segmentation_metrics`, for when only these
+    means (a mean is NaN when none of its classes is present). The cheap part of `segmentation_metrics`, for when only these
     scores are needed.
 
     Args:
-        y_true: labels, any shape.
+        y_true: labels, any shape (`(N, H, W)` or `(N, H, W, 1)`), with at
+            least one annotated pixel.
         y_pred: predicted labels, the same shape.
         n_classes: number of classes (a model's outputs, or a dataset's
             `n_classes`).
@@ -108,13 +109,17 @@ def iou_scores(
     from sklearn import metrics
 
     labelled = check_labelled_classes(labelled_classes, n_classes)
-    y_true, y_pred = np.asarray(y_true).reshape(-1), np.asarray(y_pred).reshape(-1)
+    y_true, y_pred = _label_array(y_true), _label_array(y_pred)
     if y_true.shape != y_pred.shape:
-        raise ValueError(f"y_true has {y_true.size} labels but y_pred has {y_pred.size}.")
+        raise ValueError(f"y_true and y_pred must have the same shape, got {y_true.shape} "
+                         f"and {y_pred.shape}.")
     valid = y_true != IGNORE_INDEX
+    if not valid.any():
+        raise ValueError(f"y_true has no annotated pixel (every label is {IGNORE_INDEX}): "
+                         f"there is nothing to score; leave such images out.")
     y_true, y_pred = y_true[valid].astype(np.int64), y_pred[valid].astype(np.int64)
-    if y_true.size and (y_true.min() < 0 or y_true.max() >= n_classes
-                        or y_pred.min() < 0 or y_pred.max() >= n_classes):
+    if (y_true.min() < 0 or y_true.max() >= n_classes
+            or y_pred.min() < 0 or y_pred.max() >= n_classes):
         raise ValueError(f"labels must lie in [0, {n_classes}) or be {IGNORE_INDEX}.")
     cm = metrics.confusion_matrix(y_true, y_pred, labels=np.arange(n_classes))
     tp = np.diag(cm).astype(np.float64)
@@ -124,10 +129,22 @@ def iou_scores(
     return {
         "confusion_matrix": cm,
         "per_class_iou": iou.tolist(),
-        f"miou{n_classes}": float(np.nanmean(iou)),
-        miou_name(labelled): float(np.nanmean(iou[list(labelled)])),
-        "pixel_acc": float(tp.sum() / max(cm.sum(), 1)),
+        f"miou{n_classes}": _mean_of_present(iou),
+        miou_name(labelled): _mean_of_present(iou[list(labelled)]),
+        "pixel_acc": float(tp.sum() / cm.sum()),
     }
+
+
+def _label_array(labels):
+    """`labels` as an array, a trailing axis of one label dropped (`(N, H, W, 1)`)."""
+    labels = np.asarray(labels)
+    return labels[..., 0] if labels.ndim > 1 and labels.shape[-1] == 1 else labels
+
+
+def _mean_of_present(iou):
+    """The mean IoU of the classes present; NaN, without a warning, when none is."""
+    present = iou[~np.isnan(iou)]
+    return float(present.mean()) if present.size else float("nan")
 
 
 def _pixel_sample(n, max_pixels, seed):

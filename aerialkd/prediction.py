@@ -11,6 +11,7 @@ from keras import ops
 
 from .hosts import process_count
 from .devices import data_parallel_size
+from .batches import check_count
 
 
 def predict_logits(
@@ -26,7 +27,8 @@ def predict_logits(
     Args:
         model: a Keras model returning logits, or a function from a batch to
             logits such as `make_predict_function`'s.
-        images: images `(N, H, W, 3)`, uint8 or float.
+        images: images `(N, H, W, 3)`, uint8 or float in [0, 255] (the
+            models rescale by 1/255 themselves).
         batch_size: images per forward pass.
 
     Returns:
@@ -37,8 +39,11 @@ def predict_logits(
     >>> predict_logits(student, data.x_test).shape  # 140 patches of 32x32, 6 classes
     (140, 32, 32, 6)
     """
-    predict = batch_predictor(model)
+    check_count("batch_size", batch_size)
     images = np.asarray(images)
+    if not len(images):
+        raise ValueError(f"images holds no image (shape {images.shape}): nothing to predict.")
+    predict = batch_predictor(model)
     return np.concatenate([predict(images[i : i + batch_size])
                            for i in range(0, len(images), batch_size)])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -298,8 +299,10 @@ def markdown_table(
              "|" + "---|" * len(columns)]
     for row in rows:
         values = [row.get(column, "—") for column in columns]
-        cells = [f"{v:,.{digits}f}" if isinstance(v, float) else
-                 f"{v:,}" if isinstance(v, int) else "—" if v is None else str(v)
+        cells = [str(v) if isinstance(v, (bool, np.bool_)) else
+                 f"{v:,}" if isinstance(v, numbers.Integral) else
+                 f"{v:,.{digits}f}" if isinstance(v, numbers.Real) else
+                 "—" if v is None else str(v)
                  for v in values]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .batches import check_count
 from .prediction import batch_predictor
 
 if TYPE_CHECKING:
@@ -54,15 +55,17 @@ def predict_image(
     ((136, 150), (136, 150, 3))
     """
     image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"image must be (H, W, 3), got shape {image.shape}.")
+    if image.ndim != 3 or image.shape[-1] != 3 or not image.shape[0] or not image.shape[1]:
+        raise ValueError(f"image must be (H, W, 3) with H, W >= 1, got shape {image.shape}.")
     overlap = check_tiling(tile_size, overlap)
+    check_count("batch_size", batch_size)
     height, width = image.shape[:2]
-    labels = np.empty((height, width), np.uint8)
-    logits = []
+    labels, logits = [], []
 
     def consume(top, band):
-        labels[top : top + len(band)] = band.argmax(-1)
+        if not labels:  # uint8 holds the labels of up to 256 classes
+            labels.append(np.empty((height, width), np.min_scalar_type(band.shape[-1] - 1)))
+        labels[0][top : top + len(band)] = band.argmax(-1)
         if return_logits:
             if not logits:
                 logits.append(np.empty((height, width, band.shape[-1]), np.float32))
@@ -70,12 +73,13 @@ def predict_image(
 
     blend_tiles(model, lambda start, stop: image[start:stop], height, width,
                  tile_size, overlap, batch_size, consume)
-    return (labels, logits[0]) if return_logits else labels
+    return (labels[0], logits[0]) if return_logits else labels[0]
 
 
 def check_tiling(tile_size, overlap):
     """Validates `tile_size` and `overlap`; returns the overlap to use."""
-    if tile_size % 16 or tile_size < 16:
+    if isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer)) \
+            or tile_size % 16 or tile_size < 16:
         raise ValueError(f"tile_size must be a multiple of 16, got {tile_size}.")
     overlap = tile_size // 4 if overlap is None else overlap
     if not 0 <= overlap < tile_size:

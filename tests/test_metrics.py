@@ -218,3 +218,24 @@ def test_error_overlap_names_the_classes_generically_unless_given_names():
     assert by_class == {
         "class 0": {"both_right": 0.0, "only_a_right": 1.0, "only_b_right": 0.0, "both_wrong": 0.0},
         "class 2": {"both_right": 0.5, "only_a_right": 0.0, "only_b_right": 0.5, "both_wrong": 0.0}}
+
+
+def test_iou_scores_refuse_labels_without_an_annotated_pixel():
+    y_true = np.full((1, 4, 4), utils.IGNORE_INDEX, np.uint8)
+    with pytest.raises(ValueError, match="no annotated pixel"):
+        utils.segmentation_metrics(y_true, np.zeros((1, 4, 4, 6), "float32"))
+
+
+def test_a_mean_over_absent_classes_is_nan_without_a_warning(recwarn):
+    y_true = np.full((1, 2, 2), 5)  # only the unlabelled class: none of the five is present
+    scores = utils.iou_scores(y_true, y_true, n_classes=6,
+                              labelled_classes=utils.LABELLED_CLASSES)
+    assert np.isnan(scores["miou5"]) and scores["miou6"] == 1.0 and scores["pixel_acc"] == 1.0
+    assert not recwarn.list
+
+
+def test_iou_scores_compare_shapes_not_sizes():
+    y_true = np.array([[0, 1, 2], [0, 1, 2]])
+    with pytest.raises(ValueError, match=r"the same shape, got \(2, 3\) and \(3, 2\)"):
+        utils.iou_scores(y_true, y_true.T, n_classes=3)
+    assert utils.iou_scores(y_true[..., None], y_true, n_classes=3)["pixel_acc"] == 1.0

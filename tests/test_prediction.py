@@ -4,6 +4,7 @@ import time
 
 import keras
 import numpy as np
+import pytest
 
 import utils
 from helpers import pixelwise_model
@@ -34,3 +35,11 @@ def test_measure_latency_gives_every_model_a_positive_median_in_seconds():
     assert list(seconds) == ["keras", "slow"]
     assert all(isinstance(s, float) and s > 0 for s in seconds.values())
     assert seconds["slow"] >= 0.01 and calls == [2] * 4  # one warm-up, three timed passes
+
+
+def test_predict_logits_names_a_bad_batch_size_and_no_images():
+    images = np.zeros((2, 16, 16, 3), np.uint8)
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
+        utils.predict_logits(pixelwise_model(), images, batch_size=0)
+    with pytest.raises(ValueError, match="images holds no image"):
+        utils.predict_logits(pixelwise_model(), images[:0])

@@ -1,5 +1,6 @@
 """Tests of `aerialkd.tables`: column names, history rows, seeds, Markdown tables."""
 
+import numpy as np
 import pytest
 
 import utils
@@ -86,3 +87,8 @@ def test_describe_change_calls_a_change_real_by_a_paired_t_test():
     t = 0.04 / (0.01 / 3 ** 0.5)
     assert utils.paired_t_test({"change": -0.04, "change sd": 0.01, "paired seeds": 3}) == (
         pytest.approx(1 - t / (t * t + 2) ** 0.5))
+
+
+def test_markdown_table_formats_numpy_numbers_and_shows_booleans_as_such():
+    row = {"a": np.float32(0.123456), "b": np.int64(1234567), "c": True, "d": np.bool_(False)}
+    assert utils.markdown_table([row]).splitlines()[2] == "| 0.123 | 1,234,567 | True | False |"

@@ -82,3 +82,21 @@ def test_predict_image_blends_tiles_with_the_documented_padding_and_weights(
     # The neighbourhood shows: the whole image in one pass differs near tile seams.
     whole = keras.ops.convert_to_numpy(model(image[None].astype("float32")))[0]
     assert not np.allclose(logits, whole, atol=1e-3)
+
+
+def test_predict_image_keeps_the_labels_of_more_than_256_classes():
+    model = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(300, 1)])
+    image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    labels, logits = utils.predict_image(model, image, tile_size=16, return_logits=True)
+    assert labels.dtype == np.uint16
+    np.testing.assert_array_equal(labels, logits.argmax(-1))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(batch_size=0), "batch_size must be an int >= 1"),
+    (dict(tile_size=32.0), "tile_size must be a multiple of 16"),
+    (dict(image=np.zeros((0, 8, 3), np.uint8)), r"H, W >= 1, got shape \(0, 8, 3\)")])
+def test_predict_image_names_a_bad_argument(kwargs, message):
+    kwargs = {"image": np.zeros((8, 8, 3), np.uint8), "tile_size": 16, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        utils.predict_image(pixelwise_model(), **kwargs)
