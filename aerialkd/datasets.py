@@ -45,6 +45,9 @@ class SegmentationDataset:
             rescaled to it.
         resized_masks: how many masks were rescaled.
         extra_colors: the deprecated `extra_colors` policy, if one was given.
+        relabelled: the splits whose labels in memory are not their masks on
+            disk (`unlabelled_elsewhere`, `pseudo_labelled`): `whole_images`
+            and `stream` refuse them, as the files would bring the masks back.
 
     Example:
 
@@ -77,6 +80,7 @@ class SegmentationDataset:
     resize_masks: bool = False
     resized_masks: int = 0
     extra_colors: dict[str, int] | None = None
+    relabelled: tuple[str, ...] = ()
 
     @property
     def n_classes(self) -> int:
@@ -95,6 +99,17 @@ class SegmentationDataset:
             p = self.patch_size
             return sum((h // p) * (w // p) for h, w in self.image_sizes[split])
         return len(getattr(self, f"x_{split}"))
+
+    def _check_on_disk(self, split):
+        """Refuses to read `split` from its files if its labels were changed in memory."""
+        _check_split(split, self.files)
+        if split in self.relabelled:
+            raise ValueError(
+                f"The {split} labels of this dataset were changed in memory "
+                f"(unlabelled_elsewhere or pseudo_labelled), and its files hold every "
+                f"original mask: reading them would bring back the labels it hides or "
+                f"replaces. Train on its patches in memory (data.x_{split}, "
+                f"data.y_{split}; fit_segmentation with sampling='grid').")
 
     def whole_images(self, split: str = "train") -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Reads the split's whole images and labels again, for `RandomCropSequence`.
@@ -116,7 +131,7 @@ class SegmentationDataset:
         >>> images[0].shape[:2] == labels[0].shape
         True
         """
-        _check_split(split, self.files)
+        self._check_on_disk(split)
         table = self._color_table()
         pairs = [decode_pair(image, mask, table, self.resize_masks)
                  for image, mask in self.files[split]]
@@ -155,7 +170,7 @@ class SegmentationDataset:
         >>> images.shape, labels.shape
         ((8, 32, 32, 3), (8, 32, 32))
         """
-        _check_split(split, self.files)
+        self._check_on_disk(split)
         if not self.files[split]:
             raise ValueError(f"The {split} split holds no images; change the split "
                              f"arguments of load_dataset.")

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .batches import check_count
 from .classes import IGNORE_INDEX
 from .datasets import SegmentationDataset
 
@@ -177,7 +178,7 @@ def unlabelled_elsewhere(data: SegmentationDataset,
     keep = labelled_patches(data, chosen)  # first: it says what is wrong with data
     y = data.y_train.copy()
     y[~keep] = IGNORE_INDEX
-    return dataclasses.replace(data, y_train=y)
+    return dataclasses.replace(data, y_train=y, relabelled=_with_train(data.relabelled))
 
 
 def pseudo_labelled(data: SegmentationDataset, chosen: Sequence[str],
@@ -229,7 +230,12 @@ def pseudo_labelled(data: SegmentationDataset, chosen: Sequence[str],
                          f"for pixels to leave out.")
     y = data.y_train.copy()
     y[~keep] = labels[~keep].astype(y.dtype)
-    return dataclasses.replace(data, y_train=y)
+    return dataclasses.replace(data, y_train=y, relabelled=_with_train(data.relabelled))
+
+
+def _with_train(relabelled):
+    """`relabelled` (a dataset's splits relabelled in memory) and "train"."""
+    return tuple(dict.fromkeys((*relabelled, "train")))
 
 
 def matched_epochs(epochs: int, n_train: int, n_reference: int, batch_size: int) -> int:
@@ -242,15 +248,15 @@ def matched_epochs(epochs: int, n_train: int, n_reference: int, batch_size: int)
         batch_size: batch size of both.
 
     Returns:
-        The number of epochs, rounded to the nearest.
+        The number of epochs, rounded to the nearest, at least 1.
 
     Example:
 
     >>> matched_epochs(100, n_train=218, n_reference=870, batch_size=16)  # 100 * 55 / 14
     393
     """
-    if min(epochs, n_train, n_reference, batch_size) < 1:
-        raise ValueError(f"epochs, n_train, n_reference and batch_size must be positive; got "
-                         f"{epochs}, {n_train}, {n_reference}, {batch_size}.")
+    for label, value in (("epochs", epochs), ("n_train", n_train),
+                         ("n_reference", n_reference), ("batch_size", batch_size)):
+        check_count(label, value)
     steps = lambda n: math.ceil(n / batch_size)  # noqa: E731
-    return round(epochs * steps(n_reference) / steps(n_train))
+    return max(1, round(epochs * steps(n_reference) / steps(n_train)))

@@ -264,6 +264,11 @@ def _read_image(path):
     try:
         image = Image.open(path)
         image.load()
+    except Image.DecompressionBombError as error:
+        raise ValueError(
+            f"{path} has more pixels than Pillow opens by default ({error}). If the file "
+            f"is yours and trusted, raise the limit: PIL.Image.MAX_IMAGE_PIXELS = None; "
+            f"for a whole scene, segment_scene reads it window by window.") from error
     except (OSError, SyntaxError, ValueError) as error:
         raise ValueError(
             f"Cannot read {path}: {error}. The file is truncated or not an "
@@ -279,7 +284,7 @@ def read_image_sizes(pairs, patch_size, resize_masks):
         try:
             with Image.open(image_path) as image, Image.open(mask_path) as mask:
                 image_size, mask_size = image.size, mask.size
-        except (OSError, SyntaxError, ValueError):
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
             _read_image(image_path)  # raises, naming the file
             _read_image(mask_path)
             raise

@@ -102,6 +102,12 @@ def _whole_training_images(data, sampling):
     replaced (`unlabelled_elsewhere`, `pseudo_labelled`, or by hand) would
     otherwise train on the masks it meant to hide or replace.
     """
+    if "train" in data.relabelled:
+        raise ValueError(
+            f"sampling={sampling!r} draws crops from the training masks on disk, but this "
+            f"dataset's training labels were changed in memory (unlabelled_elsewhere or "
+            f"pseudo_labelled): those labels would be ignored. Train with "
+            f"sampling='grid', which reads data.y_train.")
     images, labels = data.whole_images("train")
     on_disk = [cut_patches(mask, data.patch_size) for mask in labels]
     if on_disk and sum(map(len, on_disk)) == len(data.y_train):
@@ -236,8 +242,9 @@ def fit_segmentation(
             "or load it with in_memory=True."
         )
     if len(data.x_val) == 0:
-        raise ValueError("The dataset has no validation patches: set "
-                         "val_per_tile >= 1 in load_dataset.")
+        raise ValueError("The dataset has no validation patches: set val_per_tile >= 1 "
+                         "(the Kaggle tiles) or val_fraction > 0 (a flat folder) in "
+                         "load_dataset.")
     check_count("epochs", epochs)
     check_count("batch_size", batch_size)
     check_sampling(sampling)

@@ -65,6 +65,13 @@ def test_truncated_image(root):
         _load(root)
 
 
+def test_an_image_past_pillows_pixel_limit_is_named(root, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 // 4)  # refused past twice this
+    with pytest.raises(ValueError, match=r"image_part_\d+\.jpg has more pixels than Pillow "
+                                         r"opens by default.*MAX_IMAGE_PIXELS = None"):
+        _load(root)
+
+
 def test_greyscale_mask_is_refused(root):
     mask = root / "Tile 1" / "masks" / "image_part_001.png"
     Image.open(mask).convert("L").save(mask)

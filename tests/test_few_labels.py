@@ -104,8 +104,11 @@ def test_matched_epochs_give_the_steps_of_the_reference_run():
     assert utils.matched_epochs(100, 218, 870, batch_size=16) == 393  # 100 * 55 / 14 = 392.9
     assert utils.matched_epochs(100, 870, 870, batch_size=16) == 100
     assert utils.matched_epochs(10, 100, 420, batch_size=8) == 41  # 10 * 53 / 13 = 40.8
-    with pytest.raises(ValueError, match="must be positive"):
+    with pytest.raises(ValueError, match="n_train must be an int >= 1, got 0"):
         utils.matched_epochs(100, 0, 870, batch_size=16)
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 16.5"):
+        utils.matched_epochs(3, 2, 870, batch_size=16.5)
+    assert utils.matched_epochs(1, 1000, 100, batch_size=16) == 1  # 1 * 7 / 63: not 0 epochs
 
 
 class _Started(Exception):
@@ -126,14 +129,29 @@ def test_crops_from_the_masks_on_disk_refuse_a_dataset_whose_labels_were_replace
     keep = utils.labelled_patches(tiny_data, chosen)
     masked = utils.unlabelled_elsewhere(tiny_data, chosen)
     pseudo = utils.pseudo_labelled(tiny_data, chosen, np.zeros_like(tiny_data.y_train))
+    by_hand = dataclasses.replace(tiny_data, y_train=pseudo.y_train)  # no record of it
     for data in (masked, pseudo):
-        n = int((data.y_train != tiny_data.y_train).reshape(len(keep), -1).any(1).sum())
-        with pytest.raises(ValueError, match=rf"{sampling}.*{n} of the 420 patches of "
-                                             rf"data.y_train differ.*sampling='grid'"):
+        with pytest.raises(ValueError, match=rf"{sampling}.*changed in memory.*sampling='grid'"):
             utils.fit_segmentation(model, data, epochs=1, output_dir=tmp_path, name="m",
                                    sampling=sampling)
+    n = int((by_hand.y_train != tiny_data.y_train).reshape(len(keep), -1).any(1).sum())
+    with pytest.raises(ValueError, match=rf"{sampling}.*{n} of the 420 patches of "
+                                         rf"data.y_train differ.*sampling='grid'"):
+        utils.fit_segmentation(model, by_hand, epochs=1, output_dir=tmp_path, name="m",
+                               sampling=sampling)
     assert not (tmp_path / "m.keras").exists()
     for data in (tiny_data, utils.only_labelled(tiny_data, chosen)):  # masks and patches agree
         with pytest.raises(_Started):
             utils.fit_segmentation(model, data, epochs=1, output_dir=tmp_path, name="m",
                                    sampling=sampling, callbacks=[_StopAtStart()])
+
+
+def test_the_files_of_relabelled_training_images_are_not_read_again(tiny_data, chosen):
+    for data in (utils.unlabelled_elsewhere(tiny_data, chosen),
+                 utils.pseudo_labelled(tiny_data, chosen, np.zeros_like(tiny_data.y_train))):
+        assert data.relabelled == ("train",)
+        for read in (data.whole_images, data.stream):
+            with pytest.raises(ValueError, match=r"train labels of this dataset were changed"):
+                read("train")
+        assert len(data.stream("val")) and len(data.whole_images("test")[0])  # unchanged
+    assert utils.only_labelled(tiny_data, chosen).relabelled == ()  # its masks are its labels
