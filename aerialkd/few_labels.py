@@ -17,7 +17,6 @@ experiments keep the labels of a subset of the training images:
 """
 
 import dataclasses
-import itertools
 import math
 from collections.abc import Sequence
 
@@ -91,11 +90,30 @@ def label_subset(data: SegmentationDataset, n_images: int | None = None,
         if extra > len(seconds):
             raise ValueError(f"n_images={n_images}: the tiled rule takes one or two images per "
                              f"tile, at most {len(tiles) + len(seconds)} here; ask for fewer.")
-        best = min(itertools.combinations(seconds, extra),
-                   key=lambda pick: abs(sum(counts[n] for n in base)
-                                        + sum(counts[order[t][1]] for t in pick) - target))
-        chosen = base + [order[tile][1] for tile in best]
+        best = _first_closest([counts[order[tile][1]] for tile in seconds], extra,
+                              target - sum(counts[name] for name in base))
+        chosen = base + [order[seconds[i]][1] for i in best]
     return [name for name in sources if name in chosen]
+
+
+def _first_closest(values, k, target):
+    """The first `k` indices, in `itertools.combinations`' order, whose values sum closest to
+    `target`: what `min` over the combinations gives, from a table of the reachable sums."""
+    n = len(values)
+    reach = [[{0}] + [set() for _ in range(k)] for _ in range(n + 1)]  # j of values[i:]
+    for i in range(n - 1, -1, -1):
+        for j in range(1, k + 1):
+            reach[i][j] = reach[i + 1][j] | {values[i] + s for s in reach[i + 1][j - 1]}
+    gap = min(abs(s - target) for s in reach[0][k])
+    goals = {s for s in reach[0][k] if abs(s - target) == gap}
+    pick, i, total = [], 0, 0
+    for j in range(k, 0, -1):  # the earliest value from which a goal is still reached
+        while not any(g - total - values[i] in reach[i + 1][j - 1] for g in goals):
+            i += 1
+        pick.append(i)
+        total += values[i]
+        i += 1
+    return pick
 
 
 def labelled_patches(data: SegmentationDataset, chosen: Sequence[str]) -> np.ndarray:

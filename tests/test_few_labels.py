@@ -7,6 +7,7 @@ rounds to 4.
 
 import collections
 import dataclasses
+import itertools
 
 import keras
 import numpy as np
@@ -31,6 +32,39 @@ def test_label_subset_takes_one_image_per_tile_and_a_second_where_it_comes_close
     assert utils.label_subset(tiny_data) == chosen  # fixed by the seed
     two = utils.label_subset(tiny_data, n_images=2)  # fewer images than tiles
     assert [n.split("/")[0] for n in two] == ["Tile 1", "Tile 2"] and set(two) <= set(chosen)
+
+
+def _tiles(tiny_data, n_tiles, per_tile, seed):
+    """`tiny_data` renamed to `n_tiles` tiles of `per_tile` training images of random sizes."""
+    rng = np.random.default_rng(seed)
+    names = [f"Tile {t}/image_{i}" for t in range(n_tiles) for i in range(per_tile)]
+    sizes = [tuple(int(v) for v in rng.integers(32, 200, 2)) for _ in names]
+    return dataclasses.replace(tiny_data, sources={**tiny_data.sources, "train": names},
+                               image_sizes={**tiny_data.image_sizes, "train": sizes})
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_label_subset_picks_the_seconds_that_trying_every_pick_would(tiny_data, seed):
+    data = _tiles(tiny_data, n_tiles=7, per_tile=3, seed=seed)
+    counts = {name: (h // 32) * (w // 32)
+              for name, (h, w) in zip(data.sources["train"], data.image_sizes["train"])}
+    tile = lambda name: name.split("/")[0]  # noqa: E731
+    firsts = {tile(n): n for n in utils.label_subset(data, n_images=7, seed=seed)}
+    seconds = {tile(n): n for n in utils.label_subset(data, n_images=14, seed=seed)
+               if n not in firsts.values()}
+    extra, target = 1 + seed % 4, sum(counts.values()) / 4
+    best = min(itertools.combinations(seconds, extra),  # the first closest, in tile order
+               key=lambda pick: abs(sum(counts[n] for n in firsts.values())
+                                    + sum(counts[seconds[t]] for t in pick) - target))
+    expected = {*firsts.values(), *(seconds[t] for t in best)}
+    assert utils.label_subset(data, n_images=7 + extra, seed=seed) == [
+        n for n in data.sources["train"] if n in expected]
+
+
+def test_label_subset_of_many_tiles_is_quick(tiny_data):
+    data = _tiles(tiny_data, n_tiles=40, per_tile=7, seed=0)  # C(40, 30): 8.5e8 picks
+    chosen = utils.label_subset(data)
+    assert len(chosen) == 70 and len({n.split("/")[0] for n in chosen}) == 40
 
 
 def test_label_subset_of_a_flat_folder_draws_images_with_the_seed(tiny_data):
