@@ -264,6 +264,13 @@ def mask_to_labels(
             f"{source}: expected an RGB mask of shape (H, W, 3), "
             f"got shape {mask.shape}."
         )
+    if not np.issubdtype(mask.dtype, np.integer) or mask.size and (
+            mask.min() < 0 or mask.max() > 255):
+        raise ValueError(
+            f"{source}: expected 8-bit colours (0..255), got {mask.dtype} values"
+            f"{f' from {mask.min()} to {mask.max()}' if mask.size else ''}. A mask read "
+            f"with matplotlib's imread is in [0, 1]: read it with "
+            f"np.asarray(PIL.Image.open(path).convert('RGB')).")
     if extra_colors is not None:
         warn_extra_colors()
     return ColorTable(palette, ignore_colors, extra_colors).labels(mask, source)

@@ -70,16 +70,16 @@ def dataset_layout(path):
     for folders in FLAT_LAYOUTS:
         if all((path / f).is_dir() for f in folders):
             return path, folders
-    candidates = sorted(
+    candidates = sorted({
         p.parent.parent for p in path.glob("**/Tile */images") if p.is_dir()
-    )
+    })
     if candidates:
-        return candidates[0], None
+        return _only(candidates, path), None
     for folders in FLAT_LAYOUTS:
         below = sorted(p for p in path.iterdir()
                        if p.is_dir() and all((p / f).is_dir() for f in folders))
         if below:
-            return below[0], folders
+            return _only(below, path), folders
     found = sorted(p.name for p in path.iterdir())[:10]
     raise FileNotFoundError(
         f"No dataset found in {str(path)!r}: expected the Kaggle layout "
@@ -157,10 +157,24 @@ def _pair_by_stem(image_dir, mask_dir, where):
     return [(stem, images[stem], masks[stem]) for stem in sorted(images)]
 
 
+def _only(roots, path):
+    """The one dataset found below `path`; several are an error naming them."""
+    if len(roots) > 1:
+        names = [str(root.relative_to(path)) for root in roots]
+        raise ValueError(f"{str(path)!r} holds {len(roots)} datasets, {names[:5]}: pass the "
+                         f"folder of one of them (e.g. {str(roots[0])!r}).")
+    return roots[0]
+
+
 def _files_by_stem(folder):
     files = {}
     if not folder.is_dir():
         return files
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and p.name[:1] not in "._"):
+        if any(f.suffix.lower() in IMAGE_SUFFIXES for f in sub.rglob("*")):
+            raise ValueError(
+                f"{sub} holds images, and {folder} is read without its sub-folders: move "
+                f"them into {folder} (each name once), or load that folder on its own.")
     for path in sorted(folder.iterdir()):
         if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
             continue

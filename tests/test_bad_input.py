@@ -39,6 +39,25 @@ def test_dataset_found_below_the_given_folder(root):
     assert len(_load(root.parent.parent).x_train) == 2 * 4
 
 
+def test_two_datasets_below_the_given_folder_are_named_not_one_taken(tmp_path):
+    for name in ("train", "val"):
+        utils.make_custom_dataset(tmp_path / name, n_images=2, size=(64, 64))
+    with pytest.raises(ValueError, match=r"holds 2 datasets, \['train', 'val'\]: pass the "
+                                         r"folder of one of them"):
+        utils.find_dataset_root(tmp_path)
+
+
+def test_images_in_a_sub_folder_are_named_not_left_out(tmp_path):
+    root = utils.make_custom_dataset(tmp_path / "d", n_images=4, size=(64, 64))
+    image = sorted((root / "images").iterdir())[0]
+    (root / "images" / "batch2").mkdir()
+    image.rename(root / "images" / "batch2" / image.name)
+    (root / "images" / ".ipynb_checkpoints").mkdir()  # hidden folders are not data
+    with pytest.raises(ValueError, match=r"batch2 holds images, and .*images is read "
+                                         r"without its sub-folders"):
+        utils.load_dataset(root, patch_size=32, classes=root / "classes.json")
+
+
 def test_image_without_its_mask(root):
     (root / "Tile 1" / "masks" / "image_part_002.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"image_part_002\.jpg has no mask"):

@@ -43,6 +43,15 @@ def test_off_palette_colour_raises_naming_file_and_colour():
         utils.mask_to_labels(mask, source="Tile 9/masks/x.png")
 
 
+@pytest.mark.parametrize("mask, found", [
+    (np.zeros((2, 2, 3), np.float32), "float32 values from 0.0 to 0.0"),  # plt.imread's [0, 1]
+    (np.full((2, 2, 3), 300, np.uint16), "uint16 values from 300 to 300")])
+def test_a_mask_of_other_than_8_bit_colours_is_refused_not_read_as_black(mask, found):
+    with pytest.raises(ValueError, match=rf"m\.png: expected 8-bit colours \(0\.\.255\), "
+                                         rf"got {found}"):
+        utils.mask_to_labels(mask, source="m.png")
+
+
 def test_labels_to_rgb_inverts_mask_to_labels():
     labels = np.array([[0, 1, 2], [3, 4, 5]])
     assert np.array_equal(utils.mask_to_labels(utils.labels_to_rgb(labels)), labels)
