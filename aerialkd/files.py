@@ -277,6 +277,7 @@ def _size_mismatch(image_path, image_size, mask_path, mask_size):
 def _read_image(path):
     try:
         image = Image.open(path)
+        wide = _wide_colours(image)  # read before load() forgets it
         image.load()
     except Image.DecompressionBombError as error:
         raise ValueError(
@@ -288,7 +289,25 @@ def _read_image(path):
             f"Cannot read {path}: {error}. The file is truncated or not an "
             f"image; download the dataset again or remove this pair."
         ) from error
+    if wide:
+        raise ValueError(
+            f"{path} holds {image.mode} colours of more than 8 bits ({wide}), which "
+            f"would be read as 8-bit by keeping the high byte of each value: images and "
+            f"masks must be 8-bit. Rescale it to 0..255 and save it as 8-bit first (for "
+            f"whole GeoTIFF scenes, segment_scene(..., rescale=(low, high)) does that).")
     return image
+
+
+def _wide_colours(image):
+    """The raw mode of an opened colour image of more than 8 bits a sample, else `None`.
+
+    Pillow reads such PNGs and TIFFs as 8-bit "RGB", keeping each value's high byte.
+    """
+    for tile in image.tile if image.mode in ("RGB", "RGBA") else ():
+        mode = tile[3] if isinstance(tile[3], str) else (tile[3] or ("",))[0]
+        if isinstance(mode, str) and (";16" in mode or ";32" in mode):
+            return mode
+    return None
 
 
 def read_image_sizes(pairs, patch_size, resize_masks):

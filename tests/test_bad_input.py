@@ -1,5 +1,7 @@
 """Bad input gets a clear, early error that names the file or argument."""
 
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -88,6 +90,29 @@ def test_an_image_past_pillows_pixel_limit_is_named(root, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 // 4)  # refused past twice this
     with pytest.raises(ValueError, match=r"image_part_\d+\.jpg has more pixels than Pillow "
                                          r"opens by default.*MAX_IMAGE_PIXELS = None"):
+        _load(root)
+
+
+def _png_16_bit(path, rgb):
+    """A 48-bit RGB PNG (Pillow writes none), written by hand."""
+    height, width, _ = rgb.shape
+    rows = b"".join(b"\0" + rgb[r].astype(">u2").tobytes() for r in range(height))
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_colours_of_more_than_8_bits_are_refused_not_cut_to_their_high_byte(root):
+    mask = root / "Tile 1" / "masks" / "image_part_001.png"
+    _png_16_bit(mask, np.asarray(Image.open(mask).convert("RGB")).astype(np.uint16))
+    assert Image.open(mask).mode == "RGB"  # what Pillow makes of it: every value 0 here
+    with pytest.raises(ValueError, match=r"image_part_001\.png holds RGB colours of more than "
+                                         r"8 bits \(RGB;16B\).*Rescale it to 0\.\.255"):
         _load(root)
 
 
