@@ -252,7 +252,8 @@ def describe_change(row: Mapping[str, Any], digits: int = 3, level: float = 0.05
 
     Returns:
         E.g. `"+0.040 ± 0.010 over 3 seeds, real (paired t-test, p = 0.020)"`,
-        `"+0.050 (one seed)"`, or `"no paired run"`.
+        `"+0.050 (one seed)"`, `"no paired run"`, or `"undefined (a score is
+        NaN)"`.
 
     Example:
 
@@ -264,6 +265,8 @@ def describe_change(row: Mapping[str, Any], digits: int = 3, level: float = 0.05
     change, sd, seeds = row.get("change"), row.get("change sd"), row.get("paired seeds")
     if change is None:
         return "no paired run"
+    if not np.isfinite(change):  # a score of a seed is NaN: no class to score was present
+        return "undefined (a score is NaN)"
     shown = f"{round(change, digits) + 0.0:+.{digits}f}"  # + 0.0: never "-0.000"
     p = paired_t_test(row)
     if p is None:

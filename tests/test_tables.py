@@ -92,3 +92,8 @@ def test_describe_change_calls_a_change_real_by_a_paired_t_test():
 def test_markdown_table_formats_numpy_numbers_and_shows_booleans_as_such():
     row = {"a": np.float32(0.123456), "b": np.int64(1234567), "c": True, "d": np.bool_(False)}
     assert utils.markdown_table([row]).splitlines()[2] == "| 0.123 | 1,234,567 | True | False |"
+
+
+def test_describe_change_calls_no_verdict_on_a_nan_change():
+    row = {"change": float("nan"), "change sd": float("nan"), "paired seeds": 3}
+    assert utils.describe_change(row) == "undefined (a score is NaN)"
