@@ -1,5 +1,6 @@
 """The callbacks of `fit_segmentation`: resumable randomness, best checkpoint, NaN stop."""
 
+import csv
 import json
 import os
 import pathlib
@@ -128,6 +129,26 @@ class SharedBackup(keras.callbacks.BackupAndRestore):
     def on_train_end(self, logs=None):
         if writes_files():
             super().on_train_end(logs)
+
+
+class HistoryLogger(keras.callbacks.CSVLogger):
+    """Keras' `CSVLogger`, whose resumed stretches keep the columns of the file's header.
+
+    `CSVLogger` takes its columns from each stretch's first epoch and appends
+    rows without a new header: a value logged in one stretch only (a callback
+    added on resuming) would shift every later value under the wrong name.
+    Here a stretch appending to a file takes the columns of its header: a
+    value it lacks is "NA", a new one is left out.
+    """
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        path = pathlib.Path(self.filename)
+        if self.append and path.exists():
+            with open(path, newline="") as f:
+                header = next(csv.reader(f), None)
+            if header and header[0] == "epoch":
+                self.keys = header[1:]
 
 
 class StopOnNaN(keras.callbacks.Callback):

@@ -70,8 +70,9 @@ def dataset_layout(path):
     for folders in FLAT_LAYOUTS:
         if all((path / f).is_dir() for f in folders):
             return path, folders
-    candidates = sorted({
+    candidates = sorted({  # not in hidden folders, nor a Mac zip's __MACOSX/
         p.parent.parent for p in path.glob("**/Tile */images") if p.is_dir()
+        and not any(part[:1] in "._" for part in p.relative_to(path).parts)
     })
     if candidates:
         return _only(candidates, path), None

@@ -25,8 +25,8 @@ from .distiller import Distiller
 from .metrics import AnnotatedPixelAccuracy, check_labelled_classes, miou_name
 from .prediction import predict_logits
 from .run_files import RunFiles, write_into_place
-from .callbacks import (BestModelCheckpoint, EpochRecord, SharedBackup, StopOnNaN, SyncEpoch,
-                        monitored_miou)
+from .callbacks import (BestModelCheckpoint, EpochRecord, HistoryLogger, SharedBackup, StopOnNaN,
+                        SyncEpoch, monitored_miou)
 
 if TYPE_CHECKING:
     from .datasets import SegmentationDataset
@@ -246,7 +246,7 @@ def fit_segmentation(
                          "(the Kaggle tiles) or val_fraction > 0 (a flat folder) in "
                          "load_dataset.")
     check_count("epochs", epochs)
-    check_count("batch_size", batch_size)
+    batch_size = check_count("batch_size", batch_size)
     check_sampling(sampling)
     check_mix(mix, mix_probability)  # for every sampling: a typo is never silently ignored
     whole = None if sampling == "grid" else _whole_training_images(data, sampling)
@@ -279,9 +279,11 @@ def fit_segmentation(
             f"(with_dtype_policy(model, {recorded!r})), or delete {files.backup} to "
             f"train afresh.")
     # A resumed run draws what an uninterrupted one draws only with the same batches
-    settings = {"batch_size": batch_size, "seed": seed, "sampling": sampling}
+    # (as JSON has them: a numpy seed or probability is recorded as a plain number)
+    settings = {"batch_size": batch_size, "seed": None if seed is None else int(seed),
+                "sampling": sampling}
     if sampling == "consistent":
-        settings.update(mix=mix, mix_probability=mix_probability)
+        settings.update(mix=mix, mix_probability=float(mix_probability))
     changed = {key: value for key, value in (progress.settings or {}).items()
                if settings.get(key) != value}
     if changed:
@@ -329,7 +331,8 @@ def fit_segmentation(
     # sequence must know a resumed run's epoch before fit starts: the epochs
     # Keras' backup restores. Our record (`progress`, written after it) agrees
     # unless a kill fell between the two: then it lacks the last epoch's seconds.
-    restored = SharedBackup.restored_epochs(files.backup, repair=writer)
+    # (on several processes no earlier checkpoint is kept: a cut record is an error)
+    restored = SharedBackup.restored_epochs(files.backup, repair=process_count() == 1)
     seen = gather_json(progress.epochs if restored is None else restored)  # by every process
     if len(set(seen)) > 1:
         raise RuntimeError(
@@ -362,7 +365,7 @@ def fit_segmentation(
             # before the history row, so what they add to the logs is in it
             *callbacks,
             # on several processes, the others only train
-            *([keras.callbacks.CSVLogger(str(files.history_csv), append=True), best]
+            *([HistoryLogger(str(files.history_csv), append=True), best]
               if writer else []),
             stop_on_nan,
             # every process restores, process 0 writes; on one process a backup cut
@@ -461,8 +464,8 @@ def read_history(path: os.PathLike | str) -> dict[str, list[float]]:
         path: the CSV file, one column per metric and a row per epoch.
 
     Returns:
-        A dict mapping each column to its values as floats; `{}` for a file
-        without rows.
+        A dict mapping each column to its values as floats (NaN where an
+        epoch logged no value); `{}` for a file without rows.
 
     Example:
 
@@ -475,4 +478,5 @@ def read_history(path: os.PathLike | str) -> dict[str, list[float]]:
         rows = list(csv.DictReader(f))
     if not rows:
         return {}
-    return {key: [float(r[key]) for r in rows] for key in rows[0]}
+    return {key: [float("nan") if r[key] in ("", "NA") else float(r[key]) for r in rows]
+            for key in rows[0]}

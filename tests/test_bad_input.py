@@ -1,5 +1,6 @@
 """Bad input gets a clear, early error that names the file or argument."""
 
+import shutil
 import struct
 import zlib
 
@@ -47,6 +48,11 @@ def test_two_datasets_below_the_given_folder_are_named_not_one_taken(tmp_path):
     with pytest.raises(ValueError, match=r"holds 2 datasets, \['train', 'val'\]: pass the "
                                          r"folder of one of them"):
         utils.find_dataset_root(tmp_path)
+
+
+def test_a_macs_copy_of_the_dataset_in_its_zip_is_not_a_second_dataset(root):
+    shutil.copytree(root, root.parent / "__MACOSX" / root.name)
+    assert utils.find_dataset_root(root.parent) == root
 
 
 def test_images_in_a_sub_folder_are_named_not_left_out(tmp_path):

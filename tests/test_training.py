@@ -194,6 +194,37 @@ def test_a_bad_argument_is_refused_by_name_before_an_earlier_run_is_moved(
     assert sorted(path.name for path in tmp_path.iterdir()) == before
 
 
+class _Logs(keras.callbacks.Callback):
+    """Adds `extra` to every epoch's logs."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["extra"] = 7.0
+
+
+def test_a_value_logged_after_resuming_shifts_no_column_of_the_history(tiny_data, tmp_path):
+    data = small_data(tiny_data)
+    kwargs = dict(epochs=3, name="m", batch_size=4, verbose=0)
+    straight = utils.fit_segmentation(fresh_segmenter(), data, output_dir=tmp_path / "a", **kwargs)
+    with pytest.raises(KeyboardInterrupt):
+        utils.fit_segmentation(fresh_segmenter(), data, output_dir=tmp_path / "b",
+                               callbacks=[AtEpochBegin(2, disconnect)], **kwargs)
+    resumed = utils.fit_segmentation(fresh_segmenter(), data, output_dir=tmp_path / "b",
+                                     callbacks=[_Logs()], **kwargs)
+    assert resumed.keys() == straight.keys()  # the header's columns; "extra" left out
+    for key in straight:
+        np.testing.assert_array_equal(resumed[key], straight[key], err_msg=key)
+
+
+def test_numpy_numbers_train_and_resume_as_plain_ones(tiny_data, tmp_path):
+    kwargs = dict(epochs=1, output_dir=tmp_path, name="m", verbose=0, sampling="consistent",
+                  mix_probability=np.float32(0.3))
+    keras.utils.set_random_seed(0)
+    model = utils.compile_segmentation(utils.build_unet(2, augment=False))
+    history = utils.fit_segmentation(model, small_data(tiny_data), batch_size=np.int64(8),
+                                     seed=np.int64(1), **kwargs)
+    assert len(history["loss"]) == 1
+
+
 def test_what_a_callback_adds_to_the_logs_is_in_the_history(tiny_data, tmp_path):
     keras.utils.set_random_seed(0)
     distiller = utils.compile_segmentation(utils.Distiller(
