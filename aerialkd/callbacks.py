@@ -95,31 +95,37 @@ class SharedBackup(keras.callbacks.BackupAndRestore):
 
     METADATA = "training_metadata.json"
     """The file in which Keras' `BackupAndRestore` records the epochs its backup holds."""
+    WEIGHTS = "latest.weights.h5"
+    """The file of the weights and optimizer state of Keras' backup."""
 
     @classmethod
     def restored_epochs(cls, folder: os.PathLike | str, repair: bool = True) -> int | None:
         """The epochs done that a run resuming from the backup in `folder` starts after.
 
-        `None` if the backup records none. Keras writes its record in place
-        after the epoch's weights: a record cut short by a kill is replaced
-        (with `repair`) by the previous checkpoint's, weights and record, as
-        Keras itself falls back on a weights file cut short.
+        `None` if the backup records none. Keras saves an epoch's weights, then
+        its record in place, so a kill can leave weights newer than the record,
+        or a record cut short. With `repair` (one process: Keras keeps the
+        checkpoint before, `*.bkp`, there alone) both are mended as Keras
+        mends weights cut short: the weights and record of the epoch before
+        are put back, and weights without any record are removed.
         """
-        record = pathlib.Path(folder) / cls.METADATA
-        if not record.exists():
-            return None
-        try:
-            return int(json.loads(record.read_text())["epoch"])
-        except (ValueError, KeyError, TypeError):
-            previous = sorted(pathlib.Path(folder).glob("*.bkp"))
-            if not repair or record.with_name(f"{cls.METADATA}.bkp") not in previous:
-                raise ValueError(
-                    f"{record} was cut short (a run killed while Keras wrote its backup) "
-                    f"and no earlier checkpoint is beside it: delete {folder} to train "
-                    f"afresh (the run's earlier files are kept in previous/).") from None
-            for path in previous:  # the weights and the record of the epoch before
-                shutil.copyfile(path, path.with_suffix(""))
-            return int(json.loads(record.read_text())["epoch"])
+        folder = pathlib.Path(folder)
+        record, weights = folder / cls.METADATA, folder / cls.WEIGHTS
+        before = {path: path.with_name(path.name + ".bkp") for path in (weights, record)}
+        epochs = _read_epoch(record)
+        if repair and epochs is None and weights.exists() and not record.exists():
+            weights.unlink()  # the first epoch's, killed before its record: start again
+        elif repair and all(path.exists() for path in before.values()) and (
+                epochs is None or epochs == _read_epoch(before[record])):
+            for path, earlier in before.items():  # killed between weights and record
+                shutil.copyfile(earlier, path)
+            epochs = _read_epoch(record)
+        if epochs is None and record.exists():
+            raise ValueError(
+                f"{record} was cut short (a run killed while Keras wrote its backup) and "
+                f"no earlier checkpoint is beside it: delete {folder} to train afresh "
+                f"(the run's earlier files are kept in previous/).")
+        return epochs
 
     def on_epoch_end(self, epoch, logs=None):
         if writes_files():
@@ -149,6 +155,14 @@ class HistoryLogger(keras.callbacks.CSVLogger):
                 header = next(csv.reader(f), None)
             if header and header[0] == "epoch":
                 self.keys = header[1:]
+
+
+def _read_epoch(record):
+    """The epoch a Keras backup record holds; `None` if it is missing or cut short."""
+    try:
+        return int(json.loads(record.read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class StopOnNaN(keras.callbacks.Callback):

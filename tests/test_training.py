@@ -126,9 +126,11 @@ def test_a_run_killed_while_writing_its_backup_resumes_from_the_epoch_before(
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("kill", ["after Keras' record", "while Keras wrote its record"])
+@pytest.mark.parametrize("kill, at", [
+    ("after Keras' record", 2), ("while Keras wrote its record", 2),
+    ("between Keras' weights and record", 2), ("between Keras' weights and record", 1)])
 def test_a_run_killed_around_keras_record_of_its_backup_resumes_where_keras_does(
-        tiny_data, tmp_path, kill):
+        tiny_data, tmp_path, kill, at):
     data = small_data(tiny_data)
     kwargs = dict(epochs=3, name="m", batch_size=4, verbose=0)
     ends = [_FinalWeights(), _FinalWeights()]
@@ -136,14 +138,21 @@ def test_a_run_killed_around_keras_record_of_its_backup_resumes_where_keras_does
                                       callbacks=[ends[0]], **kwargs)
     with pytest.raises(KeyboardInterrupt):
         utils.fit_segmentation(fresh_segmenter(), data, output_dir=tmp_path / "b",
-                               callbacks=[AtEpochBegin(2, disconnect)], **kwargs)
+                               callbacks=[AtEpochBegin(at, disconnect)], **kwargs)
     files = utils.RunFiles(tmp_path / "b", "m")
-    record = files.backup / aerialkd.callbacks.SharedBackup.METADATA  # Keras' file, by its name
-    assert json.loads(record.read_text())["epoch"] == 2 == files.progress().epochs
+    backup = aerialkd.callbacks.SharedBackup  # Keras' files, by their names
+    record, weights = files.backup / backup.METADATA, files.backup / backup.WEIGHTS
+    assert json.loads(record.read_text())["epoch"] == at == files.progress().epochs
+    assert weights.exists() and (at > 1) == (files.backup / f"{backup.METADATA}.bkp").exists()
     if kill == "while Keras wrote its record":  # of epoch 2: the checkpoint before is whole
         record.write_text('{"epo')
-    # ours comes after Keras' record: the kill left it at epoch 1
-    files.record_progress(dataclasses.replace(files.progress(), epochs=1))
+    elif kill == "between Keras' weights and record":  # epoch `at`'s weights, the record before
+        if at == 1:
+            record.unlink()
+        else:
+            shutil.copyfile(files.backup / f"{backup.METADATA}.bkp", record)
+    # ours comes after Keras' record: the kill left it at the epoch before
+    files.record_progress(dataclasses.replace(files.progress(), epochs=at - 1))
     history = utils.fit_segmentation(fresh_segmenter(), data, output_dir=tmp_path / "b",
                                      callbacks=[ends[1]], **kwargs)
     assert history["epoch"] == [0, 1, 2]
