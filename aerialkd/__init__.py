@@ -3,6 +3,7 @@
 The package behind the notebook series, on Keras 3 (TensorFlow or JAX). One
 topic per module; a module imports only modules above it in this list:
 
+- `checks`: argument checks the modules share (counts).
 - `classes`: class names, mask palettes, mask colours to labels and back.
 - `hosts`: the processes of a run on several hosts (JAX): joining them, which one
   writes files, each one's rows of a batch.

@@ -15,20 +15,13 @@ import keras
 import numpy as np
 from PIL import Image
 
+from .checks import check_count
 from .classes import ColorTable
 from .files import decode_pair, read_image_sizes
 
 
 MIXES = ("cutmix", "mixup")
 """The batch mixes `ConsistentCropSequence` can apply."""
-
-
-def check_count(label: str, value: Any) -> int:
-    """`value` as an int if it is a whole number >= 1; else a `ValueError` naming `label`."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
-            or value < 1:
-        raise ValueError(f"{label} must be an int >= 1, got {value!r}.")
-    return int(value)
 
 
 def check_mix(mix: str | None, mix_probability: float) -> None:

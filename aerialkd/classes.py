@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from .checks import check_count
+
 
 CLASSES = ("Building", "Land", "Road", "Vegetation", "Water", "Unlabeled")
 """Class names of the Dubai dataset, in the order of the label indices."""
@@ -79,9 +81,7 @@ def generic_classes(n_classes):
     >>> names, palette.shape
     (('class 0', 'class 1', 'class 2'), (3, 3))
     """
-    if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) \
-            or n_classes < 1:
-        raise ValueError(f"n_classes must be an int >= 1, got {n_classes!r}.")
+    n_classes = check_count("n_classes", n_classes)
     names = tuple(f"class {i}" for i in range(n_classes))
     hues = (np.arange(n_classes) * 0.618033988749895) % 1.0
     palette = np.array([colorsys.hsv_to_rgb(h, 0.65, 0.9) for h in hues]) * 255

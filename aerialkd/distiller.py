@@ -12,6 +12,7 @@ from keras import layers
 from keras import ops
 from numpy.typing import ArrayLike
 
+from .checks import check_count
 from .devices import replicas_in_sync
 from .layers import UndoSymmetry
 from .losses import check_kd_arguments, distillation_loss
@@ -290,8 +291,7 @@ class KDWeightSchedule(keras.callbacks.Callback):
     @staticmethod
     def warmup(epochs: int, alpha: float) -> Callable[[int], float]:
         """Labels first, then mostly KD: alpha 1 for `epochs` epochs, then `alpha`."""
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-            raise ValueError(f"warmup epochs must be an int >= 0, got {epochs!r}.")
+        epochs = check_count("warmup epochs", epochs, minimum=0)
         _check_alpha(alpha)
         return lambda epoch: 1.0 if epoch < epochs else float(alpha)
 

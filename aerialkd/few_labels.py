@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .batches import check_count
+from .checks import check_count
 from .classes import IGNORE_INDEX
 from .datasets import SegmentationDataset
 

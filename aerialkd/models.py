@@ -11,6 +11,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from .checks import check_count
 from .classes import CLASSES
 from .layers import DeviceInvariantDropout, RandomSymmetry, SymmetryAverage, UndoSymmetry
 
@@ -71,10 +72,8 @@ def build_unet(
     >>> model.output_shape, model.count_params()  # logits of any size divisible by 16
     ((None, None, None, 3), 485835)
     """
-    if not isinstance(base_filters, int) or base_filters < 1:
-        raise ValueError(f"base_filters must be a positive int, got {base_filters!r}.")
-    if not isinstance(n_classes, int) or n_classes < 2:
-        raise ValueError(f"n_classes must be an int >= 2, got {n_classes!r}.")
+    base_filters = check_count("base_filters", base_filters)
+    n_classes = check_count("n_classes", n_classes, minimum=2)
     if len(dropout) != 5:
         raise ValueError(f"dropout needs 5 rates, one per depth; got {dropout!r}.")
     for size in input_shape[:2]:

@@ -9,9 +9,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from .checks import check_count
 from .hosts import process_count
 from .devices import data_parallel_size
-from .batches import check_count
 
 
 def predict_logits(

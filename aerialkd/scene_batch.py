@@ -20,6 +20,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from .checks import check_count
 from .classes import class_names_for, generic_classes
 from .scene_engines import check_engine, run_tasks
 from .scene_outputs import finished_labels, read_label_item, write_mosaics
@@ -167,10 +168,8 @@ def segment_scenes(
                                 f".keras file, e.g. "
                                 f"results/models/student_distilled_s0.keras.")
     overlap = check_tiling(tile_size, overlap)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise ValueError(f"retries must be an int >= 0, got {retries!r}.")
+    batch_size = check_count("batch_size", batch_size)
+    retries = check_count("retries", retries, minimum=0)
     bands = [int(b) for b in bands]
     if len(bands) != 3:
         raise ValueError(f"bands must be three band indices (R, G, B), got {bands}.")

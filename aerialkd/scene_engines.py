@@ -19,6 +19,7 @@ from typing import Any
 
 import keras
 
+from .checks import check_count
 from .scene_tasks import failed_record, run_scene_task, worker_model
 
 ENGINES = ("local", "dask", "ray")
@@ -28,9 +29,8 @@ scheduler address ("tcp://host:8786") uses an existing Dask cluster."""
 
 def check_engine(engine: Any, workers: int | None) -> int | None:
     """Validates `engine` and `workers`; returns the workers to start, or `None`."""
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
-                                or workers < 1):
-        raise ValueError(f"workers must be an int >= 1 or None, got {workers!r}.")
+    if workers is not None:
+        workers = check_count("workers", workers)
     if engine in ("dask", "ray"):
         _import_engine(engine)
         return workers or _cores()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import numbers
 import os
 import re
 from collections.abc import Sequence
 
 import numpy as np
+
+from .checks import check_count
 
 
 TEST_PARTS = ("image_part_008", "image_part_009")
@@ -88,10 +89,8 @@ def _split_tiles(root, names, test_parts, val_per_tile, test_images, val_fractio
             f"images are named like {parts[:3]}); give image names without extension "
             f"or folder, or test_parts=() for no test split.")
     val_per_tile = 1 if val_per_tile is None else val_per_tile
-    if isinstance(val_per_tile, (bool, np.bool_)) or not isinstance(val_per_tile, numbers.Integral) \
-            or val_per_tile < 0:
-        raise ValueError(f"val_per_tile must be an int >= 0, got {val_per_tile!r}.")
-    split_of = _split_by_source(names, test_parts, int(val_per_tile), seed)
+    val_per_tile = check_count("val_per_tile", val_per_tile, minimum=0)
+    split_of = _split_by_source(names, test_parts, val_per_tile, seed)
     if "train" not in split_of.values():
         raise ValueError(
             f"{root} holds {len(names)} images: test_parts={list(test_parts)} and "

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .batches import check_count
+from .checks import check_count
 from .prediction import batch_predictor
 
 if TYPE_CHECKING:

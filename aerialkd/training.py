@@ -15,10 +15,10 @@ import numpy as np
 
 from .classes import IGNORE_INDEX
 from .files import cut_patches
+from .checks import check_count
 from .hosts import LocalRows, gather_json, local_batches, process_count, writes_files
 from .devices import data_parallel_size
-from .batches import (ConsistentCropSequence, PatchSequence, RandomCropSequence, check_count,
-                      check_mix)
+from .batches import ConsistentCropSequence, PatchSequence, RandomCropSequence, check_mix
 from .layers import RandomSymmetry
 from .losses import SegmentationLoss
 from .distiller import Distiller
