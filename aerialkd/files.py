@@ -235,21 +235,8 @@ def read_pair(
 
 
 def decode_pair(image_path, mask_path, table, resize_masks=False):
-    image = _read_image(image_path)
-    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
-        depth = "floating-point" if image.mode == "F" else "16- or 32-bit"
-        raise ValueError(
-            f"{image_path}: image is {depth} (mode {image.mode}); images must be "
-            f"8-bit RGB, and converting would clip every value above 255 to white. "
-            f"Rescale it to 0..255 and save it as 8-bit first (for whole GeoTIFF "
-            f"scenes, segment_scene(..., rescale=(low, high)) does that).")
-    image = image.convert("RGB")
-    mask = _read_image(mask_path)
-    if mask.mode in ("L", "LA", "I", "I;16", "F", "1"):
-        raise ValueError(
-            f"{mask_path}: mask is greyscale (mode {mask.mode}); masks must be "
-            f"RGB images in the dataset palette. Re-export it in colour."
-        )
+    image = _read_image(image_path, "image").convert("RGB")
+    mask = _read_image(mask_path, "mask")
     if mask.mode in ("RGBA", "PA") or "transparency" in mask.info:
         rgba = np.asarray(mask.convert("RGBA"))
         if (rgba[..., 3] != 255).any():
@@ -275,10 +262,11 @@ def _size_mismatch(image_path, image_size, mask_path, mask_size):
     )
 
 
-def _read_image(path):
+def _read_image(path, what="image"):
+    """Opens and loads the image or mask at `path`, refusing what it can't read as 8-bit."""
     try:
         image = Image.open(path)
-        wide = _wide_colours(image)  # read before load() forgets it
+        depth = _wide_samples(image)  # read before load() forgets the file's own mode
         image.load()
     except Image.DecompressionBombError as error:
         raise ValueError(
@@ -290,24 +278,35 @@ def _read_image(path):
             f"Cannot read {path}: {error}. The file is truncated or not an "
             f"image; download the dataset again or remove this pair."
         ) from error
-    if wide:
+    if what == "mask" and image.mode in ("L", "LA", "I", "I;16", "F", "1"):
         raise ValueError(
-            f"{path} holds {image.mode} colours of more than 8 bits ({wide}), which "
-            f"would be read as 8-bit by keeping the high byte of each value: images and "
-            f"masks must be 8-bit. Rescale it to 0..255 and save it as 8-bit first (for "
-            f"whole GeoTIFF scenes, segment_scene(..., rescale=(low, high)) does that).")
+            f"{path}: mask is greyscale (mode {image.mode}); masks must be "
+            f"RGB images in the dataset palette. Re-export it in colour.")
+    if depth:
+        raise ValueError(
+            f"{path}: {what} is {depth}; images and masks must be 8-bit. Rescale it to "
+            f"0..255 and save it as 8-bit first (for whole GeoTIFF scenes, "
+            f"segment_scene(..., rescale=(low, high)) does that).")
     return image
 
 
-def _wide_colours(image):
-    """The raw mode of an opened colour image of more than 8 bits a sample, else `None`.
+def _wide_samples(image):
+    """What an opened image of more than 8 bits a sample is, with what reading it as
+    8-bit would do; `None` for an 8-bit image.
 
-    Pillow reads such PNGs and TIFFs as 8-bit "RGB", keeping each value's high byte.
+    Pillow converts "I;16", "I" and "F" images to RGB by clipping every value above
+    255, and reads 16-bit RGB PNGs and TIFFs as 8-bit "RGB", keeping each value's high
+    byte (only the file's own mode, in `image.tile` before `load()`, tells them apart).
     """
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        depth = "floating-point" if image.mode == "F" else "16- or 32-bit"
+        return (f"{depth} (mode {image.mode}), and converting it would clip every value "
+                f"above 255 to white")
     for tile in image.tile if image.mode in ("RGB", "RGBA") else ():
         mode = tile[3] if isinstance(tile[3], str) else (tile[3] or ("",))[0]
         if isinstance(mode, str) and (";16" in mode or ";32" in mode):
-            return mode
+            return (f"{image.mode} of more than 8 bits a colour (mode {mode}), which "
+                    f"Pillow reads as 8-bit by keeping the high byte of each value")
     return None
 
 
@@ -320,7 +319,7 @@ def read_image_sizes(pairs, patch_size, resize_masks):
                 image_size, mask_size = image.size, mask.size
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
             _read_image(image_path)  # raises, naming the file
-            _read_image(mask_path)
+            _read_image(mask_path, "mask")
             raise
         if image_size != mask_size:
             if not resize_masks:

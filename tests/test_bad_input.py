@@ -117,8 +117,9 @@ def test_colours_of_more_than_8_bits_are_refused_not_cut_to_their_high_byte(root
     mask = root / "Tile 1" / "masks" / "image_part_001.png"
     _png_16_bit(mask, np.asarray(Image.open(mask).convert("RGB")).astype(np.uint16))
     assert Image.open(mask).mode == "RGB"  # what Pillow makes of it: every value 0 here
-    with pytest.raises(ValueError, match=r"image_part_001\.png holds RGB colours of more than "
-                                         r"8 bits \(RGB;16B\).*Rescale it to 0\.\.255"):
+    with pytest.raises(ValueError, match=r"image_part_001\.png: mask is RGB of more than 8 "
+                                         r"bits a colour \(mode RGB;16B\).*Rescale it to "
+                                         r"0\.\.255"):
         _load(root)
 
 
