@@ -54,29 +54,37 @@ def test_distiller_checkpoint_holds_the_student_alone(tiny_data, tmp_path):
     utils.Distiller(teacher=saved, student=utils.build_unet(2))  # usable as a teacher
 
 
+def _straight_and_cut(data, tmp_path, at=2, distil=False, end=None, **more):
+    """Trains a 3-epoch run straight into `tmp_path / "a"`, and the same run into
+    `tmp_path / "b"` cut at the start of epoch `at` (1-based, as a disconnected
+    runtime is); `end` sees the straight run's last weights. Returns fit's keyword
+    arguments and the straight run's history."""
+    kwargs = dict(epochs=3, name="m", batch_size=4, verbose=0, **more)  # 6 batches an epoch
+    straight = utils.fit_segmentation(fresh_segmenter(distil), data, output_dir=tmp_path / "a",
+                                      callbacks=[end] if end else (), **kwargs)
+    with pytest.raises(KeyboardInterrupt):
+        utils.fit_segmentation(fresh_segmenter(distil), data, output_dir=tmp_path / "b",
+                               callbacks=[AtEpochBegin(at, disconnect)], **kwargs)
+    return kwargs, straight
+
+
 @pytest.mark.parametrize("distil, sampling", [(False, "grid"), (True, "grid"), (True, "random")],
                          ids=["plain", "distiller", "distiller-random-crops"])
 def test_interrupted_training_resumes_and_ends_with_the_same_weights(tiny_data, tmp_path,
                                                                      distil, sampling):
     data = small_data(tiny_data)
-    kwargs = dict(epochs=3, name="m", batch_size=4, verbose=0,  # 6 batches an epoch
-                  sampling=sampling)
     ends = [_FinalWeights(), _FinalWeights()]
-    utils.fit_segmentation(fresh_segmenter(distil), data, output_dir=tmp_path / "straight",
-                           callbacks=[ends[0]], **kwargs)
-    straight = keras.models.load_model(tmp_path / "straight" / "m.keras")
-    with pytest.raises(KeyboardInterrupt):
-        utils.fit_segmentation(fresh_segmenter(distil), data, output_dir=tmp_path / "resumed",
-                               callbacks=[AtEpochBegin(2, disconnect)], **kwargs)
-    assert (tmp_path / "resumed" / "backup_m").exists()
-    history = utils.fit_segmentation(fresh_segmenter(distil), data, output_dir=tmp_path / "resumed",
+    kwargs, _ = _straight_and_cut(data, tmp_path, distil=distil, end=ends[0], sampling=sampling)
+    straight = keras.models.load_model(tmp_path / "a" / "m.keras")
+    assert (tmp_path / "b" / "backup_m").exists()
+    history = utils.fit_segmentation(fresh_segmenter(distil), data, output_dir=tmp_path / "b",
                                      callbacks=[ends[1]], **kwargs)
     assert history["epoch"] == [0, 1, 2]  # epochs 1-2 kept, epoch 3 run after resuming
     # the weights after epoch 3 (the best checkpoint may be of an epoch before the stop)
     assert len(ends[1].weights) == len(ends[0].weights) > 0
     for a, b in zip(ends[0].weights, ends[1].weights):
         np.testing.assert_array_equal(a, b)
-    resumed = keras.models.load_model(tmp_path / "resumed" / "m.keras")
+    resumed = keras.models.load_model(tmp_path / "b" / "m.keras")
     for a, b in zip(straight.get_weights(), resumed.get_weights()):
         np.testing.assert_array_equal(a, b)
 
@@ -84,11 +92,7 @@ def test_interrupted_training_resumes_and_ends_with_the_same_weights(tiny_data, 
 def test_a_run_killed_between_its_history_row_and_its_backup_resumes_with_one_row_an_epoch(
         tiny_data, tmp_path):
     data = small_data(tiny_data)
-    kwargs = dict(epochs=3, name="m", batch_size=4, verbose=0)
-    straight = utils.fit_segmentation(fresh_segmenter(), data, output_dir=tmp_path / "a", **kwargs)
-    with pytest.raises(KeyboardInterrupt):
-        utils.fit_segmentation(fresh_segmenter(), data, output_dir=tmp_path / "b",
-                               callbacks=[AtEpochBegin(2, disconnect)], **kwargs)
+    kwargs, straight = _straight_and_cut(data, tmp_path)
     csv_path = utils.RunFiles(tmp_path / "b", "m").history_csv
     rows = csv_path.read_text().splitlines()
     assert len(rows) == 3  # the header and epochs 1-2, as the backup holds
@@ -104,13 +108,8 @@ def test_a_run_killed_between_its_history_row_and_its_backup_resumes_with_one_ro
 def test_a_run_killed_while_writing_its_backup_resumes_from_the_epoch_before(
         tiny_data, tmp_path):
     data = small_data(tiny_data)
-    kwargs = dict(epochs=3, name="m", batch_size=4, verbose=0)
     ends = [_FinalWeights(), _FinalWeights()]
-    utils.fit_segmentation(fresh_segmenter(), data, output_dir=tmp_path / "a",
-                           callbacks=[ends[0]], **kwargs)
-    with pytest.raises(KeyboardInterrupt):
-        utils.fit_segmentation(fresh_segmenter(), data, output_dir=tmp_path / "b",
-                               callbacks=[AtEpochBegin(2, disconnect)], **kwargs)
+    kwargs, _ = _straight_and_cut(data, tmp_path, end=ends[0])
     # As if killed while Keras wrote epoch 2's weights (Keras' own file names): garbage, its
     # record of the epoch is the one before, and so is ours (written after).
     files = utils.RunFiles(tmp_path / "b", "m")
@@ -132,13 +131,8 @@ def test_a_run_killed_while_writing_its_backup_resumes_from_the_epoch_before(
 def test_a_run_killed_around_keras_record_of_its_backup_resumes_where_keras_does(
         tiny_data, tmp_path, kill, at):
     data = small_data(tiny_data)
-    kwargs = dict(epochs=3, name="m", batch_size=4, verbose=0)
     ends = [_FinalWeights(), _FinalWeights()]
-    straight = utils.fit_segmentation(fresh_segmenter(), data, output_dir=tmp_path / "a",
-                                      callbacks=[ends[0]], **kwargs)
-    with pytest.raises(KeyboardInterrupt):
-        utils.fit_segmentation(fresh_segmenter(), data, output_dir=tmp_path / "b",
-                               callbacks=[AtEpochBegin(at, disconnect)], **kwargs)
+    kwargs, straight = _straight_and_cut(data, tmp_path, at=at, end=ends[0])
     files = utils.RunFiles(tmp_path / "b", "m")
     backup = aerialkd.callbacks.SharedBackup  # Keras' files, by their names
     record, weights = files.backup / backup.METADATA, files.backup / backup.WEIGHTS
@@ -212,11 +206,7 @@ class _Logs(keras.callbacks.Callback):
 
 def test_a_value_logged_after_resuming_shifts_no_column_of_the_history(tiny_data, tmp_path):
     data = small_data(tiny_data)
-    kwargs = dict(epochs=3, name="m", batch_size=4, verbose=0)
-    straight = utils.fit_segmentation(fresh_segmenter(), data, output_dir=tmp_path / "a", **kwargs)
-    with pytest.raises(KeyboardInterrupt):
-        utils.fit_segmentation(fresh_segmenter(), data, output_dir=tmp_path / "b",
-                               callbacks=[AtEpochBegin(2, disconnect)], **kwargs)
+    kwargs, straight = _straight_and_cut(data, tmp_path)
     resumed = utils.fit_segmentation(fresh_segmenter(), data, output_dir=tmp_path / "b",
                                      callbacks=[_Logs()], **kwargs)
     assert resumed.keys() == straight.keys()  # the header's columns; "extra" left out
