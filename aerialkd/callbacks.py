@@ -1,6 +1,7 @@
 """The callbacks of `fit_segmentation`: resumable randomness, best checkpoint, NaN stop."""
 
 import csv
+import io
 import json
 import os
 import pathlib
@@ -138,23 +139,60 @@ class SharedBackup(keras.callbacks.BackupAndRestore):
 
 
 class HistoryLogger(keras.callbacks.CSVLogger):
-    """Keras' `CSVLogger`, whose resumed stretches keep the columns of the file's header.
+    """Keras' `CSVLogger` for a run that resumes: a row per epoch done, under one header.
 
-    `CSVLogger` takes its columns from each stretch's first epoch and appends
-    rows without a new header: a value logged in one stretch only (a callback
-    added on resuming) would shift every later value under the wrong name.
-    Here a stretch appending to a file takes the columns of its header: a
-    value it lacks is "NA", a new one is left out.
+    A run resumed from its backup appends to the file, which is first cut to
+    the whole rows of its first `epochs_done` epochs: rows of an epoch that a
+    killed run wrote before its backup (it runs again) and a row cut short by
+    the kill go. `CSVLogger` takes its columns from each stretch's first epoch
+    and appends rows without a new header, so a value logged in one stretch
+    only (a callback added on resuming) would shift every later value under the
+    wrong name; here a stretch takes the columns of the file's header: a value
+    it lacks is "NA", a new one is left out.
+
+    Args:
+        filename: the CSV file; a fresh run (`epochs_done=0`) starts it anew.
+        epochs_done: the epochs the run's backup restores.
+        separator: the CSV separator.
+
+    Example:
+
+    >>> _ = pathlib.Path("history.csv").write_text(
+    ...     "epoch,loss\\n0,0.9\\n1,0.7\\n2,0.6\\n3,0.")  # epochs 3-4 ran after the backup
+    >>> logger = HistoryLogger("history.csv", epochs_done=2)
+    >>> logger.on_train_begin(); logger.on_train_end()  # as fit calls them
+    >>> pathlib.Path("history.csv").read_text().split()
+    ['epoch,loss', '0,0.9', '1,0.7']
     """
 
+    def __init__(self, filename: str, epochs_done: int = 0, separator: str = ","):
+        super().__init__(filename, separator=separator, append=epochs_done > 0)
+        self.epochs_done = epochs_done
+
     def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
         path = pathlib.Path(self.filename)
         if self.append and path.exists():
-            with open(path, newline="") as f:
-                header = next(csv.reader(f), None)
-            if header and header[0] == "epoch":
-                self.keys = header[1:]
+            header = _keep_rows(path, self.epochs_done, self.sep)
+        super().on_train_begin(logs)
+        if self.append and path.exists() and header and header[0] == "epoch":
+            self.keys = header[1:]
+
+
+def _keep_rows(path, epochs, separator):
+    """Cuts a history CSV to the whole rows of its first `epochs` epochs; its header."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f, delimiter=separator))
+    if not rows:
+        return None
+    header, kept = rows[0], []
+    for row in rows[1:]:
+        if len(row) == len(header) and row[0].isdigit() and int(row[0]) == len(kept) < epochs:
+            kept.append(row)
+    if len(kept) + 1 != len(rows):
+        text = io.StringIO()
+        csv.writer(text, delimiter=separator).writerows([header, *kept])  # as CSVLogger does
+        write_into_place(path, text.getvalue())
+    return header
 
 
 def _read_epoch(record):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import warnings
@@ -13,9 +12,9 @@ from typing import TYPE_CHECKING
 import keras
 import numpy as np
 
+from .checks import check_count
 from .classes import IGNORE_INDEX
 from .files import cut_patches
-from .checks import check_count
 from .hosts import LocalRows, gather_json, local_batches, process_count, writes_files
 from .devices import data_parallel_size
 from .batches import ConsistentCropSequence, PatchSequence, RandomCropSequence, check_mix
@@ -340,8 +339,6 @@ def fit_segmentation(
             f"process: {seen}), and each must restore the one process 0 wrote: train "
             f"with an output_dir every process reads (on several machines, a shared "
             f"file system).")
-    if writer and files.backup.exists():  # resuming: the history of the backup's epochs
-        _keep_history_rows(files.history_csv, seen[0])
     sequence = getattr(train, "sequence", train)  # within LocalRows
     sequence.set_epoch(seen[0])
     monitor = monitored_miou(model)
@@ -365,7 +362,7 @@ def fit_segmentation(
             # before the history row, so what they add to the logs is in it
             *callbacks,
             # on several processes, the others only train
-            *([HistoryLogger(str(files.history_csv), append=True), best]
+            *([HistoryLogger(str(files.history_csv), epochs_done=seen[0]), best]
               if writer else []),
             stop_on_nan,
             # every process restores, process 0 writes; on one process a backup cut
@@ -429,28 +426,6 @@ def _pad_to_replicas(x, y, replicas):
         [a, np.full((extra, *a.shape[1:]), value, a.dtype)])
     x = tuple(pad(a) for a in x) if isinstance(x, tuple) else pad(x)
     return x, pad(y, IGNORE_INDEX)
-
-
-def _keep_history_rows(path, epochs):
-    """Cuts a history CSV to the whole rows of its first `epochs` epochs.
-
-    Rows of an epoch that a killed run wrote before its backup (it runs again
-    on resuming) and a row cut short by the kill are dropped.
-    """
-    if not path.exists():
-        return
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        return
-    header, kept = rows[0], []
-    for row in rows[1:]:
-        if len(row) == len(header) and row[0].isdigit() and int(row[0]) == len(kept) < epochs:
-            kept.append(row)
-    if len(kept) + 1 != len(rows):
-        text = io.StringIO()
-        csv.writer(text).writerows([header, *kept])  # as CSVLogger writes them
-        write_into_place(path, text.getvalue())
 
 
 def read_history(path: os.PathLike | str) -> dict[str, list[float]]:
