@@ -35,7 +35,9 @@ topic per module; a module imports only modules above it in this list:
 - `scene_engines`: the engines that run a batch's tasks: this process, Dask, Ray.
 - `scene_batch`: `segment_scenes`, many scenes on an engine, resumable.
 - `tables`: readable names of metrics, history rows, scores over seeds, Markdown tables.
-- `plots`: the figures of the notebooks.
+- `plots`: figures of images and classes: segmentations, precision-recall curves,
+  confusion, class shares.
+- `run_plots`: figures of runs: histories, paired differences, sweeps, trade-offs.
 - `profiles`: the recipe and folders of a run of the series (`Profile`), the Colab
   and Kaggle setup, a profile's dataset.
 - `notebook`: the notebooks' conveniences: runs that are loaded or trained, their records.
@@ -194,11 +196,13 @@ from .tables import (  # noqa: F401
 from .plots import (  # noqa: F401
     save_figure,
     plot_segmentations,
-    plot_history,
-    plot_paired_difference,
     plot_pr_curves,
     plot_confusion_matrix,
     plot_class_shares,
+)
+from .run_plots import (  # noqa: F401
+    plot_history,
+    plot_paired_difference,
     plot_sweep,
     plot_tradeoff,
 )

@@ -1,4 +1,4 @@
-"""Tests of `aerialkd.plots`: the figures of the notebooks."""
+"""Tests of `aerialkd.plots`: the figures of images and classes."""
 
 import matplotlib
 
@@ -31,10 +31,7 @@ def test_segmentation_panel_draws_the_data_s_own_classes_and_colours():
     assert fig.axes[1].images[0].get_array()[0].tolist() == [[200, 180, 100], [30, 100, 200]]
 
 
-def test_history_pr_and_confusion_plots_return_figures():
-    history = {"loss": [2, 1], "val_loss": [2.5, 1.5]}
-    fig = utils.plot_history({"teacher": history}, keys=("loss",))
-    assert len(fig.axes[0].lines) == 2
+def test_pr_and_confusion_plots_return_figures():
     res = utils.segmentation_metrics(np.array([[0, 1, 2, 3, 4, 5]]),
                                      np.eye(6)[[[0, 1, 2, 3, 4, 5]]] + 0.1)
     assert len(utils.plot_pr_curves({"m": res}).axes) == 6
@@ -48,21 +45,6 @@ def test_history_pr_and_confusion_plots_return_figures():
         utils.plot_pr_curves({"m": res}, class_names=utils.CLASSES)
 
 
-def test_sweep_heatmap_shows_each_setting_against_the_scratch_reference():
-    rows = [{"kind": "none", "alpha": 1.0, "temperature": None, "val_miou5": 0.60},
-            {"kind": "pixel", "alpha": 0.1, "temperature": 1.5, "val_miou5": 0.625},
-            {"kind": "pixel", "alpha": 0.5, "temperature": 4.0, "val_miou5": 0.58},
-            {"kind": "channel", "alpha": 0.5, "temperature": 4.0, "val_miou5": 0.61}]
-    fig = utils.plot_sweep(rows)
-    channel, pixel = fig.axes[:2]  # kinds in alphabetical order
-    assert (channel.get_title(), pixel.get_title()) == ("channel KD", "pixel KD")
-    assert sorted(t.get_text() for t in pixel.texts) == ["0.580\n(-0.020)", "0.625\n(+0.025)"]
-    assert [t.get_text() for t in channel.texts] == ["0.610\n(+0.010)"]
-    assert "scratch student's 0.600" in fig._suptitle.get_text()
-    without = utils.plot_sweep(rows[1:])  # no reference: values alone
-    assert "0.610" in [t.get_text() for t in without.axes[0].texts]
-
-
 def test_class_shares_are_drawn_for_the_data_s_own_classes(tmp_path):
     root = utils.make_custom_dataset(tmp_path / "data", n_images=6, size=(64, 64))
     data = utils.load_dataset(root, patch_size=32, classes=root / "classes.json",
@@ -74,27 +56,3 @@ def test_class_shares_are_drawn_for_the_data_s_own_classes(tmp_path):
                                   resize_masks=True, in_memory=False)
     with pytest.raises(ValueError, match="streamed dataset.*in_memory=True"):
         utils.plot_class_shares(streamed)
-
-
-def test_tradeoff_draws_each_group_at_the_mean_of_its_seeds_with_every_seed(tmp_path):
-    rows = [{"group": "scratch", "gflops": 1.5, "ms": 17.0, "scores": [0.64, 0.66]},
-            {"group": "scratch", "gflops": 0.4, "ms": 9.0, "scores": [0.60]},
-            {"group": "distilled", "gflops": 0.4, "ms": 9.0, "scores": [0.62, 0.63, 0.64]},
-            {"group": "teacher", "gflops": 6.1, "ms": 43.0, "scores": [0.69]}]
-    fig = utils.plot_tradeoff(rows, {"gflops": "GFLOPs", "ms": "latency"},
-                              path=tmp_path / "tradeoff.png")
-    assert (tmp_path / "tradeoff.png").stat().st_size > 0 and len(fig.axes) == 2
-    ax = fig.axes[1]
-    assert ax.get_legend() is None and ax.get_xscale() == "log"  # one legend, on the first
-    handles, labels = fig.axes[0].get_legend_handles_labels()
-    assert labels == ["scratch", "distilled", "teacher"]
-    line = handles[0].lines[0]  # scratch, in order of cost, at its means
-    np.testing.assert_allclose(line.get_xdata(), [0.4, 1.5])
-    np.testing.assert_allclose(line.get_ydata(), [0.60, 0.65])
-    bars = handles[1].lines[2][0].get_segments()  # distilled: one sd either side of 0.63
-    np.testing.assert_allclose([bars[0][0][1], bars[0][1][1]], [0.62, 0.64])
-    dots = [c for c in fig.axes[0].collections if c.get_offsets().shape[0] and c.get_alpha()]
-    assert sum(len(c.get_offsets()) for c in dots) == 7  # every seed of every model
-    with pytest.raises(ValueError, match=r"missing: \['ms'\]"):
-        utils.plot_tradeoff(rows[:1] + [{"group": "x", "gflops": 1, "scores": [0.5]}],
-                            {"gflops": "GFLOPs", "ms": "latency"})
