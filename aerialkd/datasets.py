@@ -304,7 +304,9 @@ def load_dataset(
         resize_masks: rescale masks of another size than their image to it,
             with nearest-neighbour sampling (never a blended colour), and
             print how many; otherwise such a pair is an error naming both
-            sizes.
+            sizes. A mask that is not its image at another scale (another
+            aspect, beyond rounding) is an error either way: stretched, it
+            would move every class boundary.
         test_parts: Kaggle layout: image names (without extension) held out
             for testing in every tile; `TEST_PARTS` by default, `()` for no
             test split. A name that no tile holds is an error.

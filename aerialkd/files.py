@@ -216,7 +216,8 @@ def read_pair(
             `mask_to_labels`.
         resize_masks: rescale a mask whose size differs from its image's to
             the image, with nearest-neighbour sampling (no new colours);
-            otherwise such a pair is an error.
+            otherwise such a pair is an error. A mask of another aspect
+            (beyond rounding) is an error either way.
         extra_colors: deprecated, see `mask_to_labels`.
 
     Returns:
@@ -249,6 +250,7 @@ def decode_pair(image_path, mask_path, table, resize_masks=False):
     if image.size != mask.size:
         if not resize_masks:
             raise _size_mismatch(image_path, image.size, mask_path, mask.size)
+        _check_same_aspect(image_path, image.size, mask_path, mask.size)
         mask = mask.resize(image.size, Image.NEAREST)
     return np.asarray(image), table.labels(np.asarray(mask), str(mask_path))
 
@@ -324,6 +326,7 @@ def read_image_sizes(pairs, patch_size, resize_masks):
         if image_size != mask_size:
             if not resize_masks:
                 raise _size_mismatch(image_path, image_size, mask_path, mask_size)
+            _check_same_aspect(image_path, image_size, mask_path, mask_size)
             resized += 1
         if min(image_size) < patch_size:
             raise ValueError(
@@ -333,6 +336,21 @@ def read_image_sizes(pairs, patch_size, resize_masks):
             )
         sizes.append((image_size[1], image_size[0]))
     return sizes, resized
+
+
+def _check_same_aspect(image_path, image_size, mask_path, mask_size):
+    """Refuses a mask that is not its image at another scale (to within rounding)."""
+    (image_w, image_h), (mask_w, mask_h) = image_size, mask_size
+    # a mask saved at scale s is round(image_w * s) x round(image_h * s): the cross
+    # product below is then at most half a pixel of each side, scaled
+    if abs(mask_h * image_w - image_h * mask_w) > (image_w + image_h) / 2:
+        raise ValueError(
+            f"Mask {mask_path} is {mask_w}x{mask_h} (width x height) and its image "
+            f"{image_path} {image_w}x{image_h}: not the image at another scale, so "
+            f"resize_masks would stretch it ({mask_w / mask_h:.3f} against "
+            f"{image_w / image_h:.3f} wide to high) and move every class boundary. "
+            f"Check that it is this image's mask; if it is a crop, pad or crop the "
+            f"pair to the same area first.")
 
 
 def cut_patches(array: np.ndarray, patch_size: int) -> np.ndarray:

@@ -63,6 +63,21 @@ def test_resize_masks_samples_nearest_neighbours_and_counts_them(tmp_path, capsy
         np.kron(small, np.ones((2, 2), np.uint8)), 16))
 
 
+@pytest.mark.parametrize("mask_size, refused", [
+    ((24, 16), False), ((25, 16), False), ((97, 65), False), ((24, 32), True), ((30, 16), True)])
+def test_resize_masks_refuses_a_mask_of_another_aspect_by_name(tmp_path, mask_size, refused):
+    write_pair(tmp_path, "a", block_labels(32, 48, seed=4),
+               mask=np.zeros((mask_size[1], mask_size[0], 3), np.uint8))  # 48x32 image
+    write_pair(tmp_path, "b", block_labels(32, 48, seed=5))
+    if not refused:  # the image at another scale, to within rounding
+        assert load_flat(tmp_path, resize_masks=True).resized_masks == 1
+        return
+    with pytest.raises(ValueError, match=rf"Mask .*masks/a\.png is {mask_size[0]}x{mask_size[1]} "
+                                         rf".*images/a\.jpg 48x32: not the image at another "
+                                         rf"scale"):
+        load_flat(tmp_path, resize_masks=True)
+
+
 def test_cut_patches_crops_to_multiples_and_keeps_order():
     array = np.arange(70 * 100).reshape(70, 100)
     patches = utils.cut_patches(array, 32)
