@@ -311,7 +311,7 @@ class ColorTable:
                 lookup[color] = IGNORE_INDEX
             self.ignore_colors = tuple(rgb_to_hex(hex_to_rgb(c)) for c in ignore_colors)
         self.lookup = lookup
-        codes = np.array([rgb_code(np.array(hex_to_rgb(c))) for c in lookup], np.int64)
+        codes = np.array([rgb_code(np.array(hex_to_rgb(c))) for c in lookup], np.uint32)
         order = np.argsort(codes)
         self._codes = codes[order]
         self._labels = np.array(list(lookup.values()), np.uint8)[order]
@@ -344,8 +344,17 @@ class ColorTable:
 
 
 def rgb_code(rgb):
-    rgb = np.asarray(rgb, dtype=np.int64)
-    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    """Each colour of `rgb` (..., 3), 8-bit values, as one uint32 0xRRGGBB.
+
+    Built in place, so a mask's codes take 4 bytes a pixel and one temporary
+    of the same size (int64 arithmetic took 40 bytes a pixel at its peak).
+    """
+    rgb = np.asarray(rgb)
+    code = rgb[..., 0].astype(np.uint32)
+    for channel in (1, 2):
+        code <<= 8
+        code |= rgb[..., channel].astype(np.uint32)
+    return code
 
 
 def code_to_hex(code):

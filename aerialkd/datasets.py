@@ -413,7 +413,7 @@ def _read_patches(pairs, split_of, patch_size, table, resize_masks, color_counts
                   extra_sources):
     arrays = {s: ([], []) for s in SPLITS}
     palette_colors = {rgb_to_hex(c) for c in table.palette}
-    extra_codes = {rgb_code(np.array(hex_to_rgb(c))): c for c in table.lookup
+    extra_codes = {int(rgb_code(hex_to_rgb(c))): c for c in table.lookup
                    if c not in palette_colors}
     for name, image_path, mask_path in pairs:
         image, labels = decode_pair(image_path, mask_path, table, resize_masks)
