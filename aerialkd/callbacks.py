@@ -171,10 +171,10 @@ class HistoryLogger(keras.callbacks.CSVLogger):
 
     def on_train_begin(self, logs=None):
         path = pathlib.Path(self.filename)
-        if self.append and path.exists():
-            header = _keep_rows(path, self.epochs_done, self.sep)
+        header = (_keep_rows(path, self.epochs_done, self.sep)
+                  if self.append and path.exists() else None)
         super().on_train_begin(logs)
-        if self.append and path.exists() and header and header[0] == "epoch":
+        if header and header[0] == "epoch":
             self.keys = header[1:]
 
 

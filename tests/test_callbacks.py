@@ -52,3 +52,12 @@ def test_a_backup_record_cut_short_without_a_checkpoint_before_names_the_folder(
     with pytest.raises(ValueError, match=rf"cut short .* delete {tmp_path} to train afresh"):
         aerialkd.callbacks.SharedBackup.restored_epochs(tmp_path)
     assert aerialkd.callbacks.SharedBackup.restored_epochs(tmp_path / "none") is None
+
+
+def test_a_resumed_history_whose_file_is_gone_starts_it_with_a_header(tmp_path):
+    path = tmp_path / "m_history.csv"  # the run's backup holds 2 epochs; the CSV was deleted
+    logger = aerialkd.callbacks.HistoryLogger(str(path), epochs_done=2)
+    logger.on_train_begin()
+    logger.on_epoch_end(2, {"loss": 0.5, "val_loss": 0.6})
+    logger.on_train_end()
+    assert path.read_text().split() == ["epoch,loss,val_loss", "2,0.5,0.6"]
