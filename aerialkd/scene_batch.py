@@ -117,7 +117,8 @@ def segment_scenes(
             gives all its Items), or a list of any of these. An Item's scene
             is its asset keyed "visual", else "image", else its one asset with
             the role "data"; the asset must be a local (or mounted) file.
-        dst_dir: the folder for the outputs (created).
+        dst_dir: the folder for the outputs (created). Its label rasters
+            are never taken for scenes, should `sources` find them.
         engine: "local", "dask", "ray", a `dask.distributed.Client` or a
             Dask scheduler address.
         workers: processes for "dask" and "ray" (default: the cores); `None`
@@ -186,13 +187,16 @@ def segment_scenes(
     if palette.shape != (n_classes, 3):
         raise ValueError(f"palette must be ({n_classes}, 3) colours, got shape "
                          f"{palette.shape}.")
+    if not np.issubdtype(palette.dtype, np.integer) or palette.min() < 0 or palette.max() > 255:
+        raise ValueError(f"palette must be 8-bit colours, whole numbers 0 to 255, got "
+                         f"{palette.dtype} values from {palette.min()} to {palette.max()}.")
     parameters = {"tile_size": tile_size, "overlap": overlap, "batch_size": batch_size,
                   "bands": bands, "rescale": rescale, "class_names": class_names,
                   "palette": palette.astype(np.uint8).tolist(), "cog": bool(cog),
                   "polygons": bool(polygons)}
     dst_dir = pathlib.Path(dst_dir).absolute()
     sidecars = _read_sidecars(dst_dir)  # once: names, resume, and classes
-    scenes = _earlier_names(find_scenes(sources), sidecars, dst_dir)
+    scenes = _earlier_names(_not_outputs(find_scenes(sources), dst_dir), sidecars, dst_dir)
     dst_dir.mkdir(parents=True, exist_ok=True)
     model_sha256 = file_sha256(model_path)
 
@@ -213,7 +217,8 @@ def segment_scenes(
             tasks.append(task)
     if clashes:
         raise ValueError(_clash_message(clashes))
-    _check_classes(sidecars, {task["sidecar"] for task in tasks}, class_names)
+    _check_classes(sidecars, {task["sidecar"] for task in tasks}, class_names,
+                   parameters["palette"])
 
     bar = keras.utils.Progbar(len(scenes), unit_name="scene") if progress else None
     counts = dict.fromkeys(STATUSES, 0)
@@ -267,6 +272,13 @@ def _read_sidecars(dst_dir):
     return {path: item for path, item in items.items() if item is not None}
 
 
+def _not_outputs(scenes, dst_dir):
+    """The scenes but the label rasters of `dst_dir` (a pattern above it finds them)."""
+    return [scene for scene in scenes if not (
+        scene.item is None and scene.path.name.endswith("_labels.tif")
+        and scene.path.absolute().resolve().parent == dst_dir.resolve())]
+
+
 def _earlier_names(scenes, sidecars, dst_dir):
     """Scenes named as their outputs in `dst_dir` (its `sidecars`) already are, if any.
 
@@ -292,16 +304,24 @@ def _earlier_names(scenes, sidecars, dst_dir):
     return named
 
 
-def _check_classes(sidecars, rewritten, class_names):
-    """Refuses a batch into a folder of finished scenes with other classes (its mosaic)."""
+def _check_classes(sidecars, rewritten, class_names, palette):
+    """Refuses a batch into a folder of finished scenes with other classes or colours
+    (the folder's mosaic takes one colour map)."""
+    colours = ["%02X%02X%02X" % tuple(colour) for colour in palette]
     for sidecar, item in sidecars.items():
-        if sidecar not in rewritten and item["status"] == "ok" and item["classes"] not in (
-                None, class_names):
-            raise ValueError(
-                f"{sidecar} records a finished scene with the classes {item['classes']}, "
-                f"and this batch labels {class_names}: the folder's mosaic would show one's "
-                f"labels under the other's classes. Pass another dst_dir, or delete that "
-                f"folder's other rasters with their sidecars (*_labels.json).")
+        if sidecar in rewritten or item["status"] != "ok":
+            continue
+        if item["classes"] not in (None, class_names):
+            differ = f"the classes {item['classes']}, and this batch labels {class_names}"
+        elif item["colours"] not in (None, colours):
+            differ = (f"the class colours {item['colours']}, and this batch colours "
+                      f"{colours}")
+        else:
+            continue
+        raise ValueError(
+            f"{sidecar} records a finished scene with {differ}: the folder's mosaic would "
+            f"show one's labels under the other's classes. Pass another dst_dir, or delete "
+            f"that folder's other rasters with their sidecars (*_labels.json).")
 
 
 def _skipped_record(task, sidecar):

@@ -8,6 +8,7 @@ one VRT per CRS.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import json
 import os
@@ -135,7 +136,8 @@ def label_item(
 
 
 def _footprint(labels):
-    """The raster's outline and bounds in WGS 84 (`None`, `None` without a CRS)."""
+    """The raster's outline and bounds in WGS 84; `None`, `None` without a CRS or in
+    a local (engineering) one, such as a site grid, which has no way to WGS 84."""
     import rasterio
     import rasterio.warp
     from rasterio.errors import NotGeoreferencedWarning
@@ -144,7 +146,7 @@ def _footprint(labels):
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(labels) as src:
             crs, (left, bottom, right, top) = src.crs, src.bounds
-    if crs is None:
+    if crs is None or not (crs.is_geographic or crs.is_projected):
         return None, None
     outline = {"type": "Polygon", "coordinates": [[(left, bottom), (right, bottom),
                                                    (right, top), (left, top),
@@ -159,7 +161,7 @@ def read_label_item(path: os.PathLike | str) -> dict[str, Any] | None:
 
     The source is the resolved path of the scene its `key_parts` name (`None`
     if they name none); the classes are the names of its label values, in
-    order (`None` if it names none).
+    order, and the colours their "RRGGBB" colours (`None` if it names none).
 
     Example:
 
@@ -167,12 +169,15 @@ def read_label_item(path: os.PathLike | str) -> dict[str, Any] | None:
     True
     """
     try:
-        properties = json.loads(pathlib.Path(path).read_text())["properties"]
+        item = json.loads(pathlib.Path(path).read_text())
+        properties = item["properties"]
         counts = (properties.get("label:overviews") or [{"counts": []}])[0]["counts"]
         classes = (properties.get("label:classes") or [{"classes": None}])[0]["classes"]
+        described = item.get("assets", {}).get("labels", {}).get("classification:classes")
         return {"status": properties["aerialkd:status"], "key": properties["aerialkd:key"],
                 "source": (properties.get("aerialkd:key_parts") or {}).get("source"),
                 "classes": classes,
+                "colours": [c["color_hint"] for c in described] if described else None,
                 "class_pixels": {count["name"]: count["count"] for count in counts}}
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         return None
@@ -202,7 +207,8 @@ def write_mosaics(dst_dir: os.PathLike | str,
     scenes as one layer, with their colour map, class names and nodata 255 (a
     scene's nodata never hides a neighbour's labels). The rasters must be in
     `dst_dir`; those of one CRS go into `labels.vrt`, or, if they have several
-    CRSs, into one `labels_EPSG_<code>.vrt` (`labels_crs_<i>.vrt`) each. The
+    CRSs, into one `labels_EPSG_<code>.vrt` each (`labels_crs_<i>.vrt` for a
+    CRS without an EPSG code, or one of several CRSs with the same code). The
     mosaic has the finest resolution among them; rasters without a CRS, or not
     north-up, are left out. The VRTs an earlier call wrote are replaced.
     Rasters of one CRS whose class names or colour maps differ (the outputs
@@ -247,21 +253,27 @@ def write_mosaics(dst_dir: os.PathLike | str,
     dst_dir = pathlib.Path(dst_dir)
     for by_style in styles.values():
         if len(by_style) > 1:
-            (names, _), (other_names, _) = list(by_style)[:2]
+            (names, colours), (other_names, other_colours) = list(by_style)[:2]
             first, other = list(by_style.values())[:2]
+            differ = (f"colour their classes differently (colour maps {colours} and "
+                      f"{other_colours})" if names == other_names else
+                      f"name their classes differently ({names} and {other_names})")
             raise ValueError(
-                f"The label rasters {first.name} and {other.name} in {dst_dir} name or "
-                f"colour their classes differently ({names} and {other_names}): one "
+                f"The label rasters {first.name} and {other.name} in {dst_dir} {differ}: one "
                 f"mosaic would show the labels of one under the classes of the other. "
                 f"Keep the outputs of each model (or set of classes) in a folder of their "
                 f"own, or delete the older rasters with their sidecars (*_labels.json).")
     for old in [*dst_dir.glob("labels.vrt"), *dst_dir.glob("labels_*.vrt")]:
         old.unlink()
     written = []
+    # named by EPSG code where one group has it: GDAL tells apart CRSs that one code
+    # stands for (EPSG:32640 and "+proj=utm +zone=40 +ellps=WGS84"), whose mosaics
+    # would otherwise replace each other
+    codes = collections.Counter(crs.to_epsg() for crs in groups)
     for i, (crs, members) in enumerate(groups.items()):
         code = crs.to_epsg()
         name = "labels.vrt" if len(groups) == 1 else \
-            f"labels_{f'EPSG_{code}' if code else f'crs_{i}'}.vrt"
+            f"labels_{f'EPSG_{code}' if code and codes[code] == 1 else f'crs_{i}'}.vrt"
         write_into_place(dst_dir / name, _vrt_xml(crs, members))
         written.append(dst_dir / name)
     return written

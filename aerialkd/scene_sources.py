@@ -71,10 +71,13 @@ def find_scenes(sources: Any) -> list[Scene]:
     names = collections.Counter(scene.name for scene in scenes)
     for scene in scenes:
         if names[scene.name] > 1:
-            clash = [str(s.item_path or s.path) for s in scenes if s.name == scene.name]
+            same = [s for s in scenes if s.name == scene.name]
+            why = ("STAC Items of the same id" if any(s.item is not None for s in same) else
+                   "names that are the same once cleaned for a file name")
+            clash = [str(s.item_path or s.path) for s in same]
             raise ValueError(f"{' and '.join(clash)} would all write {scene.name}_labels.tif "
-                             f"(STAC Items of the same id?); segment them into different "
-                             f"dst_dir folders.")
+                             f"({why}); segment them into different dst_dir folders, or "
+                             f"rename one.")
     return scenes
 
 

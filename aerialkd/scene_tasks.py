@@ -157,8 +157,9 @@ def worker_model(path: str, sha256: str, threads: int | None) -> keras.Model:
 
 def _remove_leftovers(labels):
     """Removes the temporary files and folders a killed attempt at a scene left."""
-    for partial in labels.parent.glob(f".{labels.name}.*.partial"):  # segment_scene's
-        partial.unlink(missing_ok=True)
+    for pattern in (".{}.*.partial", ".{}.*.partial.*"):  # segment_scene's, GDAL's
+        for partial in labels.parent.glob(pattern.format(labels.name)):
+            partial.unlink(missing_ok=True)
     polygons = polygons_path(labels)
     for folder in labels.parent.glob(f".{polygons.name}.*"):  # _polygonize_into_place's
         shutil.rmtree(folder, ignore_errors=True)

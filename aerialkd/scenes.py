@@ -179,9 +179,10 @@ def _moved_into_place(dst_path, cog, tile_size):
 
     On leaving without an error, the raster (as a COG if `cog`) is renamed to
     `dst_path` (atomic on one file system); on an error it is removed. The
-    temporary names, `.<name>.<random>.partial` and `.<name>.<random>.cog.partial`,
-    are this writer's own, as `write_into_place`'s are: two writers of one
-    `dst_path` never write into one file. A killed process leaves them;
+    temporary names, `.<name>.<random>.partial` and `.<name>.<random>.cog.partial`
+    (and GDAL's `.ovr.tmp` beside the latter), are this writer's own, as
+    `write_into_place`'s are: two writers of one `dst_path` never write into
+    one file. A killed process leaves them;
     `segment_scenes` removes a scene's before running it again.
     """
     import rasterio.shutil
@@ -198,8 +199,9 @@ def _moved_into_place(dst_path, cog, tile_size):
         else:
             os.replace(partial, dst_path)
     finally:
-        partial.unlink(missing_ok=True)
-        cog_partial.unlink(missing_ok=True)
+        for leftover in (partial, cog_partial, cog_partial.with_name(
+                f"{cog_partial.name}.ovr.tmp")):
+            leftover.unlink(missing_ok=True)
 
 
 def _import_rasterio():
@@ -219,11 +221,13 @@ def _check_bands(src, src_path, bands, rescale):
     if len(bands) != 3:
         raise ValueError(f"bands must be three band indices (R, G, B), got {bands}.")
     if not all(1 <= b <= src.count for b in bands):
-        raise ValueError(
-            f"{src_path} has {src.count} band(s); bands={bands} asks for "
-            f"{'a band it lacks' if src.count >= 3 else 'three'}. Pass 1-based "
-            f"indices of its red, green and blue bands, e.g. bands=(1, 2, 3)."
-        )
+        advice = ("Pass 1-based indices of its red, green and blue bands, e.g. "
+                  "bands=(1, 2, 3)" if src.count >= 3 else
+                  "The model was trained on colour (RGB) images; a single band can be "
+                  "repeated, bands=(1, 1, 1), but expect labels no better than a "
+                  "greyscale image gives")
+        raise ValueError(f"{src_path} has {src.count} band(s); bands={bands} asks for "
+                         f"{'a band it lacks' if src.count >= 3 else 'three'}. {advice}.")
     dtypes = {src.dtypes[b - 1] for b in bands}
     if rescale is None and dtypes != {"uint8"}:
         raise ValueError(
@@ -299,7 +303,10 @@ def polygonize(
     Each connected region of one class becomes a feature with its `class`
     index and `name`, in the raster's CRS (coordinates through its
     transform, the CRS named in the file's `crs` member as
-    `urn:ogc:def:crs:EPSG::<code>`). Nodata pixels (the raster's nodata,
+    `urn:ogc:def:crs:EPSG::<code>`). A raster without a CRS (a plain image,
+    or one georeferenced by ground control points or RPCs alone, as
+    `segment_scene` keeps them: a warning says so) gives pixel coordinates
+    (column, row) and no `crs` member. Nodata pixels (the raster's nodata,
     255 if it sets none) are left out. Regions smaller than `min_area`
     pixels are first merged into their largest neighbour
     (`rasterio.features.sieve`). The raster is read whole (uint8, one byte a
@@ -345,6 +352,13 @@ def polygonize(
             labels, crs, transform = src.read(1), src.crs, src.transform
             nodata = IGNORE_INDEX if src.nodata is None else int(src.nodata)
             tagged = src.tags().get("CLASS_NAMES")
+            by_points = crs is None and (src.gcps[0] or src.rpcs)
+    if by_points:
+        warnings.warn(
+            f"{label_path} is georeferenced by ground control points or RPCs alone, not "
+            f"a transform: the polygons in {dst_path} are in pixel coordinates (column, "
+            f"row). For polygons on a map, warp the label raster first (gdalwarp, "
+            f"nearest-neighbour resampling) and polygonize the result.", stacklevel=2)
     valid = labels != nodata
     if class_names is None:
         class_names = json.loads(tagged) if tagged else class_names_for(

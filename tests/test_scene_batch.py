@@ -65,6 +65,15 @@ def test_a_rerun_skips_finished_scenes_and_starts_no_engine(tmp_path, models, sc
     assert [json.loads(line)["status"] for line in lines] == ["skipped"] * 3
 
 
+def test_a_rerun_with_a_pattern_that_finds_the_outputs_skips_them(tmp_path, models, scenes):
+    (tmp_path / "data").mkdir()
+    shutil.copy(scenes[0], tmp_path / "data" / "a.tif")
+    pattern, out = str(tmp_path / "data" / "**" / "*.tif"), tmp_path / "data" / "labels"
+    first = utils.segment_scenes(models[0], pattern, out, tile_size=TILE, progress=False)
+    again = utils.segment_scenes(models[0], pattern, out, tile_size=TILE, progress=False)
+    assert statuses(first) == ["ok"] and statuses(again) == ["skipped"]  # not a_labels.tif
+
+
 def test_a_rerun_runs_only_the_failed_scenes_again(tmp_path, models, scenes, monkeypatch):
     utils.segment_scenes(models[0], scenes, tmp_path, tile_size=TILE, progress=False)
     ran = []
@@ -169,6 +178,12 @@ def test_a_folder_of_scenes_with_other_classes_is_refused_before_anything_runs(
         utils.segment_scenes(models[0], scenes[1:2], out, tile_size=TILE, class_names=renamed,
                              progress=False)
     assert sorted(p.name for p in out.iterdir()) == before
+    recoloured = aerialkd.classes.generic_classes(6)[1][::-1]  # the same names, other colours
+    with pytest.raises(ValueError, match=r"scene_0_labels.json records a finished scene with "
+                                         r"the class colours \['.{6}'.*this batch colours"):
+        utils.segment_scenes(models[0], scenes[1:2], out, tile_size=TILE, palette=recoloured,
+                             progress=False)
+    assert sorted(p.name for p in out.iterdir()) == before
     records = utils.segment_scenes(models[0], scenes[:1], out, tile_size=TILE,
                                    class_names=renamed, overwrite=True, progress=False)
     assert statuses(records) == ["ok"]  # the folder's own scene, relabelled on purpose
@@ -207,6 +222,9 @@ def test_segment_scenes_rejects_bad_arguments_naming_them(tmp_path, models, scen
         (items / name).write_text(text)
         with pytest.raises(ValueError, match=message):
             segment(models[0], str(items / name), tmp_path)
+    for palette in (np.full((6, 3), 300), np.full((6, 3), 0.5)):  # uint8 would wrap, or zero
+        with pytest.raises(ValueError, match="palette must be 8-bit colours, whole numbers"):
+            segment(models[0], scenes, tmp_path, palette=palette)
     with pytest.raises(ValueError, match="class_names must name the 6 classes"):
         segment(models[0], scenes, tmp_path, class_names=["a", "b"])
     inputs = keras.Input((None, None, 3))

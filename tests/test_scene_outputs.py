@@ -98,6 +98,20 @@ def test_segment_scenes_writes_a_stac_label_item_beside_each_scene(batch, scenes
     assert 56.9 < west < east < 57.1 and 25.2 < south < north < 25.4
 
 
+def test_a_scene_in_a_local_grid_is_labelled_with_a_sidecar_of_no_footprint(tmp_path, models):
+    # a site grid (an engineering CRS) has no transformation to WGS 84
+    site = rasterio.crs.CRS.from_wkt('LOCAL_CS["Site grid",UNIT["metre",1],'
+                                     'AXIS["Easting",EAST],AXIS["Northing",NORTH]]')
+    with rasterio.open(tmp_path / "site.tif", "w", driver="GTiff", width=40, height=40,
+                       count=3, dtype="uint8", crs=site, transform=utm_transform(0)) as dst:
+        dst.write(np.random.default_rng(0).integers(0, 256, (3, 40, 40), dtype=np.uint8))
+    records = utils.segment_scenes(models[0], [tmp_path / "site.tif"], tmp_path / "out",
+                                   tile_size=TILE, progress=False)
+    assert statuses(records) == ["ok"], records[0]["error"]
+    item = json.loads((tmp_path / "out" / "site_labels.json").read_text())
+    assert item["geometry"] is None and "bbox" not in item
+
+
 # -- mosaics ----------------------------------------------------------------
 
 
@@ -139,7 +153,26 @@ def test_a_mosaic_of_rasters_with_other_classes_is_refused(tmp_path):
                            count=1, dtype="uint8", crs=CRS, transform=utm_transform(0)) as dst:
             dst.write(np.zeros((1, 8, 8), np.uint8))
             dst.update_tags(CLASS_NAMES=json.dumps(classes))
-    with pytest.raises(ValueError, match=r"a.tif and b.tif in .* name or colour their classes "
-                                         r"differently"):
+    with pytest.raises(ValueError, match=r"a.tif and b.tif in .* name their classes "
+                                         r"differently \(\["):
         aerialkd.scene_outputs.write_mosaics(tmp_path, [tmp_path / "a.tif", tmp_path / "b.tif"])
     assert not list(tmp_path.glob("*.vrt"))
+
+
+def test_rasters_of_several_crss_get_a_mosaic_each_even_under_one_epsg_code(tmp_path):
+    crss = {"a": "EPSG:32640", "b": "+proj=utm +zone=40 +ellps=WGS84 +units=m",  # ~32640
+            "c": "EPSG:32639"}
+    for i, (name, crs) in enumerate(crss.items()):
+        with rasterio.open(tmp_path / f"{name}.tif", "w", driver="GTiff", width=8, height=8,
+                           count=1, dtype="uint8", nodata=255, crs=crs,
+                           transform=utm_transform(0)) as dst:
+            dst.write(np.full((1, 8, 8), i, np.uint8))
+    written = aerialkd.scene_outputs.write_mosaics(
+        tmp_path, [tmp_path / f"{name}.tif" for name in crss])
+    assert sorted(path.name for path in written) == [
+        "labels_EPSG_32639.vrt", "labels_crs_0.vrt", "labels_crs_1.vrt"]
+    values = []
+    for path in written:
+        with rasterio.open(path) as mosaic:
+            values.append(np.unique(mosaic.read(1)).tolist())
+    assert sorted(values) == [[0], [1], [2]]  # each raster in a mosaic of its own

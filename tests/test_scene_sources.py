@@ -55,6 +55,14 @@ def test_a_folder_is_no_scene_but_a_pattern_of_its_files_is(tmp_path, models, sc
     assert [scene.path.name for scene in found] == ["scene_0.tif"]
 
 
+def test_two_files_whose_names_clean_to_one_are_refused_naming_both(tmp_path, scenes):
+    for name in ("a b.tif", "a_b.tif"):
+        shutil.copy(scenes[0], tmp_path / name)
+    with pytest.raises(ValueError, match=r"a b.tif and .*a_b.tif would all write "
+                                         r"a_b\S*_labels.tif \(names that are the same once"):
+        aerialkd.scene_sources.find_scenes(str(tmp_path / "*.tif"))
+
+
 def test_scenes_of_one_name_in_different_folders_take_their_folder_names(
         tmp_path, models, scenes):
     for tile in ("Tile 1", "Tile 2"):

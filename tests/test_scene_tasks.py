@@ -91,6 +91,7 @@ def test_a_scene_run_again_removes_what_a_killed_attempt_left(tmp_path, models, 
     out.mkdir()
     (out / ".scene_0_labels.tif.0badc0de.partial").write_text("half a raster")
     (out / ".scene_0_labels.tif.0badc0de.cog.partial").write_text("half a COG")
+    (out / ".scene_0_labels.tif.0badc0de.cog.partial.ovr.tmp").write_text("GDAL's overviews")
     (out / ".scene_0_labels.geojson.k1lled").mkdir()  # polygonize's folder
     (out / ".scene_0_labels.geojson.k1lled" / "scene_0_labels.geojson").write_text("{")
     (out / ".scene_1_labels.tif.0badc0de.partial").write_text("another scene's")

@@ -90,6 +90,14 @@ def test_segment_scene_keeps_the_ground_control_points_of_a_scene_without_a_tran
     assert crs.to_epsg() == 32640
     assert [(p.row, p.col, p.x, p.y) for p in written] == [
         (p.row, p.col, p.x, p.y) for p in gcps]
+    # no transform to put polygons on the map: pixel coordinates, and a warning says so
+    with pytest.warns(UserWarning, match=r"labels.tif is georeferenced by ground control "
+                                         r"points or RPCs alone.*pixel coordinates"):
+        utils.polygonize(tmp_path / "labels.tif", tmp_path / "labels.geojson")
+    collection = json.loads((tmp_path / "labels.geojson").read_text())
+    assert "crs" not in collection
+    corners = np.concatenate([f["geometry"]["coordinates"][0] for f in collection["features"]])
+    assert corners.min(0).tolist() == [0, 0] and corners.max(0).tolist() == [60, 40]
 
 
 def test_segment_scene_keeps_the_rpcs_of_a_scene(tmp_path, conv_model):
@@ -331,8 +339,9 @@ def test_segment_scene_rejects_bad_inputs_naming_them(tmp_path, conv_model):
             f"'{tmp_path / 'tiles' / '*.tif'}'")):
         utils.segment_scene(conv_model, tmp_path / "tiles", tmp_path / "out.tif")
     gray = _write_raster(tmp_path / "gray.tif", np.zeros((1, 8, 8), np.uint8))
-    with pytest.raises(ValueError, match=r"gray.tif has 1 band\(s\)"):
+    with pytest.raises(ValueError, match=r"gray.tif has 1 band\(s\).*bands=\(1, 1, 1\)"):
         utils.segment_scene(conv_model, gray, tmp_path / "out.tif")
+    utils.segment_scene(conv_model, gray, tmp_path / "out.tif", bands=(1, 1, 1), tile_size=16)
     rgb = _write_rgb(tmp_path / "rgb.tif", _image(8, 8))
     with pytest.raises(ValueError, match=r"rgb.tif has 3 band\(s\); bands=\(1, 2, 4\)"):
         utils.segment_scene(conv_model, rgb, tmp_path / "out.tif", bands=(1, 2, 4))
