@@ -260,6 +260,7 @@ def fit_segmentation(
                       "runs at every step (predict_logits runs on one process only).")
         cache_teacher = False
     replicas = _check_replica_batch(model, batch_size, len(data.x_train))
+    _one_step_per_execution_on_tf_replicas(model, replicas)
     files = RunFiles(output_dir, name)
     writer = writes_files()  # on several processes (see data_parallel), process 0 alone
     # Only float16 brings its own optimizer (Keras' LossScaleOptimizer): a backup
@@ -410,6 +411,24 @@ def _check_replica_batch(model, batch_size, n_train):
             f"of {replicas} and at most the {n_train} training patches (every batch is "
             f"split evenly), got batch_size={batch_size}: {advice}.")
     return replicas
+
+
+def _one_step_per_execution_on_tf_replicas(model, replicas):
+    """One step a call for a model TensorFlow trains on several devices.
+
+    Keras fails to run several steps a call under a `tf.distribute` strategy
+    ("You must feed a value for placeholder tensor", keras-team/keras#19246):
+    on Kaggle's two T4s, `steps_per_execution=8` stopped at the first step. The
+    results are the same with 1; only the host waits on the devices more often.
+    """
+    if keras.backend.backend() == "tensorflow" and replicas > 1 \
+            and model.steps_per_execution > 1:
+        warnings.warn(f"steps_per_execution={model.steps_per_execution} is set to 1 for "
+                      f"training on {replicas} devices with TensorFlow, where Keras fails "
+                      f"to run several steps a call (keras-team/keras#19246); the results "
+                      f"are the same.")
+        model.steps_per_execution = 1
+        model.train_function = model.test_function = model.predict_function = None
 
 
 def _pad_to_replicas(x, y, replicas):

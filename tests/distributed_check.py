@@ -16,6 +16,7 @@ import pathlib
 import sys
 import tempfile
 import types
+import warnings
 
 BACKEND, DEVICES = sys.argv[1], int(sys.argv[2])
 os.environ["KERAS_BACKEND"] = BACKEND
@@ -140,6 +141,21 @@ def compare_resumed_fit(data, folder):
             "val_miou": max(abs(a - b) for a, b in zip(one["val_miou3"], many["val_miou3"]))}
 
 
+def compare_steps_per_execution(data, folder):
+    """fit_segmentation of a model compiled with 2 steps a call, on two devices and one."""
+    kwargs = dict(epochs=2, name="m", batch_size=BATCH, verbose=0)
+    compiled = lambda steps: utils.compile_segmentation(  # noqa: E731
+        unet(1), learning_rate=1e-2, labelled_classes=CLASSES, steps_per_execution=steps)
+    utils.fit_segmentation(compiled(1), data, output_dir=folder / "one", **kwargs)
+    with utils.data_parallel(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        utils.fit_segmentation(compiled(2), data, output_dir=folder / "many", **kwargs)
+    weights = [keras.models.load_model(folder / run / "m.keras").get_weights()
+               for run in ("one", "many")]
+    return {"weights": max_diff(*weights),
+            "warned": any("keras-team/keras#19246" in str(w.message) for w in caught)}
+
+
 def compare_use_all_devices(x, y):
     """`use_all_devices` (session-wide, as the notebooks call it) against one device."""
     _, one, _ = train("plain", x, y)
@@ -176,6 +192,9 @@ def main():
     print("resumed_fit", file=sys.stderr)
     with tempfile.TemporaryDirectory() as folder:
         results["resumed_fit"] = compare_resumed_fit(data, pathlib.Path(folder))
+    print("steps_per_execution", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as folder:
+        results["steps_per_execution"] = compare_steps_per_execution(data, pathlib.Path(folder))
     print("use_all_devices", file=sys.stderr)
     results["use_all_devices"] = compare_use_all_devices(x, y)
     print("RESULTS " + json.dumps(results))

@@ -108,6 +108,13 @@ def test_fit_segmentation_on_two_devices_saves_the_model_of_one(two_devices):
     assert result["val_miou"] == 0  # the padded validation split scores the same
 
 
+def test_several_steps_a_call_train_on_two_devices_as_on_one(two_devices):
+    # TensorFlow's strategy fails with several (keras-team/keras#19246): one, with a warning
+    result = two_devices["steps_per_execution"]
+    assert result["weights"] < TOLERANCE
+    assert result["warned"] == (two_devices["backend"] == "tensorflow")
+
+
 def test_use_all_devices_trains_every_model_built_after_it_data_parallel(two_devices):
     # The notebooks' call: session-wide, no `with` block around the cells.
     result = two_devices["use_all_devices"]
