@@ -174,6 +174,11 @@ def data_parallel_figures(variant, x, y, epochs, seconds):
         print(f"  data parallel: only one device is visible ({parallel.devices[0]}), "
               f"so there is nothing to scale over; nothing timed.", flush=True)
         return figures
+    if keras.backend.backend() == "tensorflow" and variant.get("steps_per_execution", 1) > 1:
+        raise SystemExit("--data-parallel on TensorFlow takes a variant of one step a call: "
+                         "Keras fails to run more under a tf.distribute strategy "
+                         "(keras-team/keras#19246); pass --variants with one, or "
+                         "KERAS_BACKEND=jax.")
     keep = len(x) - len(x) % (variant["batch"] * n)
     if keep == 0:
         raise SystemExit(f"--train-images {len(x)} holds no batch of {variant['batch']} "
