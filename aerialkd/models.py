@@ -352,7 +352,9 @@ def with_dtype_policy(model: keras.Model, policy: str) -> keras.Model:
     Returns:
         A new model with the same architecture and (float32) weights, not
         compiled; with "mixed_float16", `compile` wraps its optimizer in
-        Keras' `LossScaleOptimizer`.
+        Keras' `LossScaleOptimizer`. Building the copy draws from Keras'
+        global random state (its weights are then replaced), so after
+        `keras.utils.set_random_seed`, build the model that seed is for first.
 
     Example:
 
