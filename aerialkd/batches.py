@@ -239,9 +239,15 @@ class PatchStream(keras.utils.PyDataset):
 
     Example:
 
-    `SegmentationDataset.stream` makes one for a split; pass it to
-    `model.fit(stream, shuffle=False)`: Keras' default shuffle would reorder
-    the batches at random again, decoding each image many times an epoch.
+    `SegmentationDataset.stream` makes one for a split. `model.fit`'s
+    default `shuffle=True` reorders its batches at random again, so that
+    consecutive steps come from different images; each image is then decoded
+    several times an epoch. `shuffle=False` keeps the windows, decoding each
+    image about once, but then a window's steps come in a row: on the Dubai
+    data (48 training images, windows of 16) the validation score swung from
+    epoch to epoch and the last epoch's model scored far lower
+    (`results/README.md`). Keep Keras' shuffle unless decoding is what limits
+    training, and then make `cache_size` a large share of the images.
 
     >>> stream = PatchStream(data.files["train"], patch_size=32, shuffle=True)
     >>> stream.num_patches, len(stream), [array.shape for array in stream[0]]

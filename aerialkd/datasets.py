@@ -162,9 +162,8 @@ class SegmentationDataset:
 
         Example:
 
-        Train with `model.fit(data.stream("train"), shuffle=False,
-        validation_data=data.stream("val"))`: the stream orders itself (see
-        `PatchStream`), and Keras' own shuffle would break up its cache windows.
+        Train with `model.fit(data.stream("train"),
+        validation_data=data.stream("val"))`; on shuffling, see `PatchStream`.
 
         >>> images, labels = data.stream("train", batch_size=8)[0]
         >>> images.shape, labels.shape

@@ -236,8 +236,7 @@ def fit_segmentation(
         raise ValueError(
             "fit_segmentation trains on a dataset held in memory, and this one is "
             "streamed (load_dataset(..., in_memory=False)): train with "
-            "`model.fit(data.stream('train'), shuffle=False, "
-            "validation_data=data.stream('val'))`, "
+            "`model.fit(data.stream('train'), validation_data=data.stream('val'))`, "
             "or load it with in_memory=True."
         )
     if len(data.x_val) == 0:
