@@ -88,6 +88,46 @@ def generic_classes(n_classes):
     return names, np.round(palette).astype(np.uint8)
 
 
+def check_palette(palette, n_classes: int | None = None) -> np.ndarray:
+    """Checks class colours and returns them as a uint8 array `(n_classes, 3)`.
+
+    Every function that takes a `palette` checks it here, so a palette that
+    uint8 would wrap (300 -> 44) or truncate (0.5 -> 0) is refused, not drawn.
+
+    Args:
+        palette: one `(r, g, b)` row a class, whole numbers 0 to 255.
+        n_classes: the number of classes it must colour; any number >= 1 if
+            `None`.
+
+    Returns:
+        The colours as a uint8 array.
+
+    Raises:
+        ValueError: naming the shape, the count or the values that are wrong.
+
+    Example:
+
+    >>> check_palette([[0, 0, 0], [255, 128, 0]], n_classes=2).dtype
+    dtype('uint8')
+    >>> check_palette([[0, 0, 300]])
+    Traceback (most recent call last):
+    ...
+    ValueError: palette must be 8-bit colours, whole numbers 0 to 255, got int64 values from 0 to 300.
+    """
+    colours = np.asarray(palette)
+    if colours.ndim != 2 or colours.shape[1] != 3 or not len(colours):
+        raise ValueError(f"palette must be ({'n_classes' if n_classes is None else n_classes}"
+                         f", 3) colours, one row a class, got shape {colours.shape}.")
+    if n_classes is not None and len(colours) != n_classes:
+        raise ValueError(f"palette has {len(colours)} colours for {n_classes} classes: "
+                         f"give one colour per class.")
+    if (not np.issubdtype(colours.dtype, np.integer) or colours.min() < 0
+            or colours.max() > 255):
+        raise ValueError(f"palette must be 8-bit colours, whole numbers 0 to 255, got "
+                         f"{colours.dtype} values from {colours.min()} to {colours.max()}.")
+    return colours.astype(np.uint8)
+
+
 def class_names_for(n_classes, class_names=None):
     """`class_names` as a tuple, checked against `n_classes`; generic names if `None`.
 
@@ -280,10 +320,7 @@ class ColorTable:
     """Colour -> label lookup of one palette and ignore policy, vectorised."""
 
     def __init__(self, palette=None, ignore_colors=None, extra_colors=None):
-        palette = PALETTE if palette is None else np.asarray(palette, dtype=np.uint8)
-        if palette.ndim != 2 or palette.shape[1] != 3 or not len(palette):
-            raise ValueError(f"palette must be a uint8 array (n_classes, 3), got shape "
-                             f"{palette.shape}.")
+        palette = PALETTE if palette is None else check_palette(palette)
         self.palette = palette
         class_colors = [rgb_to_hex(c) for c in palette]
         lookup = {color: i for i, color in enumerate(class_colors)}
@@ -377,7 +414,7 @@ def labels_to_rgb(labels: np.ndarray, palette: np.ndarray | None = None) -> np.n
     >>> labels_to_rgb(np.array([[1]]))[0, 0].tolist()
     [132, 41, 246]
     """
-    palette = PALETTE if palette is None else np.asarray(palette, dtype=np.uint8)
+    palette = PALETTE if palette is None else check_palette(palette)
     labels = np.asarray(labels)
     table = np.zeros((256, 3), dtype=np.uint8)
     table[: len(palette)] = palette

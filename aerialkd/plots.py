@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .classes import IGNORE_INDEX, class_names_for, generic_classes, labels_to_rgb
+from .classes import (IGNORE_INDEX, check_palette, class_names_for, generic_classes,
+                      labels_to_rgb)
 from .datasets import class_shares
 
 if TYPE_CHECKING:
@@ -61,10 +62,7 @@ def _names_and_palette(label_maps, class_names, palette):
     else:
         n_classes = len(class_names if class_names is not None else palette)
     names, colours = generic_classes(n_classes)
-    palette = colours if palette is None else np.asarray(palette, np.uint8)
-    if len(palette) != n_classes:
-        raise ValueError(f"palette has {len(palette)} colours for {n_classes} classes: "
-                         f"give one colour per class.")
+    palette = colours if palette is None else check_palette(palette, n_classes)
     return class_names_for(n_classes, class_names), palette
 
 

@@ -18,10 +18,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
-import numpy as np
 
 from .checks import check_count
-from .classes import class_names_for, generic_classes
+from .classes import check_palette, class_names_for, generic_classes
 from .scene_engines import check_engine, run_tasks
 from .scene_outputs import finished_labels, read_label_item, write_mosaics
 from .scene_sources import find_scenes
@@ -183,16 +182,11 @@ def segment_scenes(
     n_classes = keras_model.output_shape[-1]
     check_class_count(n_classes, f"model {model_path}")
     class_names = list(class_names_for(n_classes, class_names))
-    palette = generic_classes(n_classes)[1] if palette is None else np.asarray(palette)
-    if palette.shape != (n_classes, 3):
-        raise ValueError(f"palette must be ({n_classes}, 3) colours, got shape "
-                         f"{palette.shape}.")
-    if not np.issubdtype(palette.dtype, np.integer) or palette.min() < 0 or palette.max() > 255:
-        raise ValueError(f"palette must be 8-bit colours, whole numbers 0 to 255, got "
-                         f"{palette.dtype} values from {palette.min()} to {palette.max()}.")
+    palette = (generic_classes(n_classes)[1] if palette is None
+               else check_palette(palette, n_classes))
     parameters = {"tile_size": tile_size, "overlap": overlap, "batch_size": batch_size,
                   "bands": bands, "rescale": rescale, "class_names": class_names,
-                  "palette": palette.astype(np.uint8).tolist(), "cog": bool(cog),
+                  "palette": palette.tolist(), "cog": bool(cog),
                   "polygons": bool(polygons)}
     dst_dir = pathlib.Path(dst_dir).absolute()
     sidecars = _read_sidecars(dst_dir)  # once: names, resume, and classes

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .classes import IGNORE_INDEX, class_names_for, generic_classes
+from .classes import IGNORE_INDEX, check_palette, class_names_for, generic_classes
 from .run_files import write_into_place
 from .tiling import blend_tiles, check_tiling
 
@@ -113,11 +113,8 @@ def segment_scene(
     n_classes = getattr(model, "model", model).output_shape[-1]
     check_class_count(n_classes, "model")
     class_names = class_names_for(n_classes, class_names)
-    palette = generic_classes(n_classes)[1] if palette is None else np.asarray(palette,
-                                                                               np.uint8)
-    if palette.shape != (n_classes, 3):
-        raise ValueError(f"palette must be ({n_classes}, 3) colours, got shape "
-                         f"{palette.shape}.")
+    palette = (generic_classes(n_classes)[1] if palette is None
+               else check_palette(palette, n_classes))
     with warnings.catch_warnings():  # JPEG and PNG scenes have no georeference
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         try:

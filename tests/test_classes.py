@@ -63,6 +63,32 @@ def test_labels_to_rgb_paints_a_palette_of_your_own_and_unannotated_pixels_black
         [200, 180, 100], [30, 100, 200], [30, 100, 200], [0, 0, 0]]
 
 
+@pytest.mark.parametrize("palette, message", [
+    (np.full((2, 3), 300), r"8-bit colours, whole numbers 0 to 255, got int64 values from 300"),
+    (np.full((2, 3), 0.5), r"8-bit colours, whole numbers 0 to 255, got float64 values"),
+    (np.full((2, 3), -1), r"8-bit colours, whole numbers 0 to 255, got int64 values from -1"),
+    (np.zeros((2, 4), int), r"palette must be \(n_classes, 3\) colours, one row a class, "
+                            r"got shape \(2, 4\)"),
+])
+def test_a_palette_uint8_would_wrap_or_truncate_is_refused_everywhere(palette, message):
+    from aerialkd.classes import check_palette
+
+    with pytest.raises(ValueError, match=message):
+        check_palette(palette)
+    with pytest.raises(ValueError, match=message):
+        utils.labels_to_rgb(np.zeros((2, 2), int), palette)
+    with pytest.raises(ValueError, match=message):
+        utils.mask_to_labels(np.zeros((2, 2, 3), np.uint8), palette)
+
+
+def test_a_palette_of_another_class_count_is_refused_with_the_counts():
+    from aerialkd.classes import check_palette
+
+    with pytest.raises(ValueError, match="palette has 2 colours for 3 classes: give one"):
+        check_palette(np.zeros((2, 3), int), n_classes=3)
+    assert check_palette([[1, 2, 3]], n_classes=1).tolist() == [[1, 2, 3]]
+
+
 def test_classes_json_in_the_supervisely_format_reads_like_the_dict(tmp_path):
     path = tmp_path / "classes.json"
     path.write_text(json.dumps({"classes": [{"title": n, "color": c, "id": i}

@@ -354,6 +354,10 @@ def test_segment_scene_rejects_bad_inputs_naming_them(tmp_path, conv_model):
         utils.segment_scene(conv_model, rgb, tmp_path / "out.tif", class_names=("a", "b"))
     with pytest.raises(ValueError, match="tile_size must be a multiple of 16, got 50"):
         utils.segment_scene(conv_model, rgb, tmp_path / "out.tif", tile_size=50)
+    with pytest.raises(ValueError, match="palette must be 8-bit colours, whole numbers"):
+        utils.segment_scene(conv_model, rgb, tmp_path / "out.tif", palette=np.full((6, 3), 0.5))
+    with pytest.raises(ValueError, match="palette has 2 colours for 6 classes"):
+        utils.segment_scene(conv_model, rgb, tmp_path / "out.tif", palette=np.zeros((2, 3), int))
     with pytest.raises(ValueError, match="dst_path must differ"):
         utils.segment_scene(conv_model, rgb, rgb)
     (tmp_path / "notes.tif").write_text("not a raster")
