@@ -22,7 +22,8 @@ import keras
 from .checks import check_count
 from .classes import check_palette, class_names_for, generic_classes
 from .scene_engines import check_engine, run_tasks
-from .scene_outputs import finished_labels, read_label_item, write_mosaics
+from .scene_outputs import (classes_differ, finished_labels, read_label_item,
+                            write_mosaics)
 from .scene_sources import find_scenes
 from .scene_tasks import failed_record, file_sha256, scene_task
 from .scenes import check_class_count
@@ -305,17 +306,13 @@ def _check_classes(sidecars, rewritten, class_names, palette):
     for sidecar, item in sidecars.items():
         if sidecar in rewritten or item["status"] != "ok":
             continue
-        if item["classes"] not in (None, class_names):
-            differ = f"the classes {item['classes']}, and this batch labels {class_names}"
-        elif item["colours"] not in (None, colours):
-            differ = (f"the class colours {item['colours']}, and this batch colours "
-                      f"{colours}")
-        else:
-            continue
-        raise ValueError(
-            f"{sidecar} records a finished scene with {differ}: the folder's mosaic would "
-            f"show one's labels under the other's classes. Pass another dst_dir, or delete "
-            f"that folder's other rasters with their sidecars (*_labels.json).")
+        if (item["classes"] not in (None, class_names)
+                or item["colours"] not in (None, colours)):
+            raise classes_differ(
+                f"The finished scene {pathlib.Path(sidecar).with_suffix('.tif').name}",
+                "this batch", pathlib.Path(sidecar).parent,
+                (item["classes"] or class_names, class_names),
+                (item["colours"] or colours, colours))
 
 
 def _skipped_record(task, sidecar):

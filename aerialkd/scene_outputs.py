@@ -183,6 +183,44 @@ def read_label_item(path: os.PathLike | str) -> dict[str, Any] | None:
         return None
 
 
+def classes_differ(first: str, other: str, dst_dir: os.PathLike | str,
+                   names: tuple[Any, Any], colours: tuple[Any, Any]) -> ValueError:
+    """The error for two label outputs of one folder with other classes or colours.
+
+    One folder's mosaic takes one colour map and one set of class names, so
+    `segment_scenes` refuses a batch into a folder of another model's scenes
+    and `write_mosaics` rasters that disagree; both say it with this message.
+
+    Args:
+        first, other: how the message names the two outputs.
+        dst_dir: their folder.
+        names: their class names.
+        colours: their class colours, lists of "RRGGBB" a label value (`None`
+            for an output without).
+
+    Returns:
+        The `ValueError` to raise.
+
+    Example:
+
+    >>> print(classes_differ("a.tif", "b.tif", "out", (["x"], ["x"]),
+    ...                      (["3C1098"], ["9B9B9B"])))  # doctest: +ELLIPSIS
+    a.tif and b.tif in out colour their classes differently (label 0: 3C1098 and 9B9B9B): ...
+    """
+    if names[0] != names[1]:
+        differ = f"name their classes differently ({names[0]} and {names[1]})"
+    elif None in colours:
+        differ = "colour their classes differently (one of them has no colour map)"
+    else:
+        pairs = [f"label {i}: {a} and {b}" for i, (a, b) in enumerate(zip(*colours)) if a != b]
+        differ = f"colour their classes differently ({', '.join(pairs)})"
+    return ValueError(
+        f"{first} and {other} in {dst_dir} {differ}: one mosaic would show the labels of "
+        f"one under the classes of the other. Keep the outputs of each model (or set of "
+        f"classes) in a folder of their own, or delete the older rasters with their "
+        f"sidecars (*_labels.json).")
+
+
 def finished_labels(dst_dir: os.PathLike | str) -> list[pathlib.Path]:
     """The label rasters in `dst_dir` whose `label_item` sidecar says "ok", by name.
 
@@ -255,14 +293,8 @@ def write_mosaics(dst_dir: os.PathLike | str,
         if len(by_style) > 1:
             (names, colours), (other_names, other_colours) = list(by_style)[:2]
             first, other = list(by_style.values())[:2]
-            differ = (f"colour their classes differently (colour maps {colours} and "
-                      f"{other_colours})" if names == other_names else
-                      f"name their classes differently ({names} and {other_names})")
-            raise ValueError(
-                f"The label rasters {first.name} and {other.name} in {dst_dir} {differ}: one "
-                f"mosaic would show the labels of one under the classes of the other. "
-                f"Keep the outputs of each model (or set of classes) in a folder of their "
-                f"own, or delete the older rasters with their sidecars (*_labels.json).")
+            raise classes_differ(f"The label rasters {first.name}", other.name, dst_dir,
+                                 (names, other_names), (colours, other_colours))
     for old in [*dst_dir.glob("labels.vrt"), *dst_dir.glob("labels_*.vrt")]:
         old.unlink()
     written = []
@@ -282,10 +314,12 @@ def write_mosaics(dst_dir: os.PathLike | str,
 def _style(src):
     """A label raster's class names (its `CLASS_NAMES` tag) and colour map."""
     try:
-        colormap = tuple(sorted(src.colormap(1).items()))
+        colours = tuple("%02X%02X%02X" % tuple(rgba[:3])
+                        for value, rgba in sorted(src.colormap(1).items())
+                        if value != IGNORE_INDEX)
     except ValueError:  # no colour map
-        colormap = None
-    return src.tags().get("CLASS_NAMES"), colormap
+        colours = None
+    return src.tags().get("CLASS_NAMES"), colours
 
 
 def _vrt_xml(crs, members):

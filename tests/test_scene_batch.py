@@ -172,15 +172,16 @@ def test_a_folder_of_scenes_with_other_classes_is_refused_before_anything_runs(
     utils.segment_scenes(models[0], scenes[:1], out, tile_size=TILE, progress=False)
     before = sorted(p.name for p in out.iterdir())
     renamed = [f"other {i}" for i in range(6)]
-    with pytest.raises(ValueError, match=r"scene_0_labels.json records a finished scene with "
-                                         r"the classes \['class 0'.*this batch labels "
-                                         r"\['other 0'"):
+    with pytest.raises(ValueError, match=r"The finished scene scene_0_labels.tif and this batch "
+                                         r"in .* name their classes differently "
+                                         r"\(\['class 0'.* and \['other 0'"):
         utils.segment_scenes(models[0], scenes[1:2], out, tile_size=TILE, class_names=renamed,
                              progress=False)
     assert sorted(p.name for p in out.iterdir()) == before
     recoloured = aerialkd.classes.generic_classes(6)[1][::-1]  # the same names, other colours
-    with pytest.raises(ValueError, match=r"scene_0_labels.json records a finished scene with "
-                                         r"the class colours \['.{6}'.*this batch colours"):
+    with pytest.raises(ValueError, match=r"scene_0_labels.tif and this batch in .* colour "
+                                         r"their classes differently \(label 0: .{6} and "
+                                         r".{6}, label 1: "):
         utils.segment_scenes(models[0], scenes[1:2], out, tile_size=TILE, palette=recoloured,
                              progress=False)
     assert sorted(p.name for p in out.iterdir()) == before

@@ -159,6 +159,19 @@ def test_a_mosaic_of_rasters_with_other_classes_is_refused(tmp_path):
     assert not list(tmp_path.glob("*.vrt"))
 
 
+def test_a_mosaic_of_rasters_with_other_colours_is_refused_naming_the_labels(tmp_path):
+    for name, colour in (("a", (200, 0, 0, 255)), ("b", (0, 0, 200, 255))):
+        with rasterio.open(tmp_path / f"{name}.tif", "w", driver="GTiff", width=8, height=8,
+                           count=1, dtype="uint8", crs=CRS, transform=utm_transform(0)) as dst:
+            dst.write(np.zeros((1, 8, 8), np.uint8))
+            dst.update_tags(CLASS_NAMES=json.dumps(["Building", "Road"]))
+            dst.write_colormap(1, {0: (10, 10, 10, 255), 1: colour})
+    with pytest.raises(ValueError, match=r"a.tif and b.tif in .* colour their classes "
+                                         r"differently \(label 1: C80000 and 0000C8\): "):
+        aerialkd.scene_outputs.write_mosaics(tmp_path, [tmp_path / "a.tif", tmp_path / "b.tif"])
+    assert not list(tmp_path.glob("*.vrt"))
+
+
 def test_rasters_of_several_crss_get_a_mosaic_each_even_under_one_epsg_code(tmp_path):
     crss = {"a": "EPSG:32640", "b": "+proj=utm +zone=40 +ellps=WGS84 +units=m",  # ~32640
             "c": "EPSG:32639"}
