@@ -247,21 +247,24 @@ def decode_pair(image_path, mask_path, table, resize_masks=False):
                 f"opaque. Flatten it onto the right class colours."
             )
     mask = mask.convert("RGB")
-    if image.size != mask.size:
-        if not resize_masks:
-            raise _size_mismatch(image_path, image.size, mask_path, mask.size)
-        _check_same_aspect(image_path, image.size, mask_path, mask.size)
+    if _needs_resize(image_path, image.size, mask_path, mask.size, resize_masks):
         mask = mask.resize(image.size, Image.NEAREST)
     return np.asarray(image), table.labels(np.asarray(mask), str(mask_path))
 
 
-def _size_mismatch(image_path, image_size, mask_path, mask_size):
-    return ValueError(
-        f"Image {image_path} is {image_size[0]}x{image_size[1]} but its mask "
-        f"{mask_path} is {mask_size[0]}x{mask_size[1]} (width x height). They must "
-        f"match pixel for pixel; pass resize_masks=True to rescale such masks to "
-        f"their images (nearest neighbour, no new colours)."
-    )
+def _needs_resize(image_path, image_size, mask_path, mask_size, resize_masks):
+    """Whether a mask must be rescaled to its image; refuses one that may not be."""
+    if image_size == mask_size:
+        return False
+    if not resize_masks:
+        raise ValueError(
+            f"Image {image_path} is {image_size[0]}x{image_size[1]} but its mask "
+            f"{mask_path} is {mask_size[0]}x{mask_size[1]} (width x height). They must "
+            f"match pixel for pixel; pass resize_masks=True to rescale such masks to "
+            f"their images (nearest neighbour, no new colours)."
+        )
+    _check_same_aspect(image_path, image_size, mask_path, mask_size)
+    return True
 
 
 def _read_image(path, what="image"):
@@ -323,11 +326,7 @@ def read_image_sizes(pairs, patch_size, resize_masks):
             _read_image(image_path)  # raises, naming the file
             _read_image(mask_path, "mask")
             raise
-        if image_size != mask_size:
-            if not resize_masks:
-                raise _size_mismatch(image_path, image_size, mask_path, mask_size)
-            _check_same_aspect(image_path, image_size, mask_path, mask_size)
-            resized += 1
+        resized += _needs_resize(image_path, image_size, mask_path, mask_size, resize_masks)
         if min(image_size) < patch_size:
             raise ValueError(
                 f"{image_path} is {image_size[0]}x{image_size[1]}, smaller "
