@@ -37,6 +37,13 @@ class Distiller(keras.Model):
     `loss`), `feature_loss` when the feature term is on, and their `val_`
     twins, next to the compiled metrics.
 
+    The two terms average over different pixels: the label loss over the
+    batch's annotated pixels, the KD term over all of them. In a batch with
+    few annotated pixels (a dataset of `unlabelled_elsewhere`, where a batch
+    of 16 patches may hold none or eight labelled ones) each of them weighs
+    more against the KD term than in a fully annotated batch; `alpha` sets
+    the balance of the two averages, not of a pixel's two targets.
+
     `alpha` is held in a non-trainable `keras.Variable`, read inside the
     compiled step, so a callback may change it between epochs
     (`KDWeightSchedule`); `distiller.alpha` reads and sets it as a float.
@@ -152,9 +159,16 @@ class Distiller(keras.Model):
         "mixed_float16" in a `keras.optimizers.LossScaleOptimizer`, so that
         small float16 gradients do not flush to zero. The Distiller's own
         policy stays float32 (it only routes its inputs), so it looks at the
-        student's: a student trained in float16 gets the same wrapping.
+        student's: a student trained in float16 gets the same wrapping, unless
+        `auto_scale_loss=False`, as for any Keras model. `loss` (the
+        student's loss on the labels) is required.
         """
-        if _trains_in_float16(self.student):
+        if kwargs.get("loss") is None:
+            # TensorFlow refuses a model without a loss; JAX counts it as 0, which
+            # would train on the KD term alone whatever alpha says
+            raise ValueError("Distiller.compile needs loss, the student's own loss on the "
+                             "labels, e.g. loss=SegmentationLoss() (alpha=0 turns it off).")
+        if _trains_in_float16(self.student) and kwargs.get("auto_scale_loss", True):
             optimizer = keras.optimizers.get(optimizer)
             if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -179,6 +193,12 @@ class Distiller(keras.Model):
         sample_weight: ArrayLike | None = None,
         training: bool = True,
     ) -> ArrayLike:
+        if sample_weight is not None:
+            raise ValueError(
+                "Distiller does not take sample weights (or class_weight): they would "
+                "weigh the student's loss and not the KD term. Give pixels no weight by "
+                "labelling them IGNORE_INDEX, and classes weights with "
+                "SegmentationLoss(class_weights=...).")
         images = x[0] if isinstance(x, (tuple, list)) else x
         if self.feature_weight:  # one pass of each model gives features and logits
             student_features, y_pred = self._student_features(images, training=training)
@@ -203,12 +223,14 @@ class Distiller(keras.Model):
         replicas = replicas_in_sync()
         alpha = ops.cast(self._alpha, "float32")
         total = alpha * ops.cast(student_loss, "float32") + (1.0 - alpha) * kd / replicas
+        # weighted by the batch's size, as Keras weighs `loss` (a short last batch)
+        size = ops.cast(ops.shape(images)[0], "float32")
         if self.feature_weight:
             total = total + self.feature_weight * feature_loss / replicas
-            self.feature_loss_tracker.update_state(feature_loss)
-        self.student_loss_tracker.update_state(student_loss * replicas)
-        self.distillation_loss_tracker.update_state(kd)
-        self.total_loss_tracker.update_state(total * replicas)
+            self.feature_loss_tracker.update_state(feature_loss, sample_weight=size)
+        self.student_loss_tracker.update_state(student_loss * replicas, sample_weight=size)
+        self.distillation_loss_tracker.update_state(kd, sample_weight=size)
+        self.total_loss_tracker.update_state(total * replicas, sample_weight=size)
         return total
 
     def get_config(self) -> dict[str, Any]:

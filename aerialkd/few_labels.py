@@ -33,6 +33,9 @@ def _patches_per_image(data: SegmentationDataset) -> list[int]:
 
 
 def _check_chosen(data: SegmentationDataset, chosen: Sequence[str]) -> None:
+    if isinstance(chosen, str):
+        raise TypeError(f"chosen must be a list of training image names, got the string "
+                        f"{chosen!r}; pass [{chosen!r}] for that image alone.")
     unknown = sorted(set(chosen) - set(data.sources["train"]))
     if unknown:
         raise ValueError(f"chosen names images that are not training images of the dataset: "
@@ -68,8 +71,9 @@ def label_subset(data: SegmentationDataset, n_images: int | None = None,
     (4, ['Tile 1', 'Tile 2', 'Tile 3'])
     """
     sources = list(data.sources["train"])
-    n_images = max(1, round(len(sources) / 4)) if n_images is None else n_images
-    if not 0 < n_images <= len(sources):
+    n_images = (max(1, round(len(sources) / 4)) if n_images is None
+                else check_count("n_images", n_images))
+    if n_images > len(sources):
         raise ValueError(f"n_images must be between 1 and the {len(sources)} training images; "
                          f"got {n_images}.")
     counts = dict(zip(sources, _patches_per_image(data)))
@@ -178,6 +182,9 @@ def unlabelled_elsewhere(data: SegmentationDataset,
     The masks of the other training images become `IGNORE_INDEX`, which the
     label loss and the metrics leave out: a model trained on it learns from
     labels on `chosen` only, and a `Distiller` from its teacher on every image.
+    Batches then hold more or fewer labelled patches by chance; the label loss
+    averages over the annotated pixels of each, so how much a labelled pixel
+    weighs against the KD term varies from batch to batch (see `Distiller`).
 
     Args:
         data: a `SegmentationDataset` loaded in memory.

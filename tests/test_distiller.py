@@ -63,6 +63,32 @@ def test_distiller_rejects_bad_arguments():
         utils.Distiller(teacher=teacher, student=student, kind="feature")
 
 
+def test_distiller_needs_a_loss_and_refuses_sample_weights():
+    teacher, student = _teacher_student()
+    distiller = utils.Distiller(teacher=teacher, student=student)
+    with pytest.raises(ValueError, match="Distiller.compile needs loss, the student's own"):
+        distiller.compile(optimizer="adam")  # JAX trained on the KD term alone
+    distiller.compile(optimizer="adam", loss=utils.SegmentationLoss())
+    x = np.zeros((4, 16, 16, 3), "float32")
+    y = np.zeros((4, 16, 16), "int32")
+    with pytest.raises(ValueError, match="Distiller does not take sample weights"):
+        distiller.fit(x, y, sample_weight=np.zeros(4), epochs=1, verbose=0)
+
+
+def test_the_distillers_losses_weigh_a_short_last_batch_as_keras_weighs_loss(tiny_data):
+    teacher, student = _teacher_student()
+    distiller = utils.Distiller(teacher=teacher, student=student, alpha=0.5)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.0), loss=utils.SegmentationLoss())
+    x, y = tiny_data.x_val[:20], tiny_data.y_val[:20]  # batches of 16 and 4
+    logs = distiller.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+    assert logs["total_loss"] == pytest.approx(logs["loss"], rel=1e-5)
+    halves = [distiller.evaluate(x[s], y[s], batch_size=16, verbose=0, return_dict=True)
+              for s in (slice(0, 16), slice(16, 20))]
+    for term in ("student_loss", "distillation_loss"):
+        assert logs[term] == pytest.approx((16 * halves[0][term] + 4 * halves[1][term]) / 20,
+                                           rel=1e-5)
+
+
 def test_distiller_rejects_a_class_count_mismatch():
     teacher, _ = _teacher_student()
     with pytest.raises(ValueError, match="Teacher predicts 6 classes but student predicts 5"):

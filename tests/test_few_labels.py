@@ -97,10 +97,14 @@ def test_bad_subsets_and_datasets_are_refused_with_what_to_do(tiny_data, chosen)
         utils.only_labelled(tiny_data, [*chosen, "Tile 9/nowhere"])
     with pytest.raises(ValueError, match="chosen is empty"):
         utils.unlabelled_elsewhere(tiny_data, [])
-    for n_images in (19, 0):
-        with pytest.raises(ValueError, match=f"n_images must be between 1 and the 18.*got "
-                                             f"{n_images}"):
+    with pytest.raises(ValueError, match="n_images must be between 1 and the 18.*got 19"):
+        utils.label_subset(tiny_data, n_images=19)
+    for n_images in (0, 2.0, True):  # a float sliced nothing, True counted as 1
+        with pytest.raises(ValueError, match=f"n_images must be an int >= 1, got {n_images}"):
             utils.label_subset(tiny_data, n_images=n_images)
+    with pytest.raises(TypeError, match=r"chosen must be a list of training image names, got "
+                                        r"the string 'Tile 1/image_part_001'; pass \["):
+        utils.only_labelled(tiny_data, "Tile 1/image_part_001")
     with pytest.raises(ValueError, match="one or two images per tile, at most 6 here"):
         utils.label_subset(tiny_data, n_images=7)  # three tiles
     with pytest.raises(ValueError, match="do not match the training images"):

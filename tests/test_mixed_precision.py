@@ -64,6 +64,12 @@ def test_students_without_float16_get_a_plain_optimizer(policy):
     assert isinstance(distiller.optimizer, keras.optimizers.Adam)
 
 
+def test_a_float16_distiller_keeps_a_plain_optimizer_with_auto_scale_loss_off():
+    distiller = utils.Distiller(teacher=_float16_unet(0), student=_float16_unet(1))
+    distiller.compile(optimizer="adam", loss=utils.SegmentationLoss(), auto_scale_loss=False)
+    assert isinstance(distiller.optimizer, keras.optimizers.Adam)  # as Keras does for a model
+
+
 def test_a_distiller_keeps_a_loss_scale_optimizer_it_is_given():
     optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam())
     distiller = utils.Distiller(teacher=_float16_unet(0), student=_float16_unet(1))
