@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 from typing import Any
@@ -11,6 +12,7 @@ import numpy as np
 from keras import ops
 from numpy.typing import ArrayLike
 
+from .checks import check_count
 from .classes import IGNORE_INDEX
 from .devices import sum_over_replicas
 
@@ -55,17 +57,35 @@ class SegmentationLoss(keras.losses.Loss):
         name: str = "segmentation_loss",
         **kwargs: Any,
     ) -> None:
+        reduction = kwargs.get("reduction", "sum_over_batch_size")
+        if reduction not in ("sum_over_batch_size", "mean", "mean_with_sample_weight"):
+            raise ValueError(
+                f"SegmentationLoss is one number for the whole batch (ratios of sums over "
+                f"its pixels), so its reduction must average: 'sum_over_batch_size' (the "
+                f"default) or 'mean'; got reduction={reduction!r}, which would multiply it "
+                f"by the batch size or repeat it as per-sample values.")
         super().__init__(name=name, **kwargs)
         if kind not in ("cross_entropy", "focal"):
             raise ValueError(
                 f"kind must be 'cross_entropy' or 'focal', got {kind!r}."
             )
+        n_classes = None if n_classes is None else check_count("n_classes", n_classes)
         if class_weights is not None and n_classes is not None \
                 and len(class_weights) != n_classes:
             raise ValueError(
                 f"class_weights needs {n_classes} weights, one per class; "
                 f"got {len(class_weights)}."
             )
+        if isinstance(dice_weight, bool) or not isinstance(dice_weight, numbers.Real) \
+                or not 0 <= dice_weight < math.inf:
+            raise ValueError(f"dice_weight must be a number >= 0 (0 turns the Dice term "
+                             f"off), got {dice_weight!r}.")
+        if class_weights is not None:
+            weights = np.asarray(class_weights, dtype=float)
+            if weights.ndim != 1 or not np.isfinite(weights).all() or (weights < 0).any() \
+                    or not weights.sum() > 0:
+                raise ValueError(f"class_weights must be one finite weight >= 0 per class, "
+                                 f"not all 0; got {list(class_weights)}.")
         self.kind = kind
         self.dice_weight = float(dice_weight)
         self.class_weights = (None if class_weights is None
@@ -73,7 +93,7 @@ class SegmentationLoss(keras.losses.Loss):
         if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or gamma < 0:
             raise ValueError(f"gamma must be a number >= 0, got {gamma!r}.")
         self.gamma = float(gamma)
-        self.n_classes = None if n_classes is None else int(n_classes)
+        self.n_classes = n_classes
 
     def call(self, y_true: ArrayLike, y_pred: ArrayLike) -> ArrayLike:
         logits = ops.cast(y_pred, "float32")

@@ -83,6 +83,21 @@ def _output_classes(model):
     return int(getattr(model, "student", model).output.shape[-1])
 
 
+def _check_label_values(data, n_classes):
+    """Refuses labels outside the model's classes: the loss would count such a pixel
+    as annotated and learn nothing from it (its one-hot row is all zeros)."""
+    for split in ("train", "val"):
+        labels = np.asarray(getattr(data, f"y_{split}"))
+        bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= n_classes))
+        if bad.any():
+            raise ValueError(
+                f"data.y_{split} holds the labels {np.unique(labels[bad])[:5].tolist()} "
+                f"({int(bad.sum())} pixels) outside the model's {n_classes} classes: labels "
+                f"must be 0 to {n_classes - 1}, or IGNORE_INDEX ({IGNORE_INDEX}) where "
+                f"nothing is annotated. Build the model with the dataset's n_classes, or "
+                f"set those pixels to IGNORE_INDEX.")
+
+
 SAMPLINGS = ("grid", "random", "consistent")
 """Training inputs `fit_segmentation` can draw: the fixed patches, random crops, or
 scaled, flipped and mixed crops for consistent teaching (`ConsistentCropSequence`)."""
@@ -245,6 +260,7 @@ def fit_segmentation(
                          "load_dataset.")
     check_count("epochs", epochs)
     batch_size = check_count("batch_size", batch_size)
+    _check_label_values(data, _output_classes(model))
     check_sampling(sampling)
     check_mix(mix, mix_probability)  # for every sampling: a typo is never silently ignored
     whole = None if sampling == "grid" else _whole_training_images(data, sampling)

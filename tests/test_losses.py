@@ -169,6 +169,22 @@ def test_focal_loss_has_a_finite_gradient_beside_a_saturated_pixel(gamma):
         utils.SegmentationLoss("focal", gamma=-1)
 
 
+@pytest.mark.parametrize("arguments, message", [
+    ({"dice_weight": -1}, r"dice_weight must be a number >= 0 \(0 turns the Dice term off\)"),
+    ({"dice_weight": float("nan")}, "dice_weight must be a number >= 0"),
+    ({"class_weights": [0, 0, 0]}, r"class_weights must be one finite weight >= 0 per class, "
+                                   r"not all 0; got \[0, 0, 0\]"),  # the loss was NaN
+    ({"class_weights": [1, -1, 1]}, "class_weights must be one finite weight >= 0"),
+    ({"class_weights": [1, float("inf"), 1]}, "class_weights must be one finite weight"),
+    ({"n_classes": 0}, "n_classes must be an int >= 1, got 0"),  # took the logits' count
+    ({"reduction": "sum"}, r"its reduction must average.*got reduction='sum'"),
+    ({"reduction": None}, r"its reduction must average.*got reduction=None"),
+])
+def test_segmentation_loss_refuses_bad_arguments_naming_them(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        utils.SegmentationLoss(**arguments)
+
+
 def test_a_batch_without_annotated_pixels_has_no_loss():
     logits = random_logits((2, 4, 4, 6), 1)
     ignored = np.full((2, 4, 4), utils.IGNORE_INDEX)

@@ -286,6 +286,19 @@ def test_float16_training_gets_loss_scaling_and_bfloat16_does_not():
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == scaled
 
 
+def test_labels_outside_the_models_classes_are_refused_naming_the_split(tiny_data, tmp_path):
+    data = small_data(tiny_data)
+    for split, value in (("train", 7), ("val", -1)):  # the loss counted them, learning nothing
+        labels = getattr(data, f"y_{split}").astype("int16")
+        labels[0, 0, :3] = value
+        bad = dataclasses.replace(data, **{f"y_{split}": labels})
+        with pytest.raises(ValueError, match=rf"data.y_{split} holds the labels \[{value}\] "
+                                             rf"\(3 pixels\) outside the model's 6 classes"):
+            utils.fit_segmentation(fresh_segmenter(), bad, epochs=1, output_dir=tmp_path,
+                                   name="m")
+    assert not (tmp_path / "m_history.csv").exists()
+
+
 def test_consistent_sampling_refuses_a_model_that_augments_itself(tiny_data, tmp_path):
     with pytest.raises(ValueError, match=r"augment=False"):
         utils.fit_segmentation(fresh_segmenter(distil=True), small_data(tiny_data), epochs=1,
