@@ -190,12 +190,13 @@ def headline(metrics, cpu, gpu, analysis, sizes):
         f"{len(gains)} |",
     ]
     keep = statistics.mean(distilled) / teacher_miou5
+    verdict, paid = distillation_verdict(gains)
     cpu_ratio = figures["latency_teacher_batch1_ms"] / figures["latency_student_batch1_ms"]
     text = [
         f"Test split ({len(teacher['split']['test'])} images never used for training or "
         f"choices, cut into 256×256 patches), mean IoU over the five labelled classes "
         f"(mIoU5), {teacher['epochs']} epochs with the same recipe for every model, ± the "
-        f"standard deviation over seeds. The teacher was trained with "
+        f"sample standard deviation over seeds. The teacher was trained with "
         f"{trained_with(by, 'teacher')}; "
         f"both students with {' and '.join(sorted(student_where))}, paired by seed.",
         "",
@@ -206,17 +207,46 @@ def headline(metrics, cpu, gpu, analysis, sizes):
         f"FLOPs, and runs {cpu_ratio:.1f}× faster on a CPU "
         f"({figures['latency_student_batch1_ms']:.1f} vs "
         f"{figures['latency_teacher_batch1_ms']:.1f} ms a patch at batch 1, benchmark on an "
-        f"idle 2-core CPU, TensorFlow). On a GPU at batch 1 it is no faster "
-        f"({gpu_figures['latency_student_batch1_ms']:.2f} vs "
-        f"{gpu_figures['latency_teacher_batch1_ms']:.2f} ms on an H200, JAX): both are "
-        f"bound by launching work, not by arithmetic. Distillation did not pay here: "
-        f"paired by seed, the distilled students are level with students trained from "
-        f"scratch ({mean_sd(gains, signed=True)}, against a target of +0.03). The teacher leads "
-        f"those students by only {teacher_miou5 - statistics.mean(scratch):.3f} on the "
-        f"test split and is right alone on {statistics.mean(alone):.1%} of the validation "
-        f"pixels, so there is little to pass on.",
+        f"idle 2-core CPU, TensorFlow). {gpu_sentence(gpu_figures)} {verdict} The teacher "
+        f"leads those students by {'only ' if not paid else ''}"
+        f"{teacher_miou5 - statistics.mean(scratch):.3f} on the test split and is right "
+        f"alone on {statistics.mean(alone):.1%} of the validation pixels"
+        f"{', so there is little to pass on' if not paid else ''}.",
     ]
     return "\n".join(text)
+
+
+TARGET = 0.03
+"""The paired gain in test mIoU5 the series set distillation as a target."""
+
+
+def distillation_verdict(gains):
+    """Whether distillation paid, in a sentence and a bool, from the paired gains: their
+    two-sided paired t-test at 0.05 (`aerialkd.paired_t_test`) and the target."""
+    row = {"change": statistics.mean(gains), "paired seeds": len(gains),
+           "change sd": statistics.stdev(gains) if len(gains) > 1 else None}
+    p = aerialkd.paired_t_test(row)
+    numbers = f"{mean_sd(gains, signed=True)}, against a target of +{TARGET}"
+    if p is None or p >= 0.05:
+        return (f"Distillation did not pay here: paired by seed, the distilled students are "
+                f"level with students trained from scratch ({numbers})."), False
+    if row["change"] < 0:
+        return (f"Distillation cost accuracy here: paired by seed, the distilled students "
+                f"score below students trained from scratch ({numbers}, p = {p:.3f})."), False
+    reached = "reaching" if row["change"] >= TARGET else "short of"
+    return (f"Distillation paid here: paired by seed, the distilled students beat students "
+            f"trained from scratch ({mean_sd(gains, signed=True)}, p = {p:.3f}), {reached} "
+            f"the target of +{TARGET}."), True
+
+
+def gpu_sentence(gpu_figures):
+    """The GPU latencies at batch 1, and whether the student is faster there."""
+    student, teacher = (gpu_figures[f"latency_{m}_batch1_ms"] for m in ("student", "teacher"))
+    figures = f"({student:.2f} vs {teacher:.2f} ms on an H200, JAX)"
+    if teacher / student < 1.2:
+        return (f"On a GPU at batch 1 it is no faster {figures}: both are bound by "
+                f"launching work, not by arithmetic.")
+    return f"On a GPU at batch 1 it is {teacher / student:.1f}× faster {figures}."
 
 
 def runs_table(metrics):
@@ -246,11 +276,13 @@ def paired_table(metrics):
     lines = ["| seed | " + " | ".join(["scratch"] + [NAMES[m] for m in models]) + " |",
              "|---" * (len(models) + 2) + "|"]
     for seed in sorted(by[SCRATCH]):
-        cells = [f"{by[SCRATCH][seed]['miou5']:.3f}"]
+        base = round(by[SCRATCH][seed]["miou5"], 3)
+        cells = [f"{base:.3f}"]
         for model in models:
             entry = by[model].get(seed)
-            cells.append("" if entry is None else
-                         f"{entry['miou5']:.3f} ({entry['miou5'] - by[SCRATCH][seed]['miou5']:+.3f})")
+            score = None if entry is None else round(entry["miou5"], 3)
+            cells.append("" if entry is None else  # the change of the cells shown
+                         f"{score:.3f} ({round(score - base, 3) + 0.0:+.3f})")
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
     gains = paired(metrics, DISTILLED)
     lines.append("| mean ± sd | " + mean_sd(e["miou5"] for e in by[SCRATCH].values()) + " | "
@@ -394,9 +426,10 @@ def export_table(export):
              "|---|---|---|---|---|---|"]
     keras_miou = {r["model"]: r["miou5"] for r in export["rows"] if r["format"] == "keras"}
     for row in export["rows"]:
-        change = f"{row['miou5'] - keras_miou[row['model']]:+.4f}".replace("-0.0000", "+0.0000")
+        shown, keras_shown = round(row["miou5"], 4), round(keras_miou[row["model"]], 4)
+        change = round(shown - keras_shown, 4) + 0.0  # of the figures shown; never -0.0000
         lines.append(f"| {EXPORTED[row['model']]} | {row['format']} | {row['size_mb']:.2f} | "
-                     f"{row['latency_ms']:.1f} | {row['miou5']:.4f} | {change} |")
+                     f"{row['latency_ms']:.1f} | {shown:.4f} | {change:+.4f} |")
     return "\n".join(lines)
 
 

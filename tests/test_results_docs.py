@@ -218,3 +218,23 @@ def test_a_where_kd_pays_student_with_fewer_than_three_seeds_is_refused():
     with pytest.raises(SystemExit, match=r"fewer than three seeds: \{'student_distilled_w4': \[0, 1\]\}"):
         report.check_seeds(metrics)
     report.check_seeds(metrics + [_entry("student_distilled_w4", 2, 0.63)])  # the teacher: one
+
+
+def test_the_headline_verdict_follows_the_paired_gains_and_the_gpu_figures():
+    assert report.distillation_verdict([0.005, 0.014, -0.005]) == (
+        "Distillation did not pay here: paired by seed, the distilled students are level "
+        "with students trained from scratch (+0.005 ± 0.010, against a target of +0.03).",
+        False)
+    sentence, paid = report.distillation_verdict([0.055, 0.064, 0.045])
+    assert paid and sentence.endswith("(+0.055 ± 0.010, p = 0.010), reaching the target of "
+                                      "+0.03.")
+    sentence, paid = report.distillation_verdict([0.012, 0.011, 0.010])
+    assert paid and "short of the target" in sentence
+    sentence, paid = report.distillation_verdict([-0.055, -0.064, -0.045])
+    assert not paid and sentence.startswith("Distillation cost accuracy here")
+    assert report.gpu_sentence({"latency_student_batch1_ms": 2.49,
+                                "latency_teacher_batch1_ms": 2.49}).startswith(
+        "On a GPU at batch 1 it is no faster (2.49 vs 2.49 ms")
+    assert report.gpu_sentence({"latency_student_batch1_ms": 1.0,
+                                "latency_teacher_batch1_ms": 2.5}) == (
+        "On a GPU at batch 1 it is 2.5× faster (1.00 vs 2.50 ms on an H200, JAX).")
