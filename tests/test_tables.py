@@ -26,6 +26,14 @@ def test_history_rows_show_every_tenth_epoch_the_last_and_the_best():
     assert rows[-1] == {"epoch": 25, "loss": 0.76, "val_miou5": 0.5}  # `keys` only
 
 
+def test_history_rows_mark_the_epoch_the_checkpoint_keeps_skipping_non_finite_ones():
+    nan = float("nan")
+    history = {"loss": [1.0, nan, 0.5, 0.4], "val_miou5": [0.2, 0.6, 0.4, nan]}
+    assert [row["epoch"] for row in utils.history_rows(history)] == [1, "3 (best)", 4]
+    broken = {"loss": [nan, nan], "val_miou5": [0.3, 0.4]}  # nothing saved: nothing marked
+    assert [row["epoch"] for row in utils.history_rows(broken)] == [1, 2]
+
+
 def test_seed_summary_pairs_each_model_with_the_baseline_of_the_same_seed():
     runs = [{"model": "scratch", "seed": s, "miou5": v}
             for s, v in ((0, 0.60), (1, 0.64), (2, 0.62))]
