@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import re
 from collections.abc import Sequence
@@ -12,7 +13,13 @@ from .checks import check_count
 
 
 TEST_PARTS = ("image_part_008", "image_part_009")
-"""Images held out for testing in every tile (the project's fixed test set)."""
+"""Images held out for testing in every tile (the project's fixed test set).
+
+The nine images of a Dubai tile are a 3x3 mosaic of one area (`image_part_001`
+to `_003` its top row), so these two, at the bottom right, meet training or
+validation images edge to edge: the test split shares no pixel with training,
+but it is ground beside the training ground, not new places.
+"""
 
 
 SPLITS = ("train", "val", "test")
@@ -59,11 +66,17 @@ def assign_splits(
     >>> sorted(splits.values()).count("test")  # one scene of five: both its images
     2
     """
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) \
+            or seed < 0:
+        raise ValueError(f"seed must be a whole number >= 0, got {seed!r}: it fixes which "
+                         f"images go to validation (and to test in a flat layout), and a "
+                         f"split drawn afresh at each load would test a model on images "
+                         f"it trained on.")
     if not flat:
         if group is not None:
-            raise ValueError(f"{root} is in the Kaggle tile layout, where every image is "
-                             f"a scene of its own; group applies to flat layouts. Leave "
-                             f"it out.")
+            raise ValueError(f"{root} is in the Kaggle tile layout, split by image name "
+                             f"within each tile (test_parts, val_per_tile); group applies "
+                             f"to flat layouts. Leave it out.")
         return _split_tiles(root, stems, test_parts, val_per_tile, test_images,
                             val_fraction, test_fraction, seed)
     return _split_flat(root, stems, test_parts, val_per_tile, test_images,

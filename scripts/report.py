@@ -194,7 +194,7 @@ def headline(metrics, cpu, gpu, analysis, sizes):
     cpu_ratio = figures["latency_teacher_batch1_ms"] / figures["latency_student_batch1_ms"]
     text = [
         f"Test split ({len(teacher['split']['test'])} images never used for training or "
-        f"choices, cut into 256×256 patches), mean IoU over the five labelled classes "
+        f"choices, beside training images in their tiles, cut into 256×256 patches), mean IoU over the five labelled classes "
         f"(mIoU5), {teacher['epochs']} epochs with the same recipe for every model, ± the "
         f"sample standard deviation over seeds. The teacher was trained with "
         f"{trained_with(by, 'teacher')}; "

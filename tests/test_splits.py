@@ -83,3 +83,10 @@ def test_a_tile_split_that_names_no_image_or_leaves_no_training_is_refused(tiny_
     assert len(one.sources["test"]) == 3
     with pytest.raises(ValueError, match="leave none for training"):
         utils.load_dataset(tiny_root, 32, val_per_tile=7)
+
+
+@pytest.mark.parametrize("seed", [None, -1, 1.5, True])
+def test_a_split_seed_that_fixes_nothing_is_refused(tiny_root, seed):
+    with pytest.raises(ValueError, match=r"seed must be a whole number >= 0, got .*a split "
+                                         r"drawn afresh at each load"):
+        utils.load_dataset(tiny_root, patch_size=32, seed=seed)
