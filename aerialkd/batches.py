@@ -78,6 +78,10 @@ class PatchSequence(keras.utils.PyDataset):
                 f"x and y must hold the same, non-zero number of patches; "
                 f"got {len(x)} and {len(y)}."
             )
+        if tuple(np.shape(y)[:3]) != tuple(np.shape(x)[:3]):
+            raise ValueError(
+                f"y must hold the labels (N, P, P) of the patches x {tuple(np.shape(x))}, got "
+                f"shape {tuple(np.shape(y))}.")
         if teacher_logits is not None and tuple(teacher_logits.shape[:3]) != tuple(x.shape[:3]):
             raise ValueError(
                 f"teacher_logits must be (N, P, P, C) logits of the patches x "
@@ -418,6 +422,9 @@ class ConsistentCropSequence(_CropSequence):
         super().__init__(images, labels, patch_size, n_patches, batch_size, seed, **kwargs)
         if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
             raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {scale!r}.")
+        if round(patch_size * scale[0]) < 1:
+            raise ValueError(f"scale={scale!r} would crop windows of no pixel from patches "
+                             f"of {patch_size}: low must be more than {0.5 / patch_size:.3g}.")
         check_mix(mix, mix_probability)
         self.scale, self.symmetry = (float(scale[0]), float(scale[1])), bool(symmetry)
         self.mix, self.mix_probability = mix, float(mix_probability)

@@ -93,12 +93,17 @@ class SegmentationDataset:
         return self.x_train is not None
 
     def patch_count(self, split: str) -> int:
-        """Number of patches of `split` ("train", "val" or "test")."""
+        """Number of patches of `split` ("train", "val" or "test").
+
+        Those held in memory (`x_<split>`, which a user may have cut down with
+        `dataclasses.replace`), else those its images' sizes give (streamed).
+        """
         _check_split(split, self.files)
-        if split in self.image_sizes:
-            p = self.patch_size
-            return sum((h // p) * (w // p) for h, w in self.image_sizes[split])
-        return len(getattr(self, f"x_{split}"))
+        patches = getattr(self, f"x_{split}")
+        if patches is not None or split not in self.image_sizes:
+            return len(patches)
+        p = self.patch_size
+        return sum((h // p) * (w // p) for h, w in self.image_sizes[split])
 
     def _check_on_disk(self, split):
         """Refuses to read `split` from its files if its labels were changed in memory."""
@@ -275,7 +280,10 @@ def load_dataset(
     - Kaggle tiles: in every tile, the images named in `test_parts` go to
       test, then `val_per_tile` of the remaining images, drawn with `seed`,
       go to validation, the rest to training. On the real data at 256 this
-      gives 1305 patches, 290 of them in the default test set.
+      gives 1305 patches, 290 of them in the default test set. A tile's
+      nine images are a 3x3 mosaic of one area, so its test images meet
+      training images edge to edge (see `TEST_PARTS`): the test split is
+      ground beside the training ground, not new places.
     - Flat folders: the images named in `test_images` (or a `test_fraction`
       of all images, drawn with `seed`) go to test, then a `val_fraction` of
       all images, drawn with `seed` from the rest, to validation. Images

@@ -34,6 +34,9 @@ def test_patch_sequence_refuses_teacher_logits_of_other_patches(tiny_data):
     logits = np.zeros((*y.shape, 6), "float32")
     with pytest.raises(ValueError, match="teacher_logits must be"):
         utils.PatchSequence(x, y, teacher_logits=logits[:1])
+    with pytest.raises(ValueError, match=r"y must hold the labels \(N, P, P\) of the "
+                                         r"patches x \(2, 32, 32, 3\), got shape \(2, 16, 16\)"):
+        utils.PatchSequence(x, y[:, :16, :16])  # was accepted
 
 
 def test_stream_yields_the_patches_of_the_in_memory_path(tmp_path):
@@ -246,5 +249,8 @@ def test_consistent_crops_reject_bad_arguments(tiny_data):
         utils.ConsistentCropSequence(images, labels, 32, 8, mix="blend")
     with pytest.raises(ValueError, match="scale must be"):
         utils.ConsistentCropSequence(images, labels, 32, 8, scale=(2.0, 0.5))
+    with pytest.raises(ValueError, match=r"scale=\(0.01, 0.01\) would crop windows of no "
+                                         r"pixel from patches of 32"):  # an IndexError later
+        utils.ConsistentCropSequence(images, labels, 32, 8, scale=(0.01, 0.01))
     with pytest.raises(ValueError, match="mix_probability"):
         utils.ConsistentCropSequence(images, labels, 32, 8, mix_probability=1.5)

@@ -1,5 +1,6 @@
 """Tests of `aerialkd.datasets`: `load_dataset` and `SegmentationDataset`, split by source image."""
 
+import dataclasses
 import re
 
 import numpy as np
@@ -99,3 +100,11 @@ def test_dataset_overview_counts_each_tiles_images_and_patches(tiny_data):
     assert sum(row["patches"] for row in rows) == (
         len(tiny_data.x_train) + len(tiny_data.x_val) + len(tiny_data.x_test))
     assert all(re.fullmatch(r"\d+x\d+(, \d+x\d+)*", row["sizes"]) for row in rows)
+
+
+def test_patch_count_and_summary_count_the_patches_held_after_a_cut(tiny_data):
+    full = tiny_data.patch_count("train")
+    cut = dataclasses.replace(tiny_data, x_train=tiny_data.x_train[:24],
+                              y_train=tiny_data.y_train[:24])
+    assert full > 24 and cut.patch_count("train") == 24  # counted the files' 420
+    assert "train    24 patches" in cut.summary()
