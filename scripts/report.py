@@ -276,13 +276,11 @@ def paired_table(metrics):
     lines = ["| seed | " + " | ".join(["scratch"] + [NAMES[m] for m in models]) + " |",
              "|---" * (len(models) + 2) + "|"]
     for seed in sorted(by[SCRATCH]):
-        base = round(by[SCRATCH][seed]["miou5"], 3)
-        cells = [f"{base:.3f}"]
+        cells = [f"{by[SCRATCH][seed]['miou5']:.3f}"]
         for model in models:
             entry = by[model].get(seed)
-            score = None if entry is None else round(entry["miou5"], 3)
-            cells.append("" if entry is None else  # the change of the cells shown
-                         f"{score:.3f} ({round(score - base, 3) + 0.0:+.3f})")
+            cells.append("" if entry is None else
+                         f"{entry['miou5']:.3f} ({entry['miou5'] - by[SCRATCH][seed]['miou5']:+.3f})")
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
     gains = paired(metrics, DISTILLED)
     lines.append("| mean ± sd | " + mean_sd(e["miou5"] for e in by[SCRATCH].values()) + " | "
@@ -426,10 +424,10 @@ def export_table(export):
              "|---|---|---|---|---|---|"]
     keras_miou = {r["model"]: r["miou5"] for r in export["rows"] if r["format"] == "keras"}
     for row in export["rows"]:
-        shown, keras_shown = round(row["miou5"], 4), round(keras_miou[row["model"]], 4)
-        change = round(shown - keras_shown, 4) + 0.0  # of the figures shown; never -0.0000
+        # of the unrounded scores, as every page gives a change (+ 0.0: never -0.0000)
+        change = round(row["miou5"] - keras_miou[row["model"]], 4) + 0.0
         lines.append(f"| {EXPORTED[row['model']]} | {row['format']} | {row['size_mb']:.2f} | "
-                     f"{row['latency_ms']:.1f} | {shown:.4f} | {change:+.4f} |")
+                     f"{row['latency_ms']:.1f} | {row['miou5']:.4f} | {change:+.4f} |")
     return "\n".join(lines)
 
 
