@@ -155,6 +155,13 @@ def main(argv=None):
         parser.error("--sweep distils from the single teacher, so it can't choose settings "
                      "for --teacher-ensemble; pass --kind/--alpha/--temperature with it instead")
 
+    for flag in ("epochs", "batch_size", "steps_per_execution", "sweep_epochs"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1, got "
+                         f"{getattr(args, flag)}")
+    if args.learning_rate is not None and not args.learning_rate > 0:
+        parser.error(f"--learning-rate must be > 0, got {args.learning_rate}")
+
     profile = runs.load_profile(args.profile, output_dir=args.output)
     overrides = {field: tuple(value) if isinstance(value, list) else value
                  for field in runs.OVERRIDABLE  # flags are named as the fields
@@ -166,8 +173,10 @@ def main(argv=None):
             parser.error(f"--tag compares a recipe with the chosen runs at their budget: drop "
                          f"--precision (the runs in {profile.output_dir} train with "
                          f"{runs.load_precision(profile)})")
-    profile = runs.save_profile_overrides(dataclasses.replace(profile, **overrides),
-                                          precision=args.precision)
+    profile = dataclasses.replace(profile, **overrides)
+    data = utils.profile_dataset(profile)  # first: the folder is written once it can train
+    print(data.summary(), flush=True)
+    profile = runs.save_profile_overrides(profile, precision=args.precision)
     precision = runs.load_precision(profile)
     profile.models_dir.mkdir(parents=True, exist_ok=True)
     config = runs.load_distillation_config(profile)
@@ -176,8 +185,6 @@ def main(argv=None):
                                      ("temperature", args.temperature)) if v is not None})
     if args.teacher_ensemble is not None:
         config["teacher_ensemble"] = args.teacher_ensemble
-    data = utils.profile_dataset(profile)
-    print(data.summary(), flush=True)
     metrics = Metrics(profile, data)
 
     def train(name, **kwargs):

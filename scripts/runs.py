@@ -40,11 +40,13 @@ def save_profile_overrides(profile, precision=None):
 
     Args:
         profile: the `utils.Profile` with the flags applied.
-        precision: the dtype policy the runs train with, if a flag chose it.
+        precision: the dtype policy the runs train with, if a flag chose it;
+            `None` keeps the one saved (the runs of the folder trained in it).
 
     Returns:
         The `Profile`, unchanged.
     """
+    precision = precision or _saved_overrides(profile).get("precision")
     base = utils.PROFILES[profile.name]
     fields = utils.Profile.__dataclass_fields__
     overrides = {k: getattr(profile, k) for k in OVERRIDABLE

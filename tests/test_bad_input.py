@@ -218,6 +218,9 @@ def test_no_credentials_in_the_repository():
     (["--tag", "x8", "--epochs", "5"], "can't change it: drop --epochs"),
     (["--tag", "x8"], "there is none: run scripts/experiment.py without --tag first"),
     (["--scratch"], "--scratch goes with --tag"),
+    (["--epochs", "0"], "--epochs must be at least 1, got 0"),  # was saved, then failed
+    (["--batch-size", "-2"], "--batch-size must be at least 1, got -2"),
+    (["--learning-rate", "0"], "--learning-rate must be > 0, got 0.0"),
     (["--tag", "tf", "--scratch", "--alpha", "0.3"], "a student from scratch has no teacher"),
 ])
 def test_experiment_refuses_contradictory_flags(flags, message, capsys, monkeypatch):

@@ -131,7 +131,11 @@ def test_profile_overrides_saved_in_the_output_folder_apply_to_it_alone(tmp_path
     assert utils.load_profile("tiny", output_dir=tmp_path).epochs == profile.epochs  # notebooks
     with pytest.raises(ValueError, match="belongs to another profile than 'full'"):
         runs.load_profile("full", output_dir=tmp_path)
-    runs.save_profile_overrides(profile)  # back to the defaults: no file
+    runs.save_profile_overrides(profile)  # the defaults, but the runs' precision is kept
+    assert json.loads((tmp_path / "profile.json").read_text()) == {
+        "name": "tiny", "precision": "mixed_bfloat16"}  # was deleted: float32 on a CPU next
+    (tmp_path / "profile.json").unlink()
+    runs.save_profile_overrides(profile)  # nothing to save: no file
     assert not (tmp_path / "profile.json").exists()
 
 
