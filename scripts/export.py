@@ -1,6 +1,7 @@
 """Exports the saved models to LiteRT (float32, float16, int8) and measures each.
 
-For every model of `<output>/models/{teacher,student_scratch,student_distilled}.keras`
+For every model of `<output>/models/<name>.keras` (`--models`; by default the teacher and
+the seed-0 students, `student_scratch_s0` and `student_distilled_s0`)
 and every format: file size, batch-1 CPU latency (formats of one model interleaved),
 and test mIoU5 / pixel accuracy, next to the Keras model. Prints a table and writes
 `<output>/export.json`. Needs the TensorFlow backend (LiteRT conversion).
@@ -20,6 +21,7 @@ import tempfile
 import keras
 import numpy as np
 
+import runs
 import utils
 
 FORMATS = ("keras", "litert_float32", "litert_float16", "litert_int8")
@@ -34,7 +36,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args(argv)
 
-    profile = utils.load_profile(args.profile, output_dir=args.output)
+    # refuses a folder of another profile's runs (the tiny profile into results/)
+    profile = runs.load_profile(args.profile, output_dir=args.output)
     data = utils.profile_dataset(profile)
     size = profile.patch_size
     calibration = data.x_train[np.random.default_rng(0).permutation(len(data.x_train))[:64]]

@@ -329,6 +329,10 @@ def publish(todo, profile, results, labels=False, fingerprint=None):
     subset goes to `results/label_subset.json`. Nothing is written unless
     `check_publishable` passes.
     """
+    saved = results / "profile.json"
+    if saved.exists() and json.loads(saved.read_text()).get("name") != profile.name:
+        raise SystemExit(f"{results} holds the runs of another profile than {profile.name!r} "
+                         f"({saved}): publish these into another folder (--results).")
     entries = check_publishable(todo, profile, fingerprint)
     (results / "models").mkdir(parents=True, exist_ok=True)
     for run, _, _, settings in todo:

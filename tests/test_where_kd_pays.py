@@ -159,6 +159,18 @@ def test_publish_refuses_a_part_with_unfinished_or_unscored_runs(tiny_data, chos
     assert not results.exists()  # nothing written
 
 
+def test_publish_refuses_a_folder_of_another_profiles_runs(tiny_data, chosen, tmp_path):
+    profile = utils.load_profile("tiny", output_dir=tmp_path / "runs")
+    todo = where_kd_pays.runs_of("labels", tiny_data, chosen, profile)
+    _finish(profile, todo)
+    results = tmp_path / "results"  # as results/: the full profile's
+    results.mkdir()
+    (results / "profile.json").write_text(json.dumps({"name": "full"}))
+    with pytest.raises(SystemExit, match=r"holds the runs of another profile than 'tiny'"):
+        where_kd_pays.publish(todo, profile, results, labels=True)  # was published
+    assert sorted(p.name for p in results.iterdir()) == ["profile.json"]
+
+
 def test_a_score_of_a_run_trained_since_is_neither_published_nor_kept(
         tiny_data, chosen, tmp_path):
     profile = utils.load_profile("tiny", output_dir=tmp_path / "runs")
