@@ -293,10 +293,12 @@ def fit_segmentation(
             f"same kind of device, or with the model in {recorded} "
             f"(with_dtype_policy(model, {recorded!r})), or delete {files.backup} to "
             f"train afresh.")
-    # A resumed run draws what an uninterrupted one draws only with the same batches
-    # (as JSON has them: a numpy seed or probability is recorded as a plain number)
+    # A resumed run draws what an uninterrupted one draws only with the same batches,
+    # epochs (a schedule's length), data and backend (as JSON has them: a numpy seed
+    # or probability is recorded as a plain number)
     settings = {"batch_size": batch_size, "seed": None if seed is None else int(seed),
-                "sampling": sampling}
+                "sampling": sampling, "epochs": int(epochs),
+                "train_patches": len(data.x_train), "backend": keras.backend.backend()}
     if sampling == "consistent":
         settings.update(mix=mix, mix_probability=float(mix_probability))
     changed = {key: value for key, value in (progress.settings or {}).items()

@@ -165,6 +165,12 @@ def test_a_run_is_not_resumed_with_other_batches(tiny_data, tmp_path):
     with pytest.raises(ValueError, match=r"trained with \{'batch_size': 4, 'seed': 0\}, and "
                                          r"this call asks for \{'batch_size': 8, 'seed': 1\}"):
         utils.fit_segmentation(fresh_segmenter(), data, batch_size=8, seed=1, **kwargs)
+    with pytest.raises(ValueError, match=r"trained with \{'epochs': 2, 'train_patches': 24\}"
+                                         r", and this call asks for \{'epochs': 4, "
+                                         r"'train_patches': 16\}"):  # another run
+        utils.fit_segmentation(fresh_segmenter(), dataclasses.replace(
+            data, x_train=data.x_train[:16], y_train=data.y_train[:16]), batch_size=4,
+            **{**kwargs, "epochs": 4})
     history = utils.fit_segmentation(fresh_segmenter(), data, batch_size=4, **kwargs)
     assert history["epoch"] == [0, 1]  # resumed
 
