@@ -185,7 +185,10 @@ def train(name, profile, data, *, build=utils.build_student, teacher=None, alpha
     files = utils.RunFiles(profile.models_dir, name)
     if files.record.exists() and not retrain:
         info = json.loads(files.record.read_text())
-        if all(info.get(k) == v for k, v in wanted.items()):
+        # and nothing more: a record with settings this call does not ask for (a
+        # student of where_kd_pays.py, of another width) is another run's
+        own = set(info) - set(utils.run_info(profile)) - {"train_seconds"}
+        if own <= set(wanted) and all(info.get(k) == v for k, v in wanted.items()):
             print(f"Loading the finished run {name!r} ({epochs} epochs, seed {seed}, "
                   f"trained on {info['backend']}, {info['device']}, {info['date']}) from "
                   f"{profile.models_dir}; pass retrain=True to train again.")

@@ -58,6 +58,9 @@ def test_a_finished_run_recorded_with_a_tuple_is_found_again(tiny_data, tmp_path
     runs.train("m", profile, small_data(tiny_data), epochs=1, record=record)
     assert "Loading the finished run 'm'" in capsys.readouterr().out
     assert not (profile.models_dir / "previous").exists()
+    runs.train("m", profile, small_data(tiny_data), epochs=1)  # asks for no "labelled"
+    assert "Loading" not in capsys.readouterr().out  # was loaded: another run's model
+    assert (profile.models_dir / "previous").exists()  # that run kept aside
 
 
 def test_a_backup_left_without_settings_is_moved_aside_not_resumed(tiny_data, tmp_path, capsys):
