@@ -232,6 +232,10 @@ def main(argv=None):
                              "(utils.data_parallel), under the last variant")
     parser.add_argument("--output", help="JSON file to write")
     args = parser.parse_args(argv)
+    for flag in ("size", "train_images", "epochs", "inference_batch", "repeats"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1, got "
+                         f"{getattr(args, flag)}")
     names = args.variants.split(",")
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:

@@ -230,3 +230,13 @@ def test_experiment_refuses_contradictory_flags(flags, message, capsys, monkeypa
     with pytest.raises(SystemExit):
         experiment.main(["--profile", "tiny", "--output", "/nonexistent", *flags])
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--epochs", "--repeats", "--train-images"])
+def test_benchmark_refuses_a_count_below_one_naming_the_flag(flag, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(utils.REPO_ROOT / "scripts"))
+    import benchmark
+
+    with pytest.raises(SystemExit):
+        benchmark.main([flag, "0"])  # --epochs 0 failed in min() of no epoch
+    assert f"{flag} must be at least 1, got 0" in capsys.readouterr().err
