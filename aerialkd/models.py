@@ -82,6 +82,10 @@ def build_unet(
                 f"Input height and width must be divisible by 16, got "
                 f"input_shape={input_shape}."
             )
+    if augment and None not in input_shape[:2] and input_shape[0] != input_shape[1]:
+        raise ValueError(f"augment=True rotates by quarter turns, so the images must be "
+                         f"square; got input_shape={input_shape}. Pass augment=False, or "
+                         f"a square shape (or None for any size).")
     inputs = keras.Input(input_shape, name="image")
     x = inputs
     if augment:
@@ -135,6 +139,10 @@ def symmetry_ensemble(model: keras.Model) -> keras.Model:
     >>> teacher8.name, teacher8.output_shape
     ('teacher_x8', (None, None, None, 6))
     """
+    height, width = model.input.shape[1:3]
+    if None not in (height, width) and height != width:
+        raise ValueError(f"symmetry_ensemble rotates by quarter turns, so the images must be "
+                         f"square; {model.name!r} takes {height}x{width}.")
     inputs = keras.Input(model.input.shape[1:], name="image")
     logits = SymmetryAverage(model, name="symmetry_average")(inputs)
     return keras.Model(inputs, logits, name=f"{model.name}_x8")
@@ -186,9 +194,11 @@ def count_flops(model: keras.Model, input_size: int = 256) -> int:
     activations and dropout are negligible and left out.
 
     Args:
-        model: a model from `build_unet` (or any stack of 2D convolutions),
-            or a `symmetry_ensemble` or `ensemble_teacher` of such models
-            (8 passes of the model, one pass of each member).
+        model: a model from `build_unet`, or a `symmetry_ensemble` or
+            `ensemble_teacher` of such models (8 passes of the model, one
+            pass of each member). Other layouts are refused: the count
+            follows the sizes through `build_unet`'s layers (same-padded,
+            unstrided convolutions, 2x2 pooling, strided transposed ones).
         input_size: side of the square input.
 
     Returns:
@@ -202,6 +212,18 @@ def count_flops(model: keras.Model, input_size: int = 256) -> int:
     shapes = _layer_output_shapes(model, input_size)
     flops = 0
     for layer in model.layers:
+        if (isinstance(layer, (layers.UpSampling2D, layers.SeparableConv2D,
+                               layers.DepthwiseConv2D))
+                or isinstance(layer, layers.Conv2D) and not isinstance(
+                    layer, layers.Conv2DTranspose) and (
+                    tuple(layer.strides) != (1, 1)
+                    or layer.padding != "same" and tuple(layer.kernel_size) != (1, 1))):
+            raise ValueError(
+                f"count_flops counts build_unet's layers, and {model.name!r} has "
+                f"{layer.name!r} ({type(layer).__name__}, padding "
+                f"{getattr(layer, 'padding', None)!r}, strides "
+                f"{getattr(layer, 'strides', None)}), whose sizes or operations it does "
+                f"not follow: count this model with a profiler instead.")
         if isinstance(layer, SymmetryAverage):
             flops += 8 * count_flops(layer.model, input_size)
         elif isinstance(layer, keras.Model):  # a member of an ensemble
@@ -302,7 +324,7 @@ def ensemble_teacher(
     outputs = [keras.Model(m.input, m.output, name=f"member{i}")(inputs)
                for i, m in enumerate(models)]
     if len(outputs) == 1:
-        logits = layers.Identity(name="mean_logits")(outputs[0])
+        logits = layers.Identity(name="mean_logits", dtype="float32")(outputs[0])
     else:
         logits = layers.Average(name="mean_logits", dtype="float32")(outputs)
     return keras.Model(inputs, logits, name=name)

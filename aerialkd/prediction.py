@@ -71,7 +71,7 @@ def _replicated_predictor(model, replicas):
 def batch_predictor(model):
     """A function from a batch to float32 logits: `model` itself, or its `predict_on_batch`."""
     if _is_predict_function(model):
-        return model
+        return lambda batch: np.asarray(model(batch), "float32")
     if process_count() > 1:
         raise RuntimeError(
             "predict_logits runs on one process's devices, and this model is under a "

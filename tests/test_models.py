@@ -35,6 +35,28 @@ def test_flops_of_ensembles_count_every_pass():
     assert utils.count_flops(utils.ensemble_teacher(members), 64) == 3 * once
 
 
+def test_flops_of_layers_the_count_does_not_follow_are_refused():
+    inputs = keras.Input((64, 64, 3))
+    for layer in (keras.layers.Conv2D(4, 3, strides=2, padding="same"),  # 4x over
+                  keras.layers.Conv2D(4, 3, padding="valid"),
+                  keras.layers.SeparableConv2D(4, 3, padding="same"),  # 0 before
+                  keras.layers.UpSampling2D()):  # 4x under
+        model = keras.Model(inputs, layer(inputs), name="other")
+        with pytest.raises(ValueError, match="count_flops counts build_unet's layers, and "
+                                             "'other' has"):
+            utils.count_flops(model, 64)
+
+
+def test_fixed_non_square_shapes_are_refused_where_images_are_rotated():
+    with pytest.raises(ValueError, match=r"augment=True rotates by quarter turns.*"
+                                         r"input_shape=\(32, 64, 3\)"):
+        utils.build_unet(2, input_shape=(32, 64, 3))  # failed at the first training step
+    wide = utils.build_unet(2, input_shape=(32, 64, 3), augment=False)
+    with pytest.raises(ValueError, match="symmetry_ensemble rotates by quarter turns, so the "
+                                         "images must be square; '.*' takes 32x64"):
+        utils.symmetry_ensemble(wide)
+
+
 def test_unet_returns_logits_not_probabilities(small_unet):
     out = keras.ops.convert_to_numpy(small_unet(np.random.default_rng(0).uniform(
         0, 255, (2, 48, 80, 3)).astype("float32")))
@@ -93,6 +115,11 @@ def test_ensemble_of_one_model_equals_it_and_of_two_the_mean(tmp_path):
     np.testing.assert_allclose(reloaded(x), (la + lb) / 2, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(utils.predict_logits(reloaded, x), (la + lb) / 2, rtol=1e-5,
                                atol=1e-6)
+    try:  # under a global mixed policy a single member's logits stay float32
+        keras.config.set_dtype_policy("mixed_float16")
+        assert utils.ensemble_teacher([a]).output.dtype == "float32"  # was float16
+    finally:
+        keras.config.set_dtype_policy("float32")
 
 
 def test_ensemble_teacher_rejects_members_of_other_shapes():

@@ -37,6 +37,12 @@ def test_measure_latency_gives_every_model_a_positive_median_in_seconds():
     assert seconds["slow"] >= 0.01 and calls == [2] * 4  # one warm-up, three timed passes
 
 
+def test_predict_logits_of_a_function_are_float32_as_documented():
+    images = np.zeros((3, 16, 16, 3), np.uint8)
+    logits = utils.predict_logits(lambda b: np.zeros((*b.shape[:3], 2), np.float16), images)
+    assert logits.dtype == np.float32 and logits.shape == (3, 16, 16, 2)  # was float16
+
+
 def test_predict_logits_names_a_bad_batch_size_and_no_images():
     images = np.zeros((2, 16, 16, 3), np.uint8)
     with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):

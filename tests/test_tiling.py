@@ -26,6 +26,10 @@ def test_predict_image_rejects_bad_overlap():
     with pytest.raises(ValueError, match=r"overlap must be in \[0, tile_size=32\), got 32"):
         utils.predict_image(pixelwise_model(), np.zeros((8, 8, 3)), tile_size=32,
                             overlap=32)
+    for overlap in (7.5, True):  # a TypeError in numpy's pad, or 1
+        with pytest.raises(ValueError, match=f"overlap must be an int >= 0, got {overlap}"):
+            utils.predict_image(pixelwise_model(), np.zeros((8, 8, 3)), tile_size=32,
+                                overlap=overlap)
 
 
 def _neighbourhood_model():
