@@ -11,7 +11,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .classes import CLASSES, ColorTable, IGNORE_COLORS, PALETTE, code_to_hex, hex_to_rgb, read_classes, rgb_code, rgb_to_hex, warn_extra_colors
+from .classes import (
+    CLASSES, ColorTable, IGNORE_COLORS, PALETTE, code_to_hex, hex_to_rgb, read_classes, rgb_code,
+    rgb_to_hex, warn_extra_colors)
 from .files import cut_patches, dataset_layout, decode_pair, find_pairs, read_image_sizes
 from .splits import SPLITS, assign_splits
 from .batches import PatchStream

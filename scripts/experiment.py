@@ -274,7 +274,8 @@ class Metrics:
         # IoUs and accuracy only: the PR curves of evaluate_segmentation take ~20 s of
         # host time per model, which the GPU machine would sit through idle
         logits = utils.predict_logits(model, data.x_test, profile.batch_size)
-        result = utils.iou_scores(data.y_test, logits.argmax(-1), n_classes=data.n_classes, labelled_classes=data.labelled_classes)
+        result = utils.iou_scores(data.y_test, logits.argmax(-1), n_classes=data.n_classes,
+                                  labelled_classes=data.labelled_classes)
         entry = {
             "model": model_name, "run": run_name, "seed": seed,
             "miou5": result["miou5"], "miou6": result["miou6"],

@@ -59,7 +59,8 @@ def main(argv=None):
             for key, predict in predictors.items():
                 logits = np.concatenate([predict(data.x_test[i:i + 8])
                                          for i in range(0, len(data.x_test), 8)])
-                scores = utils.iou_scores(data.y_test, logits.argmax(-1), n_classes=data.n_classes, labelled_classes=data.labelled_classes)
+                scores = utils.iou_scores(data.y_test, logits.argmax(-1), n_classes=data.n_classes,
+                                          labelled_classes=data.labelled_classes)
                 rows.append({"model": name, "format": key, "size_mb": sizes[key] / 1e6,
                              "latency_ms": 1000 * latency[key], "miou5": scores["miou5"],
                              "pixel_acc": scores["pixel_acc"]})

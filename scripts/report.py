@@ -190,11 +190,12 @@ def headline(metrics, cpu, gpu, analysis, sizes):
         f"{len(gains)} |",
     ]
     keep = statistics.mean(distilled) / teacher_miou5
-    verdict, paid = distillation_verdict(gains)
+    verdict, paid = distillation_verdict(aerialkd.seed_summary(metrics, [DISTILLED], SCRATCH)[0])
     cpu_ratio = figures["latency_teacher_batch1_ms"] / figures["latency_student_batch1_ms"]
     text = [
         f"Test split ({len(teacher['split']['test'])} images never used for training or "
-        f"choices, beside training images in their tiles, cut into 256×256 patches), mean IoU over the five labelled classes "
+        f"choices, beside training images in their tiles, cut into 256×256 patches), mean IoU "
+        f"over the five labelled classes "
         f"(mIoU5), {teacher['epochs']} epochs with the same recipe for every model, ± the "
         f"sample standard deviation over seeds. The teacher was trained with "
         f"{trained_with(by, 'teacher')}; "
@@ -220,13 +221,14 @@ TARGET = 0.03
 """The paired gain in test mIoU5 the series set distillation as a target."""
 
 
-def distillation_verdict(gains):
-    """Whether distillation paid, in a sentence and a bool, from the paired gains: their
-    two-sided paired t-test at 0.05 (`aerialkd.paired_t_test`) and the target."""
-    row = {"change": statistics.mean(gains), "paired seeds": len(gains),
-           "change sd": statistics.stdev(gains) if len(gains) > 1 else None}
+def distillation_verdict(row):
+    """Whether distillation paid, in a sentence and a bool, from the distilled students'
+    `aerialkd.seed_summary` row against scratch: its two-sided paired t-test at 0.05
+    (`aerialkd.paired_t_test`) and the target."""
     p = aerialkd.paired_t_test(row)
-    numbers = f"{mean_sd(gains, signed=True)}, against a target of +{TARGET}"
+    change = f"{round(row['change'], 3) + 0.0:+.3f}" + (
+        f" ± {row['change sd']:.3f}" if row["change sd"] is not None else "")
+    numbers = f"{change}, against a target of +{TARGET}"
     if p is None or p >= 0.05:
         return (f"Distillation did not pay here: paired by seed, the distilled students are "
                 f"level with students trained from scratch ({numbers})."), False
@@ -235,8 +237,8 @@ def distillation_verdict(gains):
                 f"score below students trained from scratch ({numbers}, p = {p:.3f})."), False
     reached = "reaching" if row["change"] >= TARGET else "short of"
     return (f"Distillation paid here: paired by seed, the distilled students beat students "
-            f"trained from scratch ({mean_sd(gains, signed=True)}, p = {p:.3f}), {reached} "
-            f"the target of +{TARGET}."), True
+            f"trained from scratch ({change}, p = {p:.3f}), {reached} the target of "
+            f"+{TARGET}."), True
 
 
 def gpu_sentence(gpu_figures):

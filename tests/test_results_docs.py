@@ -7,6 +7,8 @@ import re
 
 import pytest
 
+import aerialkd
+
 import report
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -220,17 +222,25 @@ def test_a_where_kd_pays_student_with_fewer_than_three_seeds_is_refused():
     report.check_seeds(metrics + [_entry("student_distilled_w4", 2, 0.63)])  # the teacher: one
 
 
+def _verdict(gains):
+    """`report.distillation_verdict` of distilled students `gains` above scratch ones."""
+    metrics = [_entry(report.SCRATCH, s, 0.6) for s in range(len(gains))] + [
+        _entry(report.DISTILLED, s, 0.6 + gain) for s, gain in enumerate(gains)]
+    return report.distillation_verdict(
+        aerialkd.seed_summary(metrics, [report.DISTILLED], report.SCRATCH)[0])
+
+
 def test_the_headline_verdict_follows_the_paired_gains_and_the_gpu_figures():
-    assert report.distillation_verdict([0.005, 0.014, -0.005]) == (
+    assert _verdict([0.005, 0.014, -0.005]) == (
         "Distillation did not pay here: paired by seed, the distilled students are level "
         "with students trained from scratch (+0.005 ± 0.010, against a target of +0.03).",
         False)
-    sentence, paid = report.distillation_verdict([0.055, 0.064, 0.045])
+    sentence, paid = _verdict([0.055, 0.064, 0.045])
     assert paid and sentence.endswith("(+0.055 ± 0.010, p = 0.010), reaching the target of "
                                       "+0.03.")
-    sentence, paid = report.distillation_verdict([0.012, 0.011, 0.010])
+    sentence, paid = _verdict([0.012, 0.011, 0.010])
     assert paid and "short of the target" in sentence
-    sentence, paid = report.distillation_verdict([-0.055, -0.064, -0.045])
+    sentence, paid = _verdict([-0.055, -0.064, -0.045])
     assert not paid and sentence.startswith("Distillation cost accuracy here")
     assert report.gpu_sentence({"latency_student_batch1_ms": 2.49,
                                 "latency_teacher_batch1_ms": 2.49}).startswith(
