@@ -224,6 +224,44 @@ class StopOnNaN(keras.callbacks.Callback):
             self.stopped = (epoch + 1, loss)
 
 
+def improves(value, loss, best):
+    """Whether an epoch of score `value` and training `loss` beats the `best` score so far.
+
+    The rule of `BestModelCheckpoint`: a finite score above the best (the first
+    of equal scores stays), of an epoch whose loss is finite.
+
+    Example:
+
+    >>> improves(0.5, 0.3, 0.4), improves(0.5, float("nan"), 0.4), improves(0.4, 0.3, 0.4)
+    (True, False, False)
+    """
+    return (value is not None and bool(np.isfinite(value)) and bool(np.isfinite(loss))
+            and value > best)
+
+
+def best_epoch(history, monitor):
+    """The epoch (from 1) whose model `BestModelCheckpoint` keeps, from a training history.
+
+    Args:
+        history: a history dict, as `fit_segmentation` returns or `load_run` reads.
+        monitor: the maximised metric, e.g. "val_miou5".
+
+    Returns:
+        The epoch; `None` where no epoch `improves` on minus infinity.
+
+    Example:
+
+    >>> best_epoch({"loss": [1.0, float("nan"), 0.7], "val_miou5": [0.2, 0.6, 0.4]}, "val_miou5")
+    3
+    """
+    best, kept = -np.inf, None
+    losses = history.get("loss", [0.0] * len(history[monitor]))
+    for epoch, (value, loss) in enumerate(zip(history[monitor], losses), start=1):
+        if improves(value, loss, best):
+            best, kept = value, epoch
+    return kept
+
+
 class BestModelCheckpoint(keras.callbacks.Callback):
     """Saves the best model by a monitored metric: a Distiller's student alone.
 
@@ -252,8 +290,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         value, loss = logs.get(self.monitor), logs.get("loss", 0.0)
-        if (value is None or not np.isfinite(value) or not np.isfinite(loss)
-                or value <= self.best):
+        if not improves(value, loss, self.best):
             return
         self.best = float(value)
         with without_distribution():  # process 0 saves alone (see SharedBackup)

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from .callbacks import best_epoch
+
 LABELS = {
     "model": "model", "loss": "loss", "miou5": "mIoU, 5 labelled classes",
     "miou6": "mIoU, 6 classes", "pixel_acc": "pixel accuracy",
@@ -48,12 +50,7 @@ def history_rows(
     """
     epochs = len(next(iter(history.values()), []))
     monitor = next((k for k in history if k.startswith("val_miou")), None)
-    best = None
-    if monitor:  # the checkpoint's rule: the first best of the epochs with finite figures
-        scores = np.asarray(history[monitor], dtype=float)
-        losses = np.asarray(history.get("loss", np.zeros_like(scores)), dtype=float)
-        finite = np.isfinite(scores) & np.isfinite(losses)
-        best = int(np.argmax(np.where(finite, scores, -np.inf))) + 1 if finite.any() else None
+    best = best_epoch(history, monitor) if monitor else None
     shown = sorted({1, epochs, *range(every, epochs + 1, every)} | ({best} if best else set()))
     return [{"epoch": f"{epoch} (best)" if epoch == best else epoch,
              **{key: float(history[key][epoch - 1]) for key in keys if key in history}}

@@ -22,6 +22,19 @@ def test_best_checkpoint_refuses_an_epoch_whose_loss_is_not_finite(tmp_path, sma
     assert (tmp_path / "m.keras").exists() and best.best == 0.5
 
 
+def test_the_tables_name_the_epoch_the_checkpoint_kept(tmp_path, small_unet):
+    history = {"loss": [1.0, 0.9, float("nan"), 0.8, 0.7, 0.6],
+               "val_miou5": [0.2, 0.5, 0.9, float("nan"), 0.5, 0.4]}  # a tie at 0.5
+    best = aerialkd.callbacks.BestModelCheckpoint(tmp_path / "m.keras", monitor="val_miou5")
+    best.set_model(small_unet)
+    best.on_train_begin()
+    for epoch, logs in enumerate(zip(history["loss"], history["val_miou5"])):
+        best.on_epoch_end(epoch, dict(zip(("loss", "val_miou5"), logs)))
+    kept = json.loads((tmp_path / "m.best.json").read_text())["epoch"]
+    assert kept == aerialkd.callbacks.best_epoch(history, "val_miou5") == 2
+    assert "2 (best)" in [row["epoch"] for row in utils.history_rows(history, every=10)]
+
+
 def test_nan_loss_stops_training_and_keeps_the_best_checkpoint(tiny_data, tmp_path):
     with pytest.raises(FloatingPointError,
                        match=r"loss became nan in epoch 2.*best checkpoint so far .* is kept at"):
