@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 import os
 import re
 from collections.abc import Sequence
@@ -66,12 +65,12 @@ def assign_splits(
     >>> sorted(splits.values()).count("test")  # one scene of five: both its images
     2
     """
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) \
-            or seed < 0:
-        raise ValueError(f"seed must be a whole number >= 0, got {seed!r}: it fixes which "
-                         f"images go to validation (and to test in a flat layout), and a "
-                         f"split drawn afresh at each load would test a model on images "
-                         f"it trained on.")
+    try:
+        check_count("seed", seed, minimum=0)
+    except ValueError as error:
+        raise ValueError(f"{error} It fixes which images go to validation (and to test in a "
+                         f"flat layout), and a split drawn afresh at each load would test a "
+                         f"model on images it trained on.") from None
     if not flat:
         if group is not None:
             raise ValueError(f"{root} is in the Kaggle tile layout, split by image name "
