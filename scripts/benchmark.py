@@ -40,6 +40,7 @@ import time
 import keras
 import numpy as np
 
+import flags
 import utils
 
 VARIANTS = {
@@ -216,26 +217,22 @@ def peak_memory():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=256, help="patch side")
-    parser.add_argument("--train-images", type=int, default=64,
+    parser.add_argument("--size", type=flags.count, default=256, help="patch side")
+    parser.add_argument("--train-images", type=flags.count, default=64,
                         help="random patches in a training epoch")
-    parser.add_argument("--epochs", type=int, default=2,
+    parser.add_argument("--epochs", type=flags.count, default=2,
                         help="timed training epochs of each model (the fastest counts)")
     parser.add_argument("--variants", default="reference,device_aug",
                         help=f"comma-separated training variants of {sorted(VARIANTS)}; "
                              f"student and distiller are timed under the last")
-    parser.add_argument("--inference-batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--inference-batch", type=flags.count, default=64)
+    parser.add_argument("--repeats", type=flags.count, default=10)
     parser.add_argument("--no-litert", action="store_true", help="skip the LiteRT export")
     parser.add_argument("--data-parallel", action="store_true",
                         help="time only the training on one and on every visible device "
                              "(utils.data_parallel), under the last variant")
     parser.add_argument("--output", help="JSON file to write")
     args = parser.parse_args(argv)
-    for flag in ("size", "train_images", "epochs", "inference_batch", "repeats"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be at least 1, got "
-                         f"{getattr(args, flag)}")
     names = args.variants.split(",")
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:

@@ -43,6 +43,8 @@ import re
 
 
 import keras
+
+import flags
 import runs
 import utils
 
@@ -56,7 +58,7 @@ def main(argv=None):
                         help="seeds of extra teachers, trained last, for the teacher's mean "
                              "and spread (default: --seeds); every student learns from the "
                              "teacher of the profile's seed")
-    parser.add_argument("--epochs", type=int, help="overrides the profile's epochs")
+    parser.add_argument("--epochs", type=flags.count, help="overrides the profile's epochs")
     parser.add_argument("--kind", choices=utils.KD_KINDS)
     parser.add_argument("--standardize", action="store_true", default=None,
                         help="with --tag: standardise each pixel's logits before the KD "
@@ -82,7 +84,7 @@ def main(argv=None):
                         help="overrides the profile's sweep grid (also what 06_sweep shows)")
     parser.add_argument("--sweep-alphas", type=float, nargs="+")
     parser.add_argument("--sweep-temperatures", type=float, nargs="+")
-    parser.add_argument("--sweep-epochs", type=int)
+    parser.add_argument("--sweep-epochs", type=flags.count)
     parser.add_argument("--teacher-ensemble", action=argparse.BooleanOptionalAction,
                         help="distil from the teacher's logits averaged over 8 flips/rotations")
     parser.add_argument("--tag",
@@ -92,14 +94,14 @@ def main(argv=None):
     parser.add_argument("--scratch", action="store_true",
                         help="with --tag: train the students from scratch, as model "
                              "student_scratch_<tag>, a baseline on this machine and backend")
-    parser.add_argument("--batch-size", type=int, help="overrides the profile's batch size")
+    parser.add_argument("--batch-size", type=flags.count, help="overrides the profile's batch size")
     parser.add_argument("--learning-rate", type=float,
                         help="overrides the profile's learning rate")
     parser.add_argument("--precision",
                         help="Keras dtype policy, e.g. mixed_bfloat16 (default: the one saved "
                              "in the output folder, else utils.mixed_precision_policy())")
     parser.add_argument("--schedule", choices=("constant", "cosine"))
-    parser.add_argument("--steps-per-execution", type=int)
+    parser.add_argument("--steps-per-execution", type=flags.count)
     parser.add_argument("--sampling", choices=utils.SAMPLINGS,
                         help="training inputs: the fixed patches (default) or as many random "
                              "crops per epoch from the whole training images; 'consistent' "
@@ -155,10 +157,6 @@ def main(argv=None):
         parser.error("--sweep distils from the single teacher, so it can't choose settings "
                      "for --teacher-ensemble; pass --kind/--alpha/--temperature with it instead")
 
-    for flag in ("epochs", "batch_size", "steps_per_execution", "sweep_epochs"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be at least 1, got "
-                         f"{getattr(args, flag)}")
     if args.learning_rate is not None and not args.learning_rate > 0:
         parser.error(f"--learning-rate must be > 0, got {args.learning_rate}")
 

@@ -21,6 +21,7 @@ import tempfile
 import keras
 import numpy as np
 
+import flags
 import runs
 import utils
 
@@ -33,7 +34,7 @@ def main(argv=None):
     parser.add_argument("--output", default=str(utils.REPO_ROOT / "results"))
     parser.add_argument("--models", nargs="+",
                         default=["teacher", "student_scratch_s0", "student_distilled_s0"])
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=flags.count, default=20)
     args = parser.parse_args(argv)
 
     # refuses a folder of another profile's runs (the tiny profile into results/)

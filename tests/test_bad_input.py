@@ -218,8 +218,8 @@ def test_no_credentials_in_the_repository():
     (["--tag", "x8", "--epochs", "5"], "can't change it: drop --epochs"),
     (["--tag", "x8"], "there is none: run scripts/experiment.py without --tag first"),
     (["--scratch"], "--scratch goes with --tag"),
-    (["--epochs", "0"], "--epochs must be at least 1, got 0"),  # was saved, then failed
-    (["--batch-size", "-2"], "--batch-size must be at least 1, got -2"),
+    (["--epochs", "0"], "--epochs: must be a whole number of at least 1, got '0'"),
+    (["--batch-size", "-2"], "--batch-size: must be a whole number of at least 1, got '-2'"),
     (["--learning-rate", "0"], "--learning-rate must be > 0, got 0.0"),
     (["--tag", "tf", "--scratch", "--alpha", "0.3"], "a student from scratch has no teacher"),
 ])
@@ -239,4 +239,4 @@ def test_benchmark_refuses_a_count_below_one_naming_the_flag(flag, capsys, monke
 
     with pytest.raises(SystemExit):
         benchmark.main([flag, "0"])  # --epochs 0 failed in min() of no epoch
-    assert f"{flag} must be at least 1, got 0" in capsys.readouterr().err
+    assert f"{flag}: must be a whole number of at least 1, got '0'" in capsys.readouterr().err
