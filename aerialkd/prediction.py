@@ -169,6 +169,9 @@ def measure_latency(
     Returns:
         dict mapping each name to the median seconds per pass.
 
+    Raises:
+        ValueError: a size or count below 1 (`warmup` below 0).
+
     Example:
 
     A `load_litert` function times the exported file next to the model.
@@ -176,6 +179,10 @@ def measure_latency(
     >>> measure_latency({"teacher": teacher, "student": student})  # doctest: +ELLIPSIS
     {'teacher': ..., 'student': ...}
     """
+    for label, value in (("input_size", input_size), ("batch_size", batch_size),
+                         ("repeats", repeats)):
+        check_count(label, value)
+    check_count("warmup", warmup, minimum=0)
     x = np.random.default_rng(0).integers(
         0, 256, (batch_size, input_size, input_size, 3)).astype("float32")
     predictors = {name: make_predict_function(model)

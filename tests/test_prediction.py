@@ -37,6 +37,13 @@ def test_measure_latency_gives_every_model_a_positive_median_in_seconds():
     assert seconds["slow"] >= 0.01 and calls == [2] * 4  # one warm-up, three timed passes
 
 
+@pytest.mark.parametrize("argument", [dict(repeats=0), dict(batch_size=0), dict(warmup=-1)])
+def test_measure_latency_refuses_a_count_that_times_nothing(argument):
+    name = next(iter(argument))  # repeats=0 gave the median of no time: NaN, and a warning
+    with pytest.raises(ValueError, match=f"{name} must be an int >= "):
+        utils.measure_latency({"f": lambda images: images}, input_size=16, **argument)
+
+
 def test_predict_logits_of_a_function_are_float32_as_documented():
     images = np.zeros((3, 16, 16, 3), np.uint8)
     logits = utils.predict_logits(lambda b: np.zeros((*b.shape[:3], 2), np.float16), images)
