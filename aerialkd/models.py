@@ -186,6 +186,28 @@ def build_student(**kwargs: Any) -> keras.Model:
     return build_unet(STUDENT_FILTERS, **kwargs)
 
 
+def size_multiple(model: keras.Model) -> int:
+    """The number that an image's height and width must be a multiple of for `model`.
+
+    The product of the strides of its pooling layers, in the deepest of its
+    nested models: a U-Net halves its input four times and joins each level
+    to the one above, so 16; the sizes in between would not meet.
+
+    Example:
+
+    >>> size_multiple(build_unet(8)), size_multiple(symmetry_ensemble(build_unet(8)))
+    (16, 16)
+    """
+    own, nested = 1, 1
+    for layer in model.layers:
+        inner = layer if isinstance(layer, keras.Model) else getattr(layer, "model", None)
+        if isinstance(inner, keras.Model):  # a member of an ensemble, a SymmetryAverage's
+            nested = max(nested, size_multiple(inner))
+        elif isinstance(layer, (layers.MaxPooling2D, layers.AveragePooling2D)):
+            own *= max(layer.strides)  # (2, 2): halves each side
+    return max(own, nested)
+
+
 def count_flops(model: keras.Model, input_size: int = 256) -> int:
     """Counts the floating-point operations of one forward pass.
 

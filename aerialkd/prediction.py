@@ -12,6 +12,7 @@ from keras import ops
 from .checks import check_count
 from .hosts import process_count
 from .devices import data_parallel_size
+from .models import size_multiple
 
 
 def predict_logits(
@@ -43,6 +44,15 @@ def predict_logits(
     images = np.asarray(images)
     if not len(images):
         raise ValueError(f"images holds no image (shape {images.shape}): nothing to predict.")
+    if isinstance(model, keras.Model) and images.ndim == 4:
+        multiple = size_multiple(model)
+        if images.shape[1] % multiple or images.shape[2] % multiple:
+            raise ValueError(
+                f"The images are {images.shape[1]}x{images.shape[2]} pixels, and "
+                f"{model.name!r} needs a height and width that are multiples of {multiple} "
+                f"(it pools them down by {multiple} and joins each level to the one above). "
+                f"Crop or pad them, or segment a scene of any size with "
+                f"segment_scene, which cuts it into tiles.")
     predict = batch_predictor(model)
     return np.concatenate([predict(images[i : i + batch_size])
                            for i in range(0, len(images), batch_size)])

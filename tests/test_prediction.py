@@ -44,6 +44,14 @@ def test_measure_latency_refuses_a_count_that_times_nothing(argument):
         utils.measure_latency({"f": lambda images: images}, input_size=16, **argument)
 
 
+def test_predict_logits_names_the_size_a_unet_needs(small_unet):
+    assert utils.size_multiple(small_unet) == 16
+    with pytest.raises(ValueError, match=r"The images are 40x48 pixels, and 'small' needs a "
+                                         r"height and width that are multiples of 16"):
+        utils.predict_logits(small_unet, np.zeros((1, 40, 48, 3), "uint8"))  # was Keras':
+    # "Dimension 1 in both shapes must be equal, but are 2 and 3" in a Concatenate
+
+
 def test_predict_logits_of_a_function_are_float32_as_documented():
     images = np.zeros((3, 16, 16, 3), np.uint8)
     logits = utils.predict_logits(lambda b: np.zeros((*b.shape[:3], 2), np.float16), images)
