@@ -145,6 +145,7 @@ from .distiller import (  # noqa: F401
     BOTTLENECK_LAYER,
     Distiller,
     KDWeightSchedule,
+    distillation_settings,
 )
 from .metrics import (  # noqa: F401
     AnnotatedPixelAccuracy,
@@ -305,6 +306,7 @@ __all__ = [
     "BOTTLENECK_LAYER",
     "Distiller",
     "KDWeightSchedule",
+    "distillation_settings",
     "AnnotatedPixelAccuracy",
     "miou_name",
     "iou_scores",

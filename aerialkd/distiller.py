@@ -253,6 +253,30 @@ class Distiller(keras.Model):
         return cls(**config)
 
 
+def distillation_settings(model: keras.Model) -> dict[str, Any]:
+    """What a model learns from besides its labels, as a run record keeps it.
+
+    Args:
+        model: a `Distiller`, or a model trained on its labels alone.
+
+    Returns:
+        `{"kind": "none"}` for a model alone; for a `Distiller` its `kind`,
+        `alpha` and `temperature`, and `standardize` and `feature_weight`
+        where they are on.
+
+    Example:
+
+    >>> distillation_settings(Distiller(teacher=teacher, student=build_student(), alpha=0.1))
+    {'kind': 'pixel', 'alpha': 0.1, 'temperature': 4.0}
+    """
+    if not isinstance(model, Distiller):
+        return {"kind": "none"}
+    settings = {"kind": model.kind, "alpha": model.alpha, "temperature": model.temperature}
+    settings.update({k: v for k, v in (("standardize", model.standardize),
+                                       ("feature_weight", model.feature_weight)) if v})
+    return settings
+
+
 def _trains_in_float16(model):
     """Whether `model` (or any of its layers) computes in float16."""
     return any(policy.name == "mixed_float16" for policy in

@@ -15,7 +15,7 @@ import keras
 from .devices import mixed_precision_policy
 from .datasets import SegmentationDataset
 from .models import with_dtype_policy
-from .distiller import Distiller
+from .distiller import Distiller, distillation_settings
 from .run_files import RunFiles, write_into_place
 from .training import compile_segmentation, fit_segmentation
 from .profiles import COMMITTED_MODELS, Profile, run_info
@@ -269,19 +269,10 @@ def train_model(
     trained = getattr(model, "student", model)
     write_run_record(profile, name, epochs=epochs, seed=seed,
                      precision=trained.dtype_policy.name,
-                     distillation=_distillation_settings(model),
+                     distillation=distillation_settings(model),
                      learning_rate=profile.learning_rate,
                      train_seconds=time.perf_counter() - start, **fit_options)
     return load_run(files.model)
-
-
-def _distillation_settings(model):
-    if not isinstance(model, Distiller):
-        return {"kind": "none"}
-    settings = {"kind": model.kind, "alpha": model.alpha, "temperature": model.temperature}
-    settings.update({k: v for k, v in (("standardize", model.standardize),
-                                       ("feature_weight", model.feature_weight)) if v})
-    return settings
 
 
 def load_or_train(

@@ -20,7 +20,7 @@ from .devices import data_parallel_size
 from .batches import ConsistentCropSequence, PatchSequence, RandomCropSequence, check_mix
 from .layers import RandomSymmetry
 from .losses import SegmentationLoss
-from .distiller import Distiller
+from .distiller import Distiller, distillation_settings
 from .metrics import AnnotatedPixelAccuracy, check_labelled_classes, miou_name
 from .prediction import predict_logits
 from .run_files import RunFiles, write_into_place
@@ -278,27 +278,30 @@ def fit_segmentation(
     _one_step_per_execution_on_tf_replicas(model, replicas)
     files = RunFiles(output_dir, name)
     writer = writes_files()  # on several processes (see data_parallel), process 0 alone
-    # Only float16 brings its own optimizer (Keras' LossScaleOptimizer): a backup
-    # of a float16 run does not restore into another one's optimizer, or back.
+    # A run trains in one precision, which its record names. (Only float16 brings
+    # its own optimizer, Keras' LossScaleOptimizer: a backup of a float16 run does
+    # not even restore into another one's optimizer, or back.)
     precision = getattr(model, "student", model).dtype_policy.name
     progress = files.progress()  # of an interrupted run, which this call resumes
     recorded = progress.precision
-    if (files.backup.exists() and recorded is not None
-            and (recorded == "mixed_float16") != (precision == "mixed_float16")):
+    if files.backup.exists() and recorded is not None and recorded != precision:
+        why = ("the optimizer's state (its loss scale in float16) would not load, and the "
+               "resumed run would start its learning-rate schedule again"
+               if "mixed_float16" in (recorded, precision) else
+               "its record would name one precision for a run trained in two")
         raise ValueError(
             f"The backup in {files.backup} trained in {recorded}, and this model computes "
-            f"in {precision} (a T4 trains in mixed_float16, a CPU in float32): the "
-            f"optimizer's state (its loss scale in float16) would not load, and the "
-            f"resumed run would start its learning-rate schedule again. Resume on the "
-            f"same kind of device, or with the model in {recorded} "
-            f"(with_dtype_policy(model, {recorded!r})), or delete {files.backup} to "
-            f"train afresh.")
+            f"in {precision} (a T4 trains in mixed_float16, a CPU in float32, newer GPUs "
+            f"in mixed_bfloat16): {why}. Resume on the same kind of device, or with the "
+            f"model in {recorded} (with_dtype_policy(model, {recorded!r})), or delete "
+            f"{files.backup} to train afresh.")
     # A resumed run draws what an uninterrupted one draws only with the same batches,
-    # epochs (a schedule's length), data and backend (as JSON has them: a numpy seed
-    # or probability is recorded as a plain number)
+    # epochs (a schedule's length), data, backend and distillation (as JSON has them:
+    # a numpy seed or probability is recorded as a plain number)
     settings = {"batch_size": batch_size, "seed": None if seed is None else int(seed),
                 "sampling": sampling, "epochs": int(epochs),
-                "train_patches": len(data.x_train), "backend": keras.backend.backend()}
+                "train_patches": len(data.x_train), "backend": keras.backend.backend(),
+                "distillation": distillation_settings(model)}
     if sampling == "consistent":
         settings.update(mix=mix, mix_probability=float(mix_probability))
     changed = {key: value for key, value in (progress.settings or {}).items()

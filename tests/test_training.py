@@ -175,6 +175,28 @@ def test_a_run_is_not_resumed_with_other_batches(tiny_data, tmp_path):
     assert history["epoch"] == [0, 1]  # resumed
 
 
+def test_a_distillation_is_not_resumed_with_other_settings(tiny_data, tmp_path):
+    # alpha is a variable the backup restores, the temperature a float it does not:
+    # the run went on with the old alpha and the new temperature, recorded as asked
+    data = small_data(tiny_data)
+    kwargs = dict(epochs=2, name="m", batch_size=4, verbose=0, output_dir=tmp_path)
+
+    def distiller(**settings):
+        model = fresh_segmenter(distil=True)
+        for key, value in settings.items():
+            setattr(model, key, value)
+        return model
+
+    with pytest.raises(KeyboardInterrupt):
+        utils.fit_segmentation(distiller(alpha=0.5), data,
+                               callbacks=[AtEpochBegin(1, disconnect)], **kwargs)
+    with pytest.raises(ValueError, match=r"trained with \{'distillation': \{'kind': 'pixel', "
+                                         r"'alpha': 0.5, 'temperature': 4.0\}\}.*'alpha': 0.9"):
+        utils.fit_segmentation(distiller(alpha=0.9, temperature=2.0), data, **kwargs)
+    history = utils.fit_segmentation(distiller(alpha=0.5), data, **kwargs)
+    assert history["epoch"] == [0, 1]  # resumed
+
+
 def test_a_fresh_run_keeps_an_interrupted_runs_history_aside(tiny_data, tmp_path):
     data = small_data(tiny_data)
     kwargs = dict(epochs=2, name="m", batch_size=4, verbose=0, output_dir=tmp_path)
@@ -241,10 +263,10 @@ def test_what_a_callback_adds_to_the_logs_is_in_the_history(tiny_data, tmp_path)
     assert history["alpha"] == [1.0, 0.25]
 
 
-def test_a_float16_backup_is_not_resumed_in_another_precision_nor_back(tiny_data, tmp_path):
+def test_a_backup_is_resumed_in_its_own_precision_alone(tiny_data, tmp_path):
     # A T4 trains in mixed_float16 with a loss-scale optimizer; a CPU runtime that
     # resumed its backup in float32 would load the weights but not the optimizer.
-    # bfloat16 and float32 share their optimizer, so those resume either way.
+    # bfloat16 and float32 share their optimizer, but the record names one precision.
     data = small_data(tiny_data)
     kwargs = dict(epochs=2, name="m", batch_size=4, verbose=0, output_dir=tmp_path)
     with pytest.raises(KeyboardInterrupt):
@@ -259,7 +281,10 @@ def test_a_float16_backup_is_not_resumed_in_another_precision_nor_back(tiny_data
     with pytest.raises(ValueError, match=r"trained in float32, and this model computes in "
                                          r"mixed_float16.*with_dtype_policy\(model, 'float32'\)"):
         utils.fit_segmentation(in_precision("mixed_float16"), data, **kwargs)
-    history = utils.fit_segmentation(in_precision("mixed_bfloat16"), data, **kwargs)
+    with pytest.raises(ValueError, match=r"trained in float32, and this model computes in "
+                                         r"mixed_bfloat16.*a run trained in two"):
+        utils.fit_segmentation(in_precision("mixed_bfloat16"), data, **kwargs)
+    history = utils.fit_segmentation(in_precision("float32"), data, **kwargs)
     assert history["epoch"] == [0, 1]  # resumed
 
 
