@@ -55,10 +55,27 @@ def saved_model_path(profile: Profile, name: str) -> pathlib.Path | None:
 
 
 def _saved_run(profile, name, found, committed=True):
-    """The `RunFiles` of `name` in the first folder where `found(files)` holds."""
+    """The `RunFiles` of `name` in the first folder where `found(files)` holds.
+
+    A run recorded under another profile is not this one's: with one
+    `$SSSI_OUTPUT` for both, the full profile would take the tiny one's.
+    """
     folders = [profile.models_dir] + (
         [COMMITTED_MODELS] if committed and profile.name == "full" else [])
-    return next((RunFiles(f, name) for f in folders if found(RunFiles(f, name))), None)
+    return next((RunFiles(f, name) for f in folders
+                 if found(RunFiles(f, name)) and _of_profile(RunFiles(f, name), profile)),
+                None)
+
+
+def _of_profile(files, profile):
+    """Whether the run of `files` is of `profile`, as its record says (if it has one)."""
+    if not files.record.exists():
+        return True
+    try:
+        recorded = json.loads(files.record.read_text()).get("profile", profile.name)
+    except (ValueError, AttributeError):  # cut short, or not a record: not a finished run
+        return False
+    return recorded == profile.name
 
 
 def load_run(

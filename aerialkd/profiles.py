@@ -139,7 +139,9 @@ def load_profile(
 
     The profile is `name`, else `$SSSI_PROFILE`, else "full" in Colab and
     Kaggle notebooks and "tiny" elsewhere. The output folder is `output_dir`, else
-    `$SSSI_OUTPUT`, else `outputs/<profile>` in the repository. The recipe is
+    `$SSSI_OUTPUT` (`~` expanded; a relative path is taken from the repository, as
+    the default is, so that notebooks, which run in `notebooks/`, and scripts find
+    the same folder), else `outputs/<profile>` in the repository. The recipe is
     `PROFILES[name]`, nothing else: change it there or with
     `dataclasses.replace`, in view.
 
@@ -155,9 +157,9 @@ def load_profile(
             f"Unknown profile {name!r} (from SSSI_PROFILE?): choose one of "
             f"{sorted(PROFILES)}."
         )
-    output_dir = pathlib.Path(
-        output_dir or os.environ.get("SSSI_OUTPUT") or REPO_ROOT / "outputs" / name
-    )
+    if not output_dir and os.environ.get("SSSI_OUTPUT"):
+        output_dir = REPO_ROOT / pathlib.Path(os.environ["SSSI_OUTPUT"]).expanduser()
+    output_dir = pathlib.Path(output_dir or REPO_ROOT / "outputs" / name)
     pictures_dir = REPO_ROOT / "pictures" if name == "full" else output_dir / "pictures"
     return Profile(name=name, output_dir=output_dir, pictures_dir=pictures_dir,
                    **PROFILES[name])
@@ -184,7 +186,7 @@ def setup_notebook(profile: str | None = None, mount_drive: bool = False) -> Pro
 
     >>> import os
     >>> from unittest import mock
-    >>> with mock.patch.dict(os.environ, SSSI_OUTPUT="run"):
+    >>> with mock.patch.dict(os.environ, SSSI_OUTPUT=os.path.abspath("run")):
     ...     profile = setup_notebook("tiny")  # doctest: +ELLIPSIS
     Profile 'tiny': 3 epochs, batch 4, patches 64px, cosine learning rate from 0.005, seed 0
     Keras ... on ...; device: ...; training precision: ...

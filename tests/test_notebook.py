@@ -30,6 +30,20 @@ def test_saved_models_come_from_this_run_first_then_the_committed_ones(tmp_path)
     assert utils.saved_model_path(full, "no_such_model") is None
 
 
+def test_a_run_of_another_profile_in_the_same_folder_is_not_taken(tmp_path):
+    # one SSSI_OUTPUT for both profiles: the full profile took the tiny teacher
+    tiny, full = (utils.load_profile(name, output_dir=tmp_path) for name in ("tiny", "full"))
+    tiny.models_dir.mkdir(parents=True)
+    files = utils.RunFiles(tiny.models_dir, "teacher")
+    files.model.write_bytes(b"")
+    files.history.write_text('{"val_miou5": [0.1]}')
+    files.record.write_text('{"profile": "tiny", "epochs": 1}')
+    assert utils.saved_model_path(tiny, "teacher") == files.model
+    assert utils.saved_model_path(full, "teacher") == utils.COMMITTED_MODELS / "teacher.keras"
+    assert utils.saved_record(full, "teacher")["profile"] == "full"
+    assert utils.saved_history(full, "teacher", committed=False) is None
+
+
 def test_saved_history_can_leave_the_committed_runs_out(tmp_path):
     full = utils.load_profile("full", output_dir=tmp_path)
     assert utils.saved_history(full, "sweep_scratch") is not None  # committed

@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import pathlib
 import sys
 import time
 
@@ -82,3 +83,12 @@ def test_a_missing_sssi_data_folder_is_an_error_not_a_download(tmp_path, monkeyp
     monkeypatch.setenv("SSSI_DATA", str(tmp_path / "typo"))
     with pytest.raises(FileNotFoundError, match="SSSI_DATA is .*typo.*does not exist"):
         utils.profile_data_root(utils.load_profile("full", output_dir=tmp_path))
+
+
+def test_sssi_output_is_read_alike_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a notebook's kernel runs in notebooks/, a script anywhere
+    monkeypatch.setenv("SSSI_OUTPUT", "~/sssi_runs")
+    assert utils.load_profile("tiny").output_dir == pathlib.Path.home() / "sssi_runs"
+    monkeypatch.setenv("SSSI_OUTPUT", "outputs/mine")  # of the repository, as the default
+    assert utils.load_profile("tiny").output_dir == utils.REPO_ROOT / "outputs" / "mine"
+    assert utils.load_profile("tiny", output_dir="here").output_dir == pathlib.Path("here")
