@@ -103,6 +103,16 @@ def data_parallel(devices: int | Sequence[str] | None = None) -> Iterator[DataPa
     """
     parallel = _make_data_parallel(devices)
     if parallel.backend == "tensorflow":
+        import tensorflow as tf
+
+        current = tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
+        if current is not None and current is not parallel.strategy:
+            raise ValueError(
+                f"A tf.distribute strategy over {current.num_replicas_in_sync} device(s) is "
+                f"in use already (use_all_devices() sets one for the whole session, or a "
+                f"data_parallel block is open), and TensorFlow can't enter another inside "
+                f"it: train under that one, or restart the runtime and call "
+                f"data_parallel({devices!r}) without use_all_devices().")
         with parallel.strategy.scope():
             yield parallel
     else:
@@ -257,9 +267,8 @@ def _pick_devices(devices, visible):
                         f"got {devices!r}.")
     if isinstance(devices, int):
         if visible is None or not 1 <= devices <= len(visible):
-            raise ValueError(f"devices={devices} asks for more devices than the "
-                             f"{len(visible or [])} visible ({visible}): pass at most "
-                             f"{len(visible or [])}, or None for all.")
+            raise ValueError(f"devices={devices}: pass 1 to {len(visible or [])}, the "
+                             f"devices visible ({visible}), or None for all of them.")
         return list(visible[:devices])
     if not devices:
         raise ValueError("devices is an empty list: pass None for every visible device.")
@@ -393,6 +402,9 @@ def accelerator_names():
         if backend == "tensorflow":
             import tensorflow as tf
 
+            tpus = tf.config.list_logical_devices("TPU")  # as mixed_precision_policy sees them
+            if tpus:
+                return [f"TPU ({d.name})" for d in tpus]
             return [tf.config.experimental.get_device_details(d).get("device_name", d.name)
                     for d in tf.config.list_physical_devices("GPU")]
         return [d for d in keras.distribution.list_devices() if "cpu" not in d.lower()]

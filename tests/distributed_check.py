@@ -165,12 +165,17 @@ def compare_use_all_devices(x, y):
         _, many, _ = train("plain", x, y)
         many_logits = utils.predict_logits(unet(3), x, BATCH)
         replicas = aerialkd.devices.data_parallel_size(build("plain"))
+        try:  # one device inside the session's two: JAX swaps, TensorFlow refuses
+            with utils.data_parallel(1) as inner:
+                inside = f"{inner.num_replicas} device"
+        except ValueError as error:
+            inside = str(error)
     finally:  # back to one device for anything after this check
         if BACKEND == "tensorflow":
             tf.distribute.experimental_set_strategy(None)
         else:
             keras.distribution.set_distribution(None)
-    return {"replicas": parallel.num_replicas, "model_replicas": replicas,
+    return {"replicas": parallel.num_replicas, "model_replicas": replicas, "inside": inside,
             "weights": max_diff(one, many), "logits": max_diff([one_logits], [many_logits])}
 
 

@@ -17,7 +17,7 @@ def test_data_parallel_names_the_backends_it_supports(monkeypatch):
 def test_data_parallel_refuses_more_devices_than_are_visible():
     if keras.backend.backend() not in ("tensorflow", "jax"):
         pytest.skip("data_parallel runs on TensorFlow and JAX")
-    with pytest.raises(ValueError, match="devices=99 asks for more devices"):
+    with pytest.raises(ValueError, match=r"devices=99: pass 1 to 1, the devices visible"):
         with utils.data_parallel(99):
             pass
 
@@ -42,13 +42,17 @@ def _pretend_gpu(monkeypatch, capability):
 
         device = types.SimpleNamespace(
             platform="tpu" if capability is None else "gpu",
+            device_kind="TPU v2" if capability is None else "NVIDIA GPU",
             compute_capability=None if capability is None else f"{capability[0]}.{capability[1]}")
         monkeypatch.setattr(jax, "devices", lambda *args: [device])
     else:
+        import types
+
         import tensorflow as tf
 
+        tpu = types.SimpleNamespace(name="/device:TPU:0")
         monkeypatch.setattr(tf.config, "list_logical_devices",
-                            lambda kind=None: ["TPU:0"] if capability is None else [])
+                            lambda kind=None: [tpu] if capability is None else [])
         monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"])
         monkeypatch.setattr(tf.config.experimental, "get_device_details",
                             lambda device: {"compute_capability": capability})
@@ -64,3 +68,9 @@ def _pretend_gpu(monkeypatch, capability):
 def test_precision_follows_the_gpu_that_the_backend_reports(monkeypatch, capability, policy):
     _pretend_gpu(monkeypatch, capability)
     assert utils.mixed_precision_policy() == policy
+
+
+def test_a_tpu_is_named_in_the_run_record(monkeypatch):
+    _pretend_gpu(monkeypatch, None)  # TensorFlow reported a CPU: the TPU went unrecorded
+    assert utils.mixed_precision_policy() == "mixed_bfloat16"
+    assert "TPU" in utils.run_info()["device"]
