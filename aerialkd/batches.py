@@ -90,7 +90,7 @@ class PatchSequence(keras.utils.PyDataset):
         self.x, self.y = x, y
         self.teacher_logits = teacher_logits
         self.batch_size = check_count("batch_size", batch_size)
-        self.seed = seed
+        self.seed = check_count("seed", seed, minimum=0)
         self.drop_remainder = drop_remainder
         if drop_remainder and len(x) < batch_size:
             raise ValueError(f"drop_remainder=True leaves no batch: {len(x)} patches are "
@@ -134,7 +134,8 @@ class _CropSequence(keras.utils.PyDataset):
         _check_crop_sources(images, labels, patch_size)
         self.images, self.labels = images, labels
         self.patch_size, self.n_patches = patch_size, check_count("n_patches", n_patches)
-        self.batch_size, self.seed = check_count("batch_size", batch_size), seed
+        self.batch_size = check_count("batch_size", batch_size)
+        self.seed = check_count("seed", seed, minimum=0)
         self._sizes = np.array([image.shape[:2] for image in images])
         self._room = self._sizes - patch_size + 1  # crop positions along each axis
         positions = self._room.prod(1).astype(np.float64)
@@ -280,7 +281,7 @@ class PatchStream(keras.utils.PyDataset):
         self.files = files
         self.patch_size = check_count("patch_size", patch_size)
         self.batch_size = check_count("batch_size", batch_size)
-        self.shuffle, self.seed = bool(shuffle), seed
+        self.shuffle, self.seed = bool(shuffle), check_count("seed", seed, minimum=0)
         self.cache_size = check_count("cache_size", cache_size)
         self.resize_masks = bool(resize_masks)
         self._table = ColorTable(palette, ignore_colors, extra_colors)
@@ -420,7 +421,7 @@ class ConsistentCropSequence(_CropSequence):
         **kwargs: Any,
     ) -> None:
         super().__init__(images, labels, patch_size, n_patches, batch_size, seed, **kwargs)
-        if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+        if np.ndim(scale) != 1 or len(scale) != 2 or not 0 < scale[0] <= scale[1]:
             raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {scale!r}.")
         if round(patch_size * scale[0]) < 1:
             raise ValueError(f"scale={scale!r} would crop windows of no pixel from patches "
@@ -493,6 +494,7 @@ class ConsistentCropSequence(_CropSequence):
 
 
 def _check_crop_sources(images, labels, patch_size):
+    check_count("patch_size", patch_size)
     if len(images) != len(labels) or not images:
         raise ValueError(
             f"images and labels must be non-empty lists of the same length; got "

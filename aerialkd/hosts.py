@@ -12,6 +12,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from .checks import check_count
+
 TENSORFLOW_MULTI_WORKER_ISSUE = "https://github.com/keras-team/keras/issues/20585"
 
 
@@ -141,6 +143,7 @@ def initialize_processes(
         return Processes(jax.process_index(), jax.process_count(), coordinator)
     if (num_processes or 1) == 1:
         return Processes(0, 1, None)
+    check_count("num_processes", num_processes)
     if process_id is None or not 0 <= process_id < num_processes:
         raise ValueError(
             f"process_id must be 0 to {num_processes - 1} for a run on {num_processes} "

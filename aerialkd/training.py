@@ -260,6 +260,7 @@ def fit_segmentation(
                          "load_dataset.")
     check_count("epochs", epochs)
     batch_size = check_count("batch_size", batch_size)
+    check_count("seed", seed, minimum=0)
     _check_label_values(data, _output_classes(model))
     check_sampling(sampling)
     check_mix(mix, mix_probability)  # for every sampling: a typo is never silently ignored
@@ -298,7 +299,7 @@ def fit_segmentation(
     # A resumed run draws what an uninterrupted one draws only with the same batches,
     # epochs (a schedule's length), data, backend and distillation (as JSON has them:
     # a numpy seed or probability is recorded as a plain number)
-    settings = {"batch_size": batch_size, "seed": None if seed is None else int(seed),
+    settings = {"batch_size": batch_size, "seed": int(seed),
                 "sampling": sampling, "epochs": int(epochs),
                 "train_patches": len(data.x_train), "backend": keras.backend.backend(),
                 "distillation": distillation_settings(model)}

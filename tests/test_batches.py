@@ -142,6 +142,23 @@ def test_random_crops_refuse_images_smaller_than_a_crop():
         utils.RandomCropSequence(images[:1], [labels[0][:, :20]], 16, n_patches=4)
 
 
+@pytest.mark.parametrize("argument", [dict(seed=None), dict(seed=-1), dict(patch_size=0)])
+def test_every_sequence_names_a_seed_or_patch_size_that_draws_nothing(tiny_data, argument):
+    # seed None was "object of type 'NoneType' has no len()"; patch_size 0 gave empty crops
+    images, labels = tiny_data.whole_images("train")
+    name = next(iter(argument))
+    makers = [lambda **a: utils.RandomCropSequence(images, labels, **{"patch_size": 32, **a},
+                                                   n_patches=4),
+              lambda **a: utils.ConsistentCropSequence(images, labels, **{"patch_size": 32, **a},
+                                                       n_patches=4)]
+    if name == "seed":
+        makers += [lambda **a: utils.PatchSequence(tiny_data.x_train, tiny_data.y_train, 4, **a),
+                   lambda **a: utils.PatchStream(tiny_data.files["train"], 32, 4, **a)]
+    for make in makers:
+        with pytest.raises(ValueError, match=f"^{name} must be an int >= "):
+            make(**argument)
+
+
 def _two_flat_scenes():
     """Image 0 is colour 10 with label 1, image 1 colour 200 with label 2."""
     images = [np.full((40, 48, 3), 10, np.uint8), np.full((44, 40, 3), 200, np.uint8)]
@@ -247,8 +264,9 @@ def test_consistent_crops_reject_bad_arguments(tiny_data):
     images, labels = tiny_data.whole_images("train")
     with pytest.raises(ValueError, match="mix must be one of"):
         utils.ConsistentCropSequence(images, labels, 32, 8, mix="blend")
-    with pytest.raises(ValueError, match="scale must be"):
-        utils.ConsistentCropSequence(images, labels, 32, 8, scale=(2.0, 0.5))
+    for scale in ((2.0, 0.5), 2.0):  # a number: "object of type 'float' has no len()"
+        with pytest.raises(ValueError, match="scale must be"):
+            utils.ConsistentCropSequence(images, labels, 32, 8, scale=scale)
     with pytest.raises(ValueError, match=r"scale=\(0.01, 0.01\) would crop windows of no "
                                          r"pixel from patches of 32"):  # an IndexError later
         utils.ConsistentCropSequence(images, labels, 32, 8, scale=(0.01, 0.01))

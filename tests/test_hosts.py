@@ -168,3 +168,5 @@ def test_a_process_id_outside_the_run_is_named(monkeypatch):
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     with pytest.raises(ValueError, match="process_id must be 0 to 1 .* got 2"):
         utils.initialize_processes("localhost:12355", num_processes=2, process_id=2)
+    with pytest.raises(ValueError, match="num_processes must be an int >= 1, got -1"):
+        utils.initialize_processes("localhost:12355", num_processes=-1, process_id=0)

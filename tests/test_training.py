@@ -213,7 +213,7 @@ def test_a_fresh_run_keeps_an_interrupted_runs_history_aside(tiny_data, tmp_path
 
 @pytest.mark.parametrize("argument, value", [
     ("batch_size", 0), ("batch_size", 8.0), ("batch_size", True), ("epochs", 0),
-    ("mix", "blend"), ("mix_probability", 7)])
+    ("mix", "blend"), ("mix_probability", 7), ("seed", None), ("seed", -1)])
 def test_a_bad_argument_is_refused_by_name_before_an_earlier_run_is_moved(
         tiny_data, tmp_path, argument, value):
     data = small_data(tiny_data)
