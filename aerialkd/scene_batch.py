@@ -191,7 +191,7 @@ def segment_scenes(
                   "polygons": bool(polygons)}
     dst_dir = pathlib.Path(dst_dir).absolute()
     sidecars = _read_sidecars(dst_dir)  # once: names, resume, and classes
-    scenes = _earlier_names(_not_outputs(find_scenes(sources), dst_dir), sidecars, dst_dir)
+    scenes = _earlier_names(find_scenes(sources, outputs_in=dst_dir), sidecars, dst_dir)
     dst_dir.mkdir(parents=True, exist_ok=True)
     model_sha256 = file_sha256(model_path)
 
@@ -265,13 +265,6 @@ def _read_sidecars(dst_dir):
     """The readable sidecars in `dst_dir`: path -> `read_label_item`'s record."""
     items = {str(path): read_label_item(path) for path in sorted(dst_dir.glob("*_labels.json"))}
     return {path: item for path, item in items.items() if item is not None}
-
-
-def _not_outputs(scenes, dst_dir):
-    """The scenes but the label rasters of `dst_dir` (a pattern above it finds them)."""
-    return [scene for scene in scenes if not (
-        scene.item is None and scene.path.name.endswith("_labels.tif")
-        and scene.path.absolute().resolve().parent == dst_dir.resolve())]
 
 
 def _earlier_names(scenes, sidecars, dst_dir):

@@ -23,7 +23,7 @@ Scene = collections.namedtuple("Scene", "path name item item_path")
 `item` (and the `item_path` of its JSON) it came from, or `None`."""
 
 
-def find_scenes(sources: Any) -> list[Scene]:
+def find_scenes(sources: Any, outputs_in: os.PathLike | str | None = None) -> list[Scene]:
     """The scenes `sources` name, each once, with distinct output names.
 
     `sources` is a path, a glob pattern (`"tiles/**/*.tif"`), a `.txt` file
@@ -44,6 +44,11 @@ def find_scenes(sources: Any) -> list[Scene]:
 
     Args:
         sources: the scenes, as above.
+        outputs_in: the folder of `segment_scenes`' outputs (its `dst_dir`),
+            whose label rasters and their sidecars (`*_labels.tif`,
+            `*_labels.json`, a STAC Item) are not scenes even where a pattern
+            or a path names them: a rerun whose pattern covers that folder
+            finds them.
 
     Returns:
         A list of `Scene`s, in the order of `sources`.
@@ -55,7 +60,8 @@ def find_scenes(sources: Any) -> list[Scene]:
     ['Tile_1_images_image_part_008', 'Tile_1_images_image_part_009']
     """
     scenes, seen = [], set()
-    for scene in _expand(sources, pathlib.Path()):
+    outputs = None if outputs_in is None else pathlib.Path(outputs_in).resolve()
+    for scene in _expand(sources, pathlib.Path(), outputs):
         if scene.path.resolve() not in seen:
             seen.add(scene.path.resolve())
             scenes.append(scene)
@@ -92,20 +98,23 @@ def _parent_names(paths):
     return [_safe_name(path.name) for path in paths]  # same folder: a.tif and a.jpg
 
 
-def _expand(source, base):
+def _expand(source, base, outputs):
     """Yields the scenes of one source (recursively for lists, globs and list files)."""
     if isinstance(source, dict):
         yield _item_scene(source, None, base)
     elif isinstance(source, (str, os.PathLike)):
         text = os.fspath(source)
         path = base / text
+        if outputs is not None and path.name.endswith(("_labels.tif", "_labels.json")) \
+                and path.absolute().resolve().parent == outputs:
+            return  # an output of the batch, not a scene
         if any(c in text for c in "*?[") and not path.exists():
             matches = [match for match in sorted(glob.glob(str(path), recursive=True))
                        if not os.path.isdir(match)]  # "tiles/*" matches subfolders too
             if not matches:
                 raise ValueError(f"The pattern {text!r} matches no files.")
             for match in matches:  # each already under `base`
-                yield from _expand(match, pathlib.Path())
+                yield from _expand(match, pathlib.Path(), outputs)
         elif path.suffix.lower() in (".json", ".txt") and not path.is_file():
             raise FileNotFoundError(f"{path} does not exist; pass a list of scenes (.txt) "
                                     f"or a STAC Item (.json) that does.")
@@ -127,7 +136,7 @@ def _expand(source, base):
             for line in path.read_text().splitlines():
                 line = line.split("#", 1)[0].strip()
                 if line:
-                    yield from _expand(line, path.parent)
+                    yield from _expand(line, path.parent, outputs)
         elif path.is_dir():
             raise IsADirectoryError(f"{path} is a folder, not a scene; pass a pattern of "
                                     f"its scenes, e.g. {str(path / '*.tif')!r} (or "
@@ -136,7 +145,7 @@ def _expand(source, base):
             yield Scene(path, _safe_name(path.stem), None, None)
     elif isinstance(source, Iterable):
         for each in source:
-            yield from _expand(each, base)
+            yield from _expand(each, base, outputs)
     else:
         raise TypeError(f"sources must be paths, glob patterns, list files, STAC Items or "
                         f"a list of them, got a {type(source).__name__}.")

@@ -74,6 +74,18 @@ def test_a_rerun_with_a_pattern_that_finds_the_outputs_skips_them(tmp_path, mode
     assert statuses(first) == ["ok"] and statuses(again) == ["skipped"]  # not a_labels.tif
 
 
+def test_a_rerun_with_a_pattern_of_items_that_finds_the_sidecars_skips_them(
+        tmp_path, models, scenes):
+    # a sidecar is a STAC Item too: read as a scene, it failed the whole batch
+    (tmp_path / "data" / "items").mkdir(parents=True)
+    shutil.copy(scenes[0], tmp_path / "data" / "a.tif")
+    (tmp_path / "data" / "items" / "a.json").write_text(json.dumps(stac_item("a", "../a.tif")))
+    pattern, out = str(tmp_path / "data" / "**" / "*.json"), tmp_path / "data" / "labels"
+    first = utils.segment_scenes(models[0], pattern, out, tile_size=TILE, progress=False)
+    again = utils.segment_scenes(models[0], pattern, out, tile_size=TILE, progress=False)
+    assert statuses(first) == ["ok"] and statuses(again) == ["skipped"]
+
+
 def test_a_rerun_runs_only_the_failed_scenes_again(tmp_path, models, scenes, monkeypatch):
     utils.segment_scenes(models[0], scenes, tmp_path, tile_size=TILE, progress=False)
     ran = []
