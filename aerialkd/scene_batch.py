@@ -168,8 +168,7 @@ def segment_scenes(
         raise FileNotFoundError(f"model {model_path} does not exist; pass the path of a "
                                 f".keras file, e.g. "
                                 f"results/models/student_distilled_s0.keras.")
-    overlap = check_tiling(tile_size, overlap)
-    batch_size = check_count("batch_size", batch_size)
+    tile_size, overlap, batch_size = check_tiling(tile_size, overlap, batch_size)
     retries = check_count("retries", retries, minimum=0)
     bands = [int(b) for b in bands]
     if len(bands) != 3:

@@ -100,7 +100,7 @@ def segment_scene(
 
     started = time.perf_counter()
     src_path, dst_path = pathlib.Path(src_path), pathlib.Path(dst_path)
-    overlap = check_tiling(tile_size, overlap)
+    tile_size, overlap, batch_size = check_tiling(tile_size, overlap, batch_size)
     if src_path.is_dir():
         raise IsADirectoryError(f"src_path {src_path} is a folder; pass the path of one "
                                 f"scene in it, or segment them all with segment_scenes "
@@ -110,6 +110,9 @@ def segment_scene(
                                 f"of a GeoTIFF, JPEG or PNG scene.")
     if dst_path.resolve() == src_path.resolve():
         raise ValueError(f"dst_path must differ from src_path, got {dst_path} for both.")
+    if dst_path.is_dir():  # found before the scene is segmented, not at the final rename
+        raise IsADirectoryError(f"dst_path {dst_path} is a folder; pass the file to write "
+                                f"in it, e.g. {str(dst_path / (src_path.stem + '_labels.tif'))!r}.")
     n_classes = getattr(model, "model", model).output_shape[-1]
     check_class_count(n_classes, "model")
     class_names = class_names_for(n_classes, class_names)

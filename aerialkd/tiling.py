@@ -57,8 +57,7 @@ def predict_image(
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3 or not image.shape[0] or not image.shape[1]:
         raise ValueError(f"image must be (H, W, 3) with H, W >= 1, got shape {image.shape}.")
-    overlap = check_tiling(tile_size, overlap)
-    check_count("batch_size", batch_size)
+    tile_size, overlap, batch_size = check_tiling(tile_size, overlap, batch_size)
     height, width = image.shape[:2]
     labels, logits = [], []
 
@@ -76,8 +75,12 @@ def predict_image(
     return (labels[0], logits[0]) if return_logits else labels[0]
 
 
-def check_tiling(tile_size, overlap):
-    """Validates `tile_size` and `overlap`; returns the overlap to use."""
+def check_tiling(tile_size, overlap, batch_size):
+    """Validates `tile_size`, `overlap` and `batch_size`; returns them as plain ints.
+
+    The overlap to use is returned (`tile_size // 4` for `None`).
+    """
+    check_count("batch_size", batch_size)
     if isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer)) \
             or tile_size % 16 or tile_size < 16:
         raise ValueError(f"tile_size must be a multiple of 16, got {tile_size}.")
@@ -86,7 +89,7 @@ def check_tiling(tile_size, overlap):
         raise ValueError(
             f"overlap must be in [0, tile_size={tile_size}), got {overlap}."
         )
-    return overlap
+    return int(tile_size), overlap, int(batch_size)
 
 
 def blend_tiles(model, read_rows, height, width, tile_size, overlap, batch_size,

@@ -86,6 +86,13 @@ def test_a_rerun_with_a_pattern_of_items_that_finds_the_sidecars_skips_them(
     assert statuses(first) == ["ok"] and statuses(again) == ["skipped"]
 
 
+def test_numpy_tile_sizes_are_plain_ints_in_the_outputs(tmp_path, models, scenes):
+    # check_tiling took an np.int64, which then failed the sidecar's JSON
+    done = utils.segment_scenes(models[0], scenes[:1], tmp_path, tile_size=np.int64(TILE),
+                                batch_size=np.int64(2), progress=False)
+    assert statuses(done) == ["ok"]
+
+
 def test_a_rerun_runs_only_the_failed_scenes_again(tmp_path, models, scenes, monkeypatch):
     utils.segment_scenes(models[0], scenes, tmp_path, tile_size=TILE, progress=False)
     ran = []

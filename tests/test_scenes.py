@@ -339,6 +339,13 @@ def test_segment_scene_rejects_bad_inputs_naming_them(tmp_path, conv_model):
             f"'{tmp_path / 'tiles' / '*.tif'}'")):
         utils.segment_scene(conv_model, tmp_path / "tiles", tmp_path / "out.tif")
     gray = _write_raster(tmp_path / "gray.tif", np.zeros((1, 8, 8), np.uint8))
+    with pytest.raises(IsADirectoryError, match=re.escape(  # was found after the scene ran
+            f"dst_path {tmp_path / 'tiles'} is a folder; pass the file to write in it, e.g. "
+            f"'{tmp_path / 'tiles' / 'gray_labels.tif'}'")):
+        utils.segment_scene(conv_model, gray, tmp_path / "tiles")
+    for batch_size in (0, 2.5):  # range()'s "arg 3 must not be zero"; a float's TypeError
+        with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+            utils.segment_scene(conv_model, gray, tmp_path / "out.tif", batch_size=batch_size)
     with pytest.raises(ValueError, match=r"gray.tif has 1 band\(s\).*bands=\(1, 1, 1\)"):
         utils.segment_scene(conv_model, gray, tmp_path / "out.tif")
     utils.segment_scene(conv_model, gray, tmp_path / "out.tif", bands=(1, 1, 1), tile_size=16)
