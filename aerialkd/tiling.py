@@ -84,12 +84,13 @@ def check_tiling(tile_size, overlap, batch_size):
     if isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer)) \
             or tile_size % 16 or tile_size < 16:
         raise ValueError(f"tile_size must be a multiple of 16, got {tile_size}.")
+    tile_size = int(tile_size)
     overlap = tile_size // 4 if overlap is None else check_count("overlap", overlap, minimum=0)
     if not overlap < tile_size:
         raise ValueError(
             f"overlap must be in [0, tile_size={tile_size}), got {overlap}."
         )
-    return int(tile_size), overlap, int(batch_size)
+    return tile_size, overlap, int(batch_size)
 
 
 def blend_tiles(model, read_rows, height, width, tile_size, overlap, batch_size,
