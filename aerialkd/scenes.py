@@ -72,7 +72,7 @@ def segment_scene(
             `(1, 2, 3)` of an RGBN raster.
         rescale: `None` for uint8 scenes; `(low, high)` maps other dtypes
             (e.g. uint16) linearly, `low` to 0 and `high` to 255, rounded and
-            clipped.
+            clipped. A uint8 scene is read as it is either way.
         class_names: one name per model output class (a dataset's
             `classes`); "class 0", ... if `None`.
         palette: `(classes, 3)` uint8 colours for the colour map (a
@@ -126,7 +126,7 @@ def segment_scene(
             raise ValueError(f"{src_path} is not a raster rasterio can read: "
                              f"{error}") from error
         with src:
-            bands = _check_bands(src, src_path, bands, rescale)
+            bands, rescale = _check_bands(src, src_path, bands, rescale)
             height, width = src.height, src.width
             counts = np.zeros(256, np.int64)
             dst_path.parent.mkdir(parents=True, exist_ok=True)
@@ -216,13 +216,22 @@ def _import_rasterio():
 
 
 def _check_bands(src, src_path, bands, rescale):
-    """Validates `bands` and `rescale` against the open raster; returns bands."""
+    """Validates `bands` and `rescale` against the open raster; returns them.
+
+    The rescale returned is `None` for uint8 bands: the documented "other
+    dtypes" alone are mapped (a batch may mix 8- and 16-bit scenes).
+    """
     bands = tuple(int(b) for b in bands)
     if len(bands) != 3:
         raise ValueError(f"bands must be three band indices (R, G, B), got {bands}.")
     if not all(1 <= b <= src.count for b in bands):
+        from rasterio.enums import ColorInterp
+
         advice = ("Pass 1-based indices of its red, green and blue bands, e.g. "
                   "bands=(1, 2, 3)" if src.count >= 3 else
+                  "Its band holds indices into a colour table, not colours: expand it to "
+                  "RGB first, e.g. gdal_translate -expand rgb"
+                  if src.colorinterp[0] == ColorInterp.palette else
                   "The model was trained on colour (RGB) images; a single band can be "
                   "repeated, bands=(1, 1, 1), but expect labels no better than a "
                   "greyscale image gives")
@@ -238,7 +247,7 @@ def _check_bands(src, src_path, bands, rescale):
         low, high = rescale
         if not high > low:
             raise ValueError(f"rescale must be (low, high) with high > low, got {rescale}.")
-    return bands
+    return bands, (None if dtypes == {"uint8"} else rescale)
 
 
 def _cache_bytes(src, tile_size):

@@ -254,6 +254,11 @@ def test_segment_scene_rescales_uint16_linearly_when_asked(tmp_path, conv_model)
                         tile_size=32)
     np.testing.assert_array_equal(_read(tmp_path / "a.tif")[0],
                                   _read(tmp_path / "b.tif")[0])
+    # a uint8 scene is read as it is (a batch's 8-bit scenes were squashed to black)
+    utils.segment_scene(conv_model, tmp_path / "narrow.tif", tmp_path / "c.tif",
+                        tile_size=32, rescale=(0, 4000))
+    np.testing.assert_array_equal(_read(tmp_path / "c.tif")[0],
+                                  _read(tmp_path / "b.tif")[0])
 
 
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
@@ -349,6 +354,13 @@ def test_segment_scene_rejects_bad_inputs_naming_them(tmp_path, conv_model):
     with pytest.raises(ValueError, match=r"gray.tif has 1 band\(s\).*bands=\(1, 1, 1\)"):
         utils.segment_scene(conv_model, gray, tmp_path / "out.tif")
     utils.segment_scene(conv_model, gray, tmp_path / "out.tif", bands=(1, 1, 1), tile_size=16)
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).convert(
+        "P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "indexed.png")
+    with pytest.raises(ValueError, match=r"indexed.png has 1 band\(s\).*indices into a "
+                                         r"colour table.*-expand rgb"):  # not bands=(1, 1, 1)
+        utils.segment_scene(conv_model, tmp_path / "indexed.png", tmp_path / "out.tif")
     rgb = _write_rgb(tmp_path / "rgb.tif", _image(8, 8))
     with pytest.raises(ValueError, match=r"rgb.tif has 3 band\(s\); bands=\(1, 2, 4\)"):
         utils.segment_scene(conv_model, rgb, tmp_path / "out.tif", bands=(1, 2, 4))
