@@ -25,3 +25,20 @@ def count(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
     return value
+
+
+def at_least_zero(text: str) -> int:
+    """An `argparse` type: a whole number of at least 0 (retries, pixels).
+
+    Example:
+
+    >>> at_least_zero("0")
+    0
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 0, got {text!r}")
+    return value

@@ -30,6 +30,7 @@ import warnings
 
 import keras
 
+import flags
 import utils
 from aerialkd.scene_batch import MANIFEST_NAME
 from aerialkd.scene_engines import ENGINES
@@ -52,31 +53,31 @@ def main(argv=None):
                         help="also write the class regions as GeoJSON polygons: to "
                         "OUT.geojson (one scene; default: OUTPUT with .geojson), or "
                         "beside each label raster (a folder)")
-    parser.add_argument("--min-area", type=int, default=0, metavar="PIXELS",
+    parser.add_argument("--min-area", type=flags.at_least_zero, default=0, metavar="PIXELS",
                         help="with --polygons and one scene: merge regions smaller than "
                         "this many pixels into their neighbour (default: keep all)")
     parser.add_argument("--engine", choices=ENGINES, default="local",
                         help="where the scenes of a folder run: this process (local, "
                         "default), a local Dask cluster (dask) or Ray actors (ray)")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=flags.count, default=None,
                         help="processes for --engine dask or ray (default: one per core)")
     parser.add_argument("--scheduler", metavar="ADDRESS",
                         help="run on an existing Dask cluster, e.g. tcp://10.0.0.5:8786 "
                         "(the model, scenes and output folder on a shared file system)")
-    parser.add_argument("--retries", type=int, default=2,
+    parser.add_argument("--retries", type=flags.at_least_zero, default=2,
                         help="times a scene runs again after its worker died (default: 2)")
     parser.add_argument("--no-cog", action="store_true",
                         help="plain tiled GeoTIFFs instead of cloud-optimized ones")
     parser.add_argument("--overwrite", action="store_true",
                         help="redo scenes already done with the same model and options "
                         "(one scene: overwrite OUTPUT even if it is no label raster)")
-    parser.add_argument("--tile-size", type=int, default=256,
+    parser.add_argument("--tile-size", type=flags.count, default=256,
                         help="tile side in pixels, a multiple of 16 (default: 256, "
                         "the training patch)")
-    parser.add_argument("--overlap", type=int, default=None,
+    parser.add_argument("--overlap", type=flags.at_least_zero, default=None,
                         help="pixels shared by neighbouring tiles "
                         "(default: tile size // 4)")
-    parser.add_argument("--batch-size", type=int, default=8,
+    parser.add_argument("--batch-size", type=flags.count, default=8,
                         help="tiles per forward pass (default: 8)")
     parser.add_argument("--bands", type=int, nargs=3, default=(1, 2, 3),
                         metavar=("R", "G", "B"),
@@ -102,6 +103,11 @@ def main(argv=None):
                          f"with class names); not overwriting it. Name a new output "
                          f"file, pass --overwrite, or pass a folder to segment several "
                          f"scenes.")
+    polygons = None if args.polygons is None else pathlib.Path(
+        args.polygons or output.with_suffix(".geojson"))
+    if polygons is not None and polygons.exists() and not args.overwrite:
+        raise SystemExit(f"{polygons} exists; not overwriting it. Name another "
+                         f"--polygons file, or pass --overwrite.")
     model = keras.saving.load_model(args.model)
     bars = []
 
@@ -119,9 +125,8 @@ def main(argv=None):
         progress=None if args.quiet else progress)
     for line in summary(result, scene):
         print(line)
-    if args.polygons is not None:
-        polygons = utils.polygonize(args.output, args.polygons or output.with_suffix(
-            ".geojson"), min_area=args.min_area)
+    if polygons is not None:
+        polygons = utils.polygonize(args.output, polygons, min_area=args.min_area)
         print(f"Polygons: {sum(polygons['features'].values())} written to "
               f"{polygons['path']}")
     return result
@@ -129,15 +134,25 @@ def main(argv=None):
 
 def one_scene(scenes, output):
     """Whether the command names one scene file and an output file (not a folder)."""
-    suffix = pathlib.Path(output).suffix.lower()
-    if suffix not in (".tif", ".tiff"):
+    path = pathlib.Path(output)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        if path.is_file() or path.suffix.lower() in NOT_OUTPUTS:
+            what = "is a file" if path.is_file() else "names an image, a list or a model"
+            raise SystemExit(f"{output} {what}, and the last argument is the output: a "
+                             f".tif for one scene, or a folder for several (was it left "
+                             f"out?).")
         return False
     (scene, *more) = scenes
-    if more or any(c in scene for c in "*?[") or \
+    pattern = any(c in scene for c in "*?[") and not pathlib.Path(scene).exists()
+    if more or pattern or \
             pathlib.Path(scene).suffix.lower() in (".txt", ".json"):
         raise SystemExit(f"{output} is a file name, but {' '.join(scenes)} name several "
                          f"scenes (or may): pass an output folder for them.")
     return True
+
+
+NOT_OUTPUTS = (".jpg", ".jpeg", ".png", ".json", ".txt", ".geojson", ".keras")
+"""Suffixes of an output argument that is surely not a folder: a scene, a list, a model."""
 
 
 def is_label_raster(path):

@@ -306,3 +306,27 @@ def test_segment_script_writes_one_scene_to_the_output_file_it_names(
     with pytest.raises(SystemExit, match="scene_1.tif exists and is not a label raster"):
         segment_script.main([str(models[0]), str(scenes[0]), str(scenes[1]),
                              "--tile-size", str(TILE), "--quiet"])
+
+
+def test_segment_script_refuses_an_output_that_is_no_output_before_any_work(
+        tmp_path, models, scenes, segment_script, capsys):
+    model, scene = str(models[0]), str(scenes[0])
+    (tmp_path / "a.jpg").write_bytes(b"")
+    for output, message in ((str(tmp_path / "a.jpg"), "a.jpg is a file, and the last "
+                             "argument is the output"),  # shell-expanded *.jpg, no output
+                            (str(tmp_path / "labels.png"), "labels.png names an image")):
+        with pytest.raises(SystemExit, match=message):
+            segment_script.main([model, scene, output])
+    assert not (tmp_path / "labels.png").exists()  # was made a folder of outputs
+    with pytest.raises(SystemExit):
+        segment_script.main([model, scene, str(tmp_path / "out"), "--workers", "0"])
+    assert "--workers: must be a whole number of at least 1, got '0'" in capsys.readouterr().err
+    (tmp_path / "a.geojson").write_text("{}")
+    with pytest.raises(SystemExit, match="a.geojson exists; not overwriting it"):
+        segment_script.main([model, scene, str(tmp_path / "a.tif"), "--polygons",
+                             "--tile-size", str(TILE), "--quiet"])
+    assert (tmp_path / "a.geojson").read_text() == "{}" and not (tmp_path / "a.tif").exists()
+    odd = pathlib.Path(shutil.copy(scene, tmp_path / "ortho[2023].tif"))  # a file, no pattern
+    segment_script.main([model, str(odd), str(tmp_path / "b.tif"), "--tile-size", str(TILE),
+                         "--quiet"])
+    assert (tmp_path / "b.tif").exists()
