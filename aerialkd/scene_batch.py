@@ -26,7 +26,7 @@ from .scene_outputs import (classes_differ, finished_labels, read_label_item,
                             write_mosaics)
 from .scene_sources import find_scenes
 from .scene_tasks import failed_record, file_sha256, scene_task
-from .scenes import check_class_count
+from .scenes import check_class_count, check_read_options
 from .tiling import check_tiling
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -170,13 +170,7 @@ def segment_scenes(
                                 f"results/models/student_distilled_s0.keras.")
     tile_size, overlap, batch_size = check_tiling(tile_size, overlap, batch_size)
     retries = check_count("retries", retries, minimum=0)
-    bands = [int(b) for b in bands]
-    if len(bands) != 3:
-        raise ValueError(f"bands must be three band indices (R, G, B), got {bands}.")
-    if rescale is not None:
-        rescale = [float(v) for v in rescale]
-        if len(rescale) != 2 or not rescale[1] > rescale[0]:
-            raise ValueError(f"rescale must be (low, high) with high > low, got {rescale}.")
+    bands, rescale = check_read_options(bands, rescale)
     workers = check_engine(engine, workers)
     keras_model = keras.saving.load_model(model_path)
     n_classes = keras_model.output_shape[-1]

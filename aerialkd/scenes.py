@@ -221,9 +221,7 @@ def _check_bands(src, src_path, bands, rescale):
     The rescale returned is `None` for uint8 bands: the documented "other
     dtypes" alone are mapped (a batch may mix 8- and 16-bit scenes).
     """
-    bands = tuple(int(b) for b in bands)
-    if len(bands) != 3:
-        raise ValueError(f"bands must be three band indices (R, G, B), got {bands}.")
+    bands, rescale = check_read_options(bands, rescale)
     if not all(1 <= b <= src.count for b in bands):
         from rasterio.enums import ColorInterp
 
@@ -243,11 +241,28 @@ def _check_bands(src, src_path, bands, rescale):
             f"{src_path} has {'/'.join(sorted(dtypes))} pixels; the model takes "
             f"uint8. Pass rescale=(low, high) to map low..high linearly to 0..255."
         )
-    if rescale is not None:
-        low, high = rescale
-        if not high > low:
-            raise ValueError(f"rescale must be (low, high) with high > low, got {rescale}.")
     return bands, (None if dtypes == {"uint8"} else rescale)
+
+
+def check_read_options(bands, rescale):
+    """`bands` as three ints and `rescale` as `(low, high)` floats with high > low, or None.
+
+    What can be checked before a scene is opened (`segment_scenes` checks a
+    whole batch's options at once).
+
+    Example:
+
+    >>> check_read_options([3, 2, 1], (0, 4095))
+    ((3, 2, 1), (0.0, 4095.0))
+    """
+    bands = tuple(int(b) for b in bands)
+    if len(bands) != 3:
+        raise ValueError(f"bands must be three band indices (R, G, B), got {bands}.")
+    if rescale is not None:
+        rescale = tuple(float(v) for v in rescale)
+        if len(rescale) != 2 or not rescale[1] > rescale[0]:
+            raise ValueError(f"rescale must be (low, high) with high > low, got {rescale}.")
+    return bands, rescale
 
 
 def _cache_bytes(src, tile_size):
