@@ -225,6 +225,7 @@ from .profiles import (  # noqa: F401
 )
 from .notebook import (  # noqa: F401
     saved_model_path,
+    saved_models,
     load_run,
     saved_history,
     saved_record,
@@ -360,6 +361,7 @@ __all__ = [
     "profile_dataset",
     "profile_data_root",
     "saved_model_path",
+    "saved_models",
     "load_run",
     "saved_history",
     "saved_record",

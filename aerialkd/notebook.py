@@ -54,6 +54,30 @@ def saved_model_path(profile: Profile, name: str) -> pathlib.Path | None:
     return None if files is None else files.model
 
 
+def saved_models(profile: Profile, pattern: str) -> list[pathlib.Path]:
+    """The finished models whose names match `pattern`, each as `saved_model_path` finds it.
+
+    Args:
+        profile: the `Profile`.
+        pattern: a glob pattern of model names, e.g. "*_s[0-9]*" for every
+            run of a seed.
+
+    Returns:
+        The paths, by name: this run's model where it has one, else (full
+        profile) the committed one; unfinished runs and other profiles' are
+        left out.
+
+    Example:
+
+    >>> profile = load_profile("full", output_dir="outputs")  # nothing trained here yet
+    >>> [path.name for path in saved_models(profile, "student_scratch_s[0-9]")]
+    ['student_scratch_s0.keras', 'student_scratch_s1.keras', 'student_scratch_s2.keras']
+    """
+    folders = [profile.models_dir] + ([COMMITTED_MODELS] if profile.name == "full" else [])
+    names = sorted({path.stem for folder in folders for path in folder.glob(f"{pattern}.keras")})
+    return [path for name in names if (path := saved_model_path(profile, name)) is not None]
+
+
 def _saved_run(profile, name, found, committed=True):
     """The `RunFiles` of `name` in the first folder where `found(files)` holds.
 

@@ -44,6 +44,21 @@ def test_a_run_of_another_profile_in_the_same_folder_is_not_taken(tmp_path):
     assert utils.saved_history(full, "teacher", committed=False) is None
 
 
+def test_saved_models_take_this_runs_finished_models_first(tmp_path):
+    full = utils.load_profile("full", output_dir=tmp_path)
+    full.models_dir.mkdir(parents=True)
+    for name, record in (("student_scratch_s0", "{}"), ("student_scratch_s7", "{}"),
+                         ("student_scratch_s8", '{"profile": "tiny"}')):
+        files = utils.RunFiles(full.models_dir, name)
+        files.model.write_bytes(b"")
+        files.record.write_text(record)
+    utils.RunFiles(full.models_dir, "student_scratch_s7").backup.mkdir()  # unfinished
+    assert utils.saved_models(full, "student_scratch_s[0-9]") == [
+        full.models_dir / "student_scratch_s0.keras",  # this run's, not the committed one
+        utils.COMMITTED_MODELS / "student_scratch_s1.keras",
+        utils.COMMITTED_MODELS / "student_scratch_s2.keras"]  # neither s7 nor the tiny s8
+
+
 def test_saved_history_can_leave_the_committed_runs_out(tmp_path):
     full = utils.load_profile("full", output_dir=tmp_path)
     assert utils.saved_history(full, "sweep_scratch") is not None  # committed
