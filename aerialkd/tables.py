@@ -122,6 +122,25 @@ def paired_differences(
     return {seed: mine[seed] - reference[seed] for seed in sorted(mine) if seed in reference}
 
 
+def format_number(value: float, digits: int = 3, signed: bool = False) -> str:
+    """A number as the tables show it: `digits` decimals, never "-0.000".
+
+    A change that rounds to zero has no sign to show (float rounding of two
+    equal scores gives -1e-9 as often as +1e-9).
+
+    Args:
+        value: the number.
+        digits: decimals.
+        signed: whether to show its sign (for a change).
+
+    Example:
+
+    >>> format_number(-0.00004, signed=True), format_number(1234.5678, digits=1)
+    ('+0.000', '1,234.6')
+    """
+    return f"{round(float(value), digits) + 0.0:{'+' if signed else ''},.{digits}f}"
+
+
 def format_mean_sd(values: Sequence[float], digits: int = 3, signed: bool = False) -> str:
     """Scores over seeds as text: their mean ± their sample standard deviation.
 
@@ -144,7 +163,7 @@ def format_mean_sd(values: Sequence[float], digits: int = 3, signed: bool = Fals
     values = [float(v) for v in values]
     if not values:
         return ""
-    mean = f"{round(np.mean(values), digits) + 0.0:{'+' if signed else ''}.{digits}f}"
+    mean = format_number(np.mean(values), digits, signed)
     return mean if len(values) == 1 else f"{mean} ± {np.std(values, ddof=1):.{digits}f}"
 
 
@@ -269,13 +288,24 @@ def describe_change(row: Mapping[str, Any], digits: int = 3, level: float = 0.05
         return "no paired run"
     if not np.isfinite(change):  # a score of a seed is NaN: no class to score was present
         return "undefined (a score is NaN)"
-    shown = f"{round(change, digits) + 0.0:+.{digits}f}"  # + 0.0: never "-0.000"
+    shown = format_number(change, digits, signed=True)
     p = paired_t_test(row)
     if p is None:
         return f"{shown} (one seed)"
     verdict = "real" if p < level else "within the spread of the seeds"
-    p_value = "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
-    return f"{shown} ± {sd:.{digits}f} over {seeds} seeds, {verdict} (paired t-test, {p_value})"
+    return (f"{shown} ± {sd:.{digits}f} over {seeds} seeds, {verdict} (paired t-test, "
+            f"{format_p_value(p)})")
+
+
+def format_p_value(p: float) -> str:
+    """A p-value as the pages give it: "p = 0.020", or "p < 0.001" (never "p = 0.000").
+
+    Example:
+
+    >>> format_p_value(0.0202), format_p_value(0.00004)
+    ('p = 0.020', 'p < 0.001')
+    """
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
 def markdown_table(
@@ -306,7 +336,7 @@ def markdown_table(
         values = [row.get(column, "—") for column in columns]
         cells = [str(v) if isinstance(v, (bool, np.bool_)) else
                  f"{v:,}" if isinstance(v, numbers.Integral) else
-                 f"{v:,.{digits}f}" if isinstance(v, numbers.Real) else
+                 format_number(v, digits) if isinstance(v, numbers.Real) else
                  "—" if v is None else str(v)
                  for v in values]
         lines.append("| " + " | ".join(cells) + " |")

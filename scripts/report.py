@@ -104,7 +104,7 @@ def paired(metrics, model, baseline=SCRATCH):
 
 def by_seed(changes):
     """'+0.060 (seed 0), -0.006 (seed 2)' from `{seed: change}`."""
-    return ", ".join(f"{round(change, 3) + 0.0:+.3f} (seed {seed})"
+    return ", ".join(f"{aerialkd.format_number(change, signed=True)} (seed {seed})"
                      for seed, change in sorted(changes.items()))
 
 
@@ -226,7 +226,7 @@ def distillation_verdict(row):
     `aerialkd.seed_summary` row against scratch: its two-sided paired t-test at 0.05
     (`aerialkd.paired_t_test`) and the target."""
     p = aerialkd.paired_t_test(row)
-    change = f"{round(row['change'], 3) + 0.0:+.3f}" + (
+    change = aerialkd.format_number(row["change"], signed=True) + (
         f" ± {row['change sd']:.3f}" if row["change sd"] is not None else "")
     numbers = f"{change}, against a target of +{TARGET}"
     if p is None or p >= 0.05:
@@ -234,11 +234,12 @@ def distillation_verdict(row):
                 f"level with students trained from scratch ({numbers})."), False
     if row["change"] < 0:
         return (f"Distillation cost accuracy here: paired by seed, the distilled students "
-                f"score below students trained from scratch ({numbers}, p = {p:.3f})."), False
+                f"score below students trained from scratch ({numbers}, "
+                f"{aerialkd.format_p_value(p)})."), False
     reached = "reaching" if row["change"] >= TARGET else "short of"
     return (f"Distillation paid here: paired by seed, the distilled students beat students "
-            f"trained from scratch ({change}, p = {p:.3f}), {reached} the target of "
-            f"+{TARGET}."), True
+            f"trained from scratch ({change}, {aerialkd.format_p_value(p)}), {reached} the "
+            f"target of +{TARGET}."), True
 
 
 def gpu_sentence(gpu_figures):
@@ -281,8 +282,9 @@ def paired_table(metrics):
         cells = [f"{by[SCRATCH][seed]['miou5']:.3f}"]
         for model in models:
             entry = by[model].get(seed)
-            cells.append("" if entry is None else
-                         f"{entry['miou5']:.3f} ({entry['miou5'] - by[SCRATCH][seed]['miou5']:+.3f})")
+            change = None if entry is None else aerialkd.format_number(
+                entry["miou5"] - by[SCRATCH][seed]["miou5"], signed=True)
+            cells.append("" if entry is None else f"{entry['miou5']:.3f} ({change})")
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
     gains = paired(metrics, DISTILLED)
     lines.append("| mean ± sd | " + mean_sd(e["miou5"] for e in by[SCRATCH].values()) + " | "
@@ -427,9 +429,9 @@ def export_table(export):
     keras_miou = {r["model"]: r["miou5"] for r in export["rows"] if r["format"] == "keras"}
     for row in export["rows"]:
         # of the unrounded scores, as every page gives a change (+ 0.0: never -0.0000)
-        change = round(row["miou5"] - keras_miou[row["model"]], 4) + 0.0
+        change = aerialkd.format_number(row["miou5"] - keras_miou[row["model"]], 4, signed=True)
         lines.append(f"| {EXPORTED[row['model']]} | {row['format']} | {row['size_mb']:.2f} | "
-                     f"{row['latency_ms']:.1f} | {row['miou5']:.4f} | {change:+.4f} |")
+                     f"{row['latency_ms']:.1f} | {row['miou5']:.4f} | {change} |")
     return "\n".join(lines)
 
 

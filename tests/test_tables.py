@@ -105,3 +105,10 @@ def test_markdown_table_formats_numpy_numbers_and_shows_booleans_as_such():
 def test_describe_change_calls_no_verdict_on_a_nan_change():
     row = {"change": float("nan"), "change sd": float("nan"), "paired seeds": 3}
     assert utils.describe_change(row) == "undefined (a score is NaN)"
+
+
+def test_tables_never_show_a_negative_zero():
+    # two equal scores' difference is -1e-9 as often as +1e-9 (LiteRT float32 minus Keras)
+    assert utils.markdown_table([{"change": -4e-5}], digits=4).endswith("| 0.0000 |")
+    assert utils.describe_change({"change": -1e-9, "change sd": 0.01, "paired seeds": 3}
+                                 ).startswith("+0.000 ± 0.010")
