@@ -41,8 +41,11 @@ class AnnotatedPixelAccuracy(keras.metrics.SparseCategoricalAccuracy):
     def update_state(self, y_true: ArrayLike, y_pred: ArrayLike,
                      sample_weight: ArrayLike | None = None) -> None:
         valid = ops.cast(ops.not_equal(ops.cast(y_true, "int32"), IGNORE_INDEX), "float32")
-        if sample_weight is not None:
-            valid = valid * ops.cast(sample_weight, "float32")
+        if sample_weight is not None:  # per image (N,) or per pixel: on the leading axes
+            weight = ops.cast(sample_weight, "float32")
+            for _ in range(len(valid.shape) - len(weight.shape)):
+                weight = ops.expand_dims(weight, -1)
+            valid = valid * weight
         return super().update_state(y_true, y_pred, sample_weight=valid)
 
 

@@ -5,6 +5,7 @@ The figures of training runs and their comparison are in `run_plots`.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import pathlib
@@ -47,6 +48,27 @@ def save_figure(fig: Figure, path: os.PathLike | str | None) -> Figure:
     return fig
 
 
+def closes_figures_on_error(function):
+    """Makes a plotting function close the figures it opened when it raises.
+
+    A half-drawn figure left open would show under the traceback in a
+    notebook, and stay in memory.
+    """
+    @functools.wraps(function)
+    def plot(*args, **kwargs):
+        import matplotlib.pyplot as plt
+
+        before = set(plt.get_fignums())
+        try:
+            return function(*args, **kwargs)
+        except BaseException:
+            for number in set(plt.get_fignums()) - before:
+                plt.close(number)
+            raise
+
+    return plot
+
+
 def _legend_handles(class_names, palette):
     from matplotlib.patches import Patch
 
@@ -66,6 +88,7 @@ def _names_and_palette(label_maps, class_names, palette):
     return class_names_for(n_classes, class_names), palette
 
 
+@closes_figures_on_error
 def plot_segmentations(
     images: np.ndarray,
     truths: np.ndarray,
@@ -122,6 +145,7 @@ def plot_segmentations(
     return save_figure(fig, path)
 
 
+@closes_figures_on_error
 def plot_pr_curves(
     results: Mapping[str, Mapping[str, Any]],
     path: os.PathLike | str | None = None,
@@ -188,6 +212,7 @@ def plot_pr_curves(
     return save_figure(fig, path)
 
 
+@closes_figures_on_error
 def plot_confusion_matrix(
     confusion_matrix: np.ndarray | Mapping[str, np.ndarray],
     title: str = "",
@@ -241,6 +266,7 @@ def plot_confusion_matrix(
     return save_figure(fig, path)
 
 
+@closes_figures_on_error
 def plot_class_shares(data: SegmentationDataset, path: os.PathLike | str | None = None) -> Figure:
     """Bar chart of class shares of annotated pixels in each split.
 

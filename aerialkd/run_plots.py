@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .tables import LABELS
-from .plots import save_figure
+from .plots import closes_figures_on_error, save_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
+@closes_figures_on_error
 def plot_history(
     histories: Mapping[str, Mapping[str, Sequence[float]]],
     keys: Sequence[str] = ("loss",),
@@ -53,8 +54,9 @@ def plot_history(
         for i, (run, history) in enumerate(histories.items()):
             color = f"C{i}"
             epochs = np.arange(1, len(history.get(key, [])) + 1)
-            if key in history:
-                ax.plot(epochs, history[key], color=color, label=f"{run} train")
+            if key in history:  # a validation key asked for itself is drawn solid
+                split = "val" if key.startswith("val_") else "train"
+                ax.plot(epochs, history[key], color=color, label=f"{run} {split}")
             if f"val_{key}" in history:
                 ax.plot(epochs, history[f"val_{key}"], "--", color=color,
                         label=f"{run} val")
@@ -64,7 +66,11 @@ def plot_history(
             if limits != "tail":
                 raise ValueError(f"ylim must be (low, high), a dict or 'tail', got {limits!r}.")
             late = [v for history in histories.values() for k in (key, f"val_{key}")
-                    for v in history.get(k, [])[len(history.get(k, [])) // 5:]]
+                    for v in history.get(k, [])[len(history.get(k, [])) // 5:]
+                    if np.isfinite(v)]
+            if not late:
+                raise ValueError(f"ylim='tail' fits the panel of {key!r} to its values, and "
+                                 f"no history has a finite one.")
             low, high = min(late), max(late)
             limits = (low - 0.05 * (high - low + 1e-9), high + 0.05 * (high - low + 1e-9))
         if limits is not None:
@@ -74,6 +80,7 @@ def plot_history(
     return save_figure(fig, path)
 
 
+@closes_figures_on_error
 def plot_paired_difference(
     baseline: Mapping[Any, Mapping[str, Sequence[float]]],
     others: Mapping[str, Mapping[Any, Mapping[str, Sequence[float]]]],
@@ -143,6 +150,7 @@ def _epoch_axis(ax):
     ax.legend(fontsize=8)
 
 
+@closes_figures_on_error
 def plot_sweep(
     rows: Sequence[Mapping[str, Any]], metric: str = "val_miou5", path: os.PathLike | str | None = None
 ) -> Figure:
@@ -214,6 +222,7 @@ def plot_sweep(
     return save_figure(fig, path)
 
 
+@closes_figures_on_error
 def plot_tradeoff(
     rows: Sequence[Mapping[str, Any]],
     costs: Mapping[str, str],

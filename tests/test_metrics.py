@@ -239,3 +239,13 @@ def test_iou_scores_compare_shapes_not_sizes():
     with pytest.raises(ValueError, match=r"the same shape, got \(2, 3\) and \(3, 2\)"):
         utils.iou_scores(y_true, y_true.T, n_classes=3)
     assert utils.iou_scores(y_true[..., None], y_true, n_classes=3)["pixel_acc"] == 1.0
+
+
+def test_pixel_accuracy_weighs_each_image_by_its_sample_weight():
+    # (N,) weights lined up with the last axis (W): 0.5 here, or a shape error where N != W
+    labels = np.zeros((2, 4, 3), "int32")
+    logits = np.zeros((2, 4, 3, 2), "float32")
+    logits[0, ..., 0] = 1  # the first image right, the second wrong
+    metric = utils.AnnotatedPixelAccuracy()
+    metric.update_state(labels, logits, sample_weight=np.array([1.0, 0.0]))
+    assert float(metric.result()) == 1.0

@@ -16,6 +16,20 @@ def test_history_draws_training_and_validation_of_each_key():
     assert len(fig.axes[0].lines) == 2
 
 
+def test_history_names_a_validation_key_and_fits_its_tail_to_finite_values():
+    import matplotlib.pyplot as plt
+
+    history = {"val_miou5": [0.1, float("nan"), 0.2, 0.5, 0.6, 0.62]}
+    fig = utils.plot_history({"run": history}, keys=("val_miou5",), ylim="tail")
+    assert [line.get_label() for line in fig.axes[0].lines] == ["run val"]  # was "run train"
+    assert 0.5 < fig.axes[0].get_ylim()[1] < 0.7  # a NaN first in the tail made it fail
+    plt.close(fig)
+    before = plt.get_fignums()
+    with pytest.raises(ValueError, match="ylim='tail'.*no history has a finite one"):
+        utils.plot_history({"run": history}, keys=("miou6",), ylim="tail")
+    assert plt.get_fignums() == before  # the half-drawn figure is closed
+
+
 def test_sweep_heatmap_shows_each_setting_against_the_scratch_reference():
     rows = [{"kind": "none", "alpha": 1.0, "temperature": None, "val_miou5": 0.60},
             {"kind": "pixel", "alpha": 0.1, "temperature": 1.5, "val_miou5": 0.625},
