@@ -10,6 +10,7 @@ import numpy as np
 from keras import ops
 from numpy.typing import ArrayLike
 
+from .checks import check_count
 from .classes import IGNORE_INDEX, class_names_for
 
 
@@ -121,9 +122,12 @@ def iou_scores(
         raise ValueError(f"y_true has no annotated pixel (every label is {IGNORE_INDEX}): "
                          f"there is nothing to score; leave such images out.")
     y_true, y_pred = y_true[valid].astype(np.int64), y_pred[valid].astype(np.int64)
-    if (y_true.min() < 0 or y_true.max() >= n_classes
-            or y_pred.min() < 0 or y_pred.max() >= n_classes):
-        raise ValueError(f"labels must lie in [0, {n_classes}) or be {IGNORE_INDEX}.")
+    for name, labels in (("y_true", y_true), ("y_pred", y_pred)):
+        if labels.min() < 0 or labels.max() >= n_classes:
+            outside = [int(v) for v in np.unique(labels[(labels < 0) | (labels >= n_classes)])]
+            raise ValueError(f"{name} holds labels outside [0, {n_classes}) on annotated "
+                             f"pixels: {outside[:5]} ({IGNORE_INDEX} is allowed in y_true "
+                             f"alone, for unannotated pixels).")
     cm = metrics.confusion_matrix(y_true, y_pred, labels=np.arange(n_classes))
     tp = np.diag(cm).astype(np.float64)
     union = cm.sum(0) + cm.sum(1) - tp
@@ -150,8 +154,9 @@ def _mean_of_present(iou):
     return float(present.mean()) if present.size else float("nan")
 
 
-def _pixel_sample(n, max_pixels, seed):
+def _pixel_sample(n, max_pixels, seed, label="max_pixels"):
     """Indices of a uniform sample of at most `max_pixels` of `n` pixels."""
+    check_count(label, max_pixels)
     if n <= max_pixels:
         return np.arange(n)
     return np.random.default_rng(seed).choice(n, max_pixels, replace=False)
@@ -217,13 +222,16 @@ def segmentation_metrics(
     logits = logits.reshape(-1, n_classes)
     valid = y_true != IGNORE_INDEX
     y_true, logits = y_true[valid], logits[valid]
+    if not np.isfinite(logits).all():  # scikit-learn's "Input contains NaN" names nothing
+        raise ValueError(f"logits hold {np.count_nonzero(~np.isfinite(logits))} values that "
+                         f"are NaN or infinite: the model diverged, or was fed bad images.")
     y_pred = logits.argmax(-1)
     labels = list(range(n_classes))
     scores = iou_scores(y_true, y_pred, n_classes=n_classes,
                         labelled_classes=labelled_classes)
     precision, recall, f1, support = metrics.precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0)
-    sample = _pixel_sample(len(y_true), max_pr_pixels, seed)
+    sample = _pixel_sample(len(y_true), max_pr_pixels, seed, label="max_pr_pixels")
     probs = softmax(logits[sample].astype(np.float64), axis=-1)
     curves, ap = {}, []
     for c, name in enumerate(class_names):
@@ -392,6 +400,9 @@ def error_overlap(
     if by_class:
         present = np.unique(truth)
         n_classes = int(present.max()) + 1 if class_names is None else len(class_names)
+        if present.max() >= n_classes:  # its pixels were left out of by_class
+            raise ValueError(f"y_true holds class {int(present.max())}, and class_names "
+                             f"names {n_classes} classes: name every class.")
         names = class_names_for(n_classes, class_names)
         result["by_class"] = {names[c]: shares(truth == c) for c in present
                               if c < n_classes}

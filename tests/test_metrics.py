@@ -43,10 +43,14 @@ def test_iou_scores_match_scikit_learn_and_the_full_metrics():
     full = utils.segmentation_metrics(y_true, logits, labelled_classes=utils.LABELLED_CLASSES)
     assert {k: full[k] for k in ("miou5", "miou6", "pixel_acc", "per_class_iou")} == {
         k: scores[k] for k in ("miou5", "miou6", "pixel_acc", "per_class_iou")}
-    with pytest.raises(ValueError, match="labels must lie in"):
+    with pytest.raises(ValueError, match=r"y_true holds labels outside \[0, 6\) on annotated "
+                                         r"pixels: \[7\]"):
         utils.iou_scores(np.array([0, 7]), np.array([0, 1]), n_classes=6)
-    with pytest.raises(ValueError, match="labels must lie in"):  # another ignore convention
+    with pytest.raises(ValueError, match=r"y_true holds .*\[-1\]"):  # another ignore convention
         utils.iou_scores(np.array([0, -1, 1]), np.array([0, 1, 1]), n_classes=6)
+    with pytest.raises(ValueError, match=r"y_pred holds .*\[255\] \(255 is allowed in y_true "
+                                         r"alone"):  # it said labels must be in [0, 6) or 255
+        utils.iou_scores(np.array([0, 1]), np.array([0, 255]), n_classes=6)
 
 
 def test_scores_follow_the_class_count_and_the_labelled_classes():
@@ -249,3 +253,17 @@ def test_pixel_accuracy_weighs_each_image_by_its_sample_weight():
     metric = utils.AnnotatedPixelAccuracy()
     metric.update_state(labels, logits, sample_weight=np.array([1.0, 0.0]))
     assert float(metric.result()) == 1.0
+
+
+def test_metrics_name_nan_logits_and_samples_of_no_pixel():
+    labels, logits = np.array([0, 1, 1]), np.zeros((3, 2))
+    logits[1, 0] = np.nan
+    with pytest.raises(ValueError, match="logits hold 1 values that are NaN or infinite"):
+        utils.segmentation_metrics(labels, logits)  # was scikit-learn's "Input contains NaN"
+    with pytest.raises(ValueError, match="max_pr_pixels must be an int >= 1, got 0"):
+        utils.segmentation_metrics(labels, np.zeros((3, 2)), max_pr_pixels=0)  # NaN APs
+    with pytest.raises(ValueError, match="max_pixels must be an int >= 1, got 0"):
+        utils.calibration(np.zeros((3, 2)), labels, max_pixels=0)  # "no annotated pixels"
+    with pytest.raises(ValueError, match="y_true holds class 2, and class_names names 2"):
+        utils.error_overlap(np.array([0, 1, 2]), np.array([0, 1, 2]), np.array([0, 1, 1]),
+                            by_class=True, class_names=["a", "b"])  # class 2 was left out
