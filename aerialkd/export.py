@@ -64,6 +64,10 @@ def export_litert(
             raise ValueError("quantize='int8' needs calibration_images, e.g. "
                              "data.x_train[:64], to choose the activation ranges.")
         images = np.asarray(calibration_images, dtype="float32")
+        if images.shape[1:] != (input_size, input_size, 3):  # TFLite's words: "mutating"
+            raise ValueError(f"calibration_images are {images.shape[1:]}, and the export "
+                             f"takes ({input_size}, {input_size}, 3) images: crop them to "
+                             f"input_size, or export at their size.")
         options = {"optimizations": [tf.lite.Optimize.DEFAULT],
                    "representative_dataset": lambda: ([image[None]] for image in images)}
     elif quantize is not None:

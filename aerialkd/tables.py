@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from .callbacks import best_epoch
+from .checks import check_count
 
 LABELS = {
     "model": "model", "loss": "loss", "miou5": "mIoU, 5 labelled classes",
@@ -48,6 +49,7 @@ def history_rows(
     >>> [row["epoch"] for row in history_rows(history, every=2)]
     [1, '2 (best)', 3]
     """
+    every = check_count("every", every)
     epochs = len(next(iter(history.values()), []))
     monitor = next((k for k in history if k.startswith("val_miou")), None)
     best = best_epoch(history, monitor) if monitor else None

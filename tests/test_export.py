@@ -35,3 +35,7 @@ def test_quantized_litert_exports_are_smaller_and_close(tmp_path):
     assert np.corrcoef(outputs["int8"].ravel(), logits.ravel())[0, 1] > 0.98
     with pytest.raises(ValueError, match="needs calibration_images"):
         utils.export_litert(model, tmp_path / "x.tflite", quantize="int8")
+    with pytest.raises(ValueError, match=r"calibration_images are \(32, 32, 3\), and the "
+                                         r"export takes \(64, 64, 3\)"):  # TFLite's "mutating"
+        utils.export_litert(model, tmp_path / "x.tflite", input_size=64, quantize="int8",
+                            calibration_images=x)

@@ -107,6 +107,11 @@ def test_describe_change_calls_no_verdict_on_a_nan_change():
     assert utils.describe_change(row) == "undefined (a score is NaN)"
 
 
+def test_history_rows_refuse_an_interval_of_zero():
+    with pytest.raises(ValueError, match="every must be an int >= 1, got 0"):  # range()'s
+        utils.history_rows({"loss": [1.0]}, every=0)
+
+
 def test_tables_never_show_a_negative_zero():
     # two equal scores' difference is -1e-9 as often as +1e-9 (LiteRT float32 minus Keras)
     assert utils.markdown_table([{"change": -4e-5}], digits=4).endswith("| 0.0000 |")
