@@ -257,6 +257,9 @@ def plot_confusion_matrix(
         display = ConfusionMatrixDisplay(normalized, display_labels=list(names))
         display.plot(ax=ax, values_format=".2f", cmap="Blues", colorbar=False,
                      xticks_rotation=45, im_kw={"vmin": 0.0, "vmax": 1.0})
+        for row in np.flatnonzero(cm.sum(1) == 0):  # a class absent from the truth has no
+            for text in display.text_[row]:  # shares: its 0.00 would read as no recall
+                text.set_text("—")
         ax.set_title(name)
         if ax is not axes[0, 0]:
             ax.set_ylabel("")

@@ -212,8 +212,9 @@ def plot_sweep(
         ax.set_yticks(range(len(alphas)),
                       [f"alpha={a:g}" for a in alphas] if ax is axes[0, 0] else [])
         ax.set_title(f"{kind} KD")
-    name = LABELS.get(metric.removeprefix("val_"), metric)
-    title = f"Validation {name} over alpha x temperature"
+    split, key = {"val": ("Validation", metric[4:]), "test": ("Test", metric[5:])}.get(
+        metric.split("_")[0], ("Training", metric))
+    title = f"{split} {LABELS.get(key, key)} over alpha x temperature"
     if reference is not None:
         title += f"\n(colour and brackets: minus the scratch student's {reference:.3f})"
     fig.suptitle(title)

@@ -56,3 +56,8 @@ def test_class_shares_are_drawn_for_the_data_s_own_classes(tmp_path):
                                   resize_masks=True, in_memory=False)
     with pytest.raises(ValueError, match="streamed dataset.*in_memory=True"):
         utils.plot_class_shares(streamed)
+
+
+def test_confusion_matrix_leaves_a_class_absent_from_the_truth_blank():
+    fig = utils.plot_confusion_matrix([[8, 2], [0, 0]], class_names=["Land", "Water"])
+    assert [text.get_text() for text in fig.axes[0].texts] == ["0.80", "0.20", "—", "—"]

@@ -67,3 +67,10 @@ def test_tradeoff_draws_each_group_at_the_mean_of_its_seeds_with_every_seed(tmp_
     with pytest.raises(ValueError, match=r"missing: \['ms'\]"):
         utils.plot_tradeoff(rows[:1] + [{"group": "x", "gflops": 1, "scores": [0.5]}],
                             {"gflops": "GFLOPs", "ms": "latency"})
+
+
+def test_sweep_names_the_split_of_its_metric():
+    rows = [{"kind": "none", "alpha": 1.0, "temperature": None, "test_miou5": 0.60},
+            {"kind": "pixel", "alpha": 0.5, "temperature": 4.0, "test_miou5": 0.62}]
+    title = utils.plot_sweep(rows, metric="test_miou5").get_suptitle()
+    assert title.startswith("Test mIoU, 5 labelled classes over")  # was "Validation test_miou5"
