@@ -13,6 +13,28 @@ from collections.abc import Sequence
 from typing import Any
 
 
+def partial_path(path: os.PathLike | str, kind: str = "") -> pathlib.Path:
+    """A hidden temporary file beside `path`, of this writer alone, to rename into place.
+
+    `.<name>.<random><kind>.partial`: two writers of one path never write into
+    one file, and `partial_leftovers` finds what a killed writer left.
+
+    Example:
+
+    >>> name = partial_path("labels.tif", ".cog").name  # .labels.tif.<random>.cog.partial
+    >>> name.startswith(".labels.tif."), name.endswith(".cog.partial")
+    (True, True)
+    """
+    path = pathlib.Path(path)
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{kind}.partial")
+
+
+def partial_leftovers(path: os.PathLike | str) -> list[pathlib.Path]:
+    """The temporary files of `partial_path` beside `path`, and files GDAL added to them."""
+    path = pathlib.Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*.partial*"))
+
+
 def write_into_place(path: os.PathLike | str, data: str | bytes) -> None:
     """Writes `data` to a hidden temporary file beside `path`, then renames it to `path`.
 
@@ -31,7 +53,7 @@ def write_into_place(path: os.PathLike | str, data: str | bytes) -> None:
     '{"status": "ok"}'
     """
     path = pathlib.Path(path)
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+    partial = partial_path(path)
     try:
         if isinstance(data, bytes):
             partial.write_bytes(data)

@@ -22,7 +22,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from .run_files import write_into_place
+from .run_files import partial_leftovers, write_into_place
 from .scene_outputs import label_item
 from .scenes import polygonize, segment_scene
 
@@ -157,9 +157,8 @@ def worker_model(path: str, sha256: str, threads: int | None) -> keras.Model:
 
 def _remove_leftovers(labels):
     """Removes the temporary files and folders a killed attempt at a scene left."""
-    for pattern in (".{}.*.partial", ".{}.*.partial.*"):  # segment_scene's, GDAL's
-        for partial in labels.parent.glob(pattern.format(labels.name)):
-            partial.unlink(missing_ok=True)
+    for partial in partial_leftovers(labels):  # segment_scene's, and GDAL's beside them
+        partial.unlink(missing_ok=True)
     polygons = polygons_path(labels)
     for folder in labels.parent.glob(f".{polygons.name}.*"):  # _polygonize_into_place's
         shutil.rmtree(folder, ignore_errors=True)

@@ -8,7 +8,6 @@ import json
 import os
 import pathlib
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .classes import IGNORE_INDEX, check_palette, class_names_for, generic_classes
-from .run_files import write_into_place
+from .run_files import partial_path, write_into_place
 from .tiling import blend_tiles, check_tiling
 
 if TYPE_CHECKING:
@@ -187,9 +186,7 @@ def _moved_into_place(dst_path, cog, tile_size):
     """
     import rasterio.shutil
 
-    token = uuid.uuid4().hex[:8]
-    partial = dst_path.with_name(f".{dst_path.name}.{token}.partial")
-    cog_partial = dst_path.with_name(f".{dst_path.name}.{token}.cog.partial")
+    partial, cog_partial = partial_path(dst_path), partial_path(dst_path, ".cog")
     try:
         yield partial
         if cog:  # overviews by mode: the commonest class, never a blend
