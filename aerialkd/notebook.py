@@ -93,13 +93,22 @@ def _saved_run(profile, name, found, committed=True):
 
 def _of_profile(files, profile):
     """Whether the run of `files` is of `profile`, as its record says (if it has one)."""
+    record = _read_record(files)
+    return record is not None and record.get("profile", profile.name) == profile.name
+
+
+def _read_record(files):
+    """The run record of `files`: `{}` where it has none, `None` where it is not one.
+
+    A record cut short, or a file that holds no dict, is not a finished run's.
+    """
     if not files.record.exists():
-        return True
+        return {}
     try:
-        recorded = json.loads(files.record.read_text()).get("profile", profile.name)
-    except (ValueError, AttributeError):  # cut short, or not a record: not a finished run
-        return False
-    return recorded == profile.name
+        record = json.loads(files.record.read_text())
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def load_run(
@@ -176,7 +185,7 @@ def saved_record(profile: Profile, name: str, committed: bool = True) -> dict[st
     files = _saved_run(profile, name, lambda f: f.history.exists(), committed)
     if files is None or not files.record.exists():
         return None
-    return json.loads(files.record.read_text())
+    return _read_record(files)
 
 
 def describe_run(path: os.PathLike | str, record: dict[str, Any]) -> str:

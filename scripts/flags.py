@@ -1,44 +1,42 @@
 """Argument types shared by the scripts' command lines."""
 
 import argparse
+from collections.abc import Callable
 
 
-def count(text: str) -> int:
-    """An `argparse` type: a whole number of at least 1 (epochs, images, repeats).
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """An `argparse` type: a whole number of at least `minimum`.
 
     argparse names the flag in the error, e.g. "argument --epochs: must be a whole
     number of at least 1, got '0'", before anything is trained or written.
 
     Example:
 
-    >>> count("16")
+    >>> whole_number(1)("16")
     16
-    >>> count("0")
+    >>> whole_number(1)("0")
     Traceback (most recent call last):
     ...
     argparse.ArgumentTypeError: must be a whole number of at least 1, got '0'
+    >>> whole_number(0)("x")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: must be a whole number of at least 0, got 'x'
     """
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
-    return value
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(
+                f"must be a whole number of at least {minimum}, got {text!r}")
+        return value
+
+    parse.__name__ = f"whole number of at least {minimum}"  # argparse's fallback message
+    return parse
 
 
-def at_least_zero(text: str) -> int:
-    """An `argparse` type: a whole number of at least 0 (retries, pixels).
-
-    Example:
-
-    >>> at_least_zero("0")
-    0
-    """
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 0, got {text!r}")
-    return value
+count = whole_number(1)  # epochs, images, repeats, sizes
+at_least_zero = whole_number(0)  # retries, pixels

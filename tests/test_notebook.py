@@ -48,7 +48,8 @@ def test_saved_models_take_this_runs_finished_models_first(tmp_path):
     full = utils.load_profile("full", output_dir=tmp_path)
     full.models_dir.mkdir(parents=True)
     for name, record in (("student_scratch_s0", "{}"), ("student_scratch_s7", "{}"),
-                         ("student_scratch_s8", '{"profile": "tiny"}')):
+                         ("student_scratch_s8", '{"profile": "tiny"}'),
+                         ("student_scratch_s9", '{"profile": "fu')):  # cut short
         files = utils.RunFiles(full.models_dir, name)
         files.model.write_bytes(b"")
         files.record.write_text(record)
@@ -56,7 +57,9 @@ def test_saved_models_take_this_runs_finished_models_first(tmp_path):
     assert utils.saved_models(full, "student_scratch_s[0-9]") == [
         full.models_dir / "student_scratch_s0.keras",  # this run's, not the committed one
         utils.COMMITTED_MODELS / "student_scratch_s1.keras",
-        utils.COMMITTED_MODELS / "student_scratch_s2.keras"]  # neither s7 nor the tiny s8
+        utils.COMMITTED_MODELS / "student_scratch_s2.keras"]  # not s7, the tiny s8 or s9
+    utils.RunFiles(full.models_dir, "student_scratch_s9").history.write_text("{}")
+    assert utils.saved_record(full, "student_scratch_s9") is None
 
 
 def test_saved_history_can_leave_the_committed_runs_out(tmp_path):
