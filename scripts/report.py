@@ -119,9 +119,14 @@ def model_sizes():
     return {width: unet_size(width) for width in (16, *WIDTHS)}
 
 
+def backend_name(entry):
+    """'TensorFlow' or 'JAX', from a run's record."""
+    return {"tensorflow": "TensorFlow", "jax": "JAX"}.get(entry["backend"], entry["backend"])
+
+
 def where(entry):
     """'TensorFlow on a 2-core CPU', 'JAX on an NVIDIA H200', from a run's record."""
-    backend = {"tensorflow": "TensorFlow", "jax": "JAX"}.get(entry["backend"], entry["backend"])
+    backend = backend_name(entry)
     cpu = re.fullmatch(r"CPU \([^,]*, (\d+) cores\)", entry["device"])  # run_info's
     if cpu:
         return f"{backend} on {article(cpu.group(1))} {cpu.group(1)}-core CPU"
@@ -415,12 +420,22 @@ def where_kd_pays(metrics, sizes):
     return "\n\n".join([WHERE_KD_PAYS_INTRO] + parts)
 
 
-#: The models `scripts/export.py` exported (the seed-0 runs of `results/models`).
-EXPORTED = {"teacher": "teacher", "student_scratch": "student from scratch (JAX, seed 0)",
-            "student_distilled": "distilled student (TensorFlow, seed 0)"}
+#: The models `scripts/export.py` exports: the teacher and the seed-0 run of each student.
+EXPORTED = {"teacher": ("teacher", "teacher"),
+            "student_scratch": ("student_scratch_s0", "student from scratch"),
+            "student_distilled": ("student_distilled_s0", "distilled student")}
 
 
-def export_table(export):
+def exported_label(model, metrics):
+    """'distilled student (TensorFlow, seed 0)': the exported run's backend, from `metrics`."""
+    run, label = EXPORTED[model]
+    if model == "teacher":
+        return label
+    entry = next(e for e in metrics if e["run"] == run)
+    return f"{label} ({backend_name(entry)}, seed {entry['seed']})"
+
+
+def export_table(export, metrics):
     lines = [f"LiteRT exports, {export['split']} split, latency at batch 1 on "
              f"{export['device']} ({export['date']}, the formats of a model interleaved):",
              "",
@@ -430,7 +445,7 @@ def export_table(export):
     for row in export["rows"]:
         # of the unrounded scores, as every page gives a change (+ 0.0: never -0.0000)
         change = aerialkd.format_number(row["miou5"] - keras_miou[row["model"]], 4, signed=True)
-        lines.append(f"| {EXPORTED[row['model']]} | {row['format']} | {row['size_mb']:.2f} | "
+        lines.append(f"| {exported_label(row['model'], metrics)} | {row['format']} | {row['size_mb']:.2f} | "
                      f"{row['latency_ms']:.1f} | {row['miou5']:.4f} | {change} |")
     return "\n".join(lines)
 
@@ -459,7 +474,7 @@ def blocks():
                              load("results/teacher_analysis.json"), sizes),
         "runs": runs_table(metrics),
         "paired": paired_table(metrics),
-        "export": export_table(load("results/export.json")),
+        "export": export_table(load("results/export.json"), metrics),
         "few_labels": few_labels_block(metrics),
         "widths": widths_block(metrics, sizes),
         "where_kd_pays": where_kd_pays(metrics, sizes),
