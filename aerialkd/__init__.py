@@ -37,7 +37,8 @@ topic per module; a module imports only modules above it in this list:
 - `tables`: readable names of metrics, history rows, scores over seeds, Markdown tables.
 - `plots`: figures of images and classes: segmentations, precision-recall curves,
   confusion, class shares.
-- `run_plots`: figures of runs: histories, paired differences, sweeps, trade-offs.
+- `run_plots`: figures of runs: histories, paired differences, sweeps, trade-offs,
+  scores over seeds.
 - `profiles`: the recipe and folders of a run of the series (`Profile`), the Colab
   and Kaggle setup, a profile's dataset.
 - `notebook`: the notebooks' conveniences: runs that are loaded or trained, their records.
@@ -207,6 +208,7 @@ from .plots import (  # noqa: F401
 from .run_plots import (  # noqa: F401
     plot_history,
     plot_paired_difference,
+    plot_seed_scores,
     plot_sweep,
     plot_tradeoff,
 )
@@ -340,6 +342,7 @@ __all__ = [
     "plot_confusion_matrix",
     "plot_class_shares",
     "plot_sweep",
+    "plot_seed_scores",
     "plot_tradeoff",
     "history_rows",
     "scores_by_seed",

@@ -1,5 +1,6 @@
 """Figures of training runs and their comparison: histories, paired differences over
-seeds, settings sweeps, and the trade-off of score against size or speed."""
+seeds, settings sweeps, the trade-off of score against size or speed, and each
+model's scores over its seeds."""
 
 from __future__ import annotations
 
@@ -290,4 +291,64 @@ def plot_tradeoff(
         ax.grid(alpha=0.3, which="both")
     axes[0, 0].set_ylabel(score_label)
     axes[0, 0].legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+@closes_figures_on_error
+def plot_seed_scores(
+    scores: Mapping[str, Sequence[float]],
+    score_label: str = "test mIoU5",
+    path: os.PathLike | str | None = None,
+    *,
+    baseline: str | None = None,
+) -> Figure:
+    """Draws each model's score over its seeds: every seed a dot, the mean with one sd.
+
+    For the arms of one experiment, which differ by a few hundredths: a table
+    of means hides how far the seeds of each spread, and whether two arms
+    overlap. A row per model, top to bottom in the order of `scores`; with
+    `baseline`, a dashed line at that model's mean across the others.
+
+    Args:
+        scores: dict mapping a model's label to the score of each of its
+            seeds (one or more).
+        score_label: the label of the score axis.
+        path: optional file to save the figure to.
+        baseline: the label of the model whose mean is drawn as a line.
+
+    Returns:
+        The matplotlib `Figure`.
+
+    Example:
+
+    >>> fig = plot_seed_scores({"scratch": [0.55, 0.58, 0.61], "distilled": [0.66, 0.67]},
+    ...                        baseline="scratch")
+    >>> [label.get_text() for label in fig.axes[0].get_yticklabels()]
+    ['scratch', 'distilled']
+    """
+    import matplotlib.pyplot as plt
+
+    values = {label: np.asarray(seeds, dtype=float) for label, seeds in scores.items()}
+    empty = [label for label, seeds in values.items() if seeds.size == 0]
+    if not values or empty:
+        raise ValueError(f"plot_seed_scores needs at least one model and a score for each; "
+                         f"{'none given' if not values else f'no score for {empty}'}.")
+    not_finite = [label for label, seeds in values.items() if not np.isfinite(seeds).all()]
+    if not_finite:
+        raise ValueError(f"Scores must be finite numbers; {not_finite} have NaN or inf.")
+    if baseline is not None and baseline not in values:
+        raise ValueError(f"baseline {baseline!r} is not among the models {list(values)}.")
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * len(values)), layout="constrained")
+    for i, seeds in enumerate(values.values()):
+        sd = np.std(seeds, ddof=1) if seeds.size > 1 else 0.0
+        ax.errorbar(seeds.mean(), i, xerr=sd, color=f"C{i}", marker="|", markersize=16,
+                    capsize=4)
+        ax.scatter(seeds, np.full(seeds.size, i + 0.2), color=f"C{i}", s=20, alpha=0.55,
+                   zorder=3)  # just under the bar, which they would hide
+    if baseline is not None:
+        ax.axvline(values[baseline].mean(), color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(range(len(values)), list(values))
+    ax.set_ylim(len(values) - 0.5, -0.5)  # the first model on top
+    ax.set_xlabel(f"{score_label} (dots: seeds; bar: mean ± one sd)")
+    ax.grid(alpha=0.3, axis="x")
     return save_figure(fig, path)

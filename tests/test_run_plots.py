@@ -74,3 +74,28 @@ def test_sweep_names_the_split_of_its_metric():
             {"kind": "pixel", "alpha": 0.5, "temperature": 4.0, "test_miou5": 0.62}]
     title = utils.plot_sweep(rows, metric="test_miou5").get_suptitle()
     assert title.startswith("Test mIoU, 5 labelled classes over")  # was "Validation test_miou5"
+
+
+def test_seed_scores_draw_every_seed_and_each_models_mean_and_sd(tmp_path):
+    scores = {"scratch": [0.55, 0.58, 0.61], "distilled": [0.66, 0.68], "teacher": [0.69]}
+    fig = utils.plot_seed_scores(scores, baseline="scratch", path=tmp_path / "seeds.png")
+    ax = fig.axes[0]
+    assert (tmp_path / "seeds.png").stat().st_size > 0
+    assert [label.get_text() for label in ax.get_yticklabels()] == list(scores)
+    assert ax.get_ylim()[0] > ax.get_ylim()[1]  # the first model on top
+    dots = {int(c.get_offsets()[0, 1]): np.asarray(c.get_offsets()[:, 0])
+            for c in ax.collections if c.get_alpha()}
+    np.testing.assert_allclose(dots[0], scores["scratch"])  # every seed, on its row
+    np.testing.assert_allclose(dots[2], scores["teacher"])
+    means = [bar.lines[0].get_xdata()[0] for bar in ax.containers]
+    np.testing.assert_allclose(means, [0.58, 0.67, 0.69])
+    sd = ax.containers[0].lines[2][0].get_segments()[0][:, 0]
+    np.testing.assert_allclose(sd, [0.55, 0.61])  # one sd either side of the mean
+    baseline = [line for line in ax.lines if line.get_linestyle() == "--"]
+    np.testing.assert_allclose(baseline[0].get_xdata(), [0.58, 0.58])
+    with pytest.raises(ValueError, match=r"no score for \['teacher'\]"):
+        utils.plot_seed_scores({"scratch": [0.5], "teacher": []})
+    with pytest.raises(ValueError, match=r"\['scratch'\] have NaN"):
+        utils.plot_seed_scores({"scratch": [0.5, float("nan")]})
+    with pytest.raises(ValueError, match="baseline 'ceiling' is not among"):
+        utils.plot_seed_scores({"scratch": [0.5]}, baseline="ceiling")
