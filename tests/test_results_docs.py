@@ -208,6 +208,19 @@ def test_where_names_the_backend_and_the_machine_a_run_recorded():
         "TensorFlow on an 8-core CPU")
 
 
+def test_the_export_table_names_each_students_backend_and_seed_from_its_run():
+    metrics = [{**_entry("student_scratch", 0, 0.68), **H200},
+               {**_entry("student_distilled", 0, 0.66), **CPU}]
+    rows = [{"model": model, "format": "keras", "size_mb": 2.0, "latency_ms": 20.0,
+             "miou5": 0.6, "pixel_acc": 0.8}
+            for model in ("teacher", "student_scratch", "student_distilled")]
+    table = report.export_table({"split": "test", "device": "a CPU", "date": "today",
+                                 "rows": rows}, metrics)
+    assert "| teacher | keras |" in table
+    assert "| student from scratch (JAX, seed 0) | keras |" in table
+    assert "| distilled student (TensorFlow, seed 0) | keras |" in table
+
+
 def test_article_goes_by_how_the_name_is_read_aloud():
     names = {"8": "an", "18": "an", "80": "an", "2": "a", "16": "a", "NVIDIA A100": "an",
              "H100": "an", "TPU v4": "a", "Tesla T4": "a", "Intel Xeon": "an", "AMD EPYC": "an"}
