@@ -375,6 +375,7 @@ def where_kd_pays(metrics, sizes):
     t-test over the seeds at the 5% level.
     """
     by, parts = groups(metrics), []
+    gains = []  # (what, its seed_summary row against scratch) of each distilled student
 
     def rows(models, baseline):
         return {row["model"]: row for row in aerialkd.seed_summary(metrics, models, baseline)}
@@ -403,6 +404,10 @@ def where_kd_pays(metrics, sizes):
                      f"soft targets against its hard labels: "
                      f"{aerialkd.describe_change(soft)}")
         parts.append(text + ".")
+        gains += [(what, few[model]) for model, what in (
+            ("student_distilled_l12", "with a quarter of the labels, from the teacher of all 48 "
+                                      "images"),
+            ("student_distilled_t12", "from a teacher of the same 12 labels")) if model in few]
     for width, (scratch, distilled) in WIDTHS.items():
         if width == 8 or not {scratch, distilled} <= set(by):
             continue
@@ -415,9 +420,31 @@ def where_kd_pays(metrics, sizes):
             f"distilled {mean_sd(miou5(by, distilled))} test mIoU5; distilled "
             f"minus scratch, paired by seed: {aerialkd.describe_change(row)}; seed by seed: "
             f"{by_seed(paired(metrics, distilled, scratch))}.")
+        gains.append((f"at base width {width}", row))
     if not parts:
         return ""
-    return "\n\n".join([WHERE_KD_PAYS_INTRO] + parts)
+    return "\n\n".join([WHERE_KD_PAYS_INTRO] + parts + [in_short(gains)])
+
+
+def real_gain(row):
+    """Whether a `seed_summary` row's paired change is a gain called real (p < 0.05)."""
+    p = aerialkd.paired_t_test(row)
+    return p is not None and p < 0.05 and row["change"] > 0
+
+
+def in_short(distilled):
+    """The verdict's last line: where distillation paid, from `(what, row)` of each
+    distilled student against scratch (`real_gain`), and where it did not."""
+    paid = [f"{what} ({aerialkd.format_number(row['change'], signed=True)}, "
+            f"{aerialkd.format_p_value(aerialkd.paired_t_test(row))})"
+            for what, row in distilled if real_gain(row)]
+    unpaid = [what for what, row in distilled if not real_gain(row)]
+    if not paid:
+        return ("**In short:** no distilled student's gain above is called real: distillation "
+                "has not been shown to pay in these regimes.")
+    return (f"**In short:** distillation paid {' and '.join(paid)}"
+            + (f"; it did not (no gain called real) {', or '.join(unpaid)}" if unpaid else "")
+            + ".")
 
 
 #: The models `scripts/export.py` exports: the teacher and the seed-0 run of each student.
