@@ -34,7 +34,6 @@ def whole_number(minimum: int) -> Callable[[str], int]:
                 f"must be a whole number of at least {minimum}, got {text!r}")
         return value
 
-    parse.__name__ = f"whole number of at least {minimum}"  # argparse's fallback message
     return parse
 
 

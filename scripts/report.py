@@ -226,25 +226,36 @@ TARGET = 0.03
 """The paired gain in test mIoU5 the series set distillation as a target."""
 
 
+LEVEL = 0.05
+"""The level of the two-sided paired t-test at which a change is called real, as
+`aerialkd.describe_change` calls it."""
+
+
+def real_gain(row):
+    """Whether a `seed_summary` row's paired change is a gain called real (p < `LEVEL`)."""
+    p = aerialkd.paired_t_test(row)
+    return p is not None and p < LEVEL and row["change"] > 0
+
+
 def distillation_verdict(row):
     """Whether distillation paid, in a sentence and a bool, from the distilled students'
-    `aerialkd.seed_summary` row against scratch: its two-sided paired t-test at 0.05
+    `aerialkd.seed_summary` row against scratch: its two-sided paired t-test at `LEVEL`
     (`aerialkd.paired_t_test`) and the target."""
     p = aerialkd.paired_t_test(row)
     change = aerialkd.format_number(row["change"], signed=True) + (
         f" ± {row['change sd']:.3f}" if row["change sd"] is not None else "")
     numbers = f"{change}, against a target of +{TARGET}"
-    if p is None or p >= 0.05:
-        return (f"Distillation did not pay here: paired by seed, the distilled students are "
-                f"level with students trained from scratch ({numbers})."), False
-    if row["change"] < 0:
+    if real_gain(row):
+        reached = "reaching" if row["change"] >= TARGET else "short of"
+        return (f"Distillation paid here: paired by seed, the distilled students beat students "
+                f"trained from scratch ({change}, {aerialkd.format_p_value(p)}), {reached} the "
+                f"target of +{TARGET}."), True
+    if p is not None and p < LEVEL:  # a real change, and no gain
         return (f"Distillation cost accuracy here: paired by seed, the distilled students "
                 f"score below students trained from scratch ({numbers}, "
                 f"{aerialkd.format_p_value(p)})."), False
-    reached = "reaching" if row["change"] >= TARGET else "short of"
-    return (f"Distillation paid here: paired by seed, the distilled students beat students "
-            f"trained from scratch ({change}, {aerialkd.format_p_value(p)}), {reached} the "
-            f"target of +{TARGET}."), True
+    return (f"Distillation did not pay here: paired by seed, the distilled students are "
+            f"level with students trained from scratch ({numbers})."), False
 
 
 def gpu_sentence(gpu_figures):
@@ -426,12 +437,6 @@ def where_kd_pays(metrics, sizes):
     return "\n\n".join([WHERE_KD_PAYS_INTRO] + parts + [in_short(gains)])
 
 
-def real_gain(row):
-    """Whether a `seed_summary` row's paired change is a gain called real (p < 0.05)."""
-    p = aerialkd.paired_t_test(row)
-    return p is not None and p < 0.05 and row["change"] > 0
-
-
 def in_short(distilled):
     """The verdict's last line: where distillation paid, from `(what, row)` of each
     distilled student against scratch (`real_gain`), and where it did not."""
@@ -472,8 +477,9 @@ def export_table(export, metrics):
     for row in export["rows"]:
         # of the unrounded scores, as every page gives a change (+ 0.0: never -0.0000)
         change = aerialkd.format_number(row["miou5"] - keras_miou[row["model"]], 4, signed=True)
-        lines.append(f"| {exported_label(row['model'], metrics)} | {row['format']} | {row['size_mb']:.2f} | "
-                     f"{row['latency_ms']:.1f} | {row['miou5']:.4f} | {change} |")
+        lines.append(f"| {exported_label(row['model'], metrics)} | {row['format']} | "
+                     f"{row['size_mb']:.2f} | {row['latency_ms']:.1f} | {row['miou5']:.4f} | "
+                     f"{change} |")
     return "\n".join(lines)
 
 
